@@ -1,0 +1,310 @@
+//! Avro single-object encoding of events, and the registry of writer schemas.
+//!
+//! Every message on the bus is `C3 01` + the writer schema's 8-byte little-endian CRC-64-AVRO
+//! (Rabin) fingerprint + the Avro binary datum, as the Avro specification's single-object encoding
+//! defines. A reader looks the fingerprint up in the [`registry`] to find the writer schema and
+//! resolves it against its own schema, so readers on a newer schema read data written with an
+//! older one (schema evolution).
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{OnceLock, RwLock};
+
+use apache_avro::rabin::Rabin;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::{from_value, Schema};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::events::*;
+use crate::meta::Meta;
+
+/// The two marker bytes that start every single-object-encoded message.
+pub const MAGIC: [u8; 2] = [0xC3, 0x01];
+/// Marker plus fingerprint.
+pub const HEADER_LEN: usize = 10;
+
+/// Why bytes could not be turned into an event, or an event into bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("message of {0} bytes is too short for a single-object header")]
+    TooShort(usize),
+    #[error("bad magic bytes {0:02x?}: not an Avro single-object message")]
+    BadMagic([u8; 2]),
+    #[error("unknown writer schema fingerprint {0:#018x}")]
+    UnknownSchema(u64),
+    #[error("message holds a {found} event, expected {expected}")]
+    WrongKind {
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("Avro body does not decode as {kind}: {source}")]
+    Body {
+        kind: &'static str,
+        #[source]
+        source: Box<apache_avro::Error>,
+    },
+    #[error("{0} bytes of trailing garbage after the Avro body")]
+    Trailing(usize),
+    #[error("cannot encode {kind}: {source}")]
+    Encode {
+        kind: &'static str,
+        #[source]
+        source: Box<apache_avro::Error>,
+    },
+    #[error("invalid schema: {0}")]
+    Schema(#[source] Box<apache_avro::Error>),
+}
+
+macro_rules! event_kinds {
+    ($( $variant:ident => $file:literal ),+ $(,)?) => {
+        /// Every event type AuroraQ knows, one per `.avsc` file.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventKind { $( $variant ),+ }
+
+        impl EventKind {
+            pub const ALL: &'static [EventKind] = &[ $( EventKind::$variant ),+ ];
+
+            /// The record name, e.g. `TradeTick`.
+            pub fn name(self) -> &'static str {
+                match self { $( EventKind::$variant => stringify!($variant) ),+ }
+            }
+
+            /// The schema file's text (the current version).
+            pub fn avsc(self) -> &'static str {
+                match self { $( EventKind::$variant => include_str!(concat!("../avro/", $file)) ),+ }
+            }
+
+            /// The schema file's name under `schemas/avro/`.
+            pub fn file_name(self) -> &'static str {
+                match self { $( EventKind::$variant => $file ),+ }
+            }
+        }
+
+        /// Any event, for consumers that take several kinds from one topic.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum AnyEvent { $( $variant($variant) ),+ }
+
+        impl AnyEvent {
+            pub fn kind(&self) -> EventKind {
+                match self { $( AnyEvent::$variant(_) => EventKind::$variant ),+ }
+            }
+            pub fn meta(&self) -> &Meta {
+                match self { $( AnyEvent::$variant(e) => &e.meta ),+ }
+            }
+            pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+                match self { $( AnyEvent::$variant(e) => encode(e) ),+ }
+            }
+            /// Decodes a message of any known kind.
+            pub fn decode(bytes: &[u8]) -> Result<AnyEvent, CodecError> {
+                let (fp, _) = split_header(bytes)?;
+                let kind = registry().kind_of(fp).ok_or(CodecError::UnknownSchema(fp))?;
+                match kind { $( EventKind::$variant => decode::<$variant>(bytes).map(AnyEvent::$variant) ),+ }
+            }
+        }
+
+        $(
+            impl Event for $variant {
+                const KIND: EventKind = EventKind::$variant;
+                fn meta(&self) -> &Meta { &self.meta }
+                fn meta_mut(&mut self) -> &mut Meta { &mut self.meta }
+            }
+            impl From<$variant> for AnyEvent {
+                fn from(e: $variant) -> Self { AnyEvent::$variant(e) }
+            }
+        )+
+    };
+}
+
+event_kinds! {
+    TradeTick => "trade_tick.avsc",
+    Kline => "kline.avsc",
+    BookTicker => "book_ticker.avsc",
+    BookUpdate => "book_update.avsc",
+    Article => "article.avsc",
+    SentimentScore => "sentiment_score.avsc",
+    FusedSignal => "fused_signal.avsc",
+    OrderIntent => "order_intent.avsc",
+    RiskDecision => "risk_decision.avsc",
+    OrderUpdate => "order_update.avsc",
+    PortfolioSnapshot => "portfolio_snapshot.avsc",
+    Alert => "alert.avsc",
+    DeadLetter => "dead_letter.avsc",
+}
+
+impl EventKind {
+    /// The parsed current schema.
+    pub fn schema(self) -> &'static Schema {
+        &registry().current(self).schema
+    }
+
+    /// CRC-64-AVRO fingerprint of the current schema's canonical form.
+    pub fn fingerprint(self) -> u64 {
+        registry().current(self).fingerprint
+    }
+}
+
+/// A typed event: a struct that mirrors one `.avsc` file.
+pub trait Event: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static {
+    const KIND: EventKind;
+    fn meta(&self) -> &Meta;
+    fn meta_mut(&mut self) -> &mut Meta;
+}
+
+/// CRC-64-AVRO fingerprint of a schema's Parsing Canonical Form, as the single-object header holds it.
+pub fn fingerprint(schema: &Schema) -> u64 {
+    let fp = schema.fingerprint::<Rabin>();
+    let mut le = [0u8; 8];
+    le.copy_from_slice(&fp.bytes[..8]);
+    u64::from_le_bytes(le)
+}
+
+/// Splits a message into its writer fingerprint and its Avro body.
+pub fn split_header(bytes: &[u8]) -> Result<(u64, &[u8]), CodecError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(CodecError::TooShort(bytes.len()));
+    }
+    if bytes[..2] != MAGIC {
+        return Err(CodecError::BadMagic([bytes[0], bytes[1]]));
+    }
+    let mut le = [0u8; 8];
+    le.copy_from_slice(&bytes[2..HEADER_LEN]);
+    Ok((u64::from_le_bytes(le), &bytes[HEADER_LEN..]))
+}
+
+/// Encodes an event with its schema's single-object header.
+pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, CodecError> {
+    let entry = registry().current(E::KIND);
+    let kind = E::KIND.name();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&entry.fingerprint.to_le_bytes());
+    let writer = GenericDatumWriter::builder(&entry.schema)
+        .build()
+        .map_err(|e| CodecError::Encode {
+            kind,
+            source: Box::new(e),
+        })?;
+    writer
+        .write_ser(&mut out, event)
+        .map_err(|e| CodecError::Encode {
+            kind,
+            source: Box::new(e),
+        })?;
+    Ok(out)
+}
+
+/// Decodes a message into `E`, resolving the writer's schema (found by fingerprint) against `E`'s.
+pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, CodecError> {
+    let (fp, mut body) = split_header(bytes)?;
+    let reg = registry();
+    let writer = reg.writer(fp).ok_or(CodecError::UnknownSchema(fp))?;
+    if writer.kind != E::KIND {
+        return Err(CodecError::WrongKind {
+            expected: E::KIND.name(),
+            found: writer.kind.name(),
+        });
+    }
+    let kind = E::KIND.name();
+    let reader = &reg.current(E::KIND).schema;
+    let same = writer.fingerprint == reg.current(E::KIND).fingerprint;
+    let body_err = |e| CodecError::Body {
+        kind,
+        source: Box::new(e),
+    };
+    let datum_reader = GenericDatumReader::builder(&writer.schema)
+        .maybe_reader_schema(if same { None } else { Some(reader) })
+        .build()
+        .map_err(body_err)?;
+    let value = datum_reader.read_value(&mut body).map_err(body_err)?;
+    if !body.is_empty() {
+        return Err(CodecError::Trailing(body.len()));
+    }
+    from_value::<E>(&value).map_err(body_err)
+}
+
+/// A schema the registry knows, with the event kind it belongs to.
+#[derive(Clone, Debug)]
+pub struct RegisteredSchema {
+    pub kind: EventKind,
+    pub fingerprint: u64,
+    pub schema: Schema,
+}
+
+/// Writer schemas by fingerprint: every current schema, plus older versions registered with
+/// [`Registry::register`] so that data written with them stays readable.
+pub struct Registry {
+    current: HashMap<EventKind, &'static RegisteredSchema>,
+    writers: RwLock<HashMap<u64, &'static RegisteredSchema>>,
+}
+
+impl Registry {
+    fn new() -> Self {
+        let mut current = HashMap::new();
+        let mut writers = HashMap::new();
+        for &kind in EventKind::ALL {
+            // The schemas are compiled in and tested; a parse failure is a build defect.
+            let schema = Schema::parse_str(kind.avsc()).unwrap_or_else(|e| {
+                panic!("bundled schema {} does not parse: {e}", kind.file_name())
+            });
+            let entry: &'static RegisteredSchema = Box::leak(Box::new(RegisteredSchema {
+                kind,
+                fingerprint: fingerprint(&schema),
+                schema,
+            }));
+            current.insert(kind, entry);
+            writers.insert(entry.fingerprint, entry);
+        }
+        Registry {
+            current,
+            writers: RwLock::new(writers),
+        }
+    }
+
+    fn current(&self, kind: EventKind) -> &'static RegisteredSchema {
+        self.current[&kind]
+    }
+
+    /// The writer schema with this fingerprint, if known.
+    pub fn writer(&self, fp: u64) -> Option<&'static RegisteredSchema> {
+        self.writers.read().ok()?.get(&fp).copied()
+    }
+
+    /// The event kind of a writer fingerprint, if known.
+    pub fn kind_of(&self, fp: u64) -> Option<EventKind> {
+        self.writer(fp).map(|w| w.kind)
+    }
+
+    /// Registers another (older or newer) writer schema of `kind`, so its messages decode.
+    /// Returns its fingerprint. The schema must resolve against the current one.
+    pub fn register(&self, kind: EventKind, avsc: &str) -> Result<u64, CodecError> {
+        let schema = Schema::parse_str(avsc).map_err(|e| CodecError::Schema(Box::new(e)))?;
+        let fp = fingerprint(&schema);
+        let mut w = self.writers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = w.get(&fp) {
+            if existing.kind != kind {
+                return Err(CodecError::WrongKind {
+                    expected: kind.name(),
+                    found: existing.kind.name(),
+                });
+            }
+            return Ok(fp);
+        }
+        w.insert(
+            fp,
+            Box::leak(Box::new(RegisteredSchema {
+                kind,
+                fingerprint: fp,
+                schema,
+            })),
+        );
+        Ok(fp)
+    }
+}
+
+/// The process-wide schema registry.
+pub fn registry() -> &'static Registry {
+    static REG: OnceLock<Registry> = OnceLock::new();
+    REG.get_or_init(Registry::new)
+}

@@ -1,0 +1,307 @@
+//! The typed events. Each struct mirrors one `.avsc` file in `schemas/avro/` field for field;
+//! the common header is [`Meta`], flattened.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decimal::Dec;
+use crate::meta::{Meta, Micros};
+
+/// Taker side of a trade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Buy,
+    Sell,
+    Unknown,
+}
+
+/// Side of an order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderSide {
+    Buy,
+    Sell,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trend {
+    Rising,
+    Falling,
+    Stable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approved,
+    Resized,
+    Rejected,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    New,
+    Accepted,
+    PartiallyFilled,
+    Filled,
+    Cancelled,
+    Rejected,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TradeTick {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub exchange: String,
+    pub symbol: String,
+    pub trade_id: String,
+    pub price: Dec,
+    pub quantity: Dec,
+    pub aggressor: Side,
+    pub aggregated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kline {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub exchange: String,
+    pub symbol: String,
+    pub interval: String,
+    pub open_time: Micros,
+    pub close_time: Micros,
+    pub open: Dec,
+    pub high: Dec,
+    pub low: Dec,
+    pub close: Dec,
+    pub volume: Dec,
+    pub quote_volume: Option<Dec>,
+    pub trades: Option<i64>,
+    pub closed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BookTicker {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub exchange: String,
+    pub symbol: String,
+    pub update_id: Option<i64>,
+    pub bid_price: Dec,
+    pub bid_qty: Dec,
+    pub ask_price: Dec,
+    pub ask_qty: Dec,
+}
+
+/// One price level of an order book.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Level {
+    pub price: Dec,
+    pub quantity: Dec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BookUpdate {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub exchange: String,
+    pub symbol: String,
+    pub first_update_id: i64,
+    pub final_update_id: i64,
+    pub snapshot: bool,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Article {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub article_id: String,
+    pub feed: String,
+    pub title: Option<String>,
+    pub text: String,
+    pub url: Option<String>,
+    pub origin: Option<String>,
+    pub keywords: Vec<String>,
+    pub tickers: Vec<String>,
+    pub ts_crawled: Option<Micros>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SentimentScore {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub article_id: String,
+    pub assets: Vec<String>,
+    pub label: String,
+    pub probabilities: BTreeMap<String, f64>,
+    pub sentiment_score: f64,
+    pub confidence: f64,
+    pub model_id: String,
+    pub model_sha256: String,
+    pub tokenizer_sha256: String,
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FusedSignal {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub asset: String,
+    pub window_start: Micros,
+    pub window_end: Micros,
+    pub fused_score: f64,
+    pub confidence: f64,
+    pub scores_used: i32,
+    pub scores_rejected: i32,
+    pub sources_used: i32,
+    pub weights_used: BTreeMap<String, f64>,
+    pub trend: Trend,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderIntent {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub intent_id: String,
+    pub agent: String,
+    pub symbol: String,
+    pub side: OrderSide,
+    pub quantity: Option<Dec>,
+    pub notional: Option<Dec>,
+    pub limit_price: Option<Dec>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RiskDecision {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub intent_id: String,
+    pub agent: String,
+    pub symbol: String,
+    pub side: OrderSide,
+    pub verdict: Verdict,
+    pub approved_quantity: Option<Dec>,
+    pub reason: String,
+    pub checks: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderUpdate {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub client_order_id: String,
+    pub venue_order_id: Option<String>,
+    pub venue: String,
+    pub agent: String,
+    pub symbol: String,
+    pub side: OrderSide,
+    pub status: OrderStatus,
+    pub quantity: Dec,
+    pub filled_quantity: Dec,
+    pub last_fill_price: Option<Dec>,
+    pub last_fill_quantity: Option<Dec>,
+    pub fee: Option<Dec>,
+    pub fee_asset: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    pub symbol: String,
+    pub quantity: Dec,
+    pub avg_price: Dec,
+    pub market_price: Dec,
+    pub unrealized_pnl: Dec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PortfolioSnapshot {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub account: String,
+    pub positions: Vec<Position>,
+    pub cash: Dec,
+    pub equity: Dec,
+    pub realized_pnl: Dec,
+    pub unrealized_pnl: Dec,
+    pub performance: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub severity: Severity,
+    pub kind: String,
+    pub subject: Option<String>,
+    pub message: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub stage: String,
+    pub reason: String,
+    pub error: String,
+    pub original_topic: String,
+    pub original_key: Option<String>,
+    pub original_id: Option<String>,
+    #[serde(with = "serde_bytes_compat")]
+    pub original_bytes: Vec<u8>,
+    pub attempts: i32,
+}
+
+/// `Vec<u8>` as Avro `bytes` (serde would otherwise write an array of ints).
+mod serde_bytes_compat {
+    use serde::de::{self, Deserializer, SeqAccess, Visitor};
+    use serde::Serializer;
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                Ok(v.as_bytes().to_vec())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}

@@ -1,0 +1,20 @@
+//! AuroraQ's event types.
+//!
+//! One Avro schema per event type lives in `schemas/avro/*.avsc`; this crate gives a typed struct
+//! for each ([`events`]), the header every event carries ([`Meta`]), exact decimals ([`Dec`]) and
+//! the single-object codec ([`encode`], [`decode`], [`AnyEvent::decode`]) with its registry of
+//! writer schemas. It knows no transport: buses carry the bytes it produces.
+
+pub mod codec;
+pub mod decimal;
+pub mod events;
+pub mod meta;
+pub mod samples;
+
+pub use codec::{
+    decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind,
+    Registry, HEADER_LEN, MAGIC,
+};
+pub use decimal::{Dec, DecError};
+pub use events::*;
+pub use meta::{event_id, now_micros, Meta, Micros};
