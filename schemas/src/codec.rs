@@ -245,9 +245,8 @@ impl Registry {
         let mut writers = HashMap::new();
         for &kind in EventKind::ALL {
             // The schemas are compiled in and tested; a parse failure is a build defect.
-            let schema = Schema::parse_str(kind.avsc()).unwrap_or_else(|e| {
-                panic!("bundled schema {} does not parse: {e}", kind.file_name())
-            });
+            let schema = Schema::parse_str(kind.avsc())
+                .unwrap_or_else(|e| panic!("bundled schema {} does not parse: {e}", kind.file_name()));
             let entry: &'static RegisteredSchema = Box::leak(Box::new(RegisteredSchema {
                 kind,
                 fingerprint: fingerprint(&schema),

@@ -12,8 +12,8 @@ pub mod meta;
 pub mod samples;
 
 pub use codec::{
-    decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind,
-    Registry, HEADER_LEN, MAGIC,
+    decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind, Registry,
+    HEADER_LEN, MAGIC,
 };
 pub use decimal::{Dec, DecError};
 pub use events::*;

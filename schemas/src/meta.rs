@@ -58,13 +58,7 @@ pub struct Meta {
 
 impl Meta {
     /// Header of a raw event from `source`, identified there by `native_id`.
-    pub fn raw(
-        kind: &str,
-        source: &str,
-        native_id: &str,
-        ts_event: Micros,
-        ts_ingest: Micros,
-    ) -> Self {
+    pub fn raw(kind: &str, source: &str, native_id: &str, ts_event: Micros, ts_ingest: Micros) -> Self {
         Meta {
             event_id: event_id(kind, source, native_id),
             source: source.to_owned(),
@@ -93,11 +87,7 @@ impl Meta {
             native.push(',');
         }
         native.push_str(discriminator);
-        let ts_ingest = parents
-            .iter()
-            .map(|p| p.ts_ingest)
-            .max()
-            .unwrap_or(ts_processed);
+        let ts_ingest = parents.iter().map(|p| p.ts_ingest).max().unwrap_or(ts_processed);
         Meta {
             event_id: event_id(kind, source, &native),
             source: source.to_owned(),
@@ -131,10 +121,7 @@ mod tests {
         let p1 = Meta::raw("Article", "feedly", "a1", 10, 20);
         let p2 = Meta::raw("Article", "feedly", "a2", 11, 25);
         let d = Meta::derived("SentimentScore", "sentiment", &[&p1, &p2], "", 11, 30);
-        assert_eq!(
-            d.derived_from,
-            vec![p1.event_id.clone(), p2.event_id.clone()]
-        );
+        assert_eq!(d.derived_from, vec![p1.event_id.clone(), p2.event_id.clone()]);
         assert_eq!(d.ts_ingest, 25);
         assert_eq!(d.ts_processed, Some(30));
         let again = Meta::derived("SentimentScore", "sentiment", &[&p1, &p2], "", 11, 99);

@@ -16,13 +16,7 @@ fn d(s: &str) -> Dec {
 pub fn trade(seq: u64) -> TradeTick {
     let ts = 1_700_000_000_000_000 + seq as i64 * 1000;
     TradeTick {
-        meta: Meta::raw(
-            "TradeTick",
-            "binance",
-            &format!("BTCUSDT:{seq}"),
-            ts,
-            ts + 350,
-        ),
+        meta: Meta::raw("TradeTick", "binance", &format!("BTCUSDT:{seq}"), ts, ts + 350),
         exchange: "binance".into(),
         symbol: "BTCUSDT".into(),
         trade_id: seq.to_string(),

@@ -65,10 +65,7 @@ fn new_reader_reads_old_writer() {
     assert_eq!(t.meta.traceparent, None);
     assert!(t.meta.derived_from.is_empty());
     // And the generic path finds the kind from the old fingerprint too.
-    assert_eq!(
-        AnyEvent::decode(&bytes).unwrap().kind(),
-        EventKind::TradeTick
-    );
+    assert_eq!(AnyEvent::decode(&bytes).unwrap().kind(), EventKind::TradeTick);
 }
 
 #[test]
@@ -136,8 +133,7 @@ fn bundled_schemas_avoid_attributes_with_divergent_fingerprints() {
 
 #[test]
 fn reads_javas_single_object_message() {
-    let schema =
-        Schema::parse_str(include_str!("data/avro-test-vectors/test_schema.avsc")).unwrap();
+    let schema = Schema::parse_str(include_str!("data/avro-test-vectors/test_schema.avsc")).unwrap();
     let msg = include_bytes!("data/avro-test-vectors/test_message.bin");
     let (fp, mut body) = split_header(msg).unwrap();
     assert_eq!(
@@ -153,8 +149,5 @@ fn reads_javas_single_object_message() {
         panic!("not a record")
     };
     assert_eq!(fields[0], ("id".to_string(), Value::Long(42)));
-    assert_eq!(
-        fields[1],
-        ("name".to_string(), Value::String("Bill".into()))
-    );
+    assert_eq!(fields[1], ("name".to_string(), Value::String("Bill".into())));
 }

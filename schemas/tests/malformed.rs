@@ -5,10 +5,7 @@ use proptest::prelude::*;
 
 #[test]
 fn clear_errors_for_bad_headers() {
-    assert!(matches!(
-        AnyEvent::decode(b""),
-        Err(CodecError::TooShort(0))
-    ));
+    assert!(matches!(AnyEvent::decode(b""), Err(CodecError::TooShort(0))));
     assert!(matches!(
         AnyEvent::decode(b"{\"json\": true}"),
         Err(CodecError::BadMagic(_))

@@ -1,0 +1,562 @@
+//! The in-process bus: the embedded default, for `auroraq run` and tests.
+//!
+//! Each consumer group holds one bounded queue per partition. Publishing a message appends it to
+//! the queue of every group whose filter matches its topic; when a queue is full (queued plus
+//! unacked reach `queue_capacity`) the publisher waits, so a slow consumer slows its producers and
+//! memory stays bounded. A group sees what was published after it was first subscribed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::{
+    partition_of, topics, Acker, Bus, BusError, Delivery, OutMessage, PublishReport, SubscribeOptions,
+    Subscription,
+};
+
+/// Settings of the in-process bus.
+#[derive(Clone, Debug)]
+pub struct InProcConfig {
+    /// Partitions per topic.
+    pub partitions: u32,
+    /// Most messages one group partition holds, queued and unacked together.
+    pub queue_capacity: usize,
+    /// Ids remembered for de-duplication, for this long...
+    pub dedup_window: Duration,
+    /// ...and at most this many.
+    pub dedup_max: usize,
+}
+
+impl Default for InProcConfig {
+    fn default() -> Self {
+        InProcConfig {
+            partitions: 8,
+            queue_capacity: 8192,
+            dedup_window: Duration::from_secs(120),
+            dedup_max: 1 << 20,
+        }
+    }
+}
+
+/// The in-process bus. Cheap to clone; clones share the bus.
+#[derive(Clone)]
+pub struct InProcBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: InProcConfig,
+    groups: RwLock<HashMap<(String, String), Arc<Group>>>,
+    routes: RwLock<HashMap<String, Arc<Vec<Arc<Group>>>>>,
+    dedup: Mutex<Dedup>,
+    closed: AtomicBool,
+}
+
+struct Dedup {
+    seen: HashSet<Arc<str>>,
+    order: VecDeque<(Instant, Arc<str>)>,
+}
+
+struct Group {
+    filter: String,
+    parts: Vec<PartQueue>,
+    /// Wakes members: something was queued, acked or nacked.
+    wake: Notify,
+    capacity: usize,
+}
+
+struct PartQueue {
+    state: Mutex<QState>,
+    /// Wakes publishers: room was freed.
+    space: Notify,
+}
+
+#[derive(Default)]
+struct QState {
+    ready: VecDeque<Entry>,
+    inflight: HashMap<u64, Inflight>,
+    deadlines: VecDeque<(Instant, u64, u32)>,
+    delayed: usize,
+    next_seq: u64,
+}
+
+impl QState {
+    fn len(&self) -> usize {
+        self.ready.len() + self.inflight.len() + self.delayed
+    }
+
+    /// Puts an entry back in sequence order (redeliveries keep per-partition order).
+    fn requeue(&mut self, e: Entry) {
+        let pos = self.ready.partition_point(|x| x.seq < e.seq);
+        self.ready.insert(pos, e);
+    }
+
+    /// Moves deliveries whose ack deadline passed back to the queue.
+    fn reap(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        while let Some(&(deadline, seq, attempt)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self.inflight.get(&seq).is_some_and(|f| f.attempt == attempt) {
+                if let Some(f) = self.inflight.remove(&seq) {
+                    f.member.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    self.requeue(f.entry);
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|d| d.0)
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    seq: u64,
+    msg: Arc<OutMessage>,
+    /// Deliveries so far.
+    attempts: u32,
+}
+
+struct Inflight {
+    entry: Entry,
+    attempt: u32,
+    member: Arc<MemberState>,
+}
+
+#[derive(Default)]
+struct MemberState {
+    in_flight: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a queue lock leaves the queue consistent (no multi-step invariants
+    // span an await), so poisoning is not fatal.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl InProcBus {
+    pub fn new(cfg: InProcConfig) -> Self {
+        let cfg = InProcConfig {
+            partitions: cfg.partitions.max(1),
+            queue_capacity: cfg.queue_capacity.max(1),
+            ..cfg
+        };
+        InProcBus {
+            inner: Arc::new(Inner {
+                cfg,
+                groups: RwLock::new(HashMap::new()),
+                routes: RwLock::new(HashMap::new()),
+                dedup: Mutex::new(Dedup {
+                    seen: HashSet::new(),
+                    order: VecDeque::new(),
+                }),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Messages queued or unacked in one group, over all partitions (for tests and metrics).
+    pub fn group_depth(&self, group: &str, filter: &str) -> usize {
+        let groups = self.inner.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups
+            .get(&(group.to_owned(), filter.to_owned()))
+            .map(|g| g.parts.iter().map(|p| lock(&p.state).len()).sum())
+            .unwrap_or(0)
+    }
+}
+
+impl Default for InProcBus {
+    fn default() -> Self {
+        InProcBus::new(InProcConfig::default())
+    }
+}
+
+impl Inner {
+    fn route(&self, topic: &str) -> Arc<Vec<Arc<Group>>> {
+        if let Some(r) = self.routes.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
+            return r.clone();
+        }
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let r: Arc<Vec<Arc<Group>>> = Arc::new(
+            groups
+                .values()
+                .filter(|g| topics::matches(&g.filter, topic))
+                .cloned()
+                .collect(),
+        );
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_owned(), r.clone());
+        r
+    }
+
+    /// Drops ids already seen in the window; remembers the rest.
+    fn dedup(&self, batch: Vec<OutMessage>) -> (Vec<OutMessage>, usize) {
+        let now = Instant::now();
+        let mut d = lock(&self.dedup);
+        while let Some((t, _)) = d.order.front() {
+            if now.duration_since(*t) > self.cfg.dedup_window || d.order.len() > self.cfg.dedup_max {
+                if let Some((_, id)) = d.order.pop_front() {
+                    d.seen.remove(&id);
+                }
+            } else {
+                break;
+            }
+        }
+        let mut dups = 0;
+        let mut keep = Vec::with_capacity(batch.len());
+        for m in batch {
+            if d.seen.contains(m.id.as_str()) {
+                dups += 1;
+                continue;
+            }
+            let id: Arc<str> = Arc::from(m.id.as_str());
+            d.seen.insert(id.clone());
+            d.order.push_back((now, id));
+            keep.push(m);
+        }
+        (keep, dups)
+    }
+
+    async fn push(&self, group: &Group, part: u32, msg: &Arc<OutMessage>) -> Result<(), BusError> {
+        let q = &group.parts[part as usize];
+        loop {
+            let mut space = pin!(q.space.notified());
+            space.as_mut().enable();
+            if self.closed.load(Ordering::Acquire) {
+                return Err(BusError::Closed);
+            }
+            {
+                let mut st = lock(&q.state);
+                if st.len() < group.capacity {
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    st.ready.push_back(Entry {
+                        seq,
+                        msg: msg.clone(),
+                        attempts: 0,
+                    });
+                    return Ok(());
+                }
+            }
+            // Full: let consumers see what is there, then wait for room.
+            group.wake.notify_waiters();
+            space.await;
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for InProcBus {
+    fn kind(&self) -> &'static str {
+        "inproc"
+    }
+
+    fn partitions(&self) -> u32 {
+        self.inner.cfg.partitions
+    }
+
+    async fn publish(&self, batch: Vec<OutMessage>) -> Result<PublishReport, BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        for m in &batch {
+            topics::validate_topic(&m.topic).map_err(BusError::InvalidTopic)?;
+        }
+        let (batch, duplicates) = self.inner.dedup(batch);
+        let mut report = PublishReport {
+            stored: 0,
+            duplicates,
+        };
+        let mut touched: Vec<Arc<Group>> = Vec::new();
+        for m in batch {
+            let part = partition_of(m.key.as_deref(), self.inner.cfg.partitions);
+            let groups = self.inner.route(&m.topic);
+            let msg = Arc::new(m);
+            for g in groups.iter() {
+                self.inner.push(g, part, &msg).await?;
+                if !touched.iter().any(|t| Arc::ptr_eq(t, g)) {
+                    touched.push(g.clone());
+                }
+            }
+            report.stored += 1;
+        }
+        for g in touched {
+            g.wake.notify_waiters();
+        }
+        Ok(report)
+    }
+
+    async fn subscribe(&self, opts: SubscribeOptions) -> Result<Box<dyn Subscription>, BusError> {
+        let parts = opts.validate(self.inner.cfg.partitions)?;
+        let group = {
+            let mut groups = self.inner.groups.write().unwrap_or_else(|p| p.into_inner());
+            let key = (opts.group.clone(), opts.filter.clone());
+            if let Some(g) = groups.get(&key) {
+                g.clone()
+            } else {
+                let g = Arc::new(Group {
+                    filter: opts.filter.clone(),
+                    parts: (0..self.inner.cfg.partitions)
+                        .map(|_| PartQueue {
+                            state: Mutex::new(QState::default()),
+                            space: Notify::new(),
+                        })
+                        .collect(),
+                    wake: Notify::new(),
+                    capacity: self.inner.cfg.queue_capacity,
+                });
+                groups.insert(key, g.clone());
+                // New group: recompute routes.
+                self.inner
+                    .routes
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                g
+            }
+        };
+        Ok(Box::new(InProcSubscription {
+            bus: self.inner.clone(),
+            group,
+            parts,
+            member: Arc::new(MemberState::default()),
+            max_in_flight: opts.max_in_flight,
+            ack_wait: opts.ack_wait,
+            buffer: VecDeque::new(),
+            next_part: 0,
+        }))
+    }
+
+    async fn health(&self) -> Result<String, BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let groups = self.inner.groups.read().unwrap_or_else(|p| p.into_inner()).len();
+        Ok(format!(
+            "in-process, {} partitions, {groups} groups",
+            self.inner.cfg.partitions
+        ))
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        Ok(()) // publishes and acks take effect before they return
+    }
+
+    async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let groups = self.inner.groups.read().unwrap_or_else(|p| p.into_inner());
+        for g in groups.values() {
+            g.wake.notify_waiters();
+            for p in &g.parts {
+                p.space.notify_waiters();
+            }
+        }
+    }
+}
+
+/// How many entries a member takes from one partition per visit.
+const TAKE_BATCH: usize = 64;
+
+struct InProcSubscription {
+    bus: Arc<Inner>,
+    group: Arc<Group>,
+    parts: Vec<u32>,
+    member: Arc<MemberState>,
+    max_in_flight: usize,
+    ack_wait: Duration,
+    /// Taken from the queues (counted in flight) but not yet handed out: (partition, entry, attempt).
+    buffer: VecDeque<(u32, Entry, u32)>,
+    next_part: usize,
+}
+
+impl InProcSubscription {
+    /// Reaps expired deliveries and takes what room allows. Returns the earliest ack deadline.
+    fn fill(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut earliest: Option<Instant> = None;
+        let mut freed = false;
+        let n = self.parts.len();
+        for i in 0..n {
+            let p = self.parts[(self.next_part + i) % n];
+            let q = &self.group.parts[p as usize];
+            let mut st = lock(&q.state);
+            freed |= st.reap(now);
+            let room = self
+                .max_in_flight
+                .saturating_sub(self.member.in_flight.load(Ordering::Acquire));
+            let take = room.min(TAKE_BATCH).min(st.ready.len());
+            for _ in 0..take {
+                let Some(mut e) = st.ready.pop_front() else { break };
+                e.attempts += 1;
+                let attempt = e.attempts;
+                let deadline = now + self.ack_wait;
+                st.deadlines.push_back((deadline, e.seq, attempt));
+                st.inflight.insert(
+                    e.seq,
+                    Inflight {
+                        entry: e.clone(),
+                        attempt,
+                        member: self.member.clone(),
+                    },
+                );
+                self.member.in_flight.fetch_add(1, Ordering::AcqRel);
+                self.buffer.push_back((p, e, attempt));
+            }
+            if let Some(d) = st.next_deadline() {
+                earliest = Some(earliest.map_or(d, |e: Instant| e.min(d)));
+            }
+        }
+        self.next_part = (self.next_part + 1) % n.max(1);
+        if freed {
+            // Reaped deliveries may belong to other members, which may now have room.
+            self.group.wake.notify_waiters();
+        }
+        earliest
+    }
+
+    fn drained(&self) -> bool {
+        self.member.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .parts
+                .iter()
+                .all(|&p| lock(&self.group.parts[p as usize].state).ready.is_empty())
+    }
+}
+
+#[async_trait]
+impl Subscription for InProcSubscription {
+    async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
+        loop {
+            if let Some((p, e, attempt)) = self.buffer.pop_front() {
+                let acker = InProcAcker {
+                    group: self.group.clone(),
+                    part: p,
+                    seq: e.seq,
+                    attempt,
+                };
+                let m = &e.msg;
+                return Some(Ok(Delivery::new(
+                    m.topic.clone(),
+                    m.key.clone(),
+                    m.id.clone(),
+                    m.payload.clone(),
+                    p,
+                    attempt,
+                    Box::new(acker),
+                )));
+            }
+            let group = self.group.clone();
+            let mut woken = pin!(group.wake.notified());
+            woken.as_mut().enable();
+            let deadline = self.fill();
+            if !self.buffer.is_empty() {
+                continue;
+            }
+            if self.bus.closed.load(Ordering::Acquire) && self.drained() {
+                return None;
+            }
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d, woken).await;
+                }
+                None => woken.await,
+            }
+        }
+    }
+}
+
+impl Drop for InProcSubscription {
+    fn drop(&mut self) {
+        // Entries taken but never handed out go back unchanged: they were not delivered.
+        for (p, mut e, attempt) in self.buffer.drain(..) {
+            let q = &self.group.parts[p as usize];
+            let mut st = lock(&q.state);
+            if st.inflight.get(&e.seq).is_some_and(|f| f.attempt == attempt) {
+                st.inflight.remove(&e.seq);
+                self.member.in_flight.fetch_sub(1, Ordering::AcqRel);
+                e.attempts -= 1;
+                st.requeue(e);
+            }
+        }
+        self.group.wake.notify_waiters();
+    }
+}
+
+struct InProcAcker {
+    group: Arc<Group>,
+    part: u32,
+    seq: u64,
+    attempt: u32,
+}
+
+impl InProcAcker {
+    fn settle(&self, requeue: bool, delay: Option<Duration>) {
+        let q = &self.group.parts[self.part as usize];
+        {
+            let mut st = lock(&q.state);
+            if !st
+                .inflight
+                .get(&self.seq)
+                .is_some_and(|f| f.attempt == self.attempt)
+            {
+                // Expired and redelivered already: this settle is stale.
+                return;
+            }
+            let Some(f) = st.inflight.remove(&self.seq) else {
+                return;
+            };
+            f.member.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if requeue {
+                match delay.filter(|d| !d.is_zero()) {
+                    None => st.requeue(f.entry),
+                    Some(d) => {
+                        st.delayed += 1;
+                        let group = self.group.clone();
+                        let part = self.part;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(d).await;
+                            let q = &group.parts[part as usize];
+                            {
+                                let mut st = lock(&q.state);
+                                st.delayed -= 1;
+                                st.requeue(f.entry);
+                            }
+                            group.wake.notify_waiters();
+                        });
+                    }
+                }
+            }
+        }
+        if !requeue {
+            q.space.notify_waiters();
+        }
+        self.group.wake.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl Acker for InProcAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        self.settle(false, None);
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError> {
+        self.settle(true, delay);
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! The bus that AuroraQ's stages meet on.
+//!
+//! One trait, [`Bus`], with two implementations: [`inproc::InProcBus`] for the embedded
+//! single-process mode and [`nats::NatsBus`] (JetStream) for distributed runs. Both give the same
+//! contract, which `tests/contract.rs` checks against each:
+//!
+//! - **Topics** are dot-separated paths built by [`topics`]; subscriptions take NATS-style
+//!   wildcards.
+//! - **Partitions**: a message's key (the asset or symbol) picks one of the bus's partitions with
+//!   a stable hash ([`partition_of`]); delivery is in publish order within a partition, so
+//!   per-key order holds.
+//! - **Consumer groups**: a named, durable group sees every message published to its topics after
+//!   it was created (on NATS, the stream's whole history); members of one group split the
+//!   partitions between them (`member`/`members`), as Kafka consumer groups do.
+//! - **At-least-once**: a delivery must be acked after processing. One that is nacked, not acked
+//!   within `ack_wait`, or dropped (its consumer died) is delivered again, with `attempt` counting.
+//! - **De-duplication**: a message re-published with the same id within the bus's duplicate window
+//!   is dropped.
+//! - **Backpressure**: a member holds at most `max_in_flight` unacked deliveries; the in-process
+//!   bus also bounds what a group has queued, so a slow consumer slows its producers.
+//!
+//! The bus carries bytes. Encoding, decoding and dead letters live in the stage runner.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod inproc;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod topics;
+
+pub use inproc::{InProcBus, InProcConfig};
+#[cfg(feature = "nats")]
+pub use nats::{NatsBus, NatsConfig};
+
+/// A message to publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutMessage {
+    /// A concrete topic (see [`topics`]).
+    pub topic: String,
+    /// Partition key: the asset or symbol. Messages with the same key keep their order.
+    pub key: Option<String>,
+    /// De-duplication id: the event id. A re-publish with the same id is dropped.
+    pub id: String,
+    /// The encoded event.
+    pub payload: Bytes,
+}
+
+impl OutMessage {
+    pub fn new(topic: impl Into<String>, key: Option<String>, id: impl Into<String>, payload: Bytes) -> Self {
+        OutMessage {
+            topic: topic.into(),
+            key,
+            id: id.into(),
+            payload,
+        }
+    }
+}
+
+/// What a publish did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Messages stored.
+    pub stored: usize,
+    /// Messages dropped as duplicates of ids seen within the duplicate window.
+    pub duplicates: usize,
+}
+
+impl std::ops::AddAssign for PublishReport {
+    fn add_assign(&mut self, o: Self) {
+        self.stored += o.stored;
+        self.duplicates += o.duplicates;
+    }
+}
+
+/// How a member joins a consumer group.
+#[derive(Clone, Debug)]
+pub struct SubscribeOptions {
+    /// Durable group name: `[A-Za-z0-9_-]+`.
+    pub group: String,
+    /// Topic filter, with `*` and a final `>` as wildcards.
+    pub filter: String,
+    /// This member's index among `members`; it takes the partitions `p` with `p % members == member`.
+    pub member: u32,
+    pub members: u32,
+    /// Most unacked deliveries this member holds at once.
+    pub max_in_flight: usize,
+    /// A delivery not acked within this time is delivered again.
+    pub ack_wait: Duration,
+}
+
+impl SubscribeOptions {
+    pub fn new(group: impl Into<String>, filter: impl Into<String>) -> Self {
+        SubscribeOptions {
+            group: group.into(),
+            filter: filter.into(),
+            member: 0,
+            members: 1,
+            max_in_flight: 1024,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+
+    pub fn member(mut self, member: u32, members: u32) -> Self {
+        self.member = member;
+        self.members = members;
+        self
+    }
+
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    pub fn ack_wait(mut self, d: Duration) -> Self {
+        self.ack_wait = d;
+        self
+    }
+
+    /// Checks the options, and returns the partitions this member takes out of `partitions`.
+    pub fn validate(&self, partitions: u32) -> Result<Vec<u32>, BusError> {
+        let bad = |why: String| Err(BusError::InvalidSubscription(why));
+        if self.group.is_empty()
+            || !self
+                .group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return bad(format!("group {:?} must be [A-Za-z0-9_-]+", self.group));
+        }
+        topics::validate_filter(&self.filter).map_err(BusError::InvalidSubscription)?;
+        if self.members == 0 || self.member >= self.members {
+            return bad(format!(
+                "member {} of {} is out of range",
+                self.member, self.members
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight must be at least 1".into());
+        }
+        let mine: Vec<u32> = (0..partitions)
+            .filter(|p| p % self.members == self.member)
+            .collect();
+        if mine.is_empty() {
+            return bad(format!(
+                "member {} of {} gets none of the bus's {partitions} partitions; use at most {partitions} members",
+                self.member, self.members
+            ));
+        }
+        Ok(mine)
+    }
+}
+
+/// The partition a key falls in: FNV-1a over the key's bytes, modulo the partition count.
+/// Stable across processes, machines and releases; messages without a key go to partition 0.
+pub fn partition_of(key: Option<&str>, partitions: u32) -> u32 {
+    let Some(key) = key else { return 0 };
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % partitions.max(1) as u64) as u32
+}
+
+/// Bus failures. Every variant says what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    #[error("invalid subscription: {0}")]
+    InvalidSubscription(String),
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("publish to {topic} failed: {reason}")]
+    Publish { topic: String, reason: String },
+    #[error("subscribe {group} to {filter} failed: {reason}")]
+    Subscribe {
+        group: String,
+        filter: String,
+        reason: String,
+    },
+    #[error("ack failed: {0}")]
+    Ack(String),
+    #[error("the bus is closed")]
+    Closed,
+}
+
+/// Settles one delivery. Implemented by each bus.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), BusError>;
+    /// Asks for redelivery, after `delay` where the bus supports it.
+    async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError>;
+}
+
+/// One message delivered to a group member. Ack it after processing; a delivery dropped without
+/// ack or nack is delivered again (to this member or another).
+pub struct Delivery {
+    pub topic: String,
+    pub key: Option<String>,
+    pub id: String,
+    pub payload: Bytes,
+    pub partition: u32,
+    /// 1 on first delivery, 2 on the first redelivery, and so on.
+    pub attempt: u32,
+    acker: Option<Box<dyn Acker>>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.topic)
+            .field("key", &self.key)
+            .field("id", &self.id)
+            .field("partition", &self.partition)
+            .field("attempt", &self.attempt)
+            .field("bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub fn new(
+        topic: String,
+        key: Option<String>,
+        id: String,
+        payload: Bytes,
+        partition: u32,
+        attempt: u32,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Delivery {
+            topic,
+            key,
+            id,
+            payload,
+            partition,
+            attempt,
+            acker: Some(acker),
+        }
+    }
+
+    /// Processing succeeded: never deliver it again.
+    pub async fn ack(mut self) -> Result<(), BusError> {
+        match self.acker.take() {
+            Some(a) => a.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Processing failed: deliver it again, after `delay` where the bus supports it.
+    pub async fn nack(mut self, delay: Option<Duration>) -> Result<(), BusError> {
+        match self.acker.take() {
+            Some(a) => a.nack(delay).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the acker out, for buses whose ackers must outlive the delivery (tests, batching).
+    pub fn into_parts(mut self) -> (OutMessage, u32, Option<Box<dyn Acker>>) {
+        let acker = self.acker.take();
+        let msg = OutMessage {
+            topic: std::mem::take(&mut self.topic),
+            key: self.key.take(),
+            id: std::mem::take(&mut self.id),
+            payload: std::mem::take(&mut self.payload),
+        };
+        (msg, self.attempt, acker)
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(a) = self.acker.take() {
+            // Dropped unsettled: the consumer died or gave up. Ask for redelivery at once where we
+            // can; buses whose nack needs a runtime fall back on ack_wait.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = a.nack(None).await;
+                });
+            }
+        }
+    }
+}
+
+/// A group member's stream of deliveries.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; `None` once the bus is closed.
+    async fn next(&mut self) -> Option<Result<Delivery, BusError>>;
+}
+
+/// A message bus.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// `inproc` or `nats`.
+    fn kind(&self) -> &'static str;
+    /// Number of partitions every topic is split into.
+    fn partitions(&self) -> u32;
+    /// Publishes a batch. Returns once every message is stored (or dropped as a duplicate); on
+    /// the in-process bus that may wait for room (backpressure).
+    async fn publish(&self, batch: Vec<OutMessage>) -> Result<PublishReport, BusError>;
+    /// Joins a consumer group (creating it durably if new).
+    async fn subscribe(&self, opts: SubscribeOptions) -> Result<Box<dyn Subscription>, BusError>;
+    /// Checks the bus is reachable.
+    async fn health(&self) -> Result<String, BusError>;
+    /// Stops intake: subscriptions end once drained. Publishing after close fails.
+    async fn close(&self);
+    /// Waits until publishes and acks sent so far have left the process.
+    async fn flush(&self) -> Result<(), BusError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        assert_eq!(partition_of(None, 8), 0);
+        assert_eq!(partition_of(Some("BTC"), 8), partition_of(Some("BTC"), 8));
+        let mut seen = [0u32; 8];
+        for i in 0..800 {
+            seen[partition_of(Some(&format!("SYM{i}")), 8) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "poor spread: {seen:?}");
+        // A fixed value, so that a change of hash (which would reorder keys across a
+        // rolling upgrade) is caught.
+        assert_eq!(partition_of(Some("BTCUSDT"), 1024), 556); // FNV-1a 64 = 0x3e640dbff523962c
+    }
+
+    #[test]
+    fn member_partitions() {
+        let o = SubscribeOptions::new("g", "a.>").member(1, 3);
+        assert_eq!(o.validate(8).unwrap(), vec![1, 4, 7]);
+        assert!(SubscribeOptions::new("g", "a.>")
+            .member(3, 3)
+            .validate(8)
+            .is_err());
+        assert!(SubscribeOptions::new("g", "a.>")
+            .member(5, 9)
+            .validate(4)
+            .is_err());
+        assert!(SubscribeOptions::new("g.x", "a").validate(1).is_err());
+        assert!(SubscribeOptions::new("g", "a.>.b").validate(1).is_err());
+    }
+}

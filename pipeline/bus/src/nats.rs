@@ -1,0 +1,464 @@
+//! The NATS JetStream bus, for distributed runs.
+//!
+//! - One stream (default `AURORAQ`) holds every topic under the subject
+//!   `<root>.<partition>.<topic>`, ensured at start-up with file storage, a duplicate window and
+//!   a retention limit, so analysts can replay topics from any start time.
+//! - Publishes carry `Nats-Msg-Id` = the event id, so the server drops re-publishes within the
+//!   duplicate window, and are pipelined: a batch waits for all its publish acks at the end.
+//! - A group member gets one durable pull consumer per partition it takes, filtered on
+//!   `<root>.<partition>.<filter>`, with explicit acks, `max_ack_pending` = `max_in_flight` and
+//!   `ack_wait`. Messages are acked only when the stage says so.
+//! - Deliveries in flight per member are capped by a semaphore, so memory stays bounded whatever
+//!   the backlog on the server.
+//! - The client reconnects by itself; pull loops that fail while the server is away are rebuilt
+//!   with backoff, and the durable consumers resume where their acks left them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::Config as PullConfig;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::AckKind;
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use crate::{
+    partition_of, topics, Acker, Bus, BusError, Delivery, OutMessage, PublishReport, SubscribeOptions,
+    Subscription,
+};
+
+/// The header that carries a message's partition key.
+pub const KEY_HEADER: &str = "Aq-Key";
+
+/// Settings of the NATS JetStream bus.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    /// Server URL, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// JetStream stream name (no dots or spaces).
+    pub stream: String,
+    /// First subject token; every AuroraQ subject lives under it.
+    pub subject_root: String,
+    /// Partitions per topic. All processes on one stream must agree.
+    pub partitions: u32,
+    /// How long the stream keeps messages (for replays and late consumers).
+    pub max_age: Duration,
+    /// Stream size limit in bytes; oldest messages go first. -1: no limit.
+    pub max_bytes: i64,
+    /// Window in which a re-published id is dropped.
+    pub duplicate_window: Duration,
+    /// Messages per pull request.
+    pub pull_batch: usize,
+    pub connect_timeout: Duration,
+}
+
+impl NatsConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsConfig {
+            url: url.into(),
+            stream: "AURORAQ".into(),
+            subject_root: "aq".into(),
+            partitions: 8,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(120),
+            pull_batch: 256,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The NATS JetStream bus. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    cfg: Arc<NatsConfig>,
+    closed: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl NatsBus {
+    /// Connects and ensures the stream exists.
+    pub async fn connect(cfg: NatsConfig) -> Result<Self, BusError> {
+        let connect_err = |reason: String| BusError::Connect {
+            url: cfg.url.clone(),
+            reason,
+        };
+        if cfg.partitions == 0 {
+            return Err(connect_err("partitions must be at least 1".into()));
+        }
+        if cfg.stream.is_empty() || cfg.stream.contains(['.', ' ', '*', '>']) {
+            return Err(connect_err(format!(
+                "stream name {:?} must have no dots, spaces or wildcards",
+                cfg.stream
+            )));
+        }
+        topics::validate_topic(&cfg.subject_root).map_err(connect_err)?;
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(cfg.connect_timeout)
+            .name("auroraq")
+            .event_callback(|ev| async move {
+                match ev {
+                    async_nats::Event::Disconnected => warn!("NATS disconnected; reconnecting"),
+                    async_nats::Event::Connected => debug!("NATS connected"),
+                    other => debug!(event = %other, "NATS event"),
+                }
+            })
+            .connect(cfg.url.as_str())
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let js = async_nats::jetstream::new(client.clone());
+        let stream_cfg = StreamConfig {
+            name: cfg.stream.clone(),
+            subjects: vec![format!("{}.>", cfg.subject_root)],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_age: cfg.max_age,
+            max_bytes: cfg.max_bytes,
+            duplicate_window: cfg.duplicate_window,
+            description: Some("AuroraQ topics: <root>.<partition>.<topic>".into()),
+            ..Default::default()
+        };
+        js.get_or_create_stream(stream_cfg)
+            .await
+            .map_err(|e| connect_err(format!("cannot ensure JetStream stream {}: {e}", cfg.stream)))?;
+        let (shutdown, _) = watch::channel(false);
+        Ok(NatsBus {
+            client,
+            js,
+            cfg: Arc::new(cfg),
+            closed: Arc::new(AtomicBool::new(false)),
+            shutdown,
+        })
+    }
+
+    fn subject(&self, topic: &str, partition: u32) -> String {
+        format!("{}.{}.{}", self.cfg.subject_root, partition, topic)
+    }
+
+    /// The durable consumer name of one group partition. The filter is hashed in, so one group
+    /// name can hold several subscriptions.
+    fn durable_name(group: &str, filter: &str, partition: u32) -> String {
+        let mut h: u32 = 0x811c9dc5;
+        for b in filter.as_bytes() {
+            h ^= *b as u32;
+            h = h.wrapping_mul(0x01000193);
+        }
+        format!("{group}-{h:08x}-p{partition}")
+    }
+
+    /// Deletes the stream and everything in it. For tests and `auroraq` admin use.
+    pub async fn delete_stream(&self) -> Result<(), BusError> {
+        self.js
+            .delete_stream(&self.cfg.stream)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Connect {
+                url: self.cfg.url.clone(),
+                reason: format!("cannot delete stream {}: {e}", self.cfg.stream),
+            })
+    }
+
+    async fn consumer(&self, opts: &SubscribeOptions, partition: u32) -> Result<PullConsumer, BusError> {
+        let err = |reason: String| BusError::Subscribe {
+            group: opts.group.clone(),
+            filter: opts.filter.clone(),
+            reason,
+        };
+        let name = Self::durable_name(&opts.group, &opts.filter, partition);
+        let stream = self
+            .js
+            .get_stream(&self.cfg.stream)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        stream
+            .get_or_create_consumer(
+                &name,
+                PullConfig {
+                    durable_name: Some(name.clone()),
+                    filter_subject: format!("{}.{}.{}", self.cfg.subject_root, partition, opts.filter),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: opts.ack_wait,
+                    deliver_policy: DeliverPolicy::All,
+                    max_ack_pending: opts.max_in_flight as i64,
+                    max_deliver: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(format!("consumer {name}: {e}")))
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn partitions(&self) -> u32 {
+        self.cfg.partitions
+    }
+
+    async fn publish(&self, batch: Vec<OutMessage>) -> Result<PublishReport, BusError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let mut pending: Vec<(String, PublishAckFuture)> = Vec::with_capacity(batch.len());
+        for m in batch {
+            topics::validate_topic(&m.topic).map_err(BusError::InvalidTopic)?;
+            let part = partition_of(m.key.as_deref(), self.cfg.partitions);
+            let mut publish = PublishMessage::build().payload(m.payload).message_id(&m.id);
+            if let Some(k) = &m.key {
+                publish = publish.header(KEY_HEADER, k.as_str());
+            }
+            let fut = self
+                .js
+                .send_publish(self.subject(&m.topic, part), publish)
+                .await
+                .map_err(|e| BusError::Publish {
+                    topic: m.topic.clone(),
+                    reason: e.to_string(),
+                })?;
+            pending.push((m.topic, fut));
+        }
+        let mut report = PublishReport::default();
+        for (topic, fut) in pending {
+            let ack = fut.await.map_err(|e| BusError::Publish {
+                topic,
+                reason: e.to_string(),
+            })?;
+            if ack.duplicate {
+                report.duplicates += 1;
+            } else {
+                report.stored += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn subscribe(&self, opts: SubscribeOptions) -> Result<Box<dyn Subscription>, BusError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let parts = opts.validate(self.cfg.partitions)?;
+        let permits = Arc::new(Semaphore::new(opts.max_in_flight));
+        let (tx, rx) = mpsc::channel(opts.max_in_flight.min(4096));
+        for p in parts {
+            // Create the durable now, so that errors surface here and the group exists (and
+            // retains messages for us) from this call on.
+            let consumer = self.consumer(&opts, p).await?;
+            let puller = Puller {
+                bus: self.clone(),
+                opts: opts.clone(),
+                partition: p,
+                permits: permits.clone(),
+                tx: tx.clone(),
+                shutdown: self.shutdown.subscribe(),
+            };
+            tokio::spawn(puller.run(consumer));
+        }
+        Ok(Box::new(NatsSubscription { rx }))
+    }
+
+    async fn health(&self) -> Result<String, BusError> {
+        let err = |reason: String| BusError::Connect {
+            url: self.cfg.url.clone(),
+            reason,
+        };
+        let info = self
+            .js
+            .query_account()
+            .await
+            .map_err(|e| err(format!("JetStream unavailable: {e}")))?;
+        let server = self.client.server_info();
+        Ok(format!(
+            "NATS {} at {}, JetStream: {} streams, {} bytes stored",
+            server.version, self.cfg.url, info.streams, info.storage
+        ))
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Ack(format!("flush: {e}")))
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.client.flush().await {
+            warn!(error = %e, "NATS flush on close failed");
+        }
+    }
+}
+
+/// Pulls one partition consumer into a member's channel, rebuilding the pull after errors.
+struct Puller {
+    bus: NatsBus,
+    opts: SubscribeOptions,
+    partition: u32,
+    permits: Arc<Semaphore>,
+    tx: mpsc::Sender<Result<Delivery, BusError>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Puller {
+    async fn run(mut self, mut consumer: PullConsumer) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(self.bus.cfg.pull_batch.min(self.opts.max_in_flight).max(1))
+                .heartbeat(Duration::from_secs(2))
+                .expires(Duration::from_secs(10))
+                .messages()
+                .await;
+            let mut messages = match messages {
+                Ok(m) => {
+                    backoff = Duration::from_millis(100);
+                    m
+                }
+                Err(e) => {
+                    warn!(group = %self.opts.group, partition = self.partition, error = %e, "pull failed; retrying");
+                    if self.pause(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // The consumer may be gone (stream recreated): get it again.
+                    if let Ok(c) = self.bus.consumer(&self.opts, self.partition).await {
+                        consumer = c;
+                    }
+                    continue;
+                }
+            };
+            loop {
+                // Take a permit before pulling the next message: at most max_in_flight unsettled.
+                // Stop when the bus closes or the member goes away (its channel closes).
+                let permit = tokio::select! {
+                    p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    _ = self.shutdown.changed() => return,
+                    _ = self.tx.closed() => return,
+                };
+                let next = tokio::select! {
+                    n = messages.next() => n,
+                    _ = self.shutdown.changed() => return,
+                    _ = self.tx.closed() => return,
+                };
+                match next {
+                    Some(Ok(msg)) => {
+                        let Some(d) = self.delivery(msg, permit) else {
+                            continue;
+                        };
+                        if self.tx.send(Ok(d)).await.is_err() {
+                            return; // the member is gone; unsettled deliveries come back after ack_wait
+                        }
+                    }
+                    Some(Err(e)) => {
+                        debug!(group = %self.opts.group, partition = self.partition, error = %e, "pull stream error; rebuilding");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if self.pause(backoff).await {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps, or returns true if shutdown came first.
+    async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => *self.shutdown.borrow(),
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    fn delivery(
+        &self,
+        msg: async_nats::jetstream::Message,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<Delivery> {
+        let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let (msg, acker) = msg.split();
+        let prefix_len = self.bus.cfg.subject_root.len() + 1;
+        // <root>.<partition>.<topic>
+        let topic = msg
+            .subject
+            .as_str()
+            .get(prefix_len..)
+            .and_then(|rest| rest.split_once('.'))
+            .map(|(_, t)| t.to_owned());
+        let Some(topic) = topic else {
+            warn!(subject = %msg.subject, "message outside the AuroraQ subject layout; terminating it");
+            tokio::spawn(async move {
+                let _ = acker.ack_with(AckKind::Term).await;
+            });
+            return None;
+        };
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let id = header("Nats-Msg-Id").unwrap_or_default();
+        let key = header(KEY_HEADER);
+        Some(Delivery::new(
+            topic,
+            key,
+            id,
+            msg.payload,
+            self.partition,
+            attempt,
+            Box::new(NatsAcker {
+                acker,
+                _permit: permit,
+            }),
+        ))
+    }
+}
+
+struct NatsSubscription {
+    rx: mpsc::Receiver<Result<Delivery, BusError>>,
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
+        self.rx.recv().await
+    }
+}
+
+struct NatsAcker {
+    acker: async_nats::jetstream::message::Acker,
+    /// Released when the delivery is settled: frees a slot of the member's max_in_flight.
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl Acker for NatsAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        self.acker.ack().await.map_err(|e| BusError::Ack(e.to_string()))
+    }
+
+    async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError> {
+        self.acker
+            .ack_with(AckKind::Nak(delay))
+            .await
+            .map_err(|e| BusError::Ack(e.to_string()))
+    }
+}

@@ -1,0 +1,183 @@
+//! Topic names: the one place that builds them.
+//!
+//! A topic is a dot-separated path of lower-case tokens, most general first, so that a consumer
+//! can take a whole family with a wildcard (`market.trades.>`):
+//!
+//! | topic | events |
+//! | --- | --- |
+//! | `market.trades.<exchange>.<symbol>` | `TradeTick` |
+//! | `market.klines.<exchange>.<symbol>` | `Kline` (the interval is a field) |
+//! | `market.tickers.<exchange>.<symbol>` | `BookTicker` |
+//! | `market.book.<exchange>.<symbol>` | `BookUpdate` |
+//! | `news.articles.<source>` | `Article` |
+//! | `sentiment.scores` | `SentimentScore` |
+//! | `sentiment.fused.<asset>` | `FusedSignal` |
+//! | `agents.intents` | `OrderIntent` |
+//! | `risk.decisions` | `RiskDecision` |
+//! | `exec.orders` | `OrderUpdate` (every state change) |
+//! | `exec.fills` | `OrderUpdate` (fills only) |
+//! | `exec.portfolio` | `PortfolioSnapshot` |
+//! | `alerts` | `Alert` |
+//! | `dlq.<stage>` | `DeadLetter` from that stage |
+//!
+//! Tokens are lower-cased and anything outside `[a-z0-9_-]` becomes `_`, so a symbol like
+//! `BTC/USDT` or an exchange like `binance.us` cannot add levels to the path.
+//! `*` matches one token and `>` (last) matches one or more, as in NATS.
+
+/// Lower-cases a name and replaces characters that are not `[a-z0-9_-]`, so it is one token.
+pub fn token(s: &str) -> String {
+    let t: String = s
+        .trim()
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.is_empty() {
+        "_".to_owned()
+    } else {
+        t
+    }
+}
+
+pub fn trades(exchange: &str, symbol: &str) -> String {
+    format!("market.trades.{}.{}", token(exchange), token(symbol))
+}
+
+pub fn klines(exchange: &str, symbol: &str) -> String {
+    format!("market.klines.{}.{}", token(exchange), token(symbol))
+}
+
+pub fn tickers(exchange: &str, symbol: &str) -> String {
+    format!("market.tickers.{}.{}", token(exchange), token(symbol))
+}
+
+pub fn book(exchange: &str, symbol: &str) -> String {
+    format!("market.book.{}.{}", token(exchange), token(symbol))
+}
+
+pub fn articles(source: &str) -> String {
+    format!("news.articles.{}", token(source))
+}
+
+pub const SENTIMENT_SCORES: &str = "sentiment.scores";
+
+pub fn fused(asset: &str) -> String {
+    format!("sentiment.fused.{}", token(asset))
+}
+
+pub const ORDER_INTENTS: &str = "agents.intents";
+pub const RISK_DECISIONS: &str = "risk.decisions";
+pub const EXEC_ORDERS: &str = "exec.orders";
+pub const EXEC_FILLS: &str = "exec.fills";
+pub const PORTFOLIO: &str = "exec.portfolio";
+pub const ALERTS: &str = "alerts";
+
+pub fn dlq(stage: &str) -> String {
+    format!("dlq.{}", token(stage))
+}
+
+/// Every market-data topic.
+pub const ALL_MARKET: &str = "market.>";
+/// Every article topic.
+pub const ALL_ARTICLES: &str = "news.articles.>";
+/// Every fused-signal topic.
+pub const ALL_FUSED: &str = "sentiment.fused.>";
+/// Every dead-letter topic.
+pub const ALL_DLQ: &str = "dlq.>";
+
+/// Checks that `topic` is a concrete topic (no wildcards, no empty tokens).
+pub fn validate_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("empty topic".into());
+    }
+    for t in topic.split('.') {
+        if t.is_empty() {
+            return Err(format!("topic {topic:?} has an empty token"));
+        }
+        if !t
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        {
+            return Err(format!("topic {topic:?}: token {t:?} must be [a-z0-9_-]"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a subscription filter: tokens as in a topic, or `*`, or a final `>`.
+pub fn validate_filter(filter: &str) -> Result<(), String> {
+    let tokens: Vec<&str> = filter.split('.').collect();
+    for (i, t) in tokens.iter().enumerate() {
+        match *t {
+            "*" => {}
+            ">" if i + 1 == tokens.len() => {}
+            ">" => return Err(format!("filter {filter:?}: '>' must be the last token")),
+            _ => validate_topic(t).map_err(|e| format!("filter {filter:?}: {e}"))?,
+        }
+    }
+    Ok(())
+}
+
+/// Whether `topic` matches `filter` (`*` one token, final `>` one or more).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut t = topic.split('.');
+    loop {
+        match (f.next(), t.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_names() {
+        assert_eq!(trades("Binance", "BTCUSDT"), "market.trades.binance.btcusdt");
+        assert_eq!(
+            trades("binance.us", "BTC/USDT"),
+            "market.trades.binance_us.btc_usdt"
+        );
+        assert_eq!(fused("BTC"), "sentiment.fused.btc");
+        assert_eq!(dlq("sentiment"), "dlq.sentiment");
+        assert_eq!(articles(""), "news.articles._");
+        for t in [
+            trades("a", "b"),
+            klines("a", "b"),
+            tickers("a", "b"),
+            book("a", "b"),
+            articles("x"),
+        ] {
+            validate_topic(&t).unwrap();
+        }
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("market.>", "market.trades.binance.btcusdt"));
+        assert!(!matches("market.>", "market"));
+        assert!(matches(
+            "market.*.binance.btcusdt",
+            "market.trades.binance.btcusdt"
+        ));
+        assert!(!matches("market.*.binance", "market.trades.binance.btcusdt"));
+        assert!(matches("alerts", "alerts"));
+        assert!(!matches("alerts", "alerts.x"));
+        assert!(validate_filter("market.>").is_ok());
+        assert!(validate_filter("market.>.x").is_err());
+        assert!(validate_topic("Market.x").is_err());
+        assert!(validate_topic("a..b").is_err());
+    }
+}

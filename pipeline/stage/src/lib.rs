@@ -1,0 +1,340 @@
+//! The stage runner: how every stage meets the bus.
+//!
+//! [`run_stage`] joins a consumer group, and for each delivery decodes the event, hands it to the
+//! stage's [`Handler`], publishes what the handler returns, and only then acks. What cannot be
+//! decoded or processed becomes a [`DeadLetter`] on `dlq.<stage>` with the reason and the original
+//! bytes, is counted, and is acked so the stage goes on; nothing is dropped silently and nothing
+//! crashes the stage.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use auroraq_bus::{topics, Bus, BusError, Delivery, OutMessage, PublishReport, SubscribeOptions};
+use auroraq_schemas::{decode, now_micros, AnyEvent, CodecError, DeadLetter, Event, Meta};
+use bytes::Bytes;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tracing::{debug, error, warn};
+
+/// Where an event goes by default: the topic its kind and fields name.
+pub fn topic_for(ev: &AnyEvent) -> String {
+    match ev {
+        AnyEvent::TradeTick(e) => topics::trades(&e.exchange, &e.symbol),
+        AnyEvent::Kline(e) => topics::klines(&e.exchange, &e.symbol),
+        AnyEvent::BookTicker(e) => topics::tickers(&e.exchange, &e.symbol),
+        AnyEvent::BookUpdate(e) => topics::book(&e.exchange, &e.symbol),
+        AnyEvent::Article(e) => topics::articles(&e.meta.source),
+        AnyEvent::SentimentScore(_) => topics::SENTIMENT_SCORES.to_owned(),
+        AnyEvent::FusedSignal(e) => topics::fused(&e.asset),
+        AnyEvent::OrderIntent(_) => topics::ORDER_INTENTS.to_owned(),
+        AnyEvent::RiskDecision(_) => topics::RISK_DECISIONS.to_owned(),
+        AnyEvent::OrderUpdate(_) => topics::EXEC_ORDERS.to_owned(),
+        AnyEvent::PortfolioSnapshot(_) => topics::PORTFOLIO.to_owned(),
+        AnyEvent::Alert(_) => topics::ALERTS.to_owned(),
+        AnyEvent::DeadLetter(e) => topics::dlq(&e.stage),
+    }
+}
+
+/// The partition key of an event: its symbol or asset, so that per-asset order holds.
+pub fn key_for(ev: &AnyEvent) -> Option<String> {
+    match ev {
+        AnyEvent::TradeTick(e) => Some(e.symbol.clone()),
+        AnyEvent::Kline(e) => Some(e.symbol.clone()),
+        AnyEvent::BookTicker(e) => Some(e.symbol.clone()),
+        AnyEvent::BookUpdate(e) => Some(e.symbol.clone()),
+        AnyEvent::Article(e) => Some(e.article_id.clone()),
+        AnyEvent::SentimentScore(e) => e.assets.first().cloned(),
+        AnyEvent::FusedSignal(e) => Some(e.asset.clone()),
+        AnyEvent::OrderIntent(e) => Some(e.symbol.clone()),
+        AnyEvent::RiskDecision(e) => Some(e.symbol.clone()),
+        AnyEvent::OrderUpdate(e) => Some(e.symbol.clone()),
+        AnyEvent::PortfolioSnapshot(e) => Some(e.account.clone()),
+        AnyEvent::Alert(e) => e.subject.clone(),
+        AnyEvent::DeadLetter(e) => Some(e.stage.clone()),
+    }
+}
+
+/// Encodes an event into a bus message on its default topic, keyed and de-duplicated by its ids.
+pub fn to_message(ev: &AnyEvent) -> Result<OutMessage, CodecError> {
+    Ok(OutMessage {
+        topic: topic_for(ev),
+        key: key_for(ev),
+        id: ev.meta().event_id.clone(),
+        payload: Bytes::from(ev.encode()?),
+    })
+}
+
+/// Encodes and publishes events on their default topics.
+pub async fn publish_events(bus: &dyn Bus, events: &[AnyEvent]) -> Result<PublishReport, StageError> {
+    let mut batch = Vec::with_capacity(events.len());
+    for ev in events {
+        batch.push(to_message(ev).map_err(StageError::Encode)?);
+    }
+    Ok(bus.publish(batch).await?)
+}
+
+/// What a handler reports when it cannot process an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The event is bad: retrying will not help. It is dead-lettered at once.
+    #[error("{0}")]
+    Permanent(String),
+    /// Something outside the event failed (a database, a model): retry later. After
+    /// `max_attempts` deliveries it is dead-lettered.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// A stage's logic: one decoded event in, zero or more events out.
+#[async_trait]
+pub trait Handler<E: Event>: Send {
+    async fn handle(&mut self, event: E) -> Result<Vec<AnyEvent>, HandlerError>;
+}
+
+/// Failures of the runner itself (not of single events, which become dead letters).
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot encode an output event: {0}")]
+    Encode(#[source] CodecError),
+}
+
+/// How a stage joins the bus.
+#[derive(Clone, Debug)]
+pub struct StageConfig {
+    /// Stage name: the consumer group and the dead-letter topic `dlq.<name>`.
+    pub name: String,
+    /// Topic filter it consumes.
+    pub filter: String,
+    pub member: u32,
+    pub members: u32,
+    pub max_in_flight: usize,
+    pub ack_wait: Duration,
+    /// Deliveries before a transiently failing event is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt.
+    pub retry_delay: Duration,
+}
+
+impl StageConfig {
+    pub fn new(name: impl Into<String>, filter: impl Into<String>) -> Self {
+        StageConfig {
+            name: name.into(),
+            filter: filter.into(),
+            member: 0,
+            members: 1,
+            max_in_flight: 256,
+            ack_wait: Duration::from_secs(30),
+            max_attempts: 5,
+            retry_delay: Duration::from_millis(200),
+        }
+    }
+
+    fn subscribe_options(&self) -> SubscribeOptions {
+        SubscribeOptions::new(topics::token(&self.name), self.filter.clone())
+            .member(self.member, self.members)
+            .max_in_flight(self.max_in_flight)
+            .ack_wait(self.ack_wait)
+    }
+}
+
+/// Counters of one stage, readable while it runs.
+#[derive(Default)]
+pub struct StageMetrics {
+    pub received: AtomicU64,
+    pub processed: AtomicU64,
+    pub published: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_letters: AtomicU64,
+    dead_letter_reasons: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A point-in-time copy of [`StageMetrics`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StageStats {
+    pub received: u64,
+    pub processed: u64,
+    pub published: u64,
+    pub redelivered: u64,
+    pub retried: u64,
+    pub dead_letters: u64,
+    pub dead_letter_reasons: BTreeMap<String, u64>,
+}
+
+impl StageMetrics {
+    pub fn snapshot(&self) -> StageStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StageStats {
+            received: get(&self.received),
+            processed: get(&self.processed),
+            published: get(&self.published),
+            redelivered: get(&self.redelivered),
+            retried: get(&self.retried),
+            dead_letters: get(&self.dead_letters),
+            dead_letter_reasons: self
+                .dead_letter_reasons
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn count_dead_letter(&self, reason: &str) {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.dead_letter_reasons.lock() {
+            *m.entry(reason.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+/// Builds the dead letter for a delivery. Its id is derived from the stage, the original message
+/// (its id, or a hash of its bytes) and the reason, so dead-lettering the same message twice
+/// yields one dead letter after de-duplication.
+pub fn dead_letter(stage: &str, d: &Delivery, reason: &str, error: &str) -> DeadLetter {
+    let original = if d.id.is_empty() {
+        let digest = Sha256::digest(&d.payload);
+        digest
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    } else {
+        d.id.clone()
+    };
+    let now = now_micros();
+    let mut meta = Meta::derived(
+        "DeadLetter",
+        stage,
+        &[],
+        &format!("{}|{original}|{reason}", d.topic),
+        now,
+        now,
+    );
+    if !d.id.is_empty() {
+        meta.derived_from = vec![d.id.clone()];
+    }
+    DeadLetter {
+        meta,
+        stage: stage.to_owned(),
+        reason: reason.to_owned(),
+        error: error.to_owned(),
+        original_topic: d.topic.clone(),
+        original_key: d.key.clone(),
+        original_id: (!d.id.is_empty()).then(|| d.id.clone()),
+        original_bytes: d.payload.to_vec(),
+        attempts: d.attempt as i32,
+    }
+}
+
+/// Runs `handler` on every event of `E` the stage's filter brings, until the bus closes and the
+/// stage's share is drained. Returns the stage's counters.
+pub async fn run_stage<E: Event, H: Handler<E>>(
+    bus: Arc<dyn Bus>,
+    cfg: StageConfig,
+    mut handler: H,
+    metrics: Arc<StageMetrics>,
+) -> Result<StageStats, StageError> {
+    let mut sub = bus.subscribe(cfg.subscribe_options()).await?;
+    let dlq = topics::dlq(&cfg.name);
+    while let Some(next) = sub.next().await {
+        let d = match next {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(stage = %cfg.name, error = %e, "delivery error");
+                continue;
+            }
+        };
+        metrics.received.fetch_add(1, Ordering::Relaxed);
+        if d.attempt > 1 {
+            metrics.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        let outcome = match decode::<E>(&d.payload) {
+            Err(e) => Err(("decode_error", e.to_string())),
+            Ok(event) => match handler.handle(event).await {
+                Ok(outs) => Ok(outs),
+                Err(HandlerError::Permanent(why)) => Err(("handler_error", why)),
+                Err(HandlerError::Transient(why)) if d.attempt >= cfg.max_attempts => {
+                    Err(("max_attempts", format!("failed {} times, last: {why}", d.attempt)))
+                }
+                Err(HandlerError::Transient(why)) => {
+                    debug!(stage = %cfg.name, attempt = d.attempt, error = %why, "transient failure; retrying");
+                    metrics.retried.fetch_add(1, Ordering::Relaxed);
+                    let delay = cfg.retry_delay.saturating_mul(1 << d.attempt.min(10));
+                    d.nack(Some(delay)).await?;
+                    continue;
+                }
+            },
+        };
+        match outcome {
+            Ok(outs) => {
+                let mut batch = Vec::with_capacity(outs.len());
+                let mut encode_error = None;
+                for ev in &outs {
+                    match to_message(ev) {
+                        Ok(m) => batch.push(m),
+                        Err(e) => encode_error = Some(e.to_string()),
+                    }
+                }
+                if let Some(why) = encode_error {
+                    error!(stage = %cfg.name, error = %why, "stage produced an event that does not encode");
+                    send_dead_letter(&*bus, &dlq, &cfg.name, d, "encode_error", &why, &metrics).await?;
+                    continue;
+                }
+                let n = batch.len() as u64;
+                if n > 0 {
+                    if let Err(e) = bus.publish(batch).await {
+                        // Not acked: it comes back and is processed again (outputs de-duplicate).
+                        warn!(stage = %cfg.name, error = %e, "publishing outputs failed; will retry");
+                        d.nack(Some(cfg.retry_delay)).await?;
+                        continue;
+                    }
+                }
+                metrics.published.fetch_add(n, Ordering::Relaxed);
+                metrics.processed.fetch_add(1, Ordering::Relaxed);
+                d.ack().await?;
+            }
+            Err((reason, why)) => {
+                send_dead_letter(&*bus, &dlq, &cfg.name, d, reason, &why, &metrics).await?;
+            }
+        }
+    }
+    bus.flush().await?;
+    Ok(metrics.snapshot())
+}
+
+async fn send_dead_letter(
+    bus: &dyn Bus,
+    dlq: &str,
+    stage: &str,
+    d: Delivery,
+    reason: &str,
+    why: &str,
+    metrics: &StageMetrics,
+) -> Result<(), StageError> {
+    warn!(stage, topic = %d.topic, reason, error = %why, "dead letter");
+    let dl = dead_letter(stage, &d, reason, why);
+    let payload = auroraq_schemas::encode(&dl).map_err(StageError::Encode)?;
+    let msg = OutMessage {
+        topic: dlq.to_owned(),
+        key: Some(stage.to_owned()),
+        id: dl.meta.event_id.clone(),
+        payload: payload.into(),
+    };
+    match bus.publish(vec![msg]).await {
+        Ok(_) => {
+            metrics.count_dead_letter(reason);
+            d.ack().await?;
+        }
+        Err(e) => {
+            // The dead letter did not make it: keep the original for another try.
+            warn!(stage, error = %e, "cannot publish dead letter; will retry");
+            d.nack(Some(Duration::from_secs(1))).await?;
+        }
+    }
+    Ok(())
+}

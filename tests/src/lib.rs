@@ -1,0 +1,181 @@
+//! Test support shared by AuroraQ's cross-crate tests.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auroraq_bus::{Bus, InProcBus, InProcConfig, NatsBus, NatsConfig};
+
+/// The NATS server the tests use: `AURORAQ_TEST_NATS_URL`, or the local one.
+pub fn nats_url() -> String {
+    std::env::var("AURORAQ_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A name no other test (in this or a concurrent run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}{}x{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 100_000
+    )
+}
+
+/// A NATS config on its own stream and subject root, so tests never see each other's messages.
+pub fn isolated_nats_config(url: &str, partitions: u32) -> NatsConfig {
+    let name = unique("t");
+    let mut cfg = NatsConfig::new(url);
+    cfg.stream = name.to_uppercase();
+    cfg.subject_root = name;
+    cfg.partitions = partitions;
+    cfg.max_age = Duration::from_secs(600);
+    cfg
+}
+
+/// A JetStream bus on the shared server with an isolated stream (deleted on drop of the guard).
+pub async fn nats_bus(partitions: u32) -> (Arc<NatsBus>, StreamGuard) {
+    let cfg = isolated_nats_config(&nats_url(), partitions);
+    let bus = NatsBus::connect(cfg).await.unwrap_or_else(|e| {
+        panic!(
+            "NATS with JetStream must run at {} for these tests: {e}",
+            nats_url()
+        )
+    });
+    let bus = Arc::new(bus);
+    (bus.clone(), StreamGuard(Some(bus)))
+}
+
+/// Deletes a test stream when dropped.
+pub struct StreamGuard(Option<Arc<NatsBus>>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(bus) = self.0.take() {
+            // Best effort, on a small runtime of its own (the test's may be shutting down).
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    rt.block_on(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), bus.delete_stream()).await;
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+pub fn inproc_bus(partitions: u32, queue_capacity: usize) -> Arc<InProcBus> {
+    Arc::new(InProcBus::new(InProcConfig {
+        partitions,
+        queue_capacity,
+        ..InProcConfig::default()
+    }))
+}
+
+/// Upcasts for the generic suites.
+pub fn dyn_bus<B: Bus>(b: Arc<B>) -> Arc<dyn Bus> {
+    b
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A private `nats-server -js` on a loopback port with its own store, that a test may stop and
+/// restart (the shared server must never be restarted by a test).
+pub struct PrivateNats {
+    pub port: u16,
+    pub store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+pub fn nats_server_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    for p in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
+        if std::path::Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+impl PrivateNats {
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut s = PrivateNats {
+            port: free_port(),
+            store,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and store, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", nats_server_binary().display()));
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "nats-server did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM), as an operator's restart would.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
