@@ -96,6 +96,16 @@ macro_rules! event_kinds {
             pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
                 match self { $( AnyEvent::$variant(e) => encode(e) ),+ }
             }
+            /// The event as JSON: its fields plus `"kind"`, decimals as exact strings.
+            pub fn to_json(&self) -> serde_json::Value {
+                let mut v = match self { $( AnyEvent::$variant(e) => serde_json::to_value(e) ),+ }
+                    .unwrap_or(serde_json::Value::Null);
+                crate::json::decimals_to_strings(&mut v);
+                if let serde_json::Value::Object(m) = &mut v {
+                    m.insert("kind".into(), serde_json::Value::String(self.kind().name().into()));
+                }
+                v
+            }
             /// Decodes a message of any known kind.
             pub fn decode(bytes: &[u8]) -> Result<AnyEvent, CodecError> {
                 let (fp, _) = split_header(bytes)?;
@@ -142,6 +152,23 @@ impl EventKind {
     /// CRC-64-AVRO fingerprint of the current schema's canonical form.
     pub fn fingerprint(self) -> u64 {
         registry().current(self).fingerprint
+    }
+}
+
+/// Something a stage can take off the bus: one event type, or [`AnyEvent`].
+pub trait Incoming: Sized + Send + 'static {
+    fn decode_message(bytes: &[u8]) -> Result<Self, CodecError>;
+}
+
+impl<E: Event> Incoming for E {
+    fn decode_message(bytes: &[u8]) -> Result<Self, CodecError> {
+        decode::<E>(bytes)
+    }
+}
+
+impl Incoming for AnyEvent {
+    fn decode_message(bytes: &[u8]) -> Result<Self, CodecError> {
+        AnyEvent::decode(bytes)
     }
 }
 

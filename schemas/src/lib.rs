@@ -8,11 +8,12 @@
 pub mod codec;
 pub mod decimal;
 pub mod events;
+pub mod json;
 pub mod meta;
 pub mod samples;
 
 pub use codec::{
-    decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind, Registry,
+    decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind, Incoming, Registry,
     HEADER_LEN, MAGIC,
 };
 pub use decimal::{Dec, DecError};

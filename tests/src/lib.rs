@@ -72,6 +72,29 @@ impl Drop for StreamGuard {
     }
 }
 
+/// Deletes the named stream on the shared server when dropped (for tests that let a child
+/// process create it).
+pub struct DeleteStreamOnDrop {
+    pub stream: String,
+}
+
+impl Drop for DeleteStreamOnDrop {
+    fn drop(&mut self) {
+        let stream = std::mem::take(&mut self.stream);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async move {
+                    if let Ok(c) = async_nats::connect(nats_url()).await {
+                        let js = async_nats::jetstream::new(c);
+                        let _ = tokio::time::timeout(Duration::from_secs(5), js.delete_stream(&stream)).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
 pub fn inproc_bus(partitions: u32, queue_capacity: usize) -> Arc<InProcBus> {
     Arc::new(InProcBus::new(InProcConfig {
         partitions,

@@ -270,19 +270,17 @@ impl Bus for NatsBus {
     }
 
     async fn health(&self) -> Result<String, BusError> {
-        let err = |reason: String| BusError::Connect {
-            url: self.cfg.url.clone(),
-            reason,
-        };
-        let info = self
+        let err = |reason: String| BusError::Connect { url: self.cfg.url.clone(), reason };
+        let mut stream = self
             .js
-            .query_account()
+            .get_stream(&self.cfg.stream)
             .await
-            .map_err(|e| err(format!("JetStream unavailable: {e}")))?;
+            .map_err(|e| err(format!("JetStream stream {} unavailable: {e}", self.cfg.stream)))?;
+        let info = stream.info().await.map_err(|e| err(format!("JetStream unavailable: {e}")))?;
         let server = self.client.server_info();
         Ok(format!(
-            "NATS {} at {}, JetStream: {} streams, {} bytes stored",
-            server.version, self.cfg.url, info.streams, info.storage
+            "NATS {} with JetStream; stream {}: {} messages, {} bytes",
+            server.version, self.cfg.stream, info.state.messages, info.state.bytes
         ))
     }
 

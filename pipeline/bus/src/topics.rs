@@ -24,6 +24,25 @@
 //! `BTC/USDT` or an exchange like `binance.us` cannot add levels to the path.
 //! `*` matches one token and `>` (last) matches one or more, as in NATS.
 
+/// The naming convention, for people: `(topic pattern, events)`. Tests check it against the
+/// builders below.
+pub const TABLE: &[(&str, &str)] = &[
+    ("market.trades.<exchange>.<symbol>", "TradeTick"),
+    ("market.klines.<exchange>.<symbol>", "Kline"),
+    ("market.tickers.<exchange>.<symbol>", "BookTicker"),
+    ("market.book.<exchange>.<symbol>", "BookUpdate"),
+    ("news.articles.<source>", "Article"),
+    ("sentiment.scores", "SentimentScore"),
+    ("sentiment.fused.<asset>", "FusedSignal"),
+    ("agents.intents", "OrderIntent"),
+    ("risk.decisions", "RiskDecision"),
+    ("exec.orders", "OrderUpdate (every state change)"),
+    ("exec.fills", "OrderUpdate (fills only)"),
+    ("exec.portfolio", "PortfolioSnapshot"),
+    ("alerts", "Alert"),
+    ("dlq.<stage>", "DeadLetter"),
+];
+
 /// Lower-cases a name and replaces characters that are not `[a-z0-9_-]`, so it is one token.
 pub fn token(s: &str) -> String {
     let t: String = s
@@ -161,6 +180,35 @@ mod tests {
             articles("x"),
         ] {
             validate_topic(&t).unwrap();
+        }
+    }
+
+    #[test]
+    fn table_matches_builders() {
+        let built = [
+            trades("E", "S"),
+            klines("E", "S"),
+            tickers("E", "S"),
+            book("E", "S"),
+            articles("E"),
+            SENTIMENT_SCORES.to_owned(),
+            fused("E"),
+            ORDER_INTENTS.to_owned(),
+            RISK_DECISIONS.to_owned(),
+            EXEC_ORDERS.to_owned(),
+            EXEC_FILLS.to_owned(),
+            PORTFOLIO.to_owned(),
+            ALERTS.to_owned(),
+            dlq("E"),
+        ];
+        assert_eq!(built.len(), TABLE.len());
+        for ((pattern, _), b) in TABLE.iter().zip(built) {
+            let generic: Vec<&str> = pattern.split('.').collect();
+            let concrete: Vec<&str> = b.split('.').collect();
+            assert_eq!(generic.len(), concrete.len(), "{pattern} vs {b}");
+            for (g, c) in generic.iter().zip(concrete) {
+                assert!(g.starts_with('<') || *g == c, "{pattern} vs {b}");
+            }
         }
     }
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use auroraq_bus::{topics, Bus, BusError, Delivery, OutMessage, PublishReport, SubscribeOptions};
-use auroraq_schemas::{decode, now_micros, AnyEvent, CodecError, DeadLetter, Event, Meta};
+use auroraq_bus::{topics, Bus, BusError, Delivery, OutMessage, PublishReport, SubscribeOptions, Subscription};
+use auroraq_schemas::{now_micros, AnyEvent, CodecError, DeadLetter, Incoming, Meta};
 use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -90,7 +90,7 @@ pub enum HandlerError {
 
 /// A stage's logic: one decoded event in, zero or more events out.
 #[async_trait]
-pub trait Handler<E: Event>: Send {
+pub trait Handler<E: Incoming>: Send {
     async fn handle(&mut self, event: E) -> Result<Vec<AnyEvent>, HandlerError>;
 }
 
@@ -233,13 +233,30 @@ pub fn dead_letter(stage: &str, d: &Delivery, reason: &str, error: &str) -> Dead
 
 /// Runs `handler` on every event of `E` the stage's filter brings, until the bus closes and the
 /// stage's share is drained. Returns the stage's counters.
-pub async fn run_stage<E: Event, H: Handler<E>>(
+pub async fn run_stage<E: Incoming, H: Handler<E>>(
     bus: Arc<dyn Bus>,
     cfg: StageConfig,
+    handler: H,
+    metrics: Arc<StageMetrics>,
+) -> Result<StageStats, StageError> {
+    let sub = subscribe_stage(&*bus, &cfg).await?;
+    run_subscription(bus, cfg, sub, handler, metrics).await
+}
+
+/// Joins the stage's consumer group. Subscribe every stage before starting producers when the
+/// bus only keeps messages for existing groups (the in-process bus).
+pub async fn subscribe_stage(bus: &dyn Bus, cfg: &StageConfig) -> Result<Box<dyn Subscription>, StageError> {
+    Ok(bus.subscribe(cfg.subscribe_options()).await?)
+}
+
+/// Runs a stage on a subscription made by [`subscribe_stage`]; see [`run_stage`].
+pub async fn run_subscription<E: Incoming, H: Handler<E>>(
+    bus: Arc<dyn Bus>,
+    cfg: StageConfig,
+    mut sub: Box<dyn Subscription>,
     mut handler: H,
     metrics: Arc<StageMetrics>,
 ) -> Result<StageStats, StageError> {
-    let mut sub = bus.subscribe(cfg.subscribe_options()).await?;
     let dlq = topics::dlq(&cfg.name);
     while let Some(next) = sub.next().await {
         let d = match next {
@@ -253,7 +270,7 @@ pub async fn run_stage<E: Event, H: Handler<E>>(
         if d.attempt > 1 {
             metrics.redelivered.fetch_add(1, Ordering::Relaxed);
         }
-        let outcome = match decode::<E>(&d.payload) {
+        let outcome = match E::decode_message(&d.payload) {
             Err(e) => Err(("decode_error", e.to_string())),
             Ok(event) => match handler.handle(event).await {
                 Ok(outs) => Ok(outs),

@@ -1,0 +1,214 @@
+//! `auroraq bench bus`: events/s from publish to consumer ack, for ~200-byte Avro events, on each
+//! bus beside a bare baseline measured in the same run: a tokio channel for the in-process bus,
+//! and a plain async-nats JetStream publish/consume loop for the NATS bus.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use auroraq_bus::{Bus, InProcBus, InProcConfig, OutMessage, SubscribeOptions};
+use auroraq_schemas::{encode, samples};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+
+/// One measured path.
+#[derive(Debug, Serialize)]
+pub struct Figure {
+    pub path: String,
+    pub events: usize,
+    pub seconds: f64,
+    pub events_per_s: f64,
+}
+
+impl Figure {
+    fn new(path: &str, events: usize, d: Duration) -> Self {
+        let seconds = d.as_secs_f64();
+        Figure { path: path.into(), events, seconds, events_per_s: events as f64 / seconds }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BusBench {
+    pub payload_bytes: usize,
+    pub batch: usize,
+    pub figures: Vec<Figure>,
+    pub inproc_vs_channel: f64,
+    pub nats_vs_bare: Option<f64>,
+}
+
+/// A realistic event payload of about 200 bytes: a trade with a W3C traceparent.
+pub fn payloads(n: usize) -> Result<Vec<(String, Bytes)>> {
+    (0..n)
+        .map(|i| {
+            let mut t = samples::trade(i as u64);
+            t.meta.traceparent = Some(format!("00-{:032x}-{:016x}-01", i as u128 * 7919, i as u64 * 104729));
+            Ok((t.meta.event_id.clone(), Bytes::from(encode(&t)?)))
+        })
+        .collect()
+}
+
+const KEYS: [&str; 4] = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"];
+
+fn messages(topic: &str, p: &[(String, Bytes)]) -> Vec<OutMessage> {
+    p.iter()
+        .enumerate()
+        .map(|(i, (id, b))| OutMessage::new(topic, Some(KEYS[i % KEYS.len()].to_owned()), id.clone(), b.clone()))
+        .collect()
+}
+
+async fn channel_baseline(p: &[(String, Bytes)], batch: usize) -> Figure {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8192);
+    let n = p.len();
+    let data: Vec<Bytes> = p.iter().map(|(_, b)| b.clone()).collect();
+    let t0 = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut bytes = 0usize;
+        for _ in 0..n {
+            match rx.recv().await {
+                Some(b) => bytes += b.len(),
+                None => break,
+            }
+        }
+        bytes
+    });
+    for chunk in data.chunks(batch) {
+        for b in chunk {
+            if tx.send(b.clone()).await.is_err() {
+                break;
+            }
+        }
+    }
+    let _ = consumer.await;
+    Figure::new("tokio mpsc channel (bare)", n, t0.elapsed())
+}
+
+/// Publishes everything in batches while one member consumes and acks; timed to the last ack.
+async fn bus_path(name: &str, bus: Arc<dyn Bus>, topic: &str, p: &[(String, Bytes)], batch: usize) -> Result<Figure> {
+    let mut sub = bus.subscribe(SubscribeOptions::new("bench", topic).max_in_flight(4096)).await?;
+    let msgs = messages(topic, p);
+    let n = msgs.len();
+    let t0 = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            match sub.next().await {
+                Some(Ok(d)) => {
+                    d.ack().await?;
+                    got += 1;
+                }
+                Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                None => break,
+            }
+        }
+        Ok::<usize, anyhow::Error>(got)
+    });
+    let producer = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for chunk in msgs.chunks(batch) {
+                bus.publish(chunk.to_vec()).await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+    producer.await??;
+    let got = consumer.await??;
+    let d = t0.elapsed();
+    anyhow::ensure!(got == n, "{name}: consumed {got} of {n}");
+    bus.flush().await?;
+    Ok(Figure::new(name, n, d))
+}
+
+#[cfg(feature = "nats")]
+async fn bare_nats(url: &str, p: &[(String, Bytes)], batch: usize) -> Result<Figure> {
+    use async_nats::jetstream::{self, consumer::pull, stream};
+    let client = async_nats::connect(url).await.with_context(|| format!("connecting to {url}"))?;
+    let js = jetstream::new(client.clone());
+    let name = format!("BENCHBARE{}", std::process::id());
+    let subject = format!("benchbare{}.x", std::process::id());
+    let _ = js.delete_stream(&name).await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("bench".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 4096,
+            ..Default::default()
+        })
+        .await?;
+    let n = p.len();
+    let data: Vec<(String, Bytes)> = p.to_vec();
+    let t0 = Instant::now();
+    let cons = tokio::spawn(async move {
+        let mut msgs = consumer.stream().max_messages_per_batch(256).messages().await?;
+        let mut got = 0;
+        while got < n {
+            match msgs.next().await {
+                Some(Ok(m)) => {
+                    m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    got += 1;
+                }
+                Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
+                None => break,
+            }
+        }
+        Ok::<usize, anyhow::Error>(got)
+    });
+    for chunk in data.chunks(batch) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (id, b) in chunk {
+            let m = jetstream::message::PublishMessage::build().payload(b.clone()).message_id(id);
+            acks.push(js.send_publish(subject.clone(), m).await?);
+        }
+        for a in acks {
+            a.await?;
+        }
+    }
+    let got = cons.await??;
+    let d = t0.elapsed();
+    anyhow::ensure!(got == n, "bare JetStream: consumed {got} of {n}");
+    let _ = js.delete_stream(&name).await;
+    Ok(Figure::new("async-nats JetStream loop (bare)", n, d))
+}
+
+pub async fn bus(events: usize, nats_events: usize, nats_url: Option<&str>, batch: usize) -> Result<BusBench> {
+    let p = payloads(events.max(nats_events))?;
+    let payload_bytes = p.iter().map(|(_, b)| b.len()).sum::<usize>() / p.len().max(1);
+    let mut figures = Vec::new();
+
+    let base = channel_baseline(&p[..events], batch).await;
+    let inproc: Arc<dyn Bus> = Arc::new(InProcBus::new(InProcConfig { partitions: 8, ..InProcConfig::default() }));
+    let ours = bus_path("auroraq in-process bus", inproc, "bench.inproc", &p[..events], batch).await?;
+    let inproc_vs_channel = ours.events_per_s / base.events_per_s;
+    figures.push(base);
+    figures.push(ours);
+
+    let mut nats_vs_bare = None;
+    #[cfg(feature = "nats")]
+    if let Some(url) = nats_url {
+        let bare = bare_nats(url, &p[..nats_events], batch).await?;
+        let mut cfg = auroraq_bus::NatsConfig::new(url);
+        cfg.stream = format!("BENCHAQ{}", std::process::id());
+        cfg.subject_root = format!("benchaq{}", std::process::id());
+        cfg.partitions = 1;
+        let nb = Arc::new(auroraq_bus::NatsBus::connect(cfg).await?);
+        let ours = bus_path("auroraq NATS JetStream bus", nb.clone(), "bench.nats", &p[..nats_events], batch).await?;
+        nb.close().await;
+        let _ = nb.delete_stream().await;
+        nats_vs_bare = Some(ours.events_per_s / bare.events_per_s);
+        figures.push(bare);
+        figures.push(ours);
+    }
+    #[cfg(not(feature = "nats"))]
+    let _ = (nats_url, nats_events);
+
+    Ok(BusBench { payload_bytes, batch, figures, inproc_vs_channel, nats_vs_bare })
+}

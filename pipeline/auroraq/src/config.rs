@@ -1,0 +1,240 @@
+//! Configuration: a TOML file, then `AURORAQ_<SECTION>_<KEY>` environment overrides, then
+//! command-line flags; validated before anything starts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub bus: BusConfig,
+    pub postgres: ServiceConfig,
+    pub redis: ServiceConfig,
+    pub sentiment: SentimentConfig,
+    pub run: RunConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// `inproc` (embedded, the default) or a NATS URL `nats://host:port`.
+    pub url: String,
+    /// Partitions per topic; every process on one bus must agree.
+    pub partitions: u32,
+    /// JetStream stream name.
+    pub stream: String,
+    /// First token of every NATS subject.
+    pub subject_root: String,
+    /// In-process bus: most messages a group partition holds before producers wait.
+    pub queue_capacity: usize,
+    /// Most unacked deliveries per consumer.
+    pub max_in_flight: usize,
+    /// Seconds before an unacked delivery is redelivered.
+    pub ack_wait_secs: u64,
+    /// Deliveries before a failing event is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            url: "inproc".into(),
+            partitions: 8,
+            stream: "AURORAQ".into(),
+            subject_root: "aq".into(),
+            queue_capacity: 8192,
+            max_in_flight: 256,
+            ack_wait_secs: 30,
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Connection URL; empty: not configured.
+    pub url: String,
+    /// Whether `doctor` (and the roles that use it) must reach it.
+    pub required: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SentimentConfig {
+    /// Folder with `model.onnx`, `tokenizer.json`, `config.json`.
+    pub model_dir: PathBuf,
+    /// `libonnxruntime.so`; `ORT_DYLIB_PATH` overrides it.
+    pub ort_dylib: PathBuf,
+    pub required: bool,
+}
+
+impl Default for SentimentConfig {
+    fn default() -> Self {
+        SentimentConfig {
+            model_dir: PathBuf::from("models/auroraq-minilm-fpb"),
+            ort_dylib: PathBuf::from(".auroraq/onnxruntime/libonnxruntime.so"),
+            required: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Bar files the embedded job replays.
+    pub bars: Vec<PathBuf>,
+    /// Exchange or vendor of those bars.
+    pub exchange: String,
+    /// Where outputs go.
+    pub out_dir: PathBuf,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            bars: vec![PathBuf::from("data/market/Coinbase_BTCUSD_1h.csv")],
+            exchange: "coinbase".into(),
+            out_dir: PathBuf::from("out"),
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "AURORAQ_";
+
+impl Config {
+    /// Loads `path` (if given, it must exist; if not, `auroraq.toml` is used when present), then
+    /// applies environment overrides from `env`, then validates.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let mut table: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("config file {} is not valid TOML", p.display()))?
+            }
+            None if Path::new("auroraq.toml").exists() => {
+                let text = std::fs::read_to_string("auroraq.toml").context("cannot read auroraq.toml")?;
+                toml::from_str(&text).context("auroraq.toml is not valid TOML")?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Config::default()).context("defaults")?;
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else { continue };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else { continue };
+            let Some(toml::Value::Table(sec_defaults)) = defaults.get(section) else {
+                // AURORAQ_* variables that name no section (e.g. AURORAQ_TEST_NATS_URL) are not ours.
+                continue;
+            };
+            let Some(default) = sec_defaults.get(key) else {
+                bail!("environment variable {k}: [{section}] has no setting {key:?}");
+            };
+            let value = parse_env_value(&v, default).with_context(|| format!("environment variable {k}={v:?}"))?;
+            let sec = table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match sec {
+                toml::Value::Table(t) => {
+                    t.insert(key.to_owned(), value);
+                }
+                _ => bail!("config: {section} must be a table"),
+            }
+        }
+        let cfg: Config = toml::Value::Table(table).try_into().context("invalid configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let b = &self.bus;
+        if b.url != "inproc" && !b.url.starts_with("nats://") {
+            bail!("bus.url must be \"inproc\" or nats://host:port, not {:?}", b.url);
+        }
+        if b.partitions == 0 || b.partitions > 1024 {
+            bail!("bus.partitions must be in 1..=1024, not {}", b.partitions);
+        }
+        if b.max_in_flight == 0 || b.queue_capacity == 0 {
+            bail!("bus.max_in_flight and bus.queue_capacity must be at least 1");
+        }
+        if b.max_attempts == 0 {
+            bail!("bus.max_attempts must be at least 1");
+        }
+        if b.stream.is_empty() || b.stream.contains(['.', ' ', '*', '>']) {
+            bail!("bus.stream {:?} must be non-empty with no dots, spaces or wildcards", b.stream);
+        }
+        auroraq_bus::topics::validate_topic(&b.subject_root)
+            .map_err(|e| anyhow::anyhow!("bus.subject_root: {e}"))?;
+        if !self.postgres.url.is_empty() && !self.postgres.url.starts_with("postgres") {
+            bail!("postgres.url must be a postgres:// URL, not {:?}", self.postgres.url);
+        }
+        if !self.redis.url.is_empty() && !self.redis.url.starts_with("redis://") {
+            bail!("redis.url must be a redis:// URL, not {:?}", self.redis.url);
+        }
+        Ok(())
+    }
+}
+
+fn parse_env_value(v: &str, like: &toml::Value) -> Result<toml::Value> {
+    Ok(match like {
+        toml::Value::Integer(_) => toml::Value::Integer(v.trim().parse().context("expected an integer")?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => bail!("expected true or false"),
+        }),
+        toml::Value::Array(_) => {
+            toml::Value::Array(v.split(',').filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.trim().into())).collect())
+        }
+        _ => toml::Value::String(v.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.bus.url, "inproc");
+        assert_eq!(c.bus.partitions, 8);
+    }
+
+    #[test]
+    fn file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[bus]\nurl = \"nats://127.0.0.1:4222\"\npartitions = 4\n").unwrap();
+        let c = Config::load(Some(&p), env(&[("AURORAQ_BUS_PARTITIONS", "16"), ("AURORAQ_POSTGRES_REQUIRED", "yes")])).unwrap();
+        assert_eq!(c.bus.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.bus.partitions, 16);
+        assert!(c.postgres.required);
+        assert_eq!(c.bus.max_in_flight, 256, "unset keys keep defaults");
+    }
+
+    #[test]
+    fn clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[bus]\nurll = \"x\"\n").unwrap();
+        let e = format!("{:#}", Config::load(Some(&p), env(&[])).unwrap_err());
+        assert!(e.contains("urll"), "{e}");
+        let e = format!("{:#}", Config::load(None, env(&[("AURORAQ_BUS_PARTITIONS", "many")])).unwrap_err());
+        assert!(e.contains("AURORAQ_BUS_PARTITIONS") && e.contains("integer"), "{e}");
+        let e = format!("{:#}", Config::load(None, env(&[("AURORAQ_BUS_COLOUR", "red")])).unwrap_err());
+        assert!(e.contains("colour"), "{e}");
+        let e = format!("{:#}", Config::load(None, env(&[("AURORAQ_BUS_URL", "kafka://x")])).unwrap_err());
+        assert!(e.contains("bus.url"), "{e}");
+        let e = format!("{:#}", Config::load(None, env(&[("AURORAQ_BUS_PARTITIONS", "0")])).unwrap_err());
+        assert!(e.contains("partitions"), "{e}");
+        let missing = dir.path().join("missing.toml");
+        let e = format!("{:#}", Config::load(Some(&missing), env(&[])).unwrap_err());
+        assert!(e.contains("missing.toml"), "{e}");
+        // Variables of other tools under the prefix are ignored.
+        assert!(Config::load(None, env(&[("AURORAQ_TEST_NATS_URL", "x")])).is_ok());
+    }
+}

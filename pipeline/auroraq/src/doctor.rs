@@ -1,0 +1,195 @@
+//! `auroraq doctor`: is every configured dependency reachable? A table, and a non-zero exit when
+//! a required one is not.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Config;
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub component: &'static str,
+    pub target: String,
+    pub required: bool,
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Failed,
+    NotConfigured,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "FAILED",
+            Status::NotConfigured => "not configured",
+        }
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn check(component: &'static str, target: String, required: bool, r: Result<String, String>) -> Check {
+    let (status, detail) = match r {
+        Ok(d) => (Status::Ok, d),
+        Err(e) => (Status::Failed, e),
+    };
+    Check { component, target, required, status, detail }
+}
+
+pub async fn run(cfg: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    out.push(check("bus", cfg.bus.url.clone(), true, check_bus(cfg).await));
+    out.push(service("postgres", &cfg.postgres.url, cfg.postgres.required, check_postgres(&cfg.postgres.url)).await);
+    out.push(service("redis", &cfg.redis.url, cfg.redis.required, check_redis(&cfg.redis.url)).await);
+    let dir = &cfg.sentiment.model_dir;
+    out.push(check("model", dir.display().to_string(), cfg.sentiment.required, check_model(dir)));
+    let lib = ort_library(&cfg.sentiment.ort_dylib);
+    out.push(check("onnxruntime", lib.display().to_string(), cfg.sentiment.required, check_library(&lib)));
+    out
+}
+
+async fn service(
+    component: &'static str,
+    url: &str,
+    required: bool,
+    f: impl std::future::Future<Output = Result<String, String>>,
+) -> Check {
+    if url.is_empty() {
+        let status = if required { Status::Failed } else { Status::NotConfigured };
+        return Check { component, target: "-".into(), required, status, detail: format!("set {component}.url") };
+    }
+    check(component, redact(url), required, f.await)
+}
+
+/// Hides a password in a URL.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn check_bus(cfg: &Config) -> Result<String, String> {
+    let bus = tokio::time::timeout(TIMEOUT * 2, crate::wiring::connect_bus(&cfg.bus))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("{e:#}"))?;
+    let h = bus.health().await.map_err(|e| e.to_string());
+    bus.close().await;
+    h
+}
+
+async fn check_postgres(url: &str) -> Result<String, String> {
+    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    let (client, conn) = tokio::time::timeout(TIMEOUT, connect)
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let task = tokio::spawn(conn);
+    let version: String = client
+        .query_one("select current_setting('server_version')", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    let ts: i64 = client
+        .query_one("select count(*) from pg_available_extensions where name = 'timescaledb'", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    task.abort();
+    Ok(format!(
+        "PostgreSQL {version}, timescaledb {}",
+        if ts > 0 { "available" } else { "not available (plain partitioning will be used)" }
+    ))
+}
+
+async fn check_redis(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("redis://").ok_or("not a redis:// URL")?;
+    let hostport = rest.rsplit('@').next().unwrap_or(rest).split('/').next().unwrap_or("");
+    let addr = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:6379") };
+    let mut s = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    s.write_all(b"*1\r\n$4\r\nPING\r\n").await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(TIMEOUT, s.read(&mut buf))
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    let reply = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+    if reply == "+PONG" {
+        Ok(format!("PING answered at {addr}"))
+    } else {
+        Err(format!("unexpected reply {reply:?} (auth needed?)"))
+    }
+}
+
+fn check_model(dir: &Path) -> Result<String, String> {
+    let missing: Vec<&str> =
+        ["model.onnx", "tokenizer.json", "config.json"].into_iter().filter(|f| !dir.join(f).is_file()).collect();
+    if missing.is_empty() {
+        let size = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
+        Ok(format!("model.onnx ({:.1} MB), tokenizer.json, config.json", size as f64 / 1e6))
+    } else {
+        Err(format!("missing {}", missing.join(", ")))
+    }
+}
+
+/// `ORT_DYLIB_PATH` overrides the configured library.
+pub fn ort_library(configured: &Path) -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| configured.to_owned())
+}
+
+fn check_library(lib: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(lib).map_err(|e| format!("{e} (run the README's set-up, or set ORT_DYLIB_PATH)"))?;
+    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+        return Err("not a shared library (no ELF header)".into());
+    }
+    Ok(format!("ELF shared library, {:.1} MB", bytes.len() as f64 / 1e6))
+}
+
+/// Prints the table; returns whether every required check passed.
+pub fn print(checks: &[Check]) -> bool {
+    let w = checks.iter().map(|c| c.target.len()).max().unwrap_or(6).clamp(6, 48);
+    println!("{:<12} {:<w$} {:<9} {:<15} detail", "component", "target", "required", "status");
+    for c in checks {
+        let target: String = c.target.chars().take(w).collect();
+        println!(
+            "{:<12} {:<w$} {:<9} {:<15} {}",
+            c.component,
+            target,
+            if c.required { "yes" } else { "no" },
+            c.status.label(),
+            c.detail
+        );
+    }
+    checks.iter().all(|c| !c.required || c.status == Status::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

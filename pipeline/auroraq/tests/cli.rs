@@ -1,0 +1,216 @@
+//! The `auroraq` command end to end: the embedded run, the same on NATS, doctor's truthfulness,
+//! graceful shutdown, and clear errors for bad configuration.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use auroraq_tests::{nats_url, unique};
+
+fn auroraq() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_auroraq"));
+    c.env_remove("AURORAQ_CONFIG").env("RUST_LOG", "warn").arg("--log-format").arg("json");
+    c
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {line}"))
+}
+
+/// Six hourly bars, newest first as vendors ship them, one of them broken.
+fn write_bars(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("bars.csv");
+    std::fs::write(
+        &p,
+        "Banner line,https://example.com\n\
+         date,symbol,open,high,low,close,volume_btc,volume\n\
+         2019-10-17 05-AM,BTCUSD,8000,8010,7990,8005,1.5,12000\n\
+         2019-10-17 04-AM,BTCUSD,7990,8001,7980,8000,2.5,20000\n\
+         2019-10-17 03-AM,BTCUSD,NaN,8001,7980,8000,2.5,20000\n\
+         2019-10-17 02-AM,BTCUSD,7980,7995,7970,7990,3,24000\n\
+         2019-10-17 01-AM,BTCUSD,7970,7985,7960,7980,1,8000\n\
+         2019-10-17 12-AM,BTCUSD,7960,7975,7950,7970,4,32000\n",
+    )
+    .unwrap();
+    p
+}
+
+fn check_run(bus: Option<&str>, envs: &[(&str, String)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let bars = write_bars(dir.path());
+    let out_dir = dir.path().join("out");
+    let mut cmd = auroraq();
+    if let Some(b) = bus {
+        cmd.arg("--bus").arg(b);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.arg("run").arg("--bars").arg(&bars).arg("--out").arg(&out_dir).output().unwrap();
+    assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let s = last_json(&out);
+    assert_eq!(s["published"], 6, "5 bars and 1 dead letter: {s}");
+    assert_eq!(s["by_kind"]["Kline"], 5, "{s}");
+    assert_eq!(s["by_kind"]["DeadLetter"], 1, "the broken row is kept as a dead letter: {s}");
+    assert_eq!(s["archived"], 6);
+    assert_eq!(s["interrupted"], false);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    let klines: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "Kline").collect();
+    // Oldest first, exact prices, ids stable across runs.
+    assert_eq!(klines[0]["open"], "7960");
+    assert_eq!(klines[4]["close"], "8005");
+    let dl = lines.iter().find(|l| l["kind"] == "DeadLetter").unwrap();
+    assert!(dl["error"].as_str().unwrap().contains("line 5"), "{dl}");
+    assert_eq!(dl["reason"], "bad_record");
+}
+
+#[test]
+fn embedded_run_replays_and_stops_cleanly() {
+    check_run(None, &[]);
+}
+
+#[test]
+fn same_run_on_nats() {
+    let name = unique("cli");
+    let _cleanup = auroraq_tests::DeleteStreamOnDrop { stream: name.to_uppercase() };
+    check_run(
+        Some(&nats_url()),
+        &[("AURORAQ_BUS_STREAM", name.to_uppercase()), ("AURORAQ_BUS_SUBJECT_ROOT", name)],
+    );
+}
+
+#[test]
+fn doctor_reports_what_is_reachable() {
+    let ok = auroraq()
+        .arg("doctor")
+        .env("AURORAQ_BUS_URL", nats_url())
+        .env("AURORAQ_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+        .env("AURORAQ_POSTGRES_REQUIRED", "true")
+        .env("AURORAQ_REDIS_URL", "redis://127.0.0.1:6379")
+        .env("AURORAQ_REDIS_REQUIRED", "true")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{table}\n{}", String::from_utf8_lossy(&ok.stderr));
+    for component in ["bus", "postgres", "redis"] {
+        let row = table.lines().find(|l| l.starts_with(component)).unwrap();
+        assert!(row.contains(" ok "), "{row}");
+    }
+    assert!(table.contains("JetStream"), "{table}");
+    assert!(table.contains("PostgreSQL"), "{table}");
+
+    // A required service that is down makes doctor fail, and says which.
+    let bad = auroraq()
+        .args(["doctor", "--json"])
+        .env("AURORAQ_REDIS_URL", "redis://127.0.0.1:1")
+        .env("AURORAQ_REDIS_REQUIRED", "true")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let checks: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    let redis = checks.as_array().unwrap().iter().find(|c| c["component"] == "redis").unwrap();
+    assert_eq!(redis["status"], "failed");
+
+    // An unreachable bus is always a failure.
+    let port = auroraq_tests::free_port();
+    let nobus = auroraq().arg("doctor").env("AURORAQ_BUS_URL", format!("nats://127.0.0.1:{port}")).output().unwrap();
+    assert_eq!(nobus.status.code(), Some(1));
+    // An optional one that is missing does not fail it.
+    let optional = auroraq().arg("doctor").env("AURORAQ_REDIS_URL", "redis://127.0.0.1:1").output().unwrap();
+    assert!(optional.status.success());
+}
+
+#[test]
+fn bad_configuration_is_refused_clearly() {
+    let out = auroraq().arg("doctor").env("AURORAQ_BUS_PARTITIONS", "lots").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AURORAQ_BUS_PARTITIONS") && err.contains("integer"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[bus]\nurl = \"kafka://x\"\n").unwrap();
+    let out = auroraq().arg("--config").arg(&cfg).arg("doctor").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bus.url"));
+
+    let out = auroraq().args(["run", "--speed=-1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--speed"));
+
+    let out = auroraq().arg("score").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in this build yet"));
+}
+
+#[test]
+fn sigint_drains_acks_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("sig");
+    let _cleanup = auroraq_tests::DeleteStreamOnDrop { stream: name.to_uppercase() };
+    let envs = [
+        ("AURORAQ_BUS_URL", nats_url()),
+        ("AURORAQ_BUS_STREAM", name.to_uppercase()),
+        ("AURORAQ_BUS_SUBJECT_ROOT", name.clone()),
+    ];
+    let archive = dir.path().join("archive.jsonl");
+    let mut sink = auroraq();
+    sink.args(["sink", "jsonl", "--filter", "market.>", "--out"]).arg(&archive).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in &envs {
+        sink.env(k, v);
+    }
+    let mut sink = sink.spawn().unwrap();
+
+    let bars = write_bars(dir.path());
+    let mut replay = auroraq();
+    replay.args(["connect", "replay", "--exchange", "coinbase"]).arg(&bars);
+    for (k, v) in &envs {
+        replay.env(k, v);
+    }
+    let out = replay.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(last_json(&out)["events"], 5);
+
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&archive).map(|s| s.lines().count()).unwrap_or(0) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the sink did not archive the bars");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kill = Command::new("kill").arg("-INT").arg(sink.id().to_string()).status().unwrap();
+    assert!(kill.success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = sink.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the sink did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "clean exit after SIGINT");
+    let stdout = BufReader::new(sink.stdout.take().unwrap()).lines().map_while(Result::ok).last().unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(stats["processed"], 5);
+
+    // Everything was acked: a new sink process in the same group gets nothing more.
+    let again = dir.path().join("again.jsonl");
+    let mut sink2 = auroraq();
+    sink2.args(["sink", "jsonl", "--filter", "market.>", "--out"]).arg(&again).stdout(Stdio::piped());
+    for (k, v) in &envs {
+        sink2.env(k, v);
+    }
+    let sink2 = sink2.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = Command::new("kill").arg("-INT").arg(sink2.id().to_string()).status();
+    let out2 = sink2.wait_with_output().unwrap();
+    assert!(out2.status.success());
+    let stats2: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out2.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(stats2["received"], 0, "acked events are not delivered again");
+}
