@@ -7,7 +7,8 @@ pub fn decimals_to_strings(v: &mut Value) {
     match v {
         Value::Object(m) => {
             if m.len() == 2 {
-                if let (Some(Value::Number(u)), Some(Value::Number(s))) = (m.get("unscaled"), m.get("scale")) {
+                if let (Some(Value::Number(u)), Some(Value::Number(s))) = (m.get("unscaled"), m.get("scale"))
+                {
                     if let (Some(u), Some(s)) = (u.as_i64(), s.as_i64()) {
                         if let Ok(d) = crate::Dec::from_parts(u, s as i32) {
                             *v = Value::String(d.to_string());

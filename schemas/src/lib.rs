@@ -13,8 +13,8 @@ pub mod meta;
 pub mod samples;
 
 pub use codec::{
-    decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind, Incoming, Registry,
-    HEADER_LEN, MAGIC,
+    decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind, Incoming,
+    Registry, HEADER_LEN, MAGIC,
 };
 pub use decimal::{Dec, DecError};
 pub use events::*;

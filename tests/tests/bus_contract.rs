@@ -63,10 +63,10 @@ async fn per_key_order(bus: Arc<dyn Bus>) {
     let mut last: BTreeMap<String, i64> = BTreeMap::new();
     for _ in 0..total {
         let d = recv(&mut single, WAIT).await.expect("all messages arrive");
-        let body = String::from_utf8(d.payload.to_vec()).unwrap();
+        let body = String::from_utf8(d.payload().to_vec()).unwrap();
         let (k, s) = body.split_once(':').unwrap();
         let s: i64 = s.parse().unwrap();
-        assert_eq!(d.key.as_deref(), Some(k));
+        assert_eq!(d.key(), Some(k));
         let prev = last.insert(k.to_owned(), s).unwrap_or(-1);
         assert_eq!(s, prev + 1, "key {k}: got {s} after {prev}");
         d.ack().await.unwrap();
@@ -82,7 +82,7 @@ async fn per_key_order(bus: Arc<dyn Bus>) {
             d = recv(&mut m1, WAIT) => (d, 1),
         };
         let d = d.expect("all messages arrive at one of the members");
-        let body = String::from_utf8(d.payload.to_vec()).unwrap();
+        let body = String::from_utf8(d.payload().to_vec()).unwrap();
         let (k, s) = body.split_once(':').unwrap();
         let s: i64 = s.parse().unwrap();
         assert_eq!(
@@ -115,7 +115,7 @@ async fn redelivery_when_consumer_dies(bus: Arc<dyn Bus>) {
         if i < 4 {
             d.ack().await.unwrap();
         } else {
-            unacked.insert(d.id.clone());
+            unacked.insert(d.id().to_owned());
             // The consumer dies: no ack, no nack ever reaches the bus.
             std::mem::forget(d);
         }
@@ -129,8 +129,8 @@ async fn redelivery_when_consumer_dies(bus: Arc<dyn Bus>) {
             .await
             .expect("unacked messages are redelivered");
         assert!(d.attempt >= 2, "redelivery counts attempts, got {}", d.attempt);
-        assert!(unacked.contains(&d.id), "acked message {} came back", d.id);
-        again.insert(d.id.clone());
+        assert!(unacked.contains(d.id()), "acked message {} came back", d.id());
+        again.insert(d.id().to_owned());
         d.ack().await.unwrap();
     }
     assert!(
@@ -151,7 +151,7 @@ async fn nack_redelivers(bus: Arc<dyn Bus>) {
     assert_eq!(d.attempt, 1);
     d.nack(None).await.unwrap();
     let d = recv(&mut s, WAIT).await.expect("nacked message is redelivered");
-    assert_eq!((d.id.as_str(), d.attempt), ("n1", 2));
+    assert_eq!((d.id(), d.attempt), ("n1", 2));
     d.ack().await.unwrap();
     assert!(recv(&mut s, QUIET).await.is_none());
 }
@@ -171,7 +171,7 @@ async fn deduplicates_republished_ids(bus: Arc<dyn Bus>) {
     let mut ids = HashSet::new();
     for _ in 0..20 {
         let d = recv(&mut s, WAIT).await.unwrap();
-        assert!(ids.insert(d.id.clone()), "duplicate delivery of {}", d.id);
+        assert!(ids.insert(d.id().to_owned()), "duplicate delivery of {}", d.id());
         d.ack().await.unwrap();
     }
     assert!(
@@ -319,8 +319,8 @@ async fn dead_letters(bus: Arc<dyn Bus>) {
         let d = recv(&mut dlq, WAIT)
             .await
             .expect("a dead letter for each bad message");
-        assert_eq!(d.topic, "dlq.deadtest");
-        let dl: DeadLetter = decode(&d.payload).expect("dead letters are valid events");
+        assert_eq!(d.topic(), "dlq.deadtest");
+        let dl: DeadLetter = decode(d.payload()).expect("dead letters are valid events");
         letters.insert(dl.original_id.clone().unwrap_or_default(), dl);
         d.ack().await.unwrap();
     }

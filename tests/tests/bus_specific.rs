@@ -52,7 +52,7 @@ async fn inproc_slow_consumer_slows_the_producer() {
             .unwrap()
             .unwrap()
             .unwrap();
-        seen.insert(d.id.clone());
+        seen.insert(d.id().to_owned());
         d.ack().await.unwrap();
         assert!(bus.group_depth("slow", "contract.>") <= capacity);
     }
@@ -100,7 +100,7 @@ async fn nats_keeps_acked_state_across_a_server_restart() {
             .unwrap()
             .unwrap()
             .unwrap();
-        acked.insert(d.id.clone());
+        acked.insert(d.id().to_owned());
         d.ack().await.unwrap();
     }
     bus.flush().await.unwrap();
@@ -131,11 +131,11 @@ async fn nats_keeps_acked_state_across_a_server_restart() {
             .unwrap()
             .unwrap();
         assert!(
-            !acked.contains(&d.id),
+            !acked.contains(d.id()),
             "{} was acked before the restart but came back",
-            d.id
+            d.id()
         );
-        rest.insert(d.id.clone());
+        rest.insert(d.id().to_owned());
         d.ack().await.unwrap();
     }
     let expected: HashSet<String> = (0..60)

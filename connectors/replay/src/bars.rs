@@ -69,7 +69,11 @@ struct Columns {
 }
 
 fn find_columns(header: &[String]) -> Option<Columns> {
-    let idx: HashMap<String, usize> = header.iter().enumerate().map(|(i, h)| (h.trim().to_ascii_lowercase(), i)).collect();
+    let idx: HashMap<String, usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.trim().to_ascii_lowercase(), i))
+        .collect();
     let get = |names: &[&str]| names.iter().find_map(|n| idx.get(*n).copied());
     let time = get(&["date", "timestamp", "time", "datetime", "unix", "open_time"])?;
     let base_vol = header.iter().enumerate().find_map(|(i, h)| {
@@ -119,13 +123,19 @@ fn parse_interval(s: &str) -> Option<Micros> {
 
 /// Reads a CSV bar file.
 pub fn read_bars(path: &Path, opts: &BarsOptions) -> Result<Bars, BarsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| BarsError::Io { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| BarsError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     parse_bars(&text, &path.display().to_string(), opts)
 }
 
 /// Parses CSV bar text (see the module docs). `origin` names the input in errors.
 pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, BarsError> {
-    let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
     let mut cols = None;
     let mut rows: Vec<(u64, csv::StringRecord)> = Vec::new();
     let mut bad_rows = Vec::new();
@@ -134,7 +144,11 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
-                bad_rows.push(BadRow { line, reason: format!("unreadable CSV: {e}"), raw: String::new() });
+                bad_rows.push(BadRow {
+                    line,
+                    reason: format!("unreadable CSV: {e}"),
+                    raw: String::new(),
+                });
                 continue;
             }
         };
@@ -142,15 +156,21 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
             let header: Vec<String> = rec.iter().map(str::to_owned).collect();
             cols = find_columns(&header);
             if cols.is_none() && line >= 20 {
-                return Err(BarsError::NoHeader { path: origin.to_owned() });
+                return Err(BarsError::NoHeader {
+                    path: origin.to_owned(),
+                });
             }
             continue;
         }
         rows.push((line, rec));
     }
-    let cols = cols.ok_or_else(|| BarsError::NoHeader { path: origin.to_owned() })?;
+    let cols = cols.ok_or_else(|| BarsError::NoHeader {
+        path: origin.to_owned(),
+    })?;
     if cols.symbol.is_none() && opts.symbol.is_none() {
-        return Err(BarsError::NoSymbol { path: origin.to_owned() });
+        return Err(BarsError::NoSymbol {
+            path: origin.to_owned(),
+        });
     }
 
     struct Row {
@@ -165,16 +185,23 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
     for (line, rec) in rows {
         let raw = rec.iter().collect::<Vec<_>>().join(",");
         let field = |i: usize| rec.get(i).unwrap_or("").trim();
-        let bad = |reason: String| BadRow { line, reason, raw: raw.clone() };
+        let bad = |reason: String| BadRow {
+            line,
+            reason,
+            raw: raw.clone(),
+        };
         let Some(time) = parse_timestamp(field(cols.time)) else {
             bad_rows.push(bad(format!("unreadable time {:?}", field(cols.time))));
             continue;
         };
         let mut ohlc = [Dec::ZERO; 4];
         let mut err = None;
-        for (slot, (name, col)) in
-            ohlc.iter_mut().zip([("open", cols.open), ("high", cols.high), ("low", cols.low), ("close", cols.close)])
-        {
+        for (slot, (name, col)) in ohlc.iter_mut().zip([
+            ("open", cols.open),
+            ("high", cols.high),
+            ("low", cols.low),
+            ("close", cols.close),
+        ]) {
             match Dec::parse(field(col)) {
                 Ok(d) if d.0.is_sign_negative() => err = Some(format!("negative {name} {:?}", field(col))),
                 Ok(d) => *slot = d,
@@ -198,12 +225,23 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
             }
         };
         let quote_volume = cols.quote_volume.and_then(|i| Dec::parse(field(i)).ok());
-        let symbol = opts.symbol.clone().or_else(|| cols.symbol.map(|i| field(i).to_owned())).unwrap_or_default();
+        let symbol = opts
+            .symbol
+            .clone()
+            .or_else(|| cols.symbol.map(|i| field(i).to_owned()))
+            .unwrap_or_default();
         if symbol.is_empty() {
             bad_rows.push(bad("empty symbol".into()));
             continue;
         }
-        parsed.push(Row { line, time, symbol: symbol.to_ascii_uppercase(), ohlc, volume, quote_volume });
+        parsed.push(Row {
+            line,
+            time,
+            symbol: symbol.to_ascii_uppercase(),
+            ohlc,
+            volume,
+            quote_volume,
+        });
     }
     // Oldest first; a stable sort keeps the file's order for equal times.
     parsed.sort_by_key(|r| r.time);
@@ -216,7 +254,12 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad interval {s:?}")),
             })
         }
-        None => parsed.windows(2).map(|w| w[1].time - w[0].time).filter(|d| *d > 0).min().unwrap_or(86_400_000_000),
+        None => parsed
+            .windows(2)
+            .map(|w| w[1].time - w[0].time)
+            .filter(|d| *d > 0)
+            .min()
+            .unwrap_or(86_400_000_000),
     };
     let interval = interval_name(step);
     let mut bars = Vec::with_capacity(parsed.len());
@@ -224,7 +267,11 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
     for r in parsed {
         let key = (r.symbol.clone(), r.time);
         if last_key.as_ref() == Some(&key) {
-            bad_rows.push(BadRow { line: r.line, reason: format!("duplicate bar for {} at {}", r.symbol, r.time), raw: String::new() });
+            bad_rows.push(BadRow {
+                line: r.line,
+                reason: format!("duplicate bar for {} at {}", r.symbol, r.time),
+                raw: String::new(),
+            });
             continue;
         }
         last_key = Some(key);
@@ -256,7 +303,11 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
         });
     }
     bad_rows.sort_by_key(|b| b.line);
-    Ok(Bars { bars, bad_rows, interval })
+    Ok(Bars {
+        bars,
+        bad_rows,
+        interval,
+    })
 }
 
 #[cfg(test)]
@@ -264,7 +315,11 @@ mod tests {
     use super::*;
 
     fn opts() -> BarsOptions {
-        BarsOptions { exchange: "coinbase".into(), symbol: None, interval: None }
+        BarsOptions {
+            exchange: "coinbase".into(),
+            symbol: None,
+            interval: None,
+        }
     }
 
     const COINBASE: &str = "Timestamps are UTC timezone,https://www.CryptoDataDownload.com
@@ -285,7 +340,10 @@ date,symbol,open,high,low,close,volume_btc,volume
         assert_eq!(last.symbol, "BTCUSD");
         assert_eq!(last.close.to_string(), "8035.88");
         assert_eq!(last.volume.to_string(), "61.25");
-        assert_eq!(last.quote_volume.map(|d| d.to_string()).as_deref(), Some("492394.56"));
+        assert_eq!(
+            last.quote_volume.map(|d| d.to_string()).as_deref(),
+            Some("492394.56")
+        );
         assert_eq!(last.close_time - last.open_time, 3_600_000_000 - 1);
         // Bad rows are reported with their line and reason.
         assert_eq!(b.bad_rows.len(), 2);
@@ -304,8 +362,14 @@ date,symbol,open,high,low,close,volume_btc,volume
     #[test]
     fn symbol_needed_without_column() {
         let text = "Date,Open,High,Low,Close,Volume\n2000-01-03,1,2,0.5,1.5,100\n";
-        assert!(matches!(parse_bars(text, "t", &opts()), Err(BarsError::NoSymbol { .. })));
-        let o = BarsOptions { symbol: Some("msft".into()), ..opts() };
+        assert!(matches!(
+            parse_bars(text, "t", &opts()),
+            Err(BarsError::NoSymbol { .. })
+        ));
+        let o = BarsOptions {
+            symbol: Some("msft".into()),
+            ..opts()
+        };
         let b = parse_bars(text, "t", &o).unwrap();
         assert_eq!(b.bars[0].symbol, "MSFT");
         assert_eq!(b.interval, "1d");
@@ -313,6 +377,9 @@ date,symbol,open,high,low,close,volume_btc,volume
 
     #[test]
     fn no_header_is_an_error() {
-        assert!(matches!(parse_bars("a,b\n1,2\n", "t", &opts()), Err(BarsError::NoHeader { .. })));
+        assert!(matches!(
+            parse_bars("a,b\n1,2\n", "t", &opts()),
+            Err(BarsError::NoHeader { .. })
+        ));
     }
 }

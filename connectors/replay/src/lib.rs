@@ -40,7 +40,14 @@ pub struct ReplayStats {
 pub fn bad_row_letter(origin: &str, row: &BadRow) -> DeadLetter {
     let now = now_micros();
     DeadLetter {
-        meta: Meta::derived("DeadLetter", "replay", &[], &format!("{origin}:{}", row.line), now, now),
+        meta: Meta::derived(
+            "DeadLetter",
+            "replay",
+            &[],
+            &format!("{origin}:{}", row.line),
+            now,
+            now,
+        ),
         stage: "replay".into(),
         reason: "bad_record".into(),
         error: format!("{origin} line {}: {}", row.line, row.reason),
@@ -71,7 +78,8 @@ pub async fn replay(
             break;
         }
         if let (Pace::Speed(speed), Some(t0)) = (pace, t0) {
-            let due = Duration::from_secs_f64(((ev.meta().ts_event - t0).max(0) as f64 / 1e6) / speed.max(1e-9));
+            let due =
+                Duration::from_secs_f64(((ev.meta().ts_event - t0).max(0) as f64 / 1e6) / speed.max(1e-9));
             if started + due > tokio::time::Instant::now() {
                 flush(bus, &mut batch, &mut stats).await?;
                 tokio::time::sleep_until(started + due).await;
@@ -94,7 +102,11 @@ pub async fn replay(
     Ok(stats)
 }
 
-async fn flush(bus: &dyn Bus, batch: &mut Vec<OutMessage>, stats: &mut ReplayStats) -> Result<(), StageError> {
+async fn flush(
+    bus: &dyn Bus,
+    batch: &mut Vec<OutMessage>,
+    stats: &mut ReplayStats,
+) -> Result<(), StageError> {
     if batch.is_empty() {
         return Ok(());
     }

@@ -37,7 +37,11 @@ pub fn parse_timestamp(s: &str) -> Option<Micros> {
     if s.len() >= 9 && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_digit()) {
         let n: i64 = s.parse().ok()?;
         // Seconds until the year 5138; beyond that it is milliseconds.
-        return Some(if n > 100_000_000_000 { n * 1000 } else { n * 1_000_000 });
+        return Some(if n > 100_000_000_000 {
+            n * 1000
+        } else {
+            n * 1_000_000
+        });
     }
     let (day_part, time_part) = match s.find([' ', 'T']) {
         Some(i) => (&s[..i], s[i + 1..].trim()),
@@ -70,7 +74,10 @@ pub fn parse_timestamp(s: &str) -> Option<Micros> {
         let mut parts = t.split(':');
         let h = num(parts.next()?)?;
         let m = parts.next().map(num).unwrap_or(Some(0))?;
-        let sec = parts.next().map(|x| num(x.split('.').next().unwrap_or(x))).unwrap_or(Some(0))?;
+        let sec = parts
+            .next()
+            .map(|x| num(x.split('.').next().unwrap_or(x)))
+            .unwrap_or(Some(0))?;
         if h > 23 || m > 59 || sec > 60 {
             return None;
         }
@@ -89,12 +96,25 @@ mod tests {
         assert_eq!(parse_timestamp("2019-10-17 09-AM"), Some(1_571_302_800_000_000));
         assert_eq!(parse_timestamp("2019-10-17 12-AM"), Some(1_571_270_400_000_000));
         assert_eq!(parse_timestamp("2019-10-17 01-PM"), Some(1_571_317_200_000_000));
-        assert_eq!(parse_timestamp("2019-10-17 09:00:00"), Some(1_571_302_800_000_000));
-        assert_eq!(parse_timestamp("2019-10-17T09:00:00Z"), Some(1_571_302_800_000_000));
+        assert_eq!(
+            parse_timestamp("2019-10-17 09:00:00"),
+            Some(1_571_302_800_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("2019-10-17T09:00:00Z"),
+            Some(1_571_302_800_000_000)
+        );
         assert_eq!(parse_timestamp("10/17/2019"), Some(1_571_270_400_000_000));
         assert_eq!(parse_timestamp("1571302800"), Some(1_571_302_800_000_000));
         assert_eq!(parse_timestamp("1571302800000"), Some(1_571_302_800_000_000));
-        for bad in ["", "yesterday", "2019-13-01", "2019-10-17 13-PM", "2019-10-17 25:00", "NaN"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2019-13-01",
+            "2019-10-17 13-PM",
+            "2019-10-17 25:00",
+            "NaN",
+        ] {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
         }
     }

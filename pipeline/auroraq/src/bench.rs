@@ -12,19 +12,36 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
-/// One measured path.
+/// One measured path: the median round, and every round's events/s.
 #[derive(Debug, Serialize)]
 pub struct Figure {
     pub path: String,
     pub events: usize,
     pub seconds: f64,
     pub events_per_s: f64,
+    pub rounds: Vec<f64>,
 }
 
 impl Figure {
     fn new(path: &str, events: usize, d: Duration) -> Self {
         let seconds = d.as_secs_f64();
-        Figure { path: path.into(), events, seconds, events_per_s: events as f64 / seconds }
+        let eps = events as f64 / seconds;
+        Figure {
+            path: path.into(),
+            events,
+            seconds,
+            events_per_s: eps,
+            rounds: vec![eps],
+        }
+    }
+
+    /// The median of several rounds of the same path.
+    fn median(mut rounds: Vec<Figure>) -> Figure {
+        rounds.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+        let all: Vec<f64> = rounds.iter().map(|f| f.events_per_s).collect();
+        let mut m = rounds.swap_remove(rounds.len() / 2);
+        m.rounds = all;
+        m
     }
 }
 
@@ -42,7 +59,12 @@ pub fn payloads(n: usize) -> Result<Vec<(String, Bytes)>> {
     (0..n)
         .map(|i| {
             let mut t = samples::trade(i as u64);
-            t.meta.traceparent = Some(format!("00-{:032x}-{:016x}-01", i as u128 * 7919, i as u64 * 104729));
+            t.meta.traceparent = Some(format!(
+                "00-{:032x}-{:016x}-01",
+                i as u128 * 7919,
+                i as u64 * 104729
+            ));
+            t.meta.tracestate = Some(format!("aq=bench{i:08}"));
             Ok((t.meta.event_id.clone(), Bytes::from(encode(&t)?)))
         })
         .collect()
@@ -53,7 +75,14 @@ const KEYS: [&str; 4] = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"];
 fn messages(topic: &str, p: &[(String, Bytes)]) -> Vec<OutMessage> {
     p.iter()
         .enumerate()
-        .map(|(i, (id, b))| OutMessage::new(topic, Some(KEYS[i % KEYS.len()].to_owned()), id.clone(), b.clone()))
+        .map(|(i, (id, b))| {
+            OutMessage::new(
+                topic,
+                Some(KEYS[i % KEYS.len()].to_owned()),
+                id.clone(),
+                b.clone(),
+            )
+        })
         .collect()
 }
 
@@ -84,8 +113,16 @@ async fn channel_baseline(p: &[(String, Bytes)], batch: usize) -> Figure {
 }
 
 /// Publishes everything in batches while one member consumes and acks; timed to the last ack.
-async fn bus_path(name: &str, bus: Arc<dyn Bus>, topic: &str, p: &[(String, Bytes)], batch: usize) -> Result<Figure> {
-    let mut sub = bus.subscribe(SubscribeOptions::new("bench", topic).max_in_flight(4096)).await?;
+async fn bus_path(
+    name: &str,
+    bus: Arc<dyn Bus>,
+    topic: &str,
+    p: &[(String, Bytes)],
+    batch: usize,
+) -> Result<Figure> {
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new("bench", topic).max_in_flight(4096))
+        .await?;
     let msgs = messages(topic, p);
     let n = msgs.len();
     let t0 = Instant::now();
@@ -106,8 +143,14 @@ async fn bus_path(name: &str, bus: Arc<dyn Bus>, topic: &str, p: &[(String, Byte
     let producer = {
         let bus = bus.clone();
         tokio::spawn(async move {
-            for chunk in msgs.chunks(batch) {
-                bus.publish(chunk.to_vec()).await?;
+            // Messages are moved into the bus, as a producer that built them would.
+            let mut it = msgs.into_iter();
+            loop {
+                let chunk: Vec<OutMessage> = it.by_ref().take(batch).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                bus.publish(chunk).await?;
             }
             Ok::<(), anyhow::Error>(())
         })
@@ -123,7 +166,9 @@ async fn bus_path(name: &str, bus: Arc<dyn Bus>, topic: &str, p: &[(String, Byte
 #[cfg(feature = "nats")]
 async fn bare_nats(url: &str, p: &[(String, Bytes)], batch: usize) -> Result<Figure> {
     use async_nats::jetstream::{self, consumer::pull, stream};
-    let client = async_nats::connect(url).await.with_context(|| format!("connecting to {url}"))?;
+    let client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     let js = jetstream::new(client.clone());
     let name = format!("BENCHBARE{}", std::process::id());
     let subject = format!("benchbare{}.x", std::process::id());
@@ -165,7 +210,9 @@ async fn bare_nats(url: &str, p: &[(String, Bytes)], batch: usize) -> Result<Fig
     for chunk in data.chunks(batch) {
         let mut acks = Vec::with_capacity(chunk.len());
         for (id, b) in chunk {
-            let m = jetstream::message::PublishMessage::build().payload(b.clone()).message_id(id);
+            let m = jetstream::message::PublishMessage::build()
+                .payload(b.clone())
+                .message_id(id);
             acks.push(js.send_publish(subject.clone(), m).await?);
         }
         for a in acks {
@@ -179,14 +226,38 @@ async fn bare_nats(url: &str, p: &[(String, Bytes)], batch: usize) -> Result<Fig
     Ok(Figure::new("async-nats JetStream loop (bare)", n, d))
 }
 
-pub async fn bus(events: usize, nats_events: usize, nats_url: Option<&str>, batch: usize) -> Result<BusBench> {
+pub async fn bus(
+    events: usize,
+    nats_events: usize,
+    nats_url: Option<&str>,
+    batch: usize,
+    rounds: usize,
+) -> Result<BusBench> {
+    let rounds = rounds.max(1);
     let p = payloads(events.max(nats_events))?;
     let payload_bytes = p.iter().map(|(_, b)| b.len()).sum::<usize>() / p.len().max(1);
     let mut figures = Vec::new();
 
-    let base = channel_baseline(&p[..events], batch).await;
-    let inproc: Arc<dyn Bus> = Arc::new(InProcBus::new(InProcConfig { partitions: 8, ..InProcConfig::default() }));
-    let ours = bus_path("auroraq in-process bus", inproc, "bench.inproc", &p[..events], batch).await?;
+    // Rounds alternate baseline and bus, so that both see the same machine state.
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        base.push(channel_baseline(&p[..events], batch).await);
+        let inproc: Arc<dyn Bus> = Arc::new(InProcBus::new(InProcConfig {
+            partitions: 8,
+            ..InProcConfig::default()
+        }));
+        ours.push(
+            bus_path(
+                "auroraq in-process bus",
+                inproc,
+                "bench.inproc",
+                &p[..events],
+                batch,
+            )
+            .await?,
+        );
+    }
+    let (base, ours) = (Figure::median(base), Figure::median(ours));
     let inproc_vs_channel = ours.events_per_s / base.events_per_s;
     figures.push(base);
     figures.push(ours);
@@ -194,15 +265,27 @@ pub async fn bus(events: usize, nats_events: usize, nats_url: Option<&str>, batc
     let mut nats_vs_bare = None;
     #[cfg(feature = "nats")]
     if let Some(url) = nats_url {
-        let bare = bare_nats(url, &p[..nats_events], batch).await?;
-        let mut cfg = auroraq_bus::NatsConfig::new(url);
-        cfg.stream = format!("BENCHAQ{}", std::process::id());
-        cfg.subject_root = format!("benchaq{}", std::process::id());
-        cfg.partitions = 1;
-        let nb = Arc::new(auroraq_bus::NatsBus::connect(cfg).await?);
-        let ours = bus_path("auroraq NATS JetStream bus", nb.clone(), "bench.nats", &p[..nats_events], batch).await?;
-        nb.close().await;
-        let _ = nb.delete_stream().await;
+        let (mut bare, mut ours) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            bare.push(bare_nats(url, &p[..nats_events], batch).await?);
+            let mut cfg = auroraq_bus::NatsConfig::new(url);
+            cfg.stream = format!("BENCHAQ{}X{round}", std::process::id());
+            cfg.subject_root = format!("benchaq{}x{round}", std::process::id());
+            cfg.partitions = 1;
+            let nb = Arc::new(auroraq_bus::NatsBus::connect(cfg).await?);
+            let r = bus_path(
+                "auroraq NATS JetStream bus",
+                nb.clone(),
+                "bench.nats",
+                &p[..nats_events],
+                batch,
+            )
+            .await;
+            nb.close().await;
+            let _ = nb.delete_stream().await;
+            ours.push(r?);
+        }
+        let (bare, ours) = (Figure::median(bare), Figure::median(ours));
         nats_vs_bare = Some(ours.events_per_s / bare.events_per_s);
         figures.push(bare);
         figures.push(ours);
@@ -210,5 +293,11 @@ pub async fn bus(events: usize, nats_events: usize, nats_url: Option<&str>, batc
     #[cfg(not(feature = "nats"))]
     let _ = (nats_url, nats_events);
 
-    Ok(BusBench { payload_bytes, batch, figures, inproc_vs_channel, nats_vs_bare })
+    Ok(BusBench {
+        payload_bytes,
+        batch,
+        figures,
+        inproc_vs_channel,
+        nats_vs_bare,
+    })
 }

@@ -110,8 +110,10 @@ impl Config {
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
         let mut table: toml::Table = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("config file {} is not valid TOML", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("config file {} is not valid TOML", p.display()))?
             }
             None if Path::new("auroraq.toml").exists() => {
                 let text = std::fs::read_to_string("auroraq.toml").context("cannot read auroraq.toml")?;
@@ -121,9 +123,13 @@ impl Config {
         };
         let defaults = toml::Table::try_from(Config::default()).context("defaults")?;
         for (k, v) in env {
-            let Some(rest) = k.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = rest.split_once('_') else { continue };
+            let Some((section, key)) = rest.split_once('_') else {
+                continue;
+            };
             let Some(toml::Value::Table(sec_defaults)) = defaults.get(section) else {
                 // AURORAQ_* variables that name no section (e.g. AURORAQ_TEST_NATS_URL) are not ours.
                 continue;
@@ -131,8 +137,11 @@ impl Config {
             let Some(default) = sec_defaults.get(key) else {
                 bail!("environment variable {k}: [{section}] has no setting {key:?}");
             };
-            let value = parse_env_value(&v, default).with_context(|| format!("environment variable {k}={v:?}"))?;
-            let sec = table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let value =
+                parse_env_value(&v, default).with_context(|| format!("environment variable {k}={v:?}"))?;
+            let sec = table
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match sec {
                 toml::Value::Table(t) => {
                     t.insert(key.to_owned(), value);
@@ -140,7 +149,9 @@ impl Config {
                 _ => bail!("config: {section} must be a table"),
             }
         }
-        let cfg: Config = toml::Value::Table(table).try_into().context("invalid configuration")?;
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -160,12 +171,18 @@ impl Config {
             bail!("bus.max_attempts must be at least 1");
         }
         if b.stream.is_empty() || b.stream.contains(['.', ' ', '*', '>']) {
-            bail!("bus.stream {:?} must be non-empty with no dots, spaces or wildcards", b.stream);
+            bail!(
+                "bus.stream {:?} must be non-empty with no dots, spaces or wildcards",
+                b.stream
+            );
         }
         auroraq_bus::topics::validate_topic(&b.subject_root)
             .map_err(|e| anyhow::anyhow!("bus.subject_root: {e}"))?;
         if !self.postgres.url.is_empty() && !self.postgres.url.starts_with("postgres") {
-            bail!("postgres.url must be a postgres:// URL, not {:?}", self.postgres.url);
+            bail!(
+                "postgres.url must be a postgres:// URL, not {:?}",
+                self.postgres.url
+            );
         }
         if !self.redis.url.is_empty() && !self.redis.url.starts_with("redis://") {
             bail!("redis.url must be a redis:// URL, not {:?}", self.redis.url);
@@ -182,9 +199,12 @@ fn parse_env_value(v: &str, like: &toml::Value) -> Result<toml::Value> {
             "0" | "false" | "no" | "off" => false,
             _ => bail!("expected true or false"),
         }),
-        toml::Value::Array(_) => {
-            toml::Value::Array(v.split(',').filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.trim().into())).collect())
-        }
+        toml::Value::Array(_) => toml::Value::Array(
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.trim().into()))
+                .collect(),
+        ),
         _ => toml::Value::String(v.to_owned()),
     })
 }
@@ -194,7 +214,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -209,11 +232,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.toml");
         std::fs::write(&p, "[bus]\nurl = \"nats://127.0.0.1:4222\"\npartitions = 4\n").unwrap();
-        let c = Config::load(Some(&p), env(&[("AURORAQ_BUS_PARTITIONS", "16"), ("AURORAQ_POSTGRES_REQUIRED", "yes")])).unwrap();
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("AURORAQ_BUS_PARTITIONS", "16"),
+                ("AURORAQ_POSTGRES_REQUIRED", "yes"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.bus.url, "nats://127.0.0.1:4222");
         assert_eq!(c.bus.partitions, 16);
         assert!(c.postgres.required);
         assert_eq!(c.bus.max_in_flight, 256, "unset keys keep defaults");
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../auroraq.example.toml");
+        let c = Config::load(Some(&p), env(&[])).unwrap();
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(c.run.bars.len(), 1);
     }
 
     #[test]
@@ -223,13 +261,28 @@ mod tests {
         std::fs::write(&p, "[bus]\nurll = \"x\"\n").unwrap();
         let e = format!("{:#}", Config::load(Some(&p), env(&[])).unwrap_err());
         assert!(e.contains("urll"), "{e}");
-        let e = format!("{:#}", Config::load(None, env(&[("AURORAQ_BUS_PARTITIONS", "many")])).unwrap_err());
-        assert!(e.contains("AURORAQ_BUS_PARTITIONS") && e.contains("integer"), "{e}");
-        let e = format!("{:#}", Config::load(None, env(&[("AURORAQ_BUS_COLOUR", "red")])).unwrap_err());
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_BUS_PARTITIONS", "many")])).unwrap_err()
+        );
+        assert!(
+            e.contains("AURORAQ_BUS_PARTITIONS") && e.contains("integer"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_BUS_COLOUR", "red")])).unwrap_err()
+        );
         assert!(e.contains("colour"), "{e}");
-        let e = format!("{:#}", Config::load(None, env(&[("AURORAQ_BUS_URL", "kafka://x")])).unwrap_err());
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_BUS_URL", "kafka://x")])).unwrap_err()
+        );
         assert!(e.contains("bus.url"), "{e}");
-        let e = format!("{:#}", Config::load(None, env(&[("AURORAQ_BUS_PARTITIONS", "0")])).unwrap_err());
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_BUS_PARTITIONS", "0")])).unwrap_err()
+        );
         assert!(e.contains("partitions"), "{e}");
         let missing = dir.path().join("missing.toml");
         let e = format!("{:#}", Config::load(Some(&missing), env(&[])).unwrap_err());

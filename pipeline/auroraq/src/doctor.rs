@@ -43,18 +43,50 @@ fn check(component: &'static str, target: String, required: bool, r: Result<Stri
         Ok(d) => (Status::Ok, d),
         Err(e) => (Status::Failed, e),
     };
-    Check { component, target, required, status, detail }
+    Check {
+        component,
+        target,
+        required,
+        status,
+        detail,
+    }
 }
 
 pub async fn run(cfg: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(check("bus", cfg.bus.url.clone(), true, check_bus(cfg).await));
-    out.push(service("postgres", &cfg.postgres.url, cfg.postgres.required, check_postgres(&cfg.postgres.url)).await);
-    out.push(service("redis", &cfg.redis.url, cfg.redis.required, check_redis(&cfg.redis.url)).await);
+    out.push(
+        service(
+            "postgres",
+            &cfg.postgres.url,
+            cfg.postgres.required,
+            check_postgres(&cfg.postgres.url),
+        )
+        .await,
+    );
+    out.push(
+        service(
+            "redis",
+            &cfg.redis.url,
+            cfg.redis.required,
+            check_redis(&cfg.redis.url),
+        )
+        .await,
+    );
     let dir = &cfg.sentiment.model_dir;
-    out.push(check("model", dir.display().to_string(), cfg.sentiment.required, check_model(dir)));
+    out.push(check(
+        "model",
+        dir.display().to_string(),
+        cfg.sentiment.required,
+        check_model(dir),
+    ));
     let lib = ort_library(&cfg.sentiment.ort_dylib);
-    out.push(check("onnxruntime", lib.display().to_string(), cfg.sentiment.required, check_library(&lib)));
+    out.push(check(
+        "onnxruntime",
+        lib.display().to_string(),
+        cfg.sentiment.required,
+        check_library(&lib),
+    ));
     out
 }
 
@@ -65,8 +97,18 @@ async fn service(
     f: impl std::future::Future<Output = Result<String, String>>,
 ) -> Check {
     if url.is_empty() {
-        let status = if required { Status::Failed } else { Status::NotConfigured };
-        return Check { component, target: "-".into(), required, status, detail: format!("set {component}.url") };
+        let status = if required {
+            Status::Failed
+        } else {
+            Status::NotConfigured
+        };
+        return Check {
+            component,
+            target: "-".into(),
+            required,
+            status,
+            detail: format!("set {component}.url"),
+        };
     }
     check(component, redact(url), required, f.await)
 }
@@ -108,26 +150,45 @@ async fn check_postgres(url: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?
         .get(0);
     let ts: i64 = client
-        .query_one("select count(*) from pg_available_extensions where name = 'timescaledb'", &[])
+        .query_one(
+            "select count(*) from pg_available_extensions where name = 'timescaledb'",
+            &[],
+        )
         .await
         .map_err(|e| e.to_string())?
         .get(0);
     task.abort();
     Ok(format!(
         "PostgreSQL {version}, timescaledb {}",
-        if ts > 0 { "available" } else { "not available (plain partitioning will be used)" }
+        if ts > 0 {
+            "available"
+        } else {
+            "not available (plain partitioning will be used)"
+        }
     ))
 }
 
 async fn check_redis(url: &str) -> Result<String, String> {
     let rest = url.strip_prefix("redis://").ok_or("not a redis:// URL")?;
-    let hostport = rest.rsplit('@').next().unwrap_or(rest).split('/').next().unwrap_or("");
-    let addr = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:6379") };
+    let hostport = rest
+        .rsplit('@')
+        .next()
+        .unwrap_or(rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let addr = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:6379")
+    };
     let mut s = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(&addr))
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| format!("{addr}: {e}"))?;
-    s.write_all(b"*1\r\n$4\r\nPING\r\n").await.map_err(|e| e.to_string())?;
+    s.write_all(b"*1\r\n$4\r\nPING\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(TIMEOUT, s.read(&mut buf))
         .await
@@ -142,11 +203,18 @@ async fn check_redis(url: &str) -> Result<String, String> {
 }
 
 fn check_model(dir: &Path) -> Result<String, String> {
-    let missing: Vec<&str> =
-        ["model.onnx", "tokenizer.json", "config.json"].into_iter().filter(|f| !dir.join(f).is_file()).collect();
+    let missing: Vec<&str> = ["model.onnx", "tokenizer.json", "config.json"]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
     if missing.is_empty() {
-        let size = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
-        Ok(format!("model.onnx ({:.1} MB), tokenizer.json, config.json", size as f64 / 1e6))
+        let size = std::fs::metadata(dir.join("model.onnx"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(format!(
+            "model.onnx ({:.1} MB), tokenizer.json, config.json",
+            size as f64 / 1e6
+        ))
     } else {
         Err(format!("missing {}", missing.join(", ")))
     }
@@ -154,11 +222,14 @@ fn check_model(dir: &Path) -> Result<String, String> {
 
 /// `ORT_DYLIB_PATH` overrides the configured library.
 pub fn ort_library(configured: &Path) -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| configured.to_owned())
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| configured.to_owned())
 }
 
 fn check_library(lib: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(lib).map_err(|e| format!("{e} (run the README's set-up, or set ORT_DYLIB_PATH)"))?;
+    let bytes =
+        std::fs::read(lib).map_err(|e| format!("{e} (run the README's set-up, or set ORT_DYLIB_PATH)"))?;
     if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
         return Err("not a shared library (no ELF header)".into());
     }
@@ -167,8 +238,16 @@ fn check_library(lib: &Path) -> Result<String, String> {
 
 /// Prints the table; returns whether every required check passed.
 pub fn print(checks: &[Check]) -> bool {
-    let w = checks.iter().map(|c| c.target.len()).max().unwrap_or(6).clamp(6, 48);
-    println!("{:<12} {:<w$} {:<9} {:<15} detail", "component", "target", "required", "status");
+    let w = checks
+        .iter()
+        .map(|c| c.target.len())
+        .max()
+        .unwrap_or(6)
+        .clamp(6, 48);
+    println!(
+        "{:<12} {:<w$} {:<9} {:<15} detail",
+        "component", "target", "required", "status"
+    );
     for c in checks {
         let target: String = c.target.chars().take(w).collect();
         println!(
@@ -189,7 +268,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

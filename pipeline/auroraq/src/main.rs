@@ -19,7 +19,11 @@ use crate::config::Config;
 use crate::wiring::{connect_bus, stop_on_signals};
 
 #[derive(Parser, Debug)]
-#[command(name = "auroraq", version, about = "AuroraQ: an event-driven pipeline for AI-assisted trading on market data and news")]
+#[command(
+    name = "auroraq",
+    version,
+    about = "AuroraQ: an event-driven pipeline for AI-assisted trading on market data and news"
+)]
 struct Cli {
     /// Configuration file (TOML). Default: ./auroraq.toml when present. AURORAQ_<SECTION>_<KEY> variables override it.
     #[arg(long, global = true, env = "AURORAQ_CONFIG")]
@@ -178,6 +182,9 @@ enum Bench {
         /// Publish batch size.
         #[arg(long, default_value_t = 256)]
         batch: usize,
+        /// Rounds per path; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -194,7 +201,9 @@ fn init_logging(format: LogFormat, verbose: u8) {
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -213,7 +222,11 @@ fn pace(speed: f64) -> Result<Pace> {
     if !speed.is_finite() || speed < 0.0 {
         bail!("--speed must be 0 (as fast as possible) or a positive factor, not {speed}");
     }
-    Ok(if speed == 0.0 { Pace::Max } else { Pace::Speed(speed) })
+    Ok(if speed == 0.0 {
+        Pace::Max
+    } else {
+        Pace::Speed(speed)
+    })
 }
 
 async fn real_main(cli: Cli) -> Result<ExitCode> {
@@ -236,7 +249,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Connect(Connect::Replay(a)) => {
             let ReplayFormat::Bars = a.format;
-            let opts = BarsOptions { exchange: a.exchange, symbol: a.symbol, interval: a.interval };
+            let opts = BarsOptions {
+                exchange: a.exchange,
+                symbol: a.symbol,
+                interval: a.interval,
+            };
             let bus = connect_bus(&cfg.bus).await?;
             let stop = stop_on_signals();
             let stats = roles::connect_replay(bus.clone(), &a.files, &opts, pace(a.speed)?, stop).await?;
@@ -262,7 +279,9 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let checks = doctor::run(&cfg).await;
             let ok = if a.json {
                 println!("{}", serde_json::to_string_pretty(&checks)?);
-                checks.iter().all(|c| !c.required || c.status == doctor::Status::Ok)
+                checks
+                    .iter()
+                    .all(|c| !c.required || c.status == doctor::Status::Ok)
             } else {
                 doctor::print(&checks)
             };
@@ -273,10 +292,19 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 println!("{pattern:<40} {events}");
             }
         }
-        Command::Bench(Bench::Bus { events, nats_events, nats, batch }) => {
-            let r = bench::bus(events, nats_events, nats.as_deref(), batch.max(1)).await?;
+        Command::Bench(Bench::Bus {
+            events,
+            nats_events,
+            nats,
+            batch,
+            rounds,
+        }) => {
+            let r = bench::bus(events, nats_events, nats.as_deref(), batch.max(1), rounds).await?;
             for f in &r.figures {
-                eprintln!("{:<36} {:>10} events {:>8.3} s {:>12.0} events/s", f.path, f.events, f.seconds, f.events_per_s);
+                eprintln!(
+                    "{:<36} {:>10} events {:>8.3} s {:>12.0} events/s",
+                    f.path, f.events, f.seconds, f.events_per_s
+                );
             }
             println!("{}", serde_json::to_string(&r)?);
         }

@@ -24,7 +24,11 @@ pub fn load_bars(files: &[PathBuf], opts: &BarsOptions) -> Result<Vec<AnyEvent>>
         let bars = read_bars(f, opts)?;
         info!(file = %f.display(), bars = bars.bars.len(), bad_rows = bars.bad_rows.len(), interval = %bars.interval, "read bars");
         let origin = f.display().to_string();
-        events.extend(bars.bad_rows.iter().map(|r| AnyEvent::DeadLetter(bad_row_letter(&origin, r))));
+        events.extend(
+            bars.bad_rows
+                .iter()
+                .map(|r| AnyEvent::DeadLetter(bad_row_letter(&origin, r))),
+        );
         events.extend(bars.bars.into_iter().map(AnyEvent::Kline));
     }
     Ok(events)
@@ -95,9 +99,11 @@ pub async fn tap(bus: Arc<dyn Bus>, filter: &str, count: Option<u64>, stop: Arc<
         };
         let Some(d) = next else { break };
         let d = d?;
-        let line = match AnyEvent::decode(&d.payload) {
+        let line = match AnyEvent::decode(d.payload()) {
             Ok(ev) => ev.to_json(),
-            Err(e) => serde_json::json!({"kind": "undecodable", "topic": d.topic, "error": e.to_string(), "bytes": d.payload.len()}),
+            Err(e) => {
+                serde_json::json!({"kind": "undecodable", "topic": d.topic(), "error": e.to_string(), "bytes": d.payload().len()})
+            }
         };
         println!("{line}");
         d.ack().await?;

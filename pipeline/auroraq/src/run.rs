@@ -55,15 +55,24 @@ pub async fn run(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>) -> Result<RunS
         bus.clone(),
         scfg,
         sub,
-        Counting { inner: sink, by_kind: by_kind.clone() },
+        Counting {
+            inner: sink,
+            by_kind: by_kind.clone(),
+        },
         metrics.clone(),
     ));
 
     // Connectors.
-    let opts = BarsOptions { exchange: cfg.run.exchange.clone(), symbol: None, interval: None };
+    let opts = BarsOptions {
+        exchange: cfg.run.exchange.clone(),
+        symbol: None,
+        interval: None,
+    };
     let events = load_bars(&cfg.run.bars, &opts)?;
     info!(events = events.len(), "replaying bundled data");
-    let stats = replay(&*bus, events, pace, stop.clone()).await.context("replay")?;
+    let stats = replay(&*bus, events, pace, stop.clone())
+        .await
+        .context("replay")?;
 
     // Intake done (or interrupted): let the stages catch up with what was published, then close
     // the bus, which drains them and stops. (A bus with durable history, like JetStream, would

@@ -26,7 +26,9 @@ pub async fn connect_bus(cfg: &BusConfig) -> Result<Arc<dyn Bus>> {
         n.partitions = cfg.partitions;
         n.stream = cfg.stream.clone();
         n.subject_root = cfg.subject_root.clone();
-        let bus = auroraq_bus::NatsBus::connect(n).await.with_context(|| format!("connecting to the bus at {}", cfg.url))?;
+        let bus = auroraq_bus::NatsBus::connect(n)
+            .await
+            .with_context(|| format!("connecting to the bus at {}", cfg.url))?;
         Ok(Arc::new(bus))
     }
     #[cfg(not(feature = "nats"))]

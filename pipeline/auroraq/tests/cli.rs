@@ -10,13 +10,19 @@ use auroraq_tests::{nats_url, unique};
 
 fn auroraq() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_auroraq"));
-    c.env_remove("AURORAQ_CONFIG").env("RUST_LOG", "warn").arg("--log-format").arg("json");
+    c.env_remove("AURORAQ_CONFIG")
+        .env("RUST_LOG", "warn")
+        .arg("--log-format")
+        .arg("json");
     c
 }
 
 fn last_json(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {line}"))
 }
 
@@ -49,12 +55,26 @@ fn check_run(bus: Option<&str>, envs: &[(&str, String)]) {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let out = cmd.arg("run").arg("--bars").arg(&bars).arg("--out").arg(&out_dir).output().unwrap();
-    assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .arg("run")
+        .arg("--bars")
+        .arg(&bars)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = last_json(&out);
     assert_eq!(s["published"], 6, "5 bars and 1 dead letter: {s}");
     assert_eq!(s["by_kind"]["Kline"], 5, "{s}");
-    assert_eq!(s["by_kind"]["DeadLetter"], 1, "the broken row is kept as a dead letter: {s}");
+    assert_eq!(
+        s["by_kind"]["DeadLetter"], 1,
+        "the broken row is kept as a dead letter: {s}"
+    );
     assert_eq!(s["archived"], 6);
     assert_eq!(s["interrupted"], false);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("events.jsonl"))
@@ -80,10 +100,15 @@ fn embedded_run_replays_and_stops_cleanly() {
 #[test]
 fn same_run_on_nats() {
     let name = unique("cli");
-    let _cleanup = auroraq_tests::DeleteStreamOnDrop { stream: name.to_uppercase() };
+    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
+        stream: name.to_uppercase(),
+    };
     check_run(
         Some(&nats_url()),
-        &[("AURORAQ_BUS_STREAM", name.to_uppercase()), ("AURORAQ_BUS_SUBJECT_ROOT", name)],
+        &[
+            ("AURORAQ_BUS_STREAM", name.to_uppercase()),
+            ("AURORAQ_BUS_SUBJECT_ROOT", name),
+        ],
     );
 }
 
@@ -92,14 +117,21 @@ fn doctor_reports_what_is_reachable() {
     let ok = auroraq()
         .arg("doctor")
         .env("AURORAQ_BUS_URL", nats_url())
-        .env("AURORAQ_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+        .env(
+            "AURORAQ_POSTGRES_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
         .env("AURORAQ_POSTGRES_REQUIRED", "true")
         .env("AURORAQ_REDIS_URL", "redis://127.0.0.1:6379")
         .env("AURORAQ_REDIS_REQUIRED", "true")
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&ok.stdout);
-    assert!(ok.status.success(), "{table}\n{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     for component in ["bus", "postgres", "redis"] {
         let row = table.lines().find(|l| l.starts_with(component)).unwrap();
         assert!(row.contains(" ok "), "{row}");
@@ -116,29 +148,54 @@ fn doctor_reports_what_is_reachable() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let checks: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
-    let redis = checks.as_array().unwrap().iter().find(|c| c["component"] == "redis").unwrap();
+    let redis = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == "redis")
+        .unwrap();
     assert_eq!(redis["status"], "failed");
 
     // An unreachable bus is always a failure.
     let port = auroraq_tests::free_port();
-    let nobus = auroraq().arg("doctor").env("AURORAQ_BUS_URL", format!("nats://127.0.0.1:{port}")).output().unwrap();
+    let nobus = auroraq()
+        .arg("doctor")
+        .env("AURORAQ_BUS_URL", format!("nats://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
     assert_eq!(nobus.status.code(), Some(1));
     // An optional one that is missing does not fail it.
-    let optional = auroraq().arg("doctor").env("AURORAQ_REDIS_URL", "redis://127.0.0.1:1").output().unwrap();
+    let optional = auroraq()
+        .arg("doctor")
+        .env("AURORAQ_REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .unwrap();
     assert!(optional.status.success());
 }
 
 #[test]
 fn bad_configuration_is_refused_clearly() {
-    let out = auroraq().arg("doctor").env("AURORAQ_BUS_PARTITIONS", "lots").output().unwrap();
+    let out = auroraq()
+        .arg("doctor")
+        .env("AURORAQ_BUS_PARTITIONS", "lots")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("AURORAQ_BUS_PARTITIONS") && err.contains("integer"), "{err}");
+    assert!(
+        err.contains("AURORAQ_BUS_PARTITIONS") && err.contains("integer"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[bus]\nurl = \"kafka://x\"\n").unwrap();
-    let out = auroraq().arg("--config").arg(&cfg).arg("doctor").output().unwrap();
+    let out = auroraq()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("doctor")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bus.url"));
 
@@ -155,7 +212,9 @@ fn bad_configuration_is_refused_clearly() {
 fn sigint_drains_acks_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let name = unique("sig");
-    let _cleanup = auroraq_tests::DeleteStreamOnDrop { stream: name.to_uppercase() };
+    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
+        stream: name.to_uppercase(),
+    };
     let envs = [
         ("AURORAQ_BUS_URL", nats_url()),
         ("AURORAQ_BUS_STREAM", name.to_uppercase()),
@@ -163,7 +222,10 @@ fn sigint_drains_acks_and_exits() {
     ];
     let archive = dir.path().join("archive.jsonl");
     let mut sink = auroraq();
-    sink.args(["sink", "jsonl", "--filter", "market.>", "--out"]).arg(&archive).stdout(Stdio::piped()).stderr(Stdio::piped());
+    sink.args(["sink", "jsonl", "--filter", "market.>", "--out"])
+        .arg(&archive)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in &envs {
         sink.env(k, v);
     }
@@ -171,7 +233,9 @@ fn sigint_drains_acks_and_exits() {
 
     let bars = write_bars(dir.path());
     let mut replay = auroraq();
-    replay.args(["connect", "replay", "--exchange", "coinbase"]).arg(&bars);
+    replay
+        .args(["connect", "replay", "--exchange", "coinbase"])
+        .arg(&bars);
     for (k, v) in &envs {
         replay.env(k, v);
     }
@@ -180,37 +244,62 @@ fn sigint_drains_acks_and_exits() {
     assert_eq!(last_json(&out)["events"], 5);
 
     let t0 = Instant::now();
-    while std::fs::read_to_string(&archive).map(|s| s.lines().count()).unwrap_or(0) < 5 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the sink did not archive the bars");
+    while std::fs::read_to_string(&archive)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 5
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the sink did not archive the bars"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let kill = Command::new("kill").arg("-INT").arg(sink.id().to_string()).status().unwrap();
+    let kill = Command::new("kill")
+        .arg("-INT")
+        .arg(sink.id().to_string())
+        .status()
+        .unwrap();
     assert!(kill.success());
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = sink.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "the sink did not stop after SIGINT");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the sink did not stop after SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "clean exit after SIGINT");
-    let stdout = BufReader::new(sink.stdout.take().unwrap()).lines().map_while(Result::ok).last().unwrap();
+    let stdout = BufReader::new(sink.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .last()
+        .unwrap();
     let stats: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(stats["processed"], 5);
 
     // Everything was acked: a new sink process in the same group gets nothing more.
     let again = dir.path().join("again.jsonl");
     let mut sink2 = auroraq();
-    sink2.args(["sink", "jsonl", "--filter", "market.>", "--out"]).arg(&again).stdout(Stdio::piped());
+    sink2
+        .args(["sink", "jsonl", "--filter", "market.>", "--out"])
+        .arg(&again)
+        .stdout(Stdio::piped());
     for (k, v) in &envs {
         sink2.env(k, v);
     }
     let sink2 = sink2.spawn().unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let _ = Command::new("kill").arg("-INT").arg(sink2.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(sink2.id().to_string())
+        .status();
     let out2 = sink2.wait_with_output().unwrap();
     assert!(out2.status.success());
-    let stats2: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out2.stdout).lines().last().unwrap()).unwrap();
+    let stats2: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out2.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(stats2["received"], 0, "acked events are not delivered again");
 }

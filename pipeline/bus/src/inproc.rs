@@ -5,7 +5,7 @@
 //! unacked reach `queue_capacity`) the publisher waits, so a slow consumer slows its producers and
 //! memory stays bounded. A group sees what was published after it was first subscribed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -50,17 +50,29 @@ pub struct InProcBus {
     inner: Arc<Inner>,
 }
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 struct Inner {
     cfg: InProcConfig,
     groups: RwLock<HashMap<(String, String), Arc<Group>>>,
-    routes: RwLock<HashMap<String, Arc<Vec<Arc<Group>>>>>,
+    routes: RwLock<FastMap<String, Arc<Vec<Arc<Group>>>>>,
     dedup: Mutex<Dedup>,
     closed: AtomicBool,
 }
 
+/// Ids seen within the window, as 128-bit keyed hashes (two independent random seeds): no
+/// allocation per message, and a false duplicate needs a 128-bit collision.
 struct Dedup {
-    seen: HashSet<Arc<str>>,
-    order: VecDeque<(Instant, Arc<str>)>,
+    seeds: (foldhash::quality::RandomState, foldhash::quality::RandomState),
+    seen: HashMap<u128, (), std::hash::BuildHasherDefault<SeqHasher>>,
+    order: VecDeque<(Instant, u128)>,
+}
+
+impl Dedup {
+    fn key(&self, id: &str) -> u128 {
+        use std::hash::BuildHasher;
+        ((self.seeds.0.hash_one(id) as u128) << 64) | self.seeds.1.hash_one(id) as u128
+    }
 }
 
 struct Group {
@@ -68,19 +80,59 @@ struct Group {
     parts: Vec<PartQueue>,
     /// Wakes members: something was queued, acked or nacked.
     wake: Notify,
+    /// Members about to wait on `wake` (so that settling skips the notify when nobody waits).
+    sleepers: AtomicUsize,
     capacity: usize,
+}
+
+impl Group {
+    fn wake_members(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.wake.notify_waiters();
+        }
+    }
 }
 
 struct PartQueue {
     state: Mutex<QState>,
     /// Wakes publishers: room was freed.
     space: Notify,
+    /// Publishers waiting on `space`.
+    waiting: AtomicUsize,
 }
+
+impl PartQueue {
+    fn wake_publishers(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+}
+
+/// Sequence numbers are unique and dense: they need no hashing.
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl std::hash::Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | *b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type SeqMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<SeqHasher>>;
 
 #[derive(Default)]
 struct QState {
     ready: VecDeque<Entry>,
-    inflight: HashMap<u64, Inflight>,
+    inflight: SeqMap<Inflight>,
     deadlines: VecDeque<(Instant, u64, u32)>,
     delayed: usize,
     next_seq: u64,
@@ -157,9 +209,10 @@ impl InProcBus {
             inner: Arc::new(Inner {
                 cfg,
                 groups: RwLock::new(HashMap::new()),
-                routes: RwLock::new(HashMap::new()),
+                routes: RwLock::new(FastMap::default()),
                 dedup: Mutex::new(Dedup {
-                    seen: HashSet::new(),
+                    seeds: Default::default(),
+                    seen: HashMap::default(),
                     order: VecDeque::new(),
                 }),
                 closed: AtomicBool::new(false),
@@ -219,43 +272,74 @@ impl Inner {
         let mut dups = 0;
         let mut keep = Vec::with_capacity(batch.len());
         for m in batch {
-            if d.seen.contains(m.id.as_str()) {
+            let key = d.key(&m.id);
+            if d.seen.insert(key, ()).is_some() {
                 dups += 1;
                 continue;
             }
-            let id: Arc<str> = Arc::from(m.id.as_str());
-            d.seen.insert(id.clone());
-            d.order.push_back((now, id));
+            d.order.push_back((now, key));
             keep.push(m);
         }
         (keep, dups)
     }
 
+    /// Appends as many as fit to a group partition, in order; returns how many.
+    fn try_push_many(&self, group: &Group, part: u32, msgs: &[Arc<OutMessage>]) -> usize {
+        let mut st = lock(&group.parts[part as usize].state);
+        let room = group.capacity.saturating_sub(st.len()).min(msgs.len());
+        for m in &msgs[..room] {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.ready.push_back(Entry {
+                seq,
+                msg: m.clone(),
+                attempts: 0,
+            });
+        }
+        room
+    }
+
+    /// Appends to a group partition unless it is full.
+    fn try_push(&self, group: &Group, part: u32, msg: &Arc<OutMessage>) -> bool {
+        let mut st = lock(&group.parts[part as usize].state);
+        if st.len() < group.capacity {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.ready.push_back(Entry {
+                seq,
+                msg: msg.clone(),
+                attempts: 0,
+            });
+            true
+        } else {
+            false
+        }
+    }
+
     async fn push(&self, group: &Group, part: u32, msg: &Arc<OutMessage>) -> Result<(), BusError> {
+        if self.try_push(group, part, msg) {
+            return Ok(());
+        }
         let q = &group.parts[part as usize];
-        loop {
-            let mut space = pin!(q.space.notified());
-            space.as_mut().enable();
-            if self.closed.load(Ordering::Acquire) {
-                return Err(BusError::Closed);
-            }
-            {
-                let mut st = lock(&q.state);
-                if st.len() < group.capacity {
-                    let seq = st.next_seq;
-                    st.next_seq += 1;
-                    st.ready.push_back(Entry {
-                        seq,
-                        msg: msg.clone(),
-                        attempts: 0,
-                    });
+        q.waiting.fetch_add(1, Ordering::SeqCst);
+        let r = async {
+            loop {
+                let mut space = pin!(q.space.notified());
+                space.as_mut().enable();
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(BusError::Closed);
+                }
+                if self.try_push(group, part, msg) {
                     return Ok(());
                 }
+                // Full: let consumers see what is there, then wait for room.
+                group.wake.notify_waiters();
+                space.await;
             }
-            // Full: let consumers see what is there, then wait for room.
-            group.wake.notify_waiters();
-            space.await;
         }
+        .await;
+        q.waiting.fetch_sub(1, Ordering::SeqCst);
+        r
     }
 }
 
@@ -281,21 +365,50 @@ impl Bus for InProcBus {
             stored: 0,
             duplicates,
         };
-        let mut touched: Vec<Arc<Group>> = Vec::new();
+        // Bucket the batch per group and partition (keeping publish order within each), so that
+        // each queue is locked once per batch rather than once per message.
+        let nparts = self.inner.cfg.partitions as usize;
+        let mut buckets: Vec<(Arc<Group>, Vec<Vec<Arc<OutMessage>>>)> = Vec::new();
+        let mut last_route: Option<(String, Arc<Vec<Arc<Group>>>)> = None;
         for m in batch {
-            let part = partition_of(m.key.as_deref(), self.inner.cfg.partitions);
-            let groups = self.inner.route(&m.topic);
+            let part = partition_of(m.key.as_deref(), self.inner.cfg.partitions) as usize;
+            // Batches mostly hold one topic: look the route up once per run of it.
+            let groups = match &last_route {
+                Some((t, r)) if *t == m.topic => r.clone(),
+                _ => {
+                    let r = self.inner.route(&m.topic);
+                    last_route = Some((m.topic.clone(), r.clone()));
+                    r
+                }
+            };
             let msg = Arc::new(m);
             for g in groups.iter() {
-                self.inner.push(g, part, &msg).await?;
-                if !touched.iter().any(|t| Arc::ptr_eq(t, g)) {
-                    touched.push(g.clone());
-                }
+                let idx = match buckets.iter().position(|(b, _)| Arc::ptr_eq(b, g)) {
+                    Some(i) => i,
+                    None => {
+                        buckets.push((g.clone(), vec![Vec::new(); nparts]));
+                        buckets.len() - 1
+                    }
+                };
+                buckets[idx].1[part].push(msg.clone());
             }
             report.stored += 1;
         }
-        for g in touched {
-            g.wake.notify_waiters();
+        for (g, parts) in &buckets {
+            for (part, msgs) in parts.iter().enumerate() {
+                if msgs.is_empty() {
+                    continue;
+                }
+                let pushed = self.inner.try_push_many(g, part as u32, msgs);
+                if pushed < msgs.len() {
+                    // Full: consumers first see what is there, then we wait for room.
+                    g.wake.notify_waiters();
+                    for m in &msgs[pushed..] {
+                        self.inner.push(g, part as u32, m).await?;
+                    }
+                }
+            }
+            g.wake_members();
         }
         Ok(report)
     }
@@ -314,9 +427,11 @@ impl Bus for InProcBus {
                         .map(|_| PartQueue {
                             state: Mutex::new(QState::default()),
                             space: Notify::new(),
+                            waiting: AtomicUsize::new(0),
                         })
                         .collect(),
                     wake: Notify::new(),
+                    sleepers: AtomicUsize::new(0),
                     capacity: self.inner.cfg.queue_capacity,
                 });
                 groups.insert(key, g.clone());
@@ -423,7 +538,7 @@ impl InProcSubscription {
         self.next_part = (self.next_part + 1) % n.max(1);
         if freed {
             // Reaped deliveries may belong to other members, which may now have room.
-            self.group.wake.notify_waiters();
+            self.group.wake_members();
         }
         earliest
     }
@@ -448,32 +563,31 @@ impl Subscription for InProcSubscription {
                     seq: e.seq,
                     attempt,
                 };
-                let m = &e.msg;
-                return Some(Ok(Delivery::new(
-                    m.topic.clone(),
-                    m.key.clone(),
-                    m.id.clone(),
-                    m.payload.clone(),
-                    p,
-                    attempt,
-                    Box::new(acker),
-                )));
+                return Some(Ok(Delivery::shared(e.msg, p, attempt, Box::new(acker))));
             }
-            let group = self.group.clone();
-            let mut woken = pin!(group.wake.notified());
-            woken.as_mut().enable();
+            // Fast path: something is ready.
             let deadline = self.fill();
             if !self.buffer.is_empty() {
                 continue;
             }
-            if self.bus.closed.load(Ordering::Acquire) && self.drained() {
-                return None;
-            }
-            match deadline {
-                Some(d) => {
-                    let _ = tokio::time::timeout_at(d, woken).await;
+            // Register as a sleeper before looking again, so that a publish or settle racing
+            // with us either is seen by the second look or sees us and wakes us.
+            let group = self.group.clone();
+            group.sleepers.fetch_add(1, Ordering::SeqCst);
+            let mut woken = pin!(group.wake.notified());
+            woken.as_mut().enable();
+            let deadline = self.fill().or(deadline);
+            if self.buffer.is_empty() && !(self.bus.closed.load(Ordering::Acquire) && self.drained()) {
+                match deadline {
+                    Some(d) => {
+                        let _ = tokio::time::timeout_at(d, woken).await;
+                    }
+                    None => woken.await,
                 }
-                None => woken.await,
+            }
+            group.sleepers.fetch_sub(1, Ordering::SeqCst);
+            if self.buffer.is_empty() && self.bus.closed.load(Ordering::Acquire) && self.drained() {
+                return None;
             }
         }
     }
@@ -492,7 +606,7 @@ impl Drop for InProcSubscription {
                 st.requeue(e);
             }
         }
-        self.group.wake.notify_waiters();
+        self.group.wake_members();
     }
 }
 
@@ -508,10 +622,10 @@ impl InProcAcker {
         let q = &self.group.parts[self.part as usize];
         {
             let mut st = lock(&q.state);
-            if !st
+            if st
                 .inflight
                 .get(&self.seq)
-                .is_some_and(|f| f.attempt == self.attempt)
+                .is_none_or(|f| f.attempt != self.attempt)
             {
                 // Expired and redelivered already: this settle is stale.
                 return;
@@ -535,21 +649,26 @@ impl InProcAcker {
                                 st.delayed -= 1;
                                 st.requeue(f.entry);
                             }
-                            group.wake.notify_waiters();
+                            group.wake_members();
                         });
                     }
                 }
             }
         }
         if !requeue {
-            q.space.notify_waiters();
+            q.wake_publishers();
         }
-        self.group.wake.notify_waiters();
+        self.group.wake_members();
     }
 }
 
 #[async_trait]
 impl Acker for InProcAcker {
+    fn settle_now(&self, ack: bool) -> bool {
+        self.settle(!ack, None);
+        true
+    }
+
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
         self.settle(false, None);
         Ok(())

@@ -192,6 +192,11 @@ pub enum BusError {
 /// Settles one delivery. Implemented by each bus.
 #[async_trait]
 pub trait Acker: Send + Sync {
+    /// Settles at once without awaiting, where the bus can (`ack` true: ack, else nack now).
+    /// Returns false when the async path must be taken.
+    fn settle_now(&self, _ack: bool) -> bool {
+        false
+    }
     async fn ack(self: Box<Self>) -> Result<(), BusError>;
     /// Asks for redelivery, after `delay` where the bus supports it.
     async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError>;
@@ -200,53 +205,88 @@ pub trait Acker: Send + Sync {
 /// One message delivered to a group member. Ack it after processing; a delivery dropped without
 /// ack or nack is delivered again (to this member or another).
 pub struct Delivery {
-    pub topic: String,
-    pub key: Option<String>,
-    pub id: String,
-    pub payload: Bytes,
+    msg: Shared,
     pub partition: u32,
     /// 1 on first delivery, 2 on the first redelivery, and so on.
     pub attempt: u32,
     acker: Option<Box<dyn Acker>>,
 }
 
+/// The message of a delivery: owned (decoded off the wire) or shared with the bus's queue.
+enum Shared {
+    Owned(OutMessage),
+    Shared(std::sync::Arc<OutMessage>),
+}
+
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
-            .field("topic", &self.topic)
-            .field("key", &self.key)
-            .field("id", &self.id)
+            .field("topic", &self.topic())
+            .field("key", &self.key())
+            .field("id", &self.id())
             .field("partition", &self.partition)
             .field("attempt", &self.attempt)
-            .field("bytes", &self.payload.len())
+            .field("bytes", &self.payload().len())
             .finish()
     }
 }
 
 impl Delivery {
-    pub fn new(
-        topic: String,
-        key: Option<String>,
-        id: String,
-        payload: Bytes,
-        partition: u32,
-        attempt: u32,
-        acker: Box<dyn Acker>,
-    ) -> Self {
+    pub fn new(msg: OutMessage, partition: u32, attempt: u32, acker: Box<dyn Acker>) -> Self {
         Delivery {
-            topic,
-            key,
-            id,
-            payload,
+            msg: Shared::Owned(msg),
             partition,
             attempt,
             acker: Some(acker),
         }
     }
 
+    /// A delivery of a message the bus keeps (no copy).
+    pub fn shared(
+        msg: std::sync::Arc<OutMessage>,
+        partition: u32,
+        attempt: u32,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Delivery {
+            msg: Shared::Shared(msg),
+            partition,
+            attempt,
+            acker: Some(acker),
+        }
+    }
+
+    fn message(&self) -> &OutMessage {
+        match &self.msg {
+            Shared::Owned(m) => m,
+            Shared::Shared(m) => m,
+        }
+    }
+
+    /// The concrete topic it was published to.
+    pub fn topic(&self) -> &str {
+        &self.message().topic
+    }
+
+    /// Its partition key.
+    pub fn key(&self) -> Option<&str> {
+        self.message().key.as_deref()
+    }
+
+    /// Its de-duplication id (the event id); empty when the publisher gave none.
+    pub fn id(&self) -> &str {
+        &self.message().id
+    }
+
+    /// The encoded event.
+    pub fn payload(&self) -> &Bytes {
+        &self.message().payload
+    }
+
     /// Processing succeeded: never deliver it again.
     pub async fn ack(mut self) -> Result<(), BusError> {
         match self.acker.take() {
+            Some(a) if a.settle_now(true) => Ok(()),
             Some(a) => a.ack().await,
             None => Ok(()),
         }
@@ -258,18 +298,6 @@ impl Delivery {
             Some(a) => a.nack(delay).await,
             None => Ok(()),
         }
-    }
-
-    /// Hands the acker out, for buses whose ackers must outlive the delivery (tests, batching).
-    pub fn into_parts(mut self) -> (OutMessage, u32, Option<Box<dyn Acker>>) {
-        let acker = self.acker.take();
-        let msg = OutMessage {
-            topic: std::mem::take(&mut self.topic),
-            key: self.key.take(),
-            id: std::mem::take(&mut self.id),
-            payload: std::mem::take(&mut self.payload),
-        };
-        (msg, self.attempt, acker)
     }
 }
 

@@ -270,13 +270,19 @@ impl Bus for NatsBus {
     }
 
     async fn health(&self) -> Result<String, BusError> {
-        let err = |reason: String| BusError::Connect { url: self.cfg.url.clone(), reason };
+        let err = |reason: String| BusError::Connect {
+            url: self.cfg.url.clone(),
+            reason,
+        };
         let mut stream = self
             .js
             .get_stream(&self.cfg.stream)
             .await
             .map_err(|e| err(format!("JetStream stream {} unavailable: {e}", self.cfg.stream)))?;
-        let info = stream.info().await.map_err(|e| err(format!("JetStream unavailable: {e}")))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| err(format!("JetStream unavailable: {e}")))?;
         let server = self.client.server_info();
         Ok(format!(
             "NATS {} with JetStream; stream {}: {} messages, {} bytes",
@@ -416,10 +422,12 @@ impl Puller {
         let id = header("Nats-Msg-Id").unwrap_or_default();
         let key = header(KEY_HEADER);
         Some(Delivery::new(
-            topic,
-            key,
-            id,
-            msg.payload,
+            OutMessage {
+                topic,
+                key,
+                id,
+                payload: msg.payload,
+            },
             self.partition,
             attempt,
             Box::new(NatsAcker {

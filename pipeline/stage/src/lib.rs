@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use auroraq_bus::{topics, Bus, BusError, Delivery, OutMessage, PublishReport, SubscribeOptions, Subscription};
+use auroraq_bus::{
+    topics, Bus, BusError, Delivery, OutMessage, PublishReport, SubscribeOptions, Subscription,
+};
 use auroraq_schemas::{now_micros, AnyEvent, CodecError, DeadLetter, Incoming, Meta};
 use bytes::Bytes;
 use serde::Serialize;
@@ -196,37 +198,37 @@ impl StageMetrics {
 /// (its id, or a hash of its bytes) and the reason, so dead-lettering the same message twice
 /// yields one dead letter after de-duplication.
 pub fn dead_letter(stage: &str, d: &Delivery, reason: &str, error: &str) -> DeadLetter {
-    let original = if d.id.is_empty() {
-        let digest = Sha256::digest(&d.payload);
+    let original = if d.id().is_empty() {
+        let digest = Sha256::digest(d.payload());
         digest
             .iter()
             .take(16)
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     } else {
-        d.id.clone()
+        d.id().to_owned()
     };
     let now = now_micros();
     let mut meta = Meta::derived(
         "DeadLetter",
         stage,
         &[],
-        &format!("{}|{original}|{reason}", d.topic),
+        &format!("{}|{original}|{reason}", d.topic()),
         now,
         now,
     );
-    if !d.id.is_empty() {
-        meta.derived_from = vec![d.id.clone()];
+    if !d.id().is_empty() {
+        meta.derived_from = vec![d.id().to_owned()];
     }
     DeadLetter {
         meta,
         stage: stage.to_owned(),
         reason: reason.to_owned(),
         error: error.to_owned(),
-        original_topic: d.topic.clone(),
-        original_key: d.key.clone(),
-        original_id: (!d.id.is_empty()).then(|| d.id.clone()),
-        original_bytes: d.payload.to_vec(),
+        original_topic: d.topic().to_owned(),
+        original_key: d.key().map(str::to_owned),
+        original_id: (!d.id().is_empty()).then(|| d.id().to_owned()),
+        original_bytes: d.payload().to_vec(),
         attempts: d.attempt as i32,
     }
 }
@@ -270,7 +272,7 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
         if d.attempt > 1 {
             metrics.redelivered.fetch_add(1, Ordering::Relaxed);
         }
-        let outcome = match E::decode_message(&d.payload) {
+        let outcome = match E::decode_message(d.payload()) {
             Err(e) => Err(("decode_error", e.to_string())),
             Ok(event) => match handler.handle(event).await {
                 Ok(outs) => Ok(outs),
@@ -333,7 +335,7 @@ async fn send_dead_letter(
     why: &str,
     metrics: &StageMetrics,
 ) -> Result<(), StageError> {
-    warn!(stage, topic = %d.topic, reason, error = %why, "dead letter");
+    warn!(stage, topic = %d.topic(), reason, error = %why, "dead letter");
     let dl = dead_letter(stage, &d, reason, why);
     let payload = auroraq_schemas::encode(&dl).map_err(StageError::Encode)?;
     let msg = OutMessage {

@@ -24,7 +24,11 @@ impl JsonlSink {
             std::fs::create_dir_all(dir)?;
         }
         let f = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(JsonlSink { path: path.to_owned(), out: BufWriter::new(f), lines: 0 })
+        Ok(JsonlSink {
+            path: path.to_owned(),
+            out: BufWriter::new(f),
+            lines: 0,
+        })
     }
 
     pub fn path(&self) -> &Path {
