@@ -87,7 +87,9 @@ pub async fn sink_jsonl(
 /// `auroraq tap`: prints events of `filter` as JSON lines on stdout.
 pub async fn tap(bus: Arc<dyn Bus>, filter: &str, count: Option<u64>, stop: Arc<AtomicBool>) -> Result<u64> {
     let group = format!("tap-{}", std::process::id());
-    let mut sub = bus.subscribe(SubscribeOptions::new(group, filter)).await?;
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new(group, filter).transient())
+        .await?;
     let seen = AtomicU64::new(0);
     loop {
         if count.is_some_and(|c| seen.load(Ordering::Relaxed) >= c) || stop.load(Ordering::SeqCst) {

@@ -303,3 +303,42 @@ fn sigint_drains_acks_and_exits() {
         serde_json::from_str(String::from_utf8_lossy(&out2.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(stats2["received"], 0, "acked events are not delivered again");
 }
+
+#[test]
+fn tap_prints_events_from_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("tap");
+    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
+        stream: name.to_uppercase(),
+    };
+    let envs = [
+        ("AURORAQ_BUS_URL", nats_url()),
+        ("AURORAQ_BUS_STREAM", name.to_uppercase()),
+        ("AURORAQ_BUS_SUBJECT_ROOT", name.clone()),
+    ];
+    let bars = write_bars(dir.path());
+    let mut replay = auroraq();
+    replay
+        .args(["connect", "replay", "--exchange", "coinbase"])
+        .arg(&bars);
+    for (k, v) in &envs {
+        replay.env(k, v);
+    }
+    assert!(replay.output().unwrap().status.success());
+
+    let mut tap = auroraq();
+    tap.args(["tap", "market.klines.>", "--count", "3"]);
+    for (k, v) in &envs {
+        tap.env(k, v);
+    }
+    let out = tap.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines
+        .iter()
+        .all(|l| l["kind"] == "Kline" && l["symbol"] == "BTCUSD"));
+}

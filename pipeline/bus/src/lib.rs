@@ -90,6 +90,9 @@ pub struct SubscribeOptions {
     pub max_in_flight: usize,
     /// A delivery not acked within this time is delivered again.
     pub ack_wait: Duration,
+    /// A short-lived group (a `tap`, a test): buses with durable state forget it soon after its
+    /// last member leaves, instead of keeping its position forever.
+    pub transient: bool,
 }
 
 impl SubscribeOptions {
@@ -101,7 +104,13 @@ impl SubscribeOptions {
             members: 1,
             max_in_flight: 1024,
             ack_wait: Duration::from_secs(30),
+            transient: false,
         }
+    }
+
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
     }
 
     pub fn member(mut self, member: u32, members: u32) -> Self {

@@ -190,6 +190,13 @@ impl NatsBus {
                     deliver_policy: DeliverPolicy::All,
                     max_ack_pending: opts.max_in_flight as i64,
                     max_deliver: -1,
+                    // Durable groups keep their position while all members are away; transient
+                    // ones are removed by the server a minute after their last pull.
+                    inactive_threshold: if opts.transient {
+                        Duration::from_secs(60)
+                    } else {
+                        Duration::ZERO
+                    },
                     ..Default::default()
                 },
             )
