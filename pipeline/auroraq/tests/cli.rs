@@ -44,6 +44,48 @@ fn write_bars(dir: &Path) -> std::path::PathBuf {
     p
 }
 
+/// `auroraq` on its own stream of the shared NATS server (deleted at the end).
+struct IsolatedNats {
+    envs: Vec<(&'static str, String)>,
+    _cleanup: auroraq_tests::DeleteStreamOnDrop,
+}
+
+impl IsolatedNats {
+    fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        IsolatedNats {
+            envs: vec![
+                ("AURORAQ_BUS_URL", nats_url()),
+                ("AURORAQ_BUS_STREAM", name.to_uppercase()),
+                ("AURORAQ_BUS_SUBJECT_ROOT", name.clone()),
+            ],
+            _cleanup: auroraq_tests::DeleteStreamOnDrop {
+                stream: name.to_uppercase(),
+            },
+        }
+    }
+
+    fn auroraq(&self) -> Command {
+        let mut c = auroraq();
+        for (k, v) in &self.envs {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Publishes the test bars with `connect replay`.
+    fn replay(&self, bars: &Path) -> Output {
+        let out = self
+            .auroraq()
+            .args(["connect", "replay", "--exchange", "coinbase"])
+            .arg(bars)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+}
+
 fn check_run(bus: Option<&str>, envs: &[(&str, String)]) {
     let dir = tempfile::tempdir().unwrap();
     let bars = write_bars(dir.path());
@@ -99,17 +141,8 @@ fn embedded_run_replays_and_stops_cleanly() {
 
 #[test]
 fn same_run_on_nats() {
-    let name = unique("cli");
-    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
-        stream: name.to_uppercase(),
-    };
-    check_run(
-        Some(&nats_url()),
-        &[
-            ("AURORAQ_BUS_STREAM", name.to_uppercase()),
-            ("AURORAQ_BUS_SUBJECT_ROOT", name),
-        ],
-    );
+    let nats = IsolatedNats::new("cli");
+    check_run(Some(&nats_url()), &nats.envs);
 }
 
 #[test]
@@ -211,36 +244,18 @@ fn bad_configuration_is_refused_clearly() {
 #[test]
 fn sigint_drains_acks_and_exits() {
     let dir = tempfile::tempdir().unwrap();
-    let name = unique("sig");
-    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
-        stream: name.to_uppercase(),
-    };
-    let envs = [
-        ("AURORAQ_BUS_URL", nats_url()),
-        ("AURORAQ_BUS_STREAM", name.to_uppercase()),
-        ("AURORAQ_BUS_SUBJECT_ROOT", name.clone()),
-    ];
+    let nats = IsolatedNats::new("sig");
     let archive = dir.path().join("archive.jsonl");
-    let mut sink = auroraq();
-    sink.args(["sink", "jsonl", "--filter", "market.>", "--out"])
+    let mut sink = nats
+        .auroraq()
+        .args(["sink", "jsonl", "--filter", "market.>", "--out"])
         .arg(&archive)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in &envs {
-        sink.env(k, v);
-    }
-    let mut sink = sink.spawn().unwrap();
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
 
-    let bars = write_bars(dir.path());
-    let mut replay = auroraq();
-    replay
-        .args(["connect", "replay", "--exchange", "coinbase"])
-        .arg(&bars);
-    for (k, v) in &envs {
-        replay.env(k, v);
-    }
-    let out = replay.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = nats.replay(&write_bars(dir.path()));
     assert_eq!(last_json(&out)["events"], 5);
 
     let t0 = Instant::now();
@@ -283,15 +298,13 @@ fn sigint_drains_acks_and_exits() {
 
     // Everything was acked: a new sink process in the same group gets nothing more.
     let again = dir.path().join("again.jsonl");
-    let mut sink2 = auroraq();
-    sink2
+    let sink2 = nats
+        .auroraq()
         .args(["sink", "jsonl", "--filter", "market.>", "--out"])
         .arg(&again)
-        .stdout(Stdio::piped());
-    for (k, v) in &envs {
-        sink2.env(k, v);
-    }
-    let sink2 = sink2.spawn().unwrap();
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let _ = Command::new("kill")
         .arg("-INT")
@@ -307,31 +320,13 @@ fn sigint_drains_acks_and_exits() {
 #[test]
 fn tap_prints_events_from_the_bus() {
     let dir = tempfile::tempdir().unwrap();
-    let name = unique("tap");
-    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
-        stream: name.to_uppercase(),
-    };
-    let envs = [
-        ("AURORAQ_BUS_URL", nats_url()),
-        ("AURORAQ_BUS_STREAM", name.to_uppercase()),
-        ("AURORAQ_BUS_SUBJECT_ROOT", name.clone()),
-    ];
-    let bars = write_bars(dir.path());
-    let mut replay = auroraq();
-    replay
-        .args(["connect", "replay", "--exchange", "coinbase"])
-        .arg(&bars);
-    for (k, v) in &envs {
-        replay.env(k, v);
-    }
-    assert!(replay.output().unwrap().status.success());
-
-    let mut tap = auroraq();
-    tap.args(["tap", "market.klines.>", "--count", "3"]);
-    for (k, v) in &envs {
-        tap.env(k, v);
-    }
-    let out = tap.output().unwrap();
+    let nats = IsolatedNats::new("tap");
+    nats.replay(&write_bars(dir.path()));
+    let out = nats
+        .auroraq()
+        .args(["tap", "market.klines.>", "--count", "3"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -301,19 +301,7 @@ impl Inner {
 
     /// Appends to a group partition unless it is full.
     fn try_push(&self, group: &Group, part: u32, msg: &Arc<OutMessage>) -> bool {
-        let mut st = lock(&group.parts[part as usize].state);
-        if st.len() < group.capacity {
-            let seq = st.next_seq;
-            st.next_seq += 1;
-            st.ready.push_back(Entry {
-                seq,
-                msg: msg.clone(),
-                attempts: 0,
-            });
-            true
-        } else {
-            false
-        }
+        self.try_push_many(group, part, std::slice::from_ref(msg)) == 1
     }
 
     async fn push(&self, group: &Group, part: u32, msg: &Arc<OutMessage>) -> Result<(), BusError> {
