@@ -69,6 +69,21 @@ pub struct SentimentConfig {
     /// `libonnxruntime.so`; `ORT_DYLIB_PATH` overrides it.
     pub ort_dylib: PathBuf,
     pub required: bool,
+    /// `cpu` or `cuda` (falls back to the CPU with a warning when no GPU is there).
+    pub device: String,
+    /// Inference threads; 0: all cores.
+    pub threads: u64,
+    /// Padded tokens per batch.
+    pub max_batch_tokens: u64,
+    /// Sequences per batch.
+    pub max_batch_size: u64,
+    /// Milliseconds the first waiting article waits for a batch to fill.
+    pub max_wait_ms: u64,
+    /// Tokenised articles waiting for inference before intake pauses.
+    pub queue: u64,
+    /// Asset aliases for linking articles to assets, e.g. `BTC = ["bitcoin", "btc", "xbt"]`;
+    /// empty: the built-in table.
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for SentimentConfig {
@@ -77,6 +92,13 @@ impl Default for SentimentConfig {
             model_dir: PathBuf::from("models/auroraq-minilm-fpb"),
             ort_dylib: PathBuf::from(".auroraq/onnxruntime/libonnxruntime.so"),
             required: false,
+            device: "cpu".into(),
+            threads: 0,
+            max_batch_tokens: 4096,
+            max_batch_size: 64,
+            max_wait_ms: 10,
+            queue: 512,
+            aliases: Default::default(),
         }
     }
 }
@@ -183,6 +205,18 @@ impl Config {
                 "postgres.url must be a postgres:// URL, not {:?}",
                 self.postgres.url
             );
+        }
+        if !matches!(self.sentiment.device.as_str(), "cpu" | "cuda") {
+            bail!(
+                "sentiment.device must be \"cpu\" or \"cuda\", not {:?}",
+                self.sentiment.device
+            );
+        }
+        if self.sentiment.max_batch_size == 0
+            || self.sentiment.max_batch_tokens == 0
+            || self.sentiment.queue == 0
+        {
+            bail!("sentiment.max_batch_size, max_batch_tokens and queue must be at least 1");
         }
         if !self.redis.url.is_empty() && !self.redis.url.starts_with("redis://") {
             bail!("redis.url must be a redis:// URL, not {:?}", self.redis.url);

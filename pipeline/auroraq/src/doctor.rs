@@ -73,19 +73,21 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
         )
         .await,
     );
+    let lib = ort_library(&cfg.sentiment.ort_dylib);
+    let lib_check = check_library(&lib);
+    let runtime_ok = lib_check.is_ok();
+    out.push(check(
+        "onnxruntime",
+        lib.display().to_string(),
+        cfg.sentiment.required,
+        lib_check,
+    ));
     let dir = &cfg.sentiment.model_dir;
     out.push(check(
         "model",
         dir.display().to_string(),
         cfg.sentiment.required,
-        check_model(dir),
-    ));
-    let lib = ort_library(&cfg.sentiment.ort_dylib);
-    out.push(check(
-        "onnxruntime",
-        lib.display().to_string(),
-        cfg.sentiment.required,
-        check_library(&lib),
+        check_model(dir, runtime_ok),
     ));
     out
 }
@@ -202,26 +204,44 @@ async fn check_redis(url: &str) -> Result<String, String> {
     }
 }
 
-fn check_model(dir: &Path) -> Result<String, String> {
+fn check_model(dir: &Path, runtime_ok: bool) -> Result<String, String> {
     let missing: Vec<&str> = ["model.onnx", "tokenizer.json", "config.json"]
         .into_iter()
         .filter(|f| !dir.join(f).is_file())
         .collect();
-    if missing.is_empty() {
-        let size = std::fs::metadata(dir.join("model.onnx"))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        Ok(format!(
-            "model.onnx ({:.1} MB), tokenizer.json, config.json",
-            size as f64 / 1e6
-        ))
-    } else {
-        Err(format!("missing {}", missing.join(", ")))
+    if !missing.is_empty() {
+        return Err(format!("missing {}", missing.join(", ")));
     }
+    let size = std::fs::metadata(dir.join("model.onnx"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    #[cfg(feature = "sentiment")]
+    if runtime_ok {
+        // Load it for real: labels, tokenizer and session.
+        let c = auroraq_sentiment::Classifier::load(dir, &auroraq_sentiment::ModelOptions::default())
+            .map_err(|e| e.to_string())?;
+        return Ok(format!(
+            "loads: {} ({:.1} MB), labels {:?}, max length {}",
+            c.model_id,
+            size as f64 / 1e6,
+            c.labels,
+            c.max_length
+        ));
+    }
+    let _ = runtime_ok;
+    Ok(format!(
+        "model.onnx ({:.1} MB), tokenizer.json, config.json",
+        size as f64 / 1e6
+    ))
 }
 
-/// `ORT_DYLIB_PATH` overrides the configured library.
+/// The library the sentiment stage would load: `ORT_DYLIB_PATH`, the configured path, or the
+/// project-local copy.
 pub fn ort_library(configured: &Path) -> PathBuf {
+    #[cfg(feature = "sentiment")]
+    if let Ok(p) = auroraq_sentiment::runtime::find_library(Some(configured)) {
+        return p;
+    }
     std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| configured.to_owned())
@@ -229,10 +249,17 @@ pub fn ort_library(configured: &Path) -> PathBuf {
 
 fn check_library(lib: &Path) -> Result<String, String> {
     let bytes =
-        std::fs::read(lib).map_err(|e| format!("{e} (run the README's set-up, or set ORT_DYLIB_PATH)"))?;
+        std::fs::read(lib).map_err(|e| format!("{e} (run scripts/setup.sh, or set ORT_DYLIB_PATH)"))?;
     if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
         return Err("not a shared library (no ELF header)".into());
     }
+    #[cfg(feature = "sentiment")]
+    {
+        // Load it for real.
+        auroraq_sentiment::runtime::init(Some(lib)).map_err(|e| e.to_string())?;
+        Ok(format!("loads ({:.1} MB)", bytes.len() as f64 / 1e6))
+    }
+    #[cfg(not(feature = "sentiment"))]
     Ok(format!("ELF shared library, {:.1} MB", bytes.len() as f64 / 1e6))
 }
 

@@ -5,6 +5,8 @@ mod config;
 mod doctor;
 mod roles;
 mod run;
+#[cfg(feature = "sentiment")]
+mod sentiment;
 mod wiring;
 
 use std::io::IsTerminal;
@@ -67,8 +69,11 @@ enum Command {
     /// Measure throughput.
     #[command(subcommand)]
     Bench(Bench),
-    /// Sentiment worker role (coming with the sentiment issue).
-    Score,
+    /// Sentiment worker role: score articles from news.articles.* onto sentiment.scores.
+    Score(ScoreArgs),
+    /// Sentiment model tools: score texts, evaluate, benchmark.
+    #[command(subcommand)]
+    Sentiment(SentimentCmd),
     /// Fusion role (coming with the fusion issue).
     Fuse,
     /// Risk role (coming with the risk issue).
@@ -79,6 +84,62 @@ enum Command {
     Agent,
     /// HTTP API role (coming with the API issue).
     Api,
+}
+
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// Model folder with model.onnx, tokenizer.json, config.json (default: sentiment.model_dir).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// cpu or cuda (default: sentiment.device); cuda falls back to the CPU with a warning.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum SentimentCmd {
+    /// Score texts: one JSON object per text.
+    Score {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Texts to score.
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+    /// Accuracy, macro-F1, per-class figures and the confusion matrix on a CSV with columns label,sentence.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Labelled sentences.
+        #[arg(long, default_value = "data/fpb/validation.csv")]
+        data: PathBuf,
+    },
+    /// Sequences/s and latency of the Rust paths beside Python onnxruntime and a transformers pipeline.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Sentences (CSV with a sentence column).
+        #[arg(long, default_value = "data/fpb/validation.csv")]
+        data: PathBuf,
+        /// How many sentences.
+        #[arg(long, default_value_t = 512)]
+        n: usize,
+        /// Batch sizes to try.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32,64")]
+        batch_sizes: Vec<usize>,
+        /// Python with onnxruntime (and transformers + torch for the pipeline baseline); none: Rust only.
+        #[arg(long)]
+        python: Option<String>,
+        /// Fine-tuned Hugging Face weights for the pipeline baseline.
+        #[arg(long, default_value = ".auroraq/models/auroraq-minilm-fpb-hf")]
+        hf_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -214,7 +275,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
 fn not_yet(role: &str, issue: &str) -> Result<ExitCode> {
     bail!(
         "the {role} role is not in this build yet (it arrives with the {issue} work); \
-         available now: run, connect replay, sink jsonl, tap, doctor, topics, bench bus"
+         available now: run, connect replay, sink jsonl, tap, score, sentiment, doctor, topics, bench bus"
     )
 }
 
@@ -308,7 +369,57 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             println!("{}", serde_json::to_string(&r)?);
         }
-        Command::Score => return not_yet("score", "sentiment"),
+        #[cfg(feature = "sentiment")]
+        Command::Score(a) => {
+            let stop = stop_on_signals();
+            let stats = sentiment::role(&cfg, a.model.model, a.model.device, stop).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+        #[cfg(feature = "sentiment")]
+        Command::Sentiment(SentimentCmd::Score { model, texts }) => {
+            let c = sentiment::load(&cfg, model.model.as_deref(), model.device.as_deref())?;
+            for line in sentiment::score_texts(&c, &texts)? {
+                println!("{line}");
+            }
+        }
+        #[cfg(feature = "sentiment")]
+        Command::Sentiment(SentimentCmd::Eval { model, data }) => {
+            let c = sentiment::load(&cfg, model.model.as_deref(), model.device.as_deref())?;
+            let r = sentiment::eval(&c, &data, &sentiment::batching(&cfg))?;
+            sentiment::print_report(&r);
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        #[cfg(feature = "sentiment")]
+        Command::Sentiment(SentimentCmd::Bench {
+            model,
+            data,
+            n,
+            batch_sizes,
+            python,
+            hf_dir,
+        }) => {
+            let r = sentiment::bench(
+                &cfg,
+                model.model.as_deref(),
+                &data,
+                n,
+                &batch_sizes,
+                python.as_deref(),
+                Some(&hf_dir),
+            )
+            .await?;
+            for f in &r.figures {
+                eprintln!(
+                    "{:<40} {:>9.1} seq/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    f.path, f.sequences_per_s, f.p50_ms, f.p99_ms
+                );
+            }
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        #[cfg(not(feature = "sentiment"))]
+        Command::Score(_) | Command::Sentiment(_) => {
+            return not_yet("sentiment", "`sentiment` cargo feature")
+        }
         Command::Fuse => return not_yet("fuse", "fusion"),
         Command::Risk => return not_yet("risk", "risk and execution"),
         Command::Execute => return not_yet("execute", "risk and execution"),

@@ -236,7 +236,7 @@ fn bad_configuration_is_refused_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--speed"));
 
-    let out = auroraq().arg("score").output().unwrap();
+    let out = auroraq().arg("fuse").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in this build yet"));
 }
@@ -336,4 +336,71 @@ fn tap_prints_events_from_the_bus() {
     assert!(lines
         .iter()
         .all(|l| l["kind"] == "Kline" && l["symbol"] == "BTCUSD"));
+}
+
+fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn sentiment_score_and_eval_from_the_checkout() {
+    // Run from the checkout, as a user would after scripts/setup.sh: the ONNX Runtime library and
+    // the default model are found without any variable.
+    let out = auroraq()
+        .current_dir(repo_root())
+        .env_remove("ORT_DYLIB_PATH")
+        .args([
+            "sentiment",
+            "score",
+            "Operating profit rose sharply and the outlook was raised.",
+            "   ",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "one object per text");
+    assert_eq!(lines[0]["label"], "positive");
+    assert!(lines[0]["sentiment_score"].as_f64().unwrap() > 0.5);
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("empty"),
+        "{}",
+        lines[1]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("few.csv");
+    std::fs::write(
+        &csv,
+        "label,sentence\npositive,Net profit rose 20% and the dividend was raised.\n\
+         negative,The company swung to a loss and cut its forecast.\n\
+         neutral,The annual general meeting will be held in Helsinki on 24 March.\n",
+    )
+    .unwrap();
+    let out = auroraq()
+        .current_dir(repo_root())
+        .args(["sentiment", "eval", "--data"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = last_json(&out);
+    assert_eq!(r["n"], 3);
+    assert!(r["accuracy"].as_f64().unwrap() >= 2.0 / 3.0, "{r}");
+    assert!(r["macro_f1"].is_number());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("confusion"));
+
+    // Labels the model does not have are refused clearly.
+    std::fs::write(&csv, "label,sentence\nbullish,Up we go.\n").unwrap();
+    let out = auroraq()
+        .current_dir(repo_root())
+        .args(["sentiment", "eval", "--data"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bullish"));
 }

@@ -259,7 +259,6 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
     mut handler: H,
     metrics: Arc<StageMetrics>,
 ) -> Result<StageStats, StageError> {
-    let dlq = topics::dlq(&cfg.name);
     while let Some(next) = sub.next().await {
         let d = match next {
             Ok(d) => d,
@@ -301,7 +300,7 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
                 }
                 if let Some(why) = encode_error {
                     error!(stage = %cfg.name, error = %why, "stage produced an event that does not encode");
-                    send_dead_letter(&*bus, &dlq, &cfg.name, d, "encode_error", &why, &metrics).await?;
+                    send_dead_letter(&*bus, &cfg.name, d, "encode_error", &why, &metrics).await?;
                     continue;
                 }
                 let n = batch.len() as u64;
@@ -318,7 +317,7 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
                 d.ack().await?;
             }
             Err((reason, why)) => {
-                send_dead_letter(&*bus, &dlq, &cfg.name, d, reason, &why, &metrics).await?;
+                send_dead_letter(&*bus, &cfg.name, d, reason, &why, &metrics).await?;
             }
         }
     }
@@ -326,9 +325,10 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
     Ok(metrics.snapshot())
 }
 
-async fn send_dead_letter(
+/// Publishes the dead letter of `d` to `dlq.<stage>`, counts it and acks `d`; if the dead letter
+/// cannot be published, nacks `d` so that nothing is lost.
+pub async fn send_dead_letter(
     bus: &dyn Bus,
-    dlq: &str,
     stage: &str,
     d: Delivery,
     reason: &str,
@@ -339,7 +339,7 @@ async fn send_dead_letter(
     let dl = dead_letter(stage, &d, reason, why);
     let payload = auroraq_schemas::encode(&dl).map_err(StageError::Encode)?;
     let msg = OutMessage {
-        topic: dlq.to_owned(),
+        topic: topics::dlq(stage),
         key: Some(stage.to_owned()),
         id: dl.meta.event_id.clone(),
         payload: payload.into(),

@@ -1,0 +1,439 @@
+//! `auroraq sentiment ...` and the `score` role.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use auroraq_sentiment::assets::AliasTable;
+use auroraq_sentiment::batcher::BatchConfig;
+use auroraq_sentiment::eval::{evaluate, read_examples, Report};
+use auroraq_sentiment::text::prepare;
+use auroraq_sentiment::worker::run_worker;
+use auroraq_sentiment::{runtime, Classifier, Device, ModelOptions};
+use auroraq_stage::{StageMetrics, StageStats};
+
+use crate::config::Config;
+use crate::wiring::{connect_bus, stage_config, stopped};
+
+/// Loads ONNX Runtime and the configured (or given) model.
+pub fn load(cfg: &Config, model: Option<&Path>, device: Option<&str>) -> Result<Classifier> {
+    let lib = runtime::init(Some(&cfg.sentiment.ort_dylib))?;
+    let dir = model
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cfg.sentiment.model_dir.clone());
+    let device = match device.unwrap_or(&cfg.sentiment.device) {
+        "cuda" => Device::Cuda,
+        "cpu" => Device::Cpu,
+        other => anyhow::bail!("--device must be cpu or cuda, not {other:?}"),
+    };
+    let opts = ModelOptions {
+        threads: cfg.sentiment.threads as usize,
+        device,
+        max_length: None,
+    };
+    let c =
+        Classifier::load(&dir, &opts).with_context(|| format!("loading the model in {}", dir.display()))?;
+    tracing::info!(model = %c.model_id, device = ?c.device, library = %lib.display(), labels = ?c.labels, max_length = c.max_length, "model loaded");
+    Ok(c)
+}
+
+pub fn batching(cfg: &Config) -> BatchConfig {
+    let s = &cfg.sentiment;
+    BatchConfig {
+        max_batch_tokens: s.max_batch_tokens as usize,
+        max_batch_size: s.max_batch_size as usize,
+        max_wait: Duration::from_millis(s.max_wait_ms),
+        queue: s.queue as usize,
+    }
+}
+
+pub fn aliases(cfg: &Config) -> AliasTable {
+    if cfg.sentiment.aliases.is_empty() {
+        AliasTable::default()
+    } else {
+        AliasTable::new(cfg.sentiment.aliases.clone())
+    }
+}
+
+/// `auroraq sentiment score TEXT...`: one JSON object per text.
+pub fn score_texts(c: &Classifier, texts: &[String]) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for t in texts {
+        let prepared = match prepare(None, t) {
+            Ok(p) => p,
+            Err(e) => {
+                out.push(serde_json::json!({"text": t, "error": e.to_string()}));
+                continue;
+            }
+        };
+        let mut r = c.classify(&[prepared.text.as_str()])?;
+        let (enc, p) = r.remove(0);
+        out.push(serde_json::json!({
+            "text": t,
+            "label": p.label,
+            "probabilities": p.probabilities,
+            "sentiment_score": p.sentiment_score,
+            "confidence": p.confidence,
+            "tokens": enc.ids.len(),
+            "truncated": enc.truncated || prepared.truncated,
+            "model_id": c.model_id,
+            "model_sha256": c.model_sha256,
+        }));
+    }
+    Ok(out)
+}
+
+/// `auroraq sentiment eval`: figures on a labelled CSV.
+pub fn eval(c: &Classifier, data: &Path, batching: &BatchConfig) -> Result<Report> {
+    let examples = read_examples(data)?;
+    anyhow::ensure!(!examples.is_empty(), "{} has no rows", data.display());
+    let mut last = 0;
+    let report = evaluate(c, &examples, batching, |done, total| {
+        let pct = done * 100 / total.max(1);
+        if pct >= last + 10 || done == total {
+            eprintln!("[eval] {done}/{total} sentences");
+            last = pct;
+        }
+    })?;
+    Ok(report)
+}
+
+pub fn print_report(r: &Report) {
+    println!(
+        "model {} ({}…)",
+        r.model_id,
+        &r.model_sha256[..12.min(r.model_sha256.len())]
+    );
+    println!(
+        "n = {}   accuracy = {:.4}   macro-F1 = {:.4}",
+        r.n, r.accuracy, r.macro_f1
+    );
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>8}",
+        "label", "precision", "recall", "f1", "support"
+    );
+    for (l, f) in &r.per_class {
+        println!(
+            "{l:<10} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+            f.precision, f.recall, f.f1, f.support
+        );
+    }
+    println!("confusion (rows: true, columns: predicted)");
+    print!("{:<10}", "");
+    for l in &r.labels {
+        print!(" {l:>9}");
+    }
+    println!();
+    for t in &r.labels {
+        print!("{t:<10}");
+        for p in &r.labels {
+            print!(
+                " {:>9}",
+                r.confusion
+                    .get(t)
+                    .and_then(|row| row.get(p))
+                    .copied()
+                    .unwrap_or(0)
+            );
+        }
+        println!();
+    }
+}
+
+/// `auroraq score`: the sentiment worker on the bus until stopped.
+pub async fn role(
+    cfg: &Config,
+    model: Option<PathBuf>,
+    device: Option<String>,
+    stop: Arc<AtomicBool>,
+) -> Result<StageStats> {
+    let c = load(cfg, model.as_deref(), device.as_deref())?;
+    let bus = connect_bus(&cfg.bus).await?;
+    let scfg = stage_config(cfg, "sentiment", auroraq_bus::topics::ALL_ARTICLES);
+    let metrics = Arc::new(StageMetrics::default());
+    let worker = tokio::spawn(run_worker(
+        bus.clone(),
+        scfg,
+        c,
+        aliases(cfg),
+        batching(cfg),
+        metrics,
+    ));
+    stopped(&stop).await;
+    bus.close().await;
+    Ok(worker.await??)
+}
+
+/// One measured sentiment path.
+#[derive(Debug, serde::Serialize)]
+pub struct BenchFigure {
+    pub path: String,
+    pub sequences_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+fn pct(xs: &mut [f64], q: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs[((q / 100.0) * (xs.len() - 1) as f64).round() as usize]
+}
+
+fn figure(path: &str, n: usize, wall: Duration, mut lat_s: Vec<f64>) -> BenchFigure {
+    BenchFigure {
+        path: path.into(),
+        sequences_per_s: n as f64 / wall.as_secs_f64(),
+        p50_ms: pct(&mut lat_s, 50.0) * 1e3,
+        p99_ms: pct(&mut lat_s, 99.0) * 1e3,
+    }
+}
+
+/// Times `batches` (lists of indexes into `enc`) through the classifier.
+fn time_batches(
+    c: &Classifier,
+    enc: &[auroraq_sentiment::Encoded],
+    batches: &[Vec<usize>],
+    path: &str,
+) -> Result<BenchFigure> {
+    let mut lat = Vec::with_capacity(batches.len());
+    let t0 = std::time::Instant::now();
+    for b in batches {
+        let refs: Vec<_> = b.iter().map(|&i| &enc[i]).collect();
+        let t = std::time::Instant::now();
+        c.logits(&refs)?;
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    Ok(figure(path, enc.len(), t0.elapsed(), lat))
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SentimentBench {
+    pub n: usize,
+    pub mean_tokens: f64,
+    pub gflop_per_sequence: f64,
+    pub best_batch: usize,
+    pub figures: Vec<BenchFigure>,
+    pub python: Option<serde_json::Value>,
+    pub ratios: BTreeMap<String, f64>,
+}
+
+use std::collections::BTreeMap;
+
+/// `auroraq sentiment bench`: the Rust paths, then the Python baselines on the same file and sentences.
+pub async fn bench(
+    cfg: &Config,
+    model: Option<&Path>,
+    data: &Path,
+    n: usize,
+    batch_sizes: &[usize],
+    python: Option<&str>,
+    hf_dir: Option<&Path>,
+) -> Result<SentimentBench> {
+    let mut cfg = cfg.clone();
+    if cfg.sentiment.threads == 0 {
+        cfg.sentiment.threads = 2;
+    }
+    let c = load(&cfg, model, Some("cpu"))?;
+    let sentences: Vec<String> = read_examples(data)?
+        .into_iter()
+        .map(|e| e.sentence)
+        .take(n)
+        .collect();
+    anyhow::ensure!(!sentences.is_empty(), "no sentences in {}", data.display());
+    let enc: Vec<_> = sentences.iter().map(|s| c.encode(s)).collect::<Result<_, _>>()?;
+    let n = enc.len();
+    let mean_tokens = enc.iter().map(|e| e.ids.len()).sum::<usize>() as f64 / n as f64;
+    c.logits(&enc.iter().take(8).collect::<Vec<_>>())?; // warm-up
+
+    let mut figures = Vec::new();
+    let singles: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
+    figures.push(time_batches(&c, &enc, &singles, "rust batch 1")?);
+    let mut best = (0usize, 0.0f64);
+    let mut same_order = BTreeMap::new();
+    for &b in batch_sizes {
+        let in_order: Vec<Vec<usize>> = (0..n)
+            .collect::<Vec<_>>()
+            .chunks(b.max(1))
+            .map(<[usize]>::to_vec)
+            .collect();
+        let f = time_batches(&c, &enc, &in_order, &format!("rust batch {b}, file order"))?;
+        same_order.insert(b, f.sequences_per_s);
+        figures.push(f);
+        let lengths: Vec<usize> = enc.iter().map(|e| e.ids.len()).collect();
+        let bc = BatchConfig {
+            max_batch_size: b,
+            max_batch_tokens: b * c.max_length,
+            ..BatchConfig::default()
+        };
+        let sorted = auroraq_sentiment::batcher::plan(&lengths, &bc);
+        let f = time_batches(
+            &c,
+            &enc,
+            &sorted,
+            &format!("rust batch {b}, length-sorted (worker)"),
+        )?;
+        if f.sequences_per_s > best.1 {
+            best = (b, f.sequences_per_s);
+        }
+        figures.push(f);
+    }
+
+    // The whole worker on the in-process bus: articles published at once, timed to the last score.
+    figures.push(worker_figure(&cfg, model, &sentences, best.0.max(1)).await?);
+
+    let (layers, hidden, inter) = model_shape(&cfg, model);
+    let t = mean_tokens;
+    let gflop = (2.0 * layers * t * (4.0 * hidden * hidden + 2.0 * hidden * inter)
+        + 4.0 * layers * t * t * hidden)
+        / 1e9;
+
+    let mut ratios = BTreeMap::new();
+    let py = match python {
+        None => None,
+        Some(py) => {
+            let model_dir = model
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| cfg.sentiment.model_dir.clone());
+            let mut cmd = std::process::Command::new(py);
+            cmd.arg("scripts/bench/sentiment_baselines.py")
+                .arg("--model-dir")
+                .arg(&model_dir)
+                .arg("--sentences")
+                .arg(data)
+                .args([
+                    "--n",
+                    &n.to_string(),
+                    "--batch",
+                    &best.0.to_string(),
+                    "--threads",
+                    "2",
+                ])
+                .args(["--max-length", &c.max_length.to_string()]);
+            if let Some(h) = hf_dir {
+                cmd.arg("--hf-dir").arg(h);
+            }
+            eprintln!("[bench] running the Python baselines with {py}");
+            let out = cmd.output().with_context(|| format!("running {py}"))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "Python baselines failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(
+                out.stdout
+                    .split(|b| *b == b'\n')
+                    .rfind(|l| !l.is_empty())
+                    .unwrap_or(b"{}"),
+            )
+            .context("Python baselines printed no JSON")?;
+            let sps = |k: &str| {
+                v.get(k)
+                    .and_then(|x| x.get("sequences_per_s"))
+                    .and_then(|x| x.as_f64())
+            };
+            if let Some(b1) = sps("ort_b1") {
+                ratios.insert("rust_best_vs_python_ort_b1".into(), best.1 / b1);
+            }
+            if let Some(bn) = sps("ort_bN") {
+                ratios.insert("rust_best_vs_python_ort_same_batch".into(), best.1 / bn);
+                if let Some(r) = same_order.get(&best.0) {
+                    ratios.insert(
+                        "rust_same_batch_file_order_vs_python_ort_same_batch".into(),
+                        r / bn,
+                    );
+                }
+            }
+            if let Some(hf) = sps("hf_pipeline") {
+                ratios.insert("rust_best_vs_seed_pipeline".into(), best.1 / hf);
+            }
+            Some(v)
+        }
+    };
+    Ok(SentimentBench {
+        n,
+        mean_tokens,
+        gflop_per_sequence: gflop,
+        best_batch: best.0,
+        figures,
+        python: py,
+        ratios,
+    })
+}
+
+async fn worker_figure(
+    cfg: &Config,
+    model: Option<&Path>,
+    sentences: &[String],
+    batch: usize,
+) -> Result<BenchFigure> {
+    use auroraq_bus::{topics, Bus, InProcBus, SubscribeOptions};
+    use auroraq_schemas::{AnyEvent, Article, Meta};
+    let c = load(cfg, model, Some("cpu"))?;
+    let bus: Arc<dyn Bus> = Arc::new(InProcBus::default());
+    let mut scores = bus
+        .subscribe(SubscribeOptions::new("bench", topics::SENTIMENT_SCORES))
+        .await?;
+    let mut scfg = stage_config(cfg, "sentiment", topics::ALL_ARTICLES);
+    scfg.max_in_flight = 4096;
+    let mut b = batching(cfg);
+    b.max_batch_size = batch;
+    b.max_batch_tokens = batch * c.max_length;
+    let metrics = Arc::new(StageMetrics::default());
+    let worker = tokio::spawn(run_worker(bus.clone(), scfg, c, aliases(cfg), b, metrics));
+    let events: Vec<AnyEvent> = sentences
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            AnyEvent::Article(Article {
+                meta: Meta::raw("Article", "bench", &i.to_string(), i as i64, i as i64),
+                article_id: i.to_string(),
+                feed: "bench".into(),
+                title: None,
+                text: s.clone(),
+                url: None,
+                origin: None,
+                keywords: vec![],
+                tickers: vec![],
+                ts_crawled: None,
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = std::time::Instant::now();
+    auroraq_stage::publish_events(&*bus, &events).await?;
+    let mut lat = Vec::with_capacity(events.len());
+    for _ in 0..events.len() {
+        let d = scores.next().await.context("bus closed early")??;
+        lat.push(t0.elapsed().as_secs_f64());
+        d.ack().await?;
+    }
+    let wall = t0.elapsed();
+    bus.close().await;
+    worker.await??;
+    Ok(figure(
+        &format!("rust worker on the in-process bus, batch {batch} (time to score, all published at once)"),
+        events.len(),
+        wall,
+        lat,
+    ))
+}
+
+fn model_shape(cfg: &Config, model: Option<&Path>) -> (f64, f64, f64) {
+    let dir = model
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cfg.sentiment.model_dir.clone());
+    let v: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let g = |k: &str, d: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(d);
+    (
+        g("num_hidden_layers", 12.0),
+        g("hidden_size", 768.0),
+        g("intermediate_size", 3072.0),
+    )
+}

@@ -1,0 +1,242 @@
+//! The sentiment worker on the bus: articles in, sentiment scores out.
+//!
+//! Intake pulls deliveries, decodes, prepares and tokenises them (bad ones become dead letters)
+//! and queues them; the batcher waits up to `max_wait` for company, plans batches by length
+//! under the token budget, and runs them on a blocking thread while intake tokenises the next
+//! ones. Each score is published before its article is acked. The bounded queue and the bus's
+//! `max_in_flight` push back on the bus when inference falls behind. On close, what was queued
+//! is scored and acked before the worker returns.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use auroraq_bus::{topics, Bus, Delivery, OutMessage};
+use auroraq_schemas::{decode, now_micros, AnyEvent, Article, Meta, SentimentScore};
+use auroraq_stage::{
+    send_dead_letter, subscribe_stage, to_message, StageConfig, StageError, StageMetrics, StageStats,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::assets::AliasTable;
+use crate::batcher::{plan, BatchConfig};
+use crate::model::{Classifier, Encoded, Prediction};
+use crate::text::prepare;
+
+/// One article ready for inference.
+struct Job {
+    delivery: Delivery,
+    article: Article,
+    encoded: Encoded,
+    text_truncated: bool,
+}
+
+/// Builds the score event of an article.
+pub fn score_event(
+    article: &Article,
+    assets: Vec<String>,
+    pred: &Prediction,
+    classifier: &Classifier,
+    truncated: bool,
+    ts_scored: i64,
+) -> SentimentScore {
+    SentimentScore {
+        meta: Meta::derived(
+            "SentimentScore",
+            "sentiment",
+            &[&article.meta],
+            &classifier.model_sha256,
+            article.meta.ts_event,
+            ts_scored,
+        ),
+        article_id: article.article_id.clone(),
+        assets,
+        label: pred.label.clone(),
+        probabilities: pred.probabilities.clone(),
+        sentiment_score: pred.sentiment_score,
+        confidence: pred.confidence,
+        model_id: classifier.model_id.clone(),
+        model_sha256: classifier.model_sha256.clone(),
+        tokenizer_sha256: classifier.tokenizer_sha256.clone(),
+        truncated,
+    }
+}
+
+/// Runs the worker until the bus closes and the queue is drained. Returns the stage counters.
+pub async fn run_worker(
+    bus: Arc<dyn Bus>,
+    cfg: StageConfig,
+    classifier: Classifier,
+    aliases: AliasTable,
+    batching: BatchConfig,
+    metrics: Arc<StageMetrics>,
+) -> Result<StageStats, StageError> {
+    let mut sub = subscribe_stage(&*bus, &cfg).await?;
+    let classifier = Arc::new(classifier);
+    let (tx, mut rx) = mpsc::channel::<Job>(batching.queue.max(1));
+
+    // Intake: decode, prepare, tokenise; dead-letter what cannot be scored.
+    let intake = {
+        let bus = bus.clone();
+        let stage = cfg.name.clone();
+        let metrics = metrics.clone();
+        let classifier = classifier.clone();
+        tokio::spawn(async move {
+            while let Some(next) = sub.next().await {
+                let d = match next {
+                    Ok(d) => d,
+                    Err(e) => {
+                        warn!(stage = %stage, error = %e, "delivery error");
+                        continue;
+                    }
+                };
+                metrics.received.fetch_add(1, Ordering::Relaxed);
+                if d.attempt > 1 {
+                    metrics.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                let article = match decode::<Article>(d.payload()) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        send_dead_letter(&*bus, &stage, d, "decode_error", &e.to_string(), &metrics).await?;
+                        continue;
+                    }
+                };
+                let prepared = match prepare(article.title.as_deref(), &article.text) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        send_dead_letter(&*bus, &stage, d, "bad_text", &e.to_string(), &metrics).await?;
+                        continue;
+                    }
+                };
+                let encoded = match classifier.encode(&prepared.text) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        send_dead_letter(&*bus, &stage, d, "tokenize_error", &e.to_string(), &metrics)
+                            .await?;
+                        continue;
+                    }
+                };
+                let job = Job {
+                    delivery: d,
+                    article,
+                    encoded,
+                    text_truncated: prepared.truncated,
+                };
+                if tx.send(job).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), StageError>(())
+        })
+    };
+
+    // Batches: collect, plan, infer on a blocking thread, publish, ack.
+    let mut pending: Vec<Job> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(j) => pending.push(j),
+                None => break,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + batching.max_wait;
+        let want = batching.max_batch_size.max(1) * 2;
+        while pending.len() < want {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(j)) => pending.push(j),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let lengths: Vec<usize> = pending.iter().map(|j| j.encoded.ids.len()).collect();
+        let batches = plan(&lengths, &batching);
+        let mut slots: Vec<Option<Job>> = pending.drain(..).map(Some).collect();
+        for idx in batches {
+            let jobs: Vec<Job> = idx.iter().filter_map(|&i| slots[i].take()).collect();
+            let (jobs, result) = infer(classifier.clone(), jobs).await;
+            match result {
+                Ok(preds) => {
+                    publish_scores(&*bus, &cfg, &classifier, &aliases, jobs, preds, &metrics).await?
+                }
+                Err(e) => {
+                    warn!(stage = %cfg.name, error = %e, "inference failed");
+                    for j in jobs {
+                        if j.delivery.attempt >= cfg.max_attempts {
+                            let why = format!("failed {} times, last: {e}", j.delivery.attempt);
+                            send_dead_letter(&*bus, &cfg.name, j.delivery, "max_attempts", &why, &metrics)
+                                .await?;
+                        } else {
+                            metrics.retried.fetch_add(1, Ordering::Relaxed);
+                            j.delivery.nack(Some(cfg.retry_delay)).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    intake
+        .await
+        .map_err(|e| StageError::Bus(auroraq_bus::BusError::Ack(format!("intake task: {e}"))))??;
+    bus.flush().await?;
+    Ok(metrics.snapshot())
+}
+
+/// Runs one batch off the async threads.
+async fn infer(
+    c: Arc<Classifier>,
+    jobs: Vec<Job>,
+) -> (Vec<Job>, Result<Vec<Prediction>, crate::SentimentError>) {
+    let handle = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&Encoded> = jobs.iter().map(|j| &j.encoded).collect();
+        let r = c
+            .logits(&refs)
+            .map(|ls| ls.into_iter().map(|l| c.predict(l)).collect());
+        (jobs, r)
+    });
+    match handle.await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+async fn publish_scores(
+    bus: &dyn Bus,
+    cfg: &StageConfig,
+    c: &Classifier,
+    aliases: &AliasTable,
+    jobs: Vec<Job>,
+    preds: Vec<Prediction>,
+    metrics: &StageMetrics,
+) -> Result<(), StageError> {
+    let now = now_micros();
+    let mut batch: Vec<OutMessage> = Vec::with_capacity(jobs.len());
+    for (j, p) in jobs.iter().zip(&preds) {
+        let a = &j.article;
+        let texts: Vec<&str> = a
+            .title
+            .iter()
+            .map(String::as_str)
+            .chain([a.text.as_str()])
+            .collect();
+        let assets = aliases.link(&texts, &a.keywords, &a.tickers);
+        let score = score_event(a, assets, p, c, j.text_truncated || j.encoded.truncated, now);
+        let ev = AnyEvent::SentimentScore(score);
+        let mut m = to_message(&ev).map_err(StageError::Encode)?;
+        m.topic = topics::SENTIMENT_SCORES.to_owned();
+        batch.push(m);
+    }
+    let n = batch.len() as u64;
+    if let Err(e) = bus.publish(batch).await {
+        warn!(stage = %cfg.name, error = %e, "publishing scores failed; will retry");
+        for j in jobs {
+            j.delivery.nack(Some(cfg.retry_delay)).await?;
+        }
+        return Ok(());
+    }
+    metrics.published.fetch_add(n, Ordering::Relaxed);
+    for j in jobs {
+        j.delivery.ack().await?;
+        metrics.processed.fetch_add(1, Ordering::Relaxed);
+    }
+    debug!(stage = %cfg.name, scored = n, "batch scored");
+    Ok(())
+}
