@@ -276,15 +276,19 @@ def golden(onnx_path, tokenizer, texts, max_length, threads=0):
         enc = tokenizer([text], truncation=True, max_length=max_length, padding=False, return_tensors="np")
         logits = session.run(["logits"], ort_feed(session, enc))[0][0]
         cases.append({"text": text, "input_ids": [int(x) for x in enc["input_ids"][0]], "logits": [float(x) for x in logits]})
-    # how much the logits move with ONNX Runtime's graph optimisation level (runtimes may pick another level)
-    spread = 0.0
-    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC):
-        s = ort_session(onnx_path, threads, level)
+    # how much the logits move with ONNX Runtime's graph optimisation level (runtimes may pick another one): for
+    # an int8 model the fused kernels of the extended level round differently, and activation quantisation
+    # amplifies that, so a runtime must use ORT_ENABLE_EXTENDED or ORT_ENABLE_ALL (the default) to match
+    spread = {}
+    for name in ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED"):
+        s = ort_session(onnx_path, threads, getattr(ort.GraphOptimizationLevel, name))
+        worst = 0.0
         for case in cases:
             ids = np.asarray([case["input_ids"]], dtype=np.int64)
             enc = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
             got = s.run(["logits"], ort_feed(s, enc))[0][0]
-            spread = max(spread, float(np.max(np.abs(got - np.asarray(case["logits"])))))
+            worst = max(worst, float(np.max(np.abs(got - np.asarray(case["logits"])))))
+        spread[name] = worst
     return {"onnxruntime": ort.__version__, "max_length": int(max_length), "cases": cases}, spread
 
 
@@ -531,8 +535,9 @@ def run(args, golden_texts=None):
         gpath = os.path.join(args.out_dir, "golden.json")
         with open(gpath, "w", encoding="utf-8") as f:
             f.write(golden_json(g))
-        report["golden"] = {"path": gpath, "cases": len(g["cases"]), "max_abs_logit_spread_over_ort_opt_levels": spread}
-        log(f"golden: {len(g['cases'])} cases in {gpath}; logits move by at most {spread:.2e} across ORT optimisation levels")
+        report["golden"] = {"path": gpath, "cases": len(g["cases"]), "max_abs_logit_diff_vs_ort_enable_all": spread}
+        log(f"golden: {len(g['cases'])} cases in {gpath} (ORT_ENABLE_ALL); max |logit diff| at other optimisation levels: "
+            + ", ".join(f"{k} {v:.1e}" for k, v in spread.items()))
 
     rpath = args.report or os.path.join(args.work_dir, "export_report.json")
     with open(rpath, "w", encoding="utf-8") as f:

@@ -466,7 +466,7 @@ def main():
     ap.add_argument(
         "--sweep",
         nargs="+",
-        default=["lr=5e-5,epochs=4", "lr=8e-5,epochs=4", "lr=1e-4,epochs=4", "lr=5e-5,epochs=6", "lr=1e-4,epochs=6"],
+        default=["lr=5e-5,epochs=4,head_lr=0", "lr=8e-5,epochs=6,head_lr=0", "lr=5e-5,epochs=3", "lr=3e-5,epochs=4"],
         help="sweep stage: configs as KEY=VALUE,... (e.g. lr=1e-4,epochs=6,batch_size=16)",
     )
     args = ap.parse_args()
