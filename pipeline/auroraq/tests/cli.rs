@@ -342,6 +342,16 @@ fn repo_root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `auroraq sentiment eval --data CSV`, run from the checkout.
+fn eval_csv(csv: &Path) -> Output {
+    auroraq()
+        .current_dir(repo_root())
+        .args(["sentiment", "eval", "--data"])
+        .arg(csv)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn sentiment_score_and_eval_from_the_checkout() {
     // Run from the checkout, as a user would after scripts/setup.sh: the ONNX Runtime library and
@@ -380,12 +390,7 @@ fn sentiment_score_and_eval_from_the_checkout() {
          neutral,The annual general meeting will be held in Helsinki on 24 March.\n",
     )
     .unwrap();
-    let out = auroraq()
-        .current_dir(repo_root())
-        .args(["sentiment", "eval", "--data"])
-        .arg(&csv)
-        .output()
-        .unwrap();
+    let out = eval_csv(&csv);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = last_json(&out);
     assert_eq!(r["n"], 3);
@@ -395,12 +400,7 @@ fn sentiment_score_and_eval_from_the_checkout() {
 
     // Labels the model does not have are refused clearly.
     std::fs::write(&csv, "label,sentence\nbullish,Up we go.\n").unwrap();
-    let out = auroraq()
-        .current_dir(repo_root())
-        .args(["sentiment", "eval", "--data"])
-        .arg(&csv)
-        .output()
-        .unwrap();
+    let out = eval_csv(&csv);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bullish"));
 }

@@ -69,13 +69,6 @@ pub struct PublishReport {
     pub duplicates: usize,
 }
 
-impl std::ops::AddAssign for PublishReport {
-    fn add_assign(&mut self, o: Self) {
-        self.stored += o.stored;
-        self.duplicates += o.duplicates;
-    }
-}
-
 /// How a member joins a consumer group.
 #[derive(Clone, Debug)]
 pub struct SubscribeOptions {

@@ -175,7 +175,7 @@ pub async fn run_worker(
     }
     intake
         .await
-        .map_err(|e| StageError::Bus(auroraq_bus::BusError::Ack(format!("intake task: {e}"))))??;
+        .map_err(|e| StageError::Task(format!("intake: {e}")))??;
     bus.flush().await?;
     Ok(metrics.snapshot())
 }
@@ -194,7 +194,13 @@ async fn infer(
     });
     match handle.await {
         Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled (the runtime is shutting down): the jobs are gone, so their deliveries were
+        // dropped unsettled and come back to the group.
+        Err(e) => (
+            Vec::new(),
+            Err(crate::SentimentError::Inference(format!("inference task: {e}"))),
+        ),
     }
 }
 

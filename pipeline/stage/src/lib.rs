@@ -103,6 +103,8 @@ pub enum StageError {
     Bus(#[from] BusError),
     #[error("cannot encode an output event: {0}")]
     Encode(#[source] CodecError),
+    #[error("a stage task failed: {0}")]
+    Task(String),
 }
 
 /// How a stage joins the bus.
