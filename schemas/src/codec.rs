@@ -141,6 +141,7 @@ event_kinds! {
     PortfolioSnapshot => "portfolio_snapshot.avsc",
     Alert => "alert.avsc",
     DeadLetter => "dead_letter.avsc",
+    FeedStatus => "feed_status.avsc",
 }
 
 impl EventKind {

@@ -52,6 +52,23 @@ pub enum OrderStatus {
     Rejected,
 }
 
+/// What happened to a connector's link to its source (see [`FeedStatus`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedState {
+    Connected,
+    Disconnected,
+    /// Data was missed, e.g. a depth update id skipped.
+    Gap,
+    /// A fresh snapshot restored a book after a gap.
+    Resynced,
+    /// A planned reconnect, e.g. before Binance's 24-hour cut.
+    Rolled,
+    /// The source asked us to slow down.
+    RateLimited,
+    Unknown,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -250,6 +267,19 @@ pub struct Alert {
     pub kind: String,
     pub subject: Option<String>,
     pub message: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A change in a connector's link to its source, so consumers know where the data has holes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedStatus {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub feed: String,
+    pub stream: String,
+    pub symbol: Option<String>,
+    pub status: FeedState,
+    pub detail: String,
     pub attributes: BTreeMap<String, String>,
 }
 

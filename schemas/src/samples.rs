@@ -260,6 +260,24 @@ pub fn all() -> Vec<AnyEvent> {
             message: "drawdown 9.5% is near the 10% limit".into(),
             attributes: BTreeMap::new(),
         }),
+        AnyEvent::FeedStatus(FeedStatus {
+            meta: Meta::raw(
+                "FeedStatus",
+                "binance",
+                "btcusdt@depth:gap:1027024",
+                1_700_000_000_500_000,
+                1_700_000_000_500_000,
+            ),
+            feed: "binance".into(),
+            stream: "btcusdt@depth@100ms".into(),
+            symbol: Some("BTCUSDT".into()),
+            status: FeedState::Gap,
+            detail: "depth update 1027026 follows 1027024: 1 update missed; resyncing".into(),
+            attributes: BTreeMap::from([
+                ("expected".to_string(), "1027025".to_string()),
+                ("received".to_string(), "1027026".to_string()),
+            ]),
+        }),
         AnyEvent::DeadLetter(DeadLetter {
             meta: Meta::derived("DeadLetter", "sentiment", &[], "x", 1, 2),
             stage: "sentiment".into(),

@@ -1,5 +1,9 @@
 //! Test support shared by AuroraQ's cross-crate tests.
 
+pub mod binance_orders;
+pub mod binance_server;
+pub mod feedly_server;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -122,11 +122,23 @@ fn parse_interval(s: &str) -> Option<Micros> {
 }
 
 /// Reads a CSV bar file.
+///
+/// A `.gz` file is decompressed first.
 pub fn read_bars(path: &Path, opts: &BarsOptions) -> Result<Bars, BarsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| BarsError::Io {
+    let io = |source| BarsError::Io {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    let text = if path.extension().is_some_and(|e| e == "gz") {
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(path).map_err(io)?)
+            .read_to_string(&mut s)
+            .map_err(io)?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(io)?
+    };
     parse_bars(&text, &path.display().to_string(), opts)
 }
 

@@ -1,10 +1,20 @@
 //! Replay of recorded data onto the bus.
 //!
-//! Readers turn recorded files into AuroraQ events (so far: CSV bars, [`bars`]); [`replay`] then
-//! publishes them in event-time order at the recorded pace, scaled, or as fast as the bus takes
-//! them, the same way every time.
+//! Readers turn recorded files into AuroraQ events: CSV bars ([`bars`]), cryptofeed's Binance
+//! captures with their depth snapshots ([`cryptofeed`], through the live connector's decoder and
+//! order-book sync), barter's normalised Binance data ([`barter`]), Feedly responses
+//! ([`feedly`]) and news JSON lines ([`reuters`]); [`format::load`] picks the reader. [`replay`]
+//! then publishes the events in the order AuroraQ first received them (receive time, which
+//! recordings keep), at the recorded pace, scaled, or as fast as the bus takes them, the same way
+//! every time. Records that cannot be read become dead letters, counted, never dropped.
 
 pub mod bars;
+pub mod barter;
+pub mod cryptofeed;
+pub mod feedly;
+pub mod format;
+pub mod recorded;
+pub mod reuters;
 pub mod time;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,11 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auroraq_bus::{Bus, OutMessage};
-use auroraq_schemas::{now_micros, AnyEvent, DeadLetter, Meta, Micros};
+use auroraq_schemas::{AnyEvent, FeedState, Micros};
 use auroraq_stage::{to_message, StageError};
 use tracing::info;
 
 pub use bars::{read_bars, BadRow, Bars, BarsError, BarsOptions};
+pub use format::{load, Format, LoadOptions};
+pub use recorded::{letter, ReadError};
 
 /// How fast to replay.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -30,47 +42,62 @@ pub enum Pace {
 /// Counts of one replay.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReplayStats {
+    /// Events other than dead letters.
     pub events: u64,
-    pub published: u64,
-    pub duplicates: u64,
+    pub trades: u64,
+    pub tickers: u64,
+    pub candles: u64,
+    /// Order-book snapshots and diffs applied by the sync rules.
+    pub book_updates: u64,
+    pub articles: u64,
+    /// Sequence gaps found (a `gap` feed status each).
+    pub gaps: u64,
+    /// Feed statuses of any kind (connects, disconnects, gaps, resyncs).
+    pub statuses: u64,
     pub dead_letters: u64,
+    /// Stored by the bus.
+    pub published: u64,
+    /// Refused by the bus as already seen (same event id).
+    pub duplicates: u64,
 }
 
-/// A dead letter for a recorded row that could not be read, so it is kept and counted.
-pub fn bad_row_letter(origin: &str, row: &BadRow) -> DeadLetter {
-    let now = now_micros();
-    DeadLetter {
-        meta: Meta::derived(
-            "DeadLetter",
-            "replay",
-            &[],
-            &format!("{origin}:{}", row.line),
-            now,
-            now,
-        ),
-        stage: "replay".into(),
-        reason: "bad_record".into(),
-        error: format!("{origin} line {}: {}", row.line, row.reason),
-        original_topic: origin.to_owned(),
-        original_key: None,
-        original_id: None,
-        original_bytes: row.raw.clone().into_bytes(),
-        attempts: 1,
+impl ReplayStats {
+    fn count(&mut self, ev: &AnyEvent) {
+        match ev {
+            AnyEvent::DeadLetter(_) => {
+                self.dead_letters += 1;
+                return;
+            }
+            AnyEvent::TradeTick(_) => self.trades += 1,
+            AnyEvent::BookTicker(_) => self.tickers += 1,
+            AnyEvent::Kline(_) => self.candles += 1,
+            AnyEvent::BookUpdate(_) => self.book_updates += 1,
+            AnyEvent::Article(_) => self.articles += 1,
+            AnyEvent::FeedStatus(s) => {
+                self.statuses += 1;
+                if s.status == FeedState::Gap {
+                    self.gaps += 1;
+                }
+            }
+            _ => {}
+        }
+        self.events += 1;
     }
 }
 
-/// Publishes `events` (sorted by event time here, stably) in batches, paced as asked, until done
-/// or `stop` is set. Dead letters in the list go to `dlq.replay`.
+/// Publishes `events` (sorted by receive time here, stably: the order AuroraQ first saw them) in
+/// batches, paced as asked by their receive times, until done or `stop` is set. Dead letters in
+/// the list go to `dlq.replay`.
 pub async fn replay(
     bus: &dyn Bus,
     mut events: Vec<AnyEvent>,
     pace: Pace,
     stop: Arc<AtomicBool>,
 ) -> Result<ReplayStats, StageError> {
-    events.sort_by_key(|e| e.meta().ts_event);
+    events.sort_by_key(|e| e.meta().ts_ingest);
     let mut stats = ReplayStats::default();
     let started = tokio::time::Instant::now();
-    let t0: Option<Micros> = events.first().map(|e| e.meta().ts_event);
+    let t0: Option<Micros> = events.first().map(|e| e.meta().ts_ingest);
     let mut batch: Vec<OutMessage> = Vec::with_capacity(256);
     let total = events.len();
     for (i, ev) in events.iter().enumerate() {
@@ -79,17 +106,13 @@ pub async fn replay(
         }
         if let (Pace::Speed(speed), Some(t0)) = (pace, t0) {
             let due =
-                Duration::from_secs_f64(((ev.meta().ts_event - t0).max(0) as f64 / 1e6) / speed.max(1e-9));
+                Duration::from_secs_f64(((ev.meta().ts_ingest - t0).max(0) as f64 / 1e6) / speed.max(1e-9));
             if started + due > tokio::time::Instant::now() {
                 flush(bus, &mut batch, &mut stats).await?;
                 tokio::time::sleep_until(started + due).await;
             }
         }
-        if matches!(ev, AnyEvent::DeadLetter(_)) {
-            stats.dead_letters += 1;
-        } else {
-            stats.events += 1;
-        }
+        stats.count(ev);
         batch.push(to_message(ev).map_err(StageError::Encode)?);
         if batch.len() >= 256 {
             flush(bus, &mut batch, &mut stats).await?;

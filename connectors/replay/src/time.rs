@@ -32,6 +32,8 @@ fn date(y: &str, m: &str, d: &str) -> Option<i64> {
 /// Parses the timestamp forms found in recorded bar files:
 /// `2019-10-17`, `2019-10-17 09:00[:00]`, `2019-10-17T09:00:00[Z|+00:00]`, `2019-10-17 09-AM`
 /// (Coinbase/CryptoDataDownload), `10/17/2019` (m/d/Y), and epoch seconds or milliseconds.
+/// Fractions of a second are kept to the microsecond (`2025-03-25T23:07:00.773674205Z`), and a
+/// `+HH:MM` / `-HH:MM` offset is applied.
 pub fn parse_timestamp(s: &str) -> Option<Micros> {
     let s = s.trim();
     if s.len() >= 9 && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_digit()) {
@@ -56,9 +58,14 @@ pub fn parse_timestamp(s: &str) -> Option<Micros> {
     } else {
         return None;
     };
+    let mut micros: i64 = 0;
+    let mut offset: i64 = 0;
     let secs = if time_part.is_empty() {
         0
-    } else if let Some((h, ampm)) = time_part.split_once('-') {
+    } else if let Some((h, ampm)) = time_part
+        .split_once('-')
+        .filter(|(_, x)| x.eq_ignore_ascii_case("AM") || x.eq_ignore_ascii_case("PM"))
+    {
         let h = num(h)?;
         let h = match (ampm.to_ascii_uppercase().as_str(), h) {
             ("AM", 12) => 0,
@@ -69,21 +76,43 @@ pub fn parse_timestamp(s: &str) -> Option<Micros> {
         };
         h as i64 * 3600
     } else {
-        let t = time_part.trim_end_matches('Z');
-        let t = t.split(['+']).next()?;
+        let t = time_part.trim_end_matches(['Z', 'z']);
+        let (t, zone) = match t.find(['+', '-']) {
+            Some(i) => (&t[..i], Some((t.as_bytes()[i], &t[i + 1..]))),
+            None => (t, None),
+        };
+        if let Some((sign, z)) = zone {
+            let (zh, zm) = z.split_once(':').unwrap_or((z, "0"));
+            let (zh, zm) = (num(zh)?, num(zm)?);
+            if zh > 23 || zm > 59 {
+                return None;
+            }
+            let o = zh as i64 * 3600 + zm as i64 * 60;
+            offset = if sign == b'-' { -o } else { o };
+        }
         let mut parts = t.split(':');
         let h = num(parts.next()?)?;
         let m = parts.next().map(num).unwrap_or(Some(0))?;
-        let sec = parts
-            .next()
-            .map(|x| num(x.split('.').next().unwrap_or(x)))
-            .unwrap_or(Some(0))?;
+        let sec = match parts.next() {
+            Some(x) => {
+                let (whole, frac) = x.split_once('.').unwrap_or((x, ""));
+                if !frac.is_empty() {
+                    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                        return None;
+                    }
+                    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+                    micros = digits.parse().ok()?;
+                }
+                num(whole)?
+            }
+            None => 0,
+        };
         if h > 23 || m > 59 || sec > 60 {
             return None;
         }
         h as i64 * 3600 + m as i64 * 60 + sec as i64
     };
-    Some((days * 86_400 + secs) * 1_000_000)
+    Some((days * 86_400 + secs - offset) * 1_000_000 + micros)
 }
 
 #[cfg(test)]
@@ -107,6 +136,18 @@ mod tests {
         assert_eq!(parse_timestamp("10/17/2019"), Some(1_571_270_400_000_000));
         assert_eq!(parse_timestamp("1571302800"), Some(1_571_302_800_000_000));
         assert_eq!(parse_timestamp("1571302800000"), Some(1_571_302_800_000_000));
+        assert_eq!(
+            parse_timestamp("2025-03-25T23:07:00.773674205Z"),
+            Some(1_742_944_020_773_674)
+        );
+        assert_eq!(
+            parse_timestamp("1987-02-26T15:01:01+00:00"),
+            parse_timestamp("1987-02-26T10:01:01-05:00")
+        );
+        assert_eq!(
+            parse_timestamp("2024-12-20T19:05:18.175Z"),
+            Some(1_734_721_518_175_000)
+        );
         for bad in [
             "",
             "yesterday",
@@ -114,6 +155,8 @@ mod tests {
             "2019-10-17 13-PM",
             "2019-10-17 25:00",
             "NaN",
+            "2019-10-17T09:00:00.5x",
+            "2019-10-17T09:00:00+25:00",
         ] {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
         }

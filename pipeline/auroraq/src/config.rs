@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub bus: BusConfig,
@@ -14,6 +14,110 @@ pub struct Config {
     pub redis: ServiceConfig,
     pub sentiment: SentimentConfig,
     pub run: RunConfig,
+    pub binance: BinanceSection,
+    pub feedly: FeedlySection,
+    /// `[fusion]`: windows, grace, weights, outliers (see pipeline/fusion).
+    pub fusion: auroraq_fusion::FusionConfig,
+    /// `[risk]`: VaR, sizing, limits (see pipeline/risk).
+    pub risk: auroraq_risk::RiskConfig,
+    /// `[execution]`: the paper venue, fees, slippage, snapshots (see pipeline/execution).
+    pub execution: auroraq_execution::ExecutionConfig,
+    /// `[agents.<name>]`: the trading agents; `auroraq` (crypto) and `macroq` (stocks) by default.
+    pub agents: std::collections::BTreeMap<String, auroraq_agents::AgentConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bus: BusConfig::default(),
+            postgres: ServiceConfig::default(),
+            redis: ServiceConfig::default(),
+            sentiment: SentimentConfig::default(),
+            run: RunConfig::default(),
+            binance: BinanceSection::default(),
+            feedly: FeedlySection::default(),
+            fusion: auroraq_fusion::FusionConfig::default(),
+            risk: auroraq_risk::RiskConfig::default(),
+            execution: auroraq_execution::ExecutionConfig::default(),
+            agents: [
+                auroraq_agents::AgentConfig::auroraq(),
+                auroraq_agents::AgentConfig::macroq(),
+            ]
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
+            .collect(),
+        }
+    }
+}
+
+/// `[binance]`: where the Binance connector connects and what it subscribes to. Point it at
+/// Binance.US (`wss://stream.binance.us:9443`, `https://api.binance.us`) or the testnet
+/// (`wss://stream.testnet.binance.vision`, `https://testnet.binance.vision`) by configuration alone.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinanceSection {
+    /// WebSocket base URL (the connector appends `/stream?streams=...`).
+    pub ws_url: String,
+    /// REST base URL (depth snapshots, klines backfill).
+    pub rest_url: String,
+    /// Exchange name on events and topics, e.g. `binance`, `binance_us`, `binance_testnet`.
+    pub exchange: String,
+    /// Symbols, e.g. `["btcusdt", "ethusdt"]`.
+    pub symbols: Vec<String>,
+    /// Streams: trade, aggTrade, kline_<interval>, bookTicker, depth.
+    pub streams: Vec<String>,
+}
+
+impl Default for BinanceSection {
+    fn default() -> Self {
+        BinanceSection {
+            ws_url: "wss://stream.binance.com:9443".into(),
+            rest_url: "https://api.binance.com".into(),
+            exchange: "binance".into(),
+            symbols: vec!["btcusdt".into(), "ethusdt".into()],
+            streams: vec![
+                "trade".into(),
+                "kline_1m".into(),
+                "bookTicker".into(),
+                "depth".into(),
+            ],
+        }
+    }
+}
+
+/// `[feedly]`: the Feedly connector. The token comes from `token`, else from the environment
+/// variable named by `token_env` (`FEEDLY_TOKEN`); it is never logged.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedlySection {
+    pub base_url: String,
+    /// Stream to poll, e.g. `user/<id>/category/global.all` or `feed/<url>`.
+    pub stream_id: String,
+    pub token: String,
+    pub token_env: String,
+    /// Items per request (1..=1000).
+    pub count: u32,
+    /// Seconds between polls.
+    pub poll_interval_secs: u64,
+    /// How far back the first poll reads, in hours; 0: the whole stream.
+    pub lookback_hours: u64,
+    /// Prefix of the Redis keys holding the cursor and the ids already published.
+    pub store_prefix: String,
+}
+
+impl Default for FeedlySection {
+    fn default() -> Self {
+        FeedlySection {
+            base_url: "https://cloud.feedly.com".into(),
+            stream_id: String::new(),
+            token: String::new(),
+            token_env: "FEEDLY_TOKEN".into(),
+            count: 100,
+            poll_interval_secs: 600,
+            lookback_hours: 24,
+            store_prefix: "auroraq:feedly:".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -108,18 +212,25 @@ impl Default for SentimentConfig {
 pub struct RunConfig {
     /// Bar files the embedded job replays.
     pub bars: Vec<PathBuf>,
+    /// News (JSON lines) the embedded job scores; spread over the bars' time span.
+    pub news: Vec<PathBuf>,
     /// Exchange or vendor of those bars.
     pub exchange: String,
     /// Where outputs go.
     pub out_dir: PathBuf,
+    /// Whether the job also runs the backtest of the bundled data (sentiment, fusion, agents, risk,
+    /// execution) and writes its report to `<out_dir>/report/`.
+    pub backtest: bool,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
             bars: vec![PathBuf::from("data/market/Coinbase_BTCUSD_1h.csv")],
+            news: vec![PathBuf::from("data/news/reuters21578.jsonl")],
             exchange: "coinbase".into(),
             out_dir: PathBuf::from("out"),
+            backtest: true,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! `auroraq`: runs AuroraQ's roles on a bus, each alone or all in one process.
 
+mod backtest;
 mod bench;
+mod bench_decode;
 mod config;
 mod doctor;
 mod roles;
@@ -14,8 +16,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use auroraq_replay::{BarsOptions, Pace};
+use auroraq_replay::{BarsOptions, Format, LoadOptions, Pace};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::info;
 
 use crate::config::Config;
 use crate::wiring::{connect_bus, stop_on_signals};
@@ -54,6 +57,14 @@ enum LogFormat {
 enum Command {
     /// Run every role in one process (in-process bus unless --bus says otherwise) over the bundled data.
     Run(RunArgs),
+    /// Replay recorded files (market data captures, bars, news) onto the bus; --stats prints counts.
+    Replay(ReplayArgs),
+    /// Backtest: recorded files (or the bundled data) through sentiment, fusion, agents, risk and
+    /// execution on event time; report with plot, JSON summary (fingerprint, trades, return...) last.
+    Backtest(BacktestArgs),
+    /// Fetch history onto the bus (resumable).
+    #[command(subcommand)]
+    Backfill(Backfill),
     /// Run a connector: publish market data or news onto the bus.
     #[command(subcommand)]
     Connect(Connect),
@@ -74,14 +85,21 @@ enum Command {
     /// Sentiment model tools: score texts, evaluate, benchmark.
     #[command(subcommand)]
     Sentiment(SentimentCmd),
-    /// Fusion role (coming with the fusion issue).
+    /// Fusion role: sentiment.scores + articles + market ticks -> sentiment.fused.<asset> ([fusion]).
     Fuse,
-    /// Risk role (coming with the risk issue).
+    /// Risk role: agents.intents -> risk.decisions, alerts ([risk]).
     Risk,
-    /// Execution role (coming with the execution issue).
+    /// Execution role, paper venue: risk.decisions -> exec.orders, exec.fills, exec.portfolio ([execution]).
     Execute,
-    /// Trading agent role (coming with the agents issue).
-    Agent,
+    /// Trading agent role: fused signals + prices -> agents.intents ([agents.<name>]).
+    Agent {
+        /// Which configured agent: auroraq (crypto) or macroq (stocks).
+        #[arg(long, default_value = "auroraq")]
+        name: String,
+        /// An ONNX policy instead of the seed's rule (observation [1, 8] -> logits [hold, buy, sell]).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
     /// HTTP API role (coming with the API issue).
     Api,
 }
@@ -157,25 +175,78 @@ struct RunArgs {
 
 #[derive(Subcommand, Debug)]
 enum Connect {
-    /// Replay recorded files onto the bus.
+    /// Replay recorded files onto the bus (the same as `auroraq replay`).
     Replay(ReplayArgs),
-    /// Binance market data (coming with the connectors issue).
-    Binance,
-    /// Feedly news (coming with the connectors issue).
-    Feedly,
+    /// Binance market data over WebSocket combined streams (endpoints in [binance]).
+    Binance {
+        /// Symbols, e.g. btcusdt,ethusdt (default: binance.symbols).
+        #[arg(long)]
+        symbols: Option<String>,
+        /// Streams: trade, aggTrade, kline_<interval>, bookTicker, depth (default: binance.streams).
+        #[arg(long)]
+        streams: Option<String>,
+    },
+    /// Feedly news: polls a stream's /v3/streams/contents onto news.articles.feedly.
+    Feedly {
+        /// Stream id (default: feedly.stream_id), e.g. user/<id>/category/global.all.
+        #[arg(long)]
+        stream: Option<String>,
+        /// One poll (every page), then exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BacktestArgs {
+    /// Recorded files (formats as `replay`); none: the bundled data of the main job.
+    files: Vec<PathBuf>,
+    /// Recorded format; detected from each file when unset.
+    #[arg(long, value_enum)]
+    format: Option<ReplayFormat>,
+    /// Agents to run (names in [agents]).
+    #[arg(long, value_delimiter = ',', default_value = "auroraq")]
+    agents: Vec<String>,
+    /// An ONNX policy for the agents instead of the seed's rule.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Report folder.
+    #[arg(long, default_value = "out/backtest")]
+    out: PathBuf,
+    /// Exchange of bar files.
+    #[arg(long, default_value = "csv")]
+    exchange: String,
+    /// Symbol of bar files without a symbol column.
+    #[arg(long)]
+    symbol: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Backfill {
+    /// Binance klines over a time range via REST, paginated, with a progress bar.
+    Binance(roles::BackfillArgs),
 }
 
 #[derive(Args, Debug)]
 struct ReplayArgs {
-    /// Files to replay.
+    /// Files to replay (a cryptofeed `.ws.` capture finds its `.http.` snapshots beside it).
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// Recorded format.
-    #[arg(long, value_enum, default_value = "bars")]
-    format: ReplayFormat,
-    /// Exchange or vendor the data is from.
+    /// Recorded format; detected from each file when unset.
+    #[arg(long, value_enum)]
+    format: Option<ReplayFormat>,
+    /// Print counts by event type as a JSON object, the last line of output.
+    #[arg(long)]
+    stats: bool,
+    /// Exchange or vendor of bar files.
     #[arg(long, default_value = "csv")]
     exchange: String,
+    /// barter recordings: the instruments, in the recording's index order.
+    #[arg(long, value_delimiter = ',', default_value = "BTCUSDT,ETHUSDT,SOLUSDT")]
+    instruments: Vec<String>,
+    /// News JSONL: the source name (topic news.articles.<source>).
+    #[arg(long, default_value = "reuters")]
+    news_source: String,
     /// Symbol, for files without a symbol column.
     #[arg(long)]
     symbol: Option<String>,
@@ -189,8 +260,28 @@ struct ReplayArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ReplayFormat {
-    /// CSV OHLCV bars.
+    /// CSV OHLCV bars (.csv, .csv.gz).
     Bars,
+    /// cryptofeed Binance capture (<EXCHANGE>.ws.N.M and its .http. snapshots).
+    Cryptofeed,
+    /// barter-data's normalised Binance JSON / JSONL.
+    Barter,
+    /// Feedly /v3/streams/contents responses.
+    Feedly,
+    /// News JSON lines (id, published, title, body, ...), e.g. Reuters-21578.
+    News,
+}
+
+impl From<ReplayFormat> for Format {
+    fn from(f: ReplayFormat) -> Format {
+        match f {
+            ReplayFormat::Bars => Format::Bars,
+            ReplayFormat::Cryptofeed => Format::Cryptofeed,
+            ReplayFormat::Barter => Format::Barter,
+            ReplayFormat::Feedly => Format::Feedly,
+            ReplayFormat::News => Format::News,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,10 +295,18 @@ enum Sink {
         #[arg(long, default_value = ">")]
         filter: String,
     },
-    /// TimescaleDB/PostgreSQL tables (coming with the sinks issue).
-    Postgres,
-    /// Redis live state (coming with the sinks issue).
-    Redis,
+    /// Every event into PostgreSQL/TimescaleDB tables (migrations first), acked once committed.
+    Postgres {
+        /// postgres://user@host/db (default: postgres.url).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Latest fused signal and price per asset, and the fused-signal stream, in Redis.
+    Redis {
+        /// redis://host:port (default: redis.url).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +328,47 @@ struct DoctorArgs {
 
 #[derive(Subcommand, Debug)]
 enum Bench {
+    /// PostgreSQL sink rows/s beside a bare tokio-postgres binary COPY loop of the same rows.
+    Sink {
+        /// postgres://user@host/db (default: postgres.url); the bench creates and drops its own database.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Backtest events/s through agents, risk and execution beside a plain loop (no inference).
+    Backtest {
+        /// One-minute bars (plus a fused signal every 500 bars).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Fusion events/s on timely beside a plain per-asset loop over the same scores.
+    Fusion {
+        /// Stories (scores are about 1.1 per story; 20 market ticks per score).
+        #[arg(long, default_value_t = 50_000)]
+        scores: usize,
+        /// Timely worker counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Binance frames decoded per second on one core, beside a serde_json::Value parse.
+    Decode {
+        /// A cryptofeed Binance capture whose depth frames are decoded.
+        #[arg(long, default_value = "tests/data/binance/cryptofeed/BINANCE.ws.1.0")]
+        capture: PathBuf,
+        /// Frames per round and kind.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: usize,
+        /// Rounds per path; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Bus throughput, publish to ack, beside bare baselines.
     Bus {
         /// Events through the in-process paths.
@@ -308,29 +448,118 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let summary = run::run(&cfg, pace(a.speed)?, stop).await?;
             println!("{}", serde_json::to_string(&summary)?);
         }
-        Command::Connect(Connect::Replay(a)) => {
-            let ReplayFormat::Bars = a.format;
-            let opts = BarsOptions {
-                exchange: a.exchange,
-                symbol: a.symbol,
-                interval: a.interval,
+        Command::Connect(Connect::Replay(a)) | Command::Replay(a) => {
+            let opts = LoadOptions {
+                bars: BarsOptions {
+                    exchange: a.exchange,
+                    symbol: a.symbol,
+                    interval: a.interval,
+                },
+                instruments: a.instruments,
+                news_source: a.news_source,
             };
             let bus = connect_bus(&cfg.bus).await?;
             let stop = stop_on_signals();
-            let stats = roles::connect_replay(bus.clone(), &a.files, &opts, pace(a.speed)?, stop).await?;
+            let format = a.format.map(Format::from);
+            let stats =
+                roles::connect_replay(bus.clone(), format, &a.files, &opts, pace(a.speed)?, stop).await?;
+            bus.close().await;
+            info!(?stats, "replay done");
+            if a.stats {
+                println!("{}", serde_json::to_string(&stats)?);
+            }
+        }
+        Command::Connect(Connect::Binance { symbols, streams }) => {
+            let bus = connect_bus(&cfg.bus).await?;
+            let stop = stop_on_signals();
+            let stats = roles::connect_binance(&cfg, bus.clone(), symbols, streams, stop).await?;
             bus.close().await;
             println!("{}", serde_json::to_string(&stats)?);
         }
-        Command::Connect(Connect::Binance) => return not_yet("connect binance", "connectors"),
-        Command::Connect(Connect::Feedly) => return not_yet("connect feedly", "connectors"),
+        Command::Backtest(a) => {
+            let plan = if a.files.is_empty() {
+                backtest::bundled_plan(&cfg, Some(&a.out), std::io::stderr().is_terminal())?
+            } else {
+                let opts = LoadOptions {
+                    bars: BarsOptions {
+                        exchange: a.exchange,
+                        symbol: a.symbol,
+                        interval: None,
+                    },
+                    ..LoadOptions::default()
+                };
+                let inputs = auroraq_replay::load(a.format.map(Format::from), &a.files, &opts)?;
+                let agents = a
+                    .agents
+                    .iter()
+                    .map(|n| roles::agent(&cfg, n, a.policy.as_deref()))
+                    .collect::<Result<Vec<_>>>()?;
+                backtest::Plan {
+                    inputs,
+                    agents,
+                    fallback_assets: Vec::new(),
+                    fusion: cfg.fusion.clone(),
+                    out: Some(a.out.clone()),
+                    title: "AuroraQ backtest".into(),
+                    notes: format!(
+                        "{} file(s): {}",
+                        a.files.len(),
+                        a.files
+                            .iter()
+                            .map(|f| f.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    progress: std::io::stderr().is_terminal(),
+                }
+            };
+            let summary = backtest::run(&cfg, plan)?;
+            if let Some(r) = &summary.report {
+                eprintln!("report: {}", r.display());
+            }
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Backfill(Backfill::Binance(a)) => {
+            let bus = connect_bus(&cfg.bus).await?;
+            let stop = stop_on_signals();
+            let report = roles::backfill_binance(&cfg, bus.clone(), a, stop).await?;
+            bus.close().await;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Connect(Connect::Feedly { stream, once }) => {
+            let bus = connect_bus(&cfg.bus).await?;
+            let stop = stop_on_signals();
+            let stats = roles::connect_feedly(&cfg, bus.clone(), stream, once, stop).await?;
+            bus.close().await;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
         Command::Sink(Sink::Jsonl { out, filter }) => {
             let bus = connect_bus(&cfg.bus).await?;
             let stop = stop_on_signals();
             let stats = roles::sink_jsonl(&cfg, bus, &out, &filter, stop).await?;
             println!("{}", serde_json::to_string(&stats)?);
         }
-        Command::Sink(Sink::Postgres) => return not_yet("sink postgres", "sinks"),
-        Command::Sink(Sink::Redis) => return not_yet("sink redis", "sinks"),
+        Command::Sink(Sink::Postgres { url }) => {
+            let bus = connect_bus(&cfg.bus).await?;
+            let stats = roles::sink_postgres(&cfg, bus, url, stop_on_signals()).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+        Command::Sink(Sink::Redis { url }) => {
+            let bus = connect_bus(&cfg.bus).await?;
+            let stats = roles::sink_redis(&cfg, bus, url, stop_on_signals()).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+        Command::Bench(Bench::Sink { url, rows, rounds }) => {
+            let url = url.unwrap_or_else(|| cfg.postgres.url.clone());
+            if url.is_empty() {
+                anyhow::bail!("no PostgreSQL URL: give --url or set postgres.url");
+            }
+            let mut bc = auroraq_sink_timescale::BenchConfig::new(url);
+            bc.rows = rows;
+            bc.rounds = rounds;
+            let r = auroraq_sink_timescale::bench(&bc).await?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
         Command::Tap(a) => {
             let bus = connect_bus(&cfg.bus).await?;
             let stop = stop_on_signals();
@@ -352,6 +581,48 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             for (pattern, events) in auroraq_bus::topics::TABLE {
                 println!("{pattern:<40} {events}");
             }
+        }
+        Command::Bench(Bench::Backtest { events, rounds }) => {
+            let r = backtest::bench(&cfg, events.max(1000), rounds)?;
+            eprintln!(
+                "engine (agents, risk, execution) {:>12.0} events/s; plain loop {:>12.0} events/s; ratio {:.3}",
+                r.engine_events_per_s, r.loop_events_per_s, r.ratio
+            );
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Command::Bench(Bench::Fusion {
+            scores,
+            workers,
+            rounds,
+        }) => {
+            let opts = auroraq_fusion::BenchOptions {
+                config: cfg.fusion.clone(),
+                scores,
+                workers,
+                rounds,
+                ..auroraq_fusion::BenchOptions::default()
+            };
+            let r = tokio::task::block_in_place(|| auroraq_fusion::bench(&opts))?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Command::Bench(Bench::Decode {
+            capture,
+            frames,
+            rounds,
+        }) => {
+            let r = bench_decode::run(&capture, frames.max(1), rounds)?;
+            for f in &r.figures {
+                eprintln!(
+                    "{:<6} {:<32} {:>12.0} frames/s{}",
+                    f.frames,
+                    f.path,
+                    f.per_s,
+                    f.levels_per_s
+                        .map(|l| format!(" {l:>12.0} levels/s"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("{}", serde_json::to_string(&r)?);
         }
         Command::Bench(Bench::Bus {
             events,
@@ -420,10 +691,29 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Score(_) | Command::Sentiment(_) => {
             return not_yet("sentiment", "`sentiment` cargo feature")
         }
-        Command::Fuse => return not_yet("fuse", "fusion"),
-        Command::Risk => return not_yet("risk", "risk and execution"),
-        Command::Execute => return not_yet("execute", "risk and execution"),
-        Command::Agent => return not_yet("agent", "agents"),
+        Command::Fuse => {
+            let bus = connect_bus(&cfg.bus).await?;
+            let stats = roles::fuse(&cfg, bus, stop_on_signals()).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+        Command::Risk => {
+            let p = auroraq_risk::RiskProcessor::new(cfg.risk.clone())?;
+            let bus = connect_bus(&cfg.bus).await?;
+            let stats = roles::processor_role(&cfg, bus, p, stop_on_signals()).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+        Command::Execute => {
+            let p = auroraq_execution::ExecutionProcessor::new(cfg.execution.clone())?;
+            let bus = connect_bus(&cfg.bus).await?;
+            let stats = roles::processor_role(&cfg, bus, p, stop_on_signals()).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+        Command::Agent { name, policy } => {
+            let a = roles::agent(&cfg, &name, policy.as_deref())?;
+            let bus = connect_bus(&cfg.bus).await?;
+            let stats = roles::processor_role(&cfg, bus, a, stop_on_signals()).await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
         Command::Api => return not_yet("api", "API"),
     }
     Ok(ExitCode::SUCCESS)

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use auroraq_bus::{Bus, SubscribeOptions};
-use auroraq_replay::{bad_row_letter, read_bars, replay, BarsOptions, Pace, ReplayStats};
+use auroraq_feedly::{
+    FeedlyConfig, FeedlyConnector, FeedlyStats, FeedlyStore, MemoryStore, RedisStore, RedisStoreConfig, Token,
+};
+use auroraq_replay::{load, replay, Format, LoadOptions, Pace, ReplayStats};
 use auroraq_schemas::AnyEvent;
 use auroraq_sink_jsonl::JsonlSink;
 use auroraq_stage::{run_subscription, subscribe_stage, Handler, HandlerError, StageMetrics, StageStats};
@@ -17,32 +20,24 @@ use tracing::info;
 use crate::config::Config;
 use crate::wiring::{stage_config, stopped};
 
-/// Reads bar files into events; unreadable rows become dead letters.
-pub fn load_bars(files: &[PathBuf], opts: &BarsOptions) -> Result<Vec<AnyEvent>> {
-    let mut events = Vec::new();
-    for f in files {
-        let bars = read_bars(f, opts)?;
-        info!(file = %f.display(), bars = bars.bars.len(), bad_rows = bars.bad_rows.len(), interval = %bars.interval, "read bars");
-        let origin = f.display().to_string();
-        events.extend(
-            bars.bad_rows
-                .iter()
-                .map(|r| AnyEvent::DeadLetter(bad_row_letter(&origin, r))),
-        );
-        events.extend(bars.bars.into_iter().map(AnyEvent::Kline));
-    }
+/// Reads recorded files into events (`format` unset: detected per file); unreadable records
+/// become dead letters.
+pub fn load_recorded(format: Option<Format>, files: &[PathBuf], opts: &LoadOptions) -> Result<Vec<AnyEvent>> {
+    let events = load(format, files, opts)?;
+    info!(files = files.len(), events = events.len(), "read recorded files");
     Ok(events)
 }
 
-/// `auroraq connect replay`: publishes recorded files onto the bus.
+/// `auroraq replay`: publishes recorded files onto the bus.
 pub async fn connect_replay(
     bus: Arc<dyn Bus>,
+    format: Option<Format>,
     files: &[PathBuf],
-    opts: &BarsOptions,
+    opts: &LoadOptions,
     pace: Pace,
     stop: Arc<AtomicBool>,
 ) -> Result<ReplayStats> {
-    let events = load_bars(files, opts)?;
+    let events = load_recorded(format, files, opts)?;
     let stats = replay(&*bus, events, pace, stop).await.context("replay")?;
     bus.flush().await?;
     Ok(stats)
@@ -113,4 +108,257 @@ pub async fn tap(bus: Arc<dyn Bus>, filter: &str, count: Option<u64>, stop: Arc<
     }
     bus.close().await;
     Ok(seen.load(Ordering::Relaxed))
+}
+
+/// `auroraq connect feedly`: polls a Feedly stream onto `news.articles.feedly`. The cursor and the
+/// ids already published persist in Redis when `redis.url` is set (so a restart publishes nothing
+/// twice); otherwise they live in memory, with a warning.
+pub async fn connect_feedly(
+    cfg: &Config,
+    bus: Arc<dyn Bus>,
+    stream: Option<String>,
+    once: bool,
+    stop: Arc<AtomicBool>,
+) -> Result<FeedlyStats> {
+    let f = &cfg.feedly;
+    let stream_id = stream.unwrap_or_else(|| f.stream_id.clone());
+    if stream_id.is_empty() {
+        anyhow::bail!("no Feedly stream: give --stream or set feedly.stream_id (AURORAQ_FEEDLY_STREAM_ID)");
+    }
+    let mut fc = FeedlyConfig::new(stream_id);
+    fc.base_url = f.base_url.clone();
+    fc.token_env = f.token_env.clone();
+    if !f.token.is_empty() {
+        fc.token = Some(Token::new(f.token.clone()));
+    }
+    fc.count = f.count;
+    fc.poll_interval = std::time::Duration::from_secs(f.poll_interval_secs.max(1));
+    fc.lookback = (f.lookback_hours > 0).then(|| std::time::Duration::from_secs(f.lookback_hours * 3600));
+    fc.once = once;
+    let store: Arc<dyn FeedlyStore> = if cfg.redis.url.is_empty() {
+        tracing::warn!("redis.url is not set: the Feedly cursor and seen ids live in memory and a restart re-reads the lookback window (the bus still drops re-sent ids for 2 minutes)");
+        Arc::new(MemoryStore::default())
+    } else {
+        Arc::new(
+            RedisStore::connect({
+                let mut rc = RedisStoreConfig::new(cfg.redis.url.clone());
+                rc.key_prefix = f.store_prefix.clone();
+                rc
+            })
+            .await
+            .with_context(|| format!("Feedly store at {}", cfg.redis.url))?,
+        )
+    };
+    let connector = FeedlyConnector::new(fc, store)?;
+    let stats = connector.run(&*bus, stop).await?;
+    bus.flush().await?;
+    Ok(stats)
+}
+
+/// `auroraq connect binance`: live market data onto `market.*.<exchange>.<symbol>`, statuses onto
+/// `feeds.status.<exchange>`. Symbols and streams default to `[binance]` in the configuration.
+pub async fn connect_binance(
+    cfg: &Config,
+    bus: Arc<dyn Bus>,
+    symbols: Option<String>,
+    streams: Option<String>,
+    stop: Arc<AtomicBool>,
+) -> Result<auroraq_binance::LiveStats> {
+    let b = &cfg.binance;
+    let symbols = auroraq_binance::parse_symbols(&symbols.unwrap_or_else(|| b.symbols.join(",")))?;
+    let streams = auroraq_binance::parse_streams(&streams.unwrap_or_else(|| b.streams.join(",")))?;
+    let live = auroraq_binance::LiveConfig::new(symbols, streams)
+        .with_endpoints(b.ws_url.clone(), b.rest_url.clone())
+        .with_exchange(b.exchange.clone());
+    let connector = auroraq_binance::LiveConnector::new(live, bus.clone())?;
+    let stats = connector.run(crate::wiring::token_for(stop)).await?;
+    bus.flush().await?;
+    Ok(stats)
+}
+
+/// `auroraq backfill binance`: REST klines for a range onto `market.klines.<exchange>.<symbol>`,
+/// with a progress bar on stderr, resumable from its checkpoint file.
+pub async fn backfill_binance(
+    cfg: &Config,
+    bus: Arc<dyn Bus>,
+    a: BackfillArgs,
+    stop: Arc<AtomicBool>,
+) -> Result<auroraq_binance::BackfillReport> {
+    use auroraq_binance::{parse_time, Interval};
+    let from = parse_time(&a.from).with_context(|| format!("--from {:?}: not a date or time", a.from))?;
+    let to = parse_time(&a.to).with_context(|| format!("--to {:?}: not a date or time", a.to))?;
+    if to <= from {
+        anyhow::bail!("--to must be after --from");
+    }
+    let interval = Interval::parse(&a.interval)?;
+    let mut bc = auroraq_binance::BackfillConfig::new(&a.symbol, interval, from, to);
+    bc.rest.base_url = cfg.binance.rest_url.clone();
+    bc.exchange = cfg.binance.exchange.clone();
+    bc.checkpoint = Some(a.checkpoint.unwrap_or_else(|| {
+        PathBuf::from(format!(
+            ".auroraq/backfill/{}-{}-{}-{}-{from}-{to}.json",
+            auroraq_bus::topics::token(&cfg.binance.exchange),
+            a.symbol.to_ascii_uppercase(),
+            a.interval,
+            "klines"
+        ))
+    }));
+    if let Some(dir) = bc.checkpoint.as_ref().and_then(|p| p.parent()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {wide_bar} {pos}/{len} bars {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let cancel = crate::wiring::token_for(stop);
+    let mut progress = |p: &auroraq_binance::BackfillProgress| {
+        bar.set_length(p.total.max(p.done));
+        bar.set_position(p.done);
+    };
+    let report = auroraq_binance::backfill(&bc, &*bus, &cancel, &mut progress).await;
+    bar.finish_and_clear();
+    let report = report?;
+    bus.flush().await?;
+    Ok(report)
+}
+
+/// Arguments of `auroraq backfill binance`.
+#[derive(clap::Args, Debug)]
+pub struct BackfillArgs {
+    /// Symbol, e.g. BTCUSDT.
+    #[arg(long)]
+    pub symbol: String,
+    /// Kline interval: 1s, 1m, 3m, 5m, 15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d, 3d, 1w, 1M.
+    #[arg(long, default_value = "1m")]
+    pub interval: String,
+    /// Start (inclusive): 2024-01-01, RFC 3339, or epoch seconds/milliseconds.
+    #[arg(long)]
+    pub from: String,
+    /// End (exclusive).
+    #[arg(long)]
+    pub to: String,
+    /// Checkpoint file (default under .auroraq/backfill/); a rerun resumes from it.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Runs a deterministic stage ([`auroraq_stage::Processor`]) on the bus with the wall clock until
+/// stopped: `auroraq risk`, `auroraq execute`, `auroraq agent`.
+pub async fn processor_role<P: auroraq_stage::Processor + 'static>(
+    cfg: &Config,
+    bus: Arc<dyn Bus>,
+    processor: P,
+    stop: Arc<AtomicBool>,
+) -> Result<StageStats> {
+    let name = processor.name().to_owned();
+    let inputs = processor.inputs();
+    let scfg = stage_config(cfg, &name, "");
+    let sub = auroraq_stage::subscribe_processor(&*bus, &scfg, &inputs).await?;
+    info!(stage = %name, ?inputs, "running");
+    let metrics = Arc::new(StageMetrics::default());
+    let task = tokio::spawn(auroraq_stage::run_processor(
+        bus.clone(),
+        scfg,
+        sub,
+        processor,
+        metrics,
+    ));
+    stopped(&stop).await;
+    bus.close().await;
+    Ok(task.await??)
+}
+
+/// `auroraq fuse`: the fusion stage on the bus until stopped.
+pub async fn fuse(
+    cfg: &Config,
+    bus: Arc<dyn Bus>,
+    stop: Arc<AtomicBool>,
+) -> Result<auroraq_fusion::FusionStats> {
+    let stats = auroraq_fusion::run(bus.clone(), cfg.fusion.clone(), stop).await?;
+    bus.close().await;
+    Ok(stats)
+}
+
+/// The agent named `name` from the configuration, with its policy: the seed's rule, or an ONNX
+/// model (`policy` = a path to a `.onnx` file).
+pub fn agent(cfg: &Config, name: &str, policy: Option<&Path>) -> Result<auroraq_agents::Agent> {
+    let ac = cfg.agents.get(name).cloned().with_context(|| {
+        format!(
+            "no agent {name:?} in the configuration (have: {})",
+            cfg.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let policy: Box<dyn auroraq_agents::Policy> = match policy {
+        None => Box::new(auroraq_agents::RulePolicy::default()),
+        #[cfg(feature = "sentiment")]
+        Some(p) => Box::new(auroraq_agents::onnx::OnnxPolicy::load(
+            p,
+            Some(&cfg.sentiment.ort_dylib),
+        )?),
+        #[cfg(not(feature = "sentiment"))]
+        Some(_) => anyhow::bail!("this build has no ONNX Runtime (cargo feature `sentiment`)"),
+    };
+    Ok(auroraq_agents::Agent::new(ac, policy))
+}
+
+fn service_url(url: &str, flag: Option<String>, what: &str, key: &str) -> Result<String> {
+    let u = flag.unwrap_or_else(|| url.to_owned());
+    if u.is_empty() {
+        anyhow::bail!("no {what} URL: give --url or set {key}");
+    }
+    Ok(u)
+}
+
+/// `auroraq sink postgres`: every event into the PostgreSQL/TimescaleDB tables (migrations first),
+/// acked only once committed, until stopped.
+pub async fn sink_postgres(
+    cfg: &Config,
+    bus: Arc<dyn Bus>,
+    url: Option<String>,
+    stop: Arc<AtomicBool>,
+) -> Result<auroraq_sink_timescale::SinkStats> {
+    let url = service_url(
+        &cfg.postgres.url,
+        url,
+        "PostgreSQL",
+        "postgres.url (AURORAQ_POSTGRES_URL)",
+    )?;
+    let mut sc = auroraq_sink_timescale::TimescaleConfig::new(url);
+    sc.ack_wait = std::time::Duration::from_secs(cfg.bus.ack_wait_secs.max(1)).max(sc.ack_wait);
+    let subs = auroraq_sink_timescale::subscribe(&*bus, &sc).await?;
+    let metrics = Arc::new(auroraq_sink_timescale::SinkMetrics::default());
+    let task = tokio::spawn(auroraq_sink_timescale::run_subscriptions(
+        bus.clone(),
+        sc,
+        subs,
+        metrics,
+        stop.clone(),
+    ));
+    stopped(&stop).await;
+    bus.close().await;
+    Ok(task.await??)
+}
+
+/// `auroraq sink redis`: latest fused signal and price per asset, and the fused-signal stream.
+pub async fn sink_redis(
+    cfg: &Config,
+    bus: Arc<dyn Bus>,
+    url: Option<String>,
+    stop: Arc<AtomicBool>,
+) -> Result<auroraq_sink_redis::RedisSinkStats> {
+    let url = service_url(&cfg.redis.url, url, "Redis", "redis.url (AURORAQ_REDIS_URL)")?;
+    let rc = auroraq_sink_redis::RedisSinkConfig::new(url);
+    let subs = auroraq_sink_redis::subscribe(&*bus, &rc).await?;
+    let metrics = Arc::new(auroraq_sink_redis::RedisSinkMetrics::default());
+    let task = tokio::spawn(auroraq_sink_redis::run_subscriptions(
+        bus.clone(),
+        rc,
+        subs,
+        metrics,
+        stop.clone(),
+    ));
+    stopped(&stop).await;
+    bus.close().await;
+    Ok(task.await??)
 }

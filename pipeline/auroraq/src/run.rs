@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use auroraq_replay::{replay, BarsOptions, Pace};
+use auroraq_replay::{replay, Format, LoadOptions, Pace};
 use auroraq_sink_jsonl::JsonlSink;
 use auroraq_stage::{run_subscription, subscribe_stage, StageMetrics};
 use serde::Serialize;
 use tracing::info;
 
 use crate::config::Config;
-use crate::roles::{load_bars, Counting};
+use crate::roles::{load_recorded, Counting};
 use crate::wiring::connect_bus;
 
 #[derive(Debug, Serialize)]
@@ -31,6 +31,9 @@ pub struct RunSummary {
     pub by_kind: BTreeMap<String, u64>,
     pub archive: PathBuf,
     pub interrupted: bool,
+    /// The backtest of the bundled data through sentiment, fusion, agents, risk and execution
+    /// (absent when interrupted).
+    pub backtest: Option<auroraq_backtest::Summary>,
     pub elapsed_s: f64,
 }
 
@@ -63,12 +66,9 @@ pub async fn run(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>) -> Result<RunS
     ));
 
     // Connectors.
-    let opts = BarsOptions {
-        exchange: cfg.run.exchange.clone(),
-        symbol: None,
-        interval: None,
-    };
-    let events = load_bars(&cfg.run.bars, &opts)?;
+    let mut opts = LoadOptions::default();
+    opts.bars.exchange = cfg.run.exchange.clone();
+    let events = load_recorded(Some(Format::Bars), &cfg.run.bars, &opts)?;
     info!(events = events.len(), "replaying bundled data");
     let stats = replay(&*bus, events, pace, stop.clone())
         .await
@@ -92,6 +92,14 @@ pub async fn run(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>) -> Result<RunS
     bus.close().await;
     let stage_stats = archive_task.await.context("archive stage panicked")??;
     let by_kind = by_kind.lock().map(|m| m.clone()).unwrap_or_default();
+    let interrupted = stop.load(std::sync::atomic::Ordering::SeqCst);
+    let backtest = if interrupted || !cfg.run.backtest {
+        None
+    } else {
+        let out = cfg.run.out_dir.join("report");
+        let plan = crate::backtest::bundled_plan(cfg, Some(&out), false)?;
+        Some(tokio::task::block_in_place(|| crate::backtest::run(cfg, plan))?)
+    };
     Ok(RunSummary {
         bus: bus.kind().to_owned(),
         published: stats.published,
@@ -100,7 +108,8 @@ pub async fn run(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>) -> Result<RunS
         dead_letters: by_kind.get("DeadLetter").copied().unwrap_or(0) + stage_stats.dead_letters,
         by_kind,
         archive,
-        interrupted: stop.load(std::sync::atomic::Ordering::SeqCst),
+        interrupted,
+        backtest,
         elapsed_s: t0.elapsed().as_secs_f64(),
     })
 }

@@ -92,3 +92,16 @@ pub async fn stopped(stop: &AtomicBool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A cancellation token that fires when `stop` is set (for libraries that take a token).
+pub fn token_for(stop: Arc<AtomicBool>) -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) && !t.is_cancelled() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        t.cancel();
+    });
+    token
+}

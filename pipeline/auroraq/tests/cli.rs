@@ -10,7 +10,9 @@ use auroraq_tests::{nats_url, unique};
 
 fn auroraq() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_auroraq"));
-    c.env_remove("AURORAQ_CONFIG")
+    // From the checkout, as a user runs it: the bundled data, model and ONNX Runtime are found.
+    c.current_dir(repo_root())
+        .env_remove("AURORAQ_CONFIG")
         .env("RUST_LOG", "warn")
         .arg("--log-format")
         .arg("json");
@@ -77,7 +79,7 @@ impl IsolatedNats {
     fn replay(&self, bars: &Path) -> Output {
         let out = self
             .auroraq()
-            .args(["connect", "replay", "--exchange", "coinbase"])
+            .args(["connect", "replay", "--stats", "--exchange", "coinbase"])
             .arg(bars)
             .output()
             .unwrap();
@@ -236,7 +238,7 @@ fn bad_configuration_is_refused_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--speed"));
 
-    let out = auroraq().arg("fuse").output().unwrap();
+    let out = auroraq().arg("api").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in this build yet"));
 }
@@ -403,4 +405,233 @@ fn sentiment_score_and_eval_from_the_checkout() {
     let out = eval_csv(&csv);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bullish"));
+}
+
+/// `auroraq replay --stats` on the recorded Binance capture, onto the real NATS bus: the counts the
+/// sync rules give, then the same again publishes nothing new (same ids).
+#[test]
+fn replay_prints_counts_and_replays_identically() {
+    let nats = IsolatedNats::new("replay");
+    let capture = repo_root().join("tests/data/binance/cryptofeed/BINANCE.ws.1.0");
+    let run = || {
+        let out = nats
+            .auroraq()
+            .args(["replay", "--format", "cryptofeed", "--stats"])
+            .arg(&capture)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last_json(&out)
+    };
+    let first = run();
+    for (k, v) in [
+        ("book_updates", 176),
+        ("tickers", 84),
+        ("trades", 2),
+        ("candles", 2),
+        ("gaps", 0),
+        ("dead_letters", 0),
+        ("articles", 0),
+    ] {
+        assert_eq!(first[k], v, "{k} in {first}");
+    }
+    assert_eq!(first["published"], first["events"]);
+    let second = run();
+    assert_eq!(second["published"], 0, "a replay re-sends the same ids: {second}");
+    assert_eq!(second["duplicates"], first["events"]);
+}
+
+#[test]
+fn replay_refuses_what_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mystery.bin");
+    std::fs::write(&p, b"\x00\x01").unwrap();
+    let out = auroraq().args(["replay", "--stats"]).arg(&p).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot tell its format") && err.contains("--format"),
+        "{err}"
+    );
+}
+
+/// `auroraq connect binance` and `auroraq backfill binance` pointed at the loopback Binance server
+/// by configuration alone (`AURORAQ_BINANCE_*`), on the real NATS bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binance_connector_and_backfill_from_the_command_line() {
+    use auroraq_tests::binance_server::{BinanceServer, ServerConfig, Tape};
+    let server = BinanceServer::start(ServerConfig {
+        tape: Tape::recorded(),
+        ..ServerConfig::default()
+    })
+    .await;
+    let nats = IsolatedNats::new("binance");
+    let with_endpoints = |mut c: Command| {
+        c.env("AURORAQ_BINANCE_WS_URL", server.ws_base())
+            .env("AURORAQ_BINANCE_REST_URL", server.rest_base());
+        c
+    };
+
+    let child = with_endpoints(nats.auroraq())
+        .args(["connect", "binance", "--symbols", "nknusdt,blzeth,lrcbtc,runeeur"])
+        .args(["--streams", "aggTrade,kline_1m,bookTicker,depth"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !server.tape_done() && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.tape_done(), "the connector read the whole tape");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats = last_json(&out);
+    assert_eq!(stats["tickers"], 84, "{stats}");
+    assert_eq!(stats["trades"], 2, "{stats}");
+    assert_eq!(stats["klines"], 2, "{stats}");
+    assert_eq!(stats["gaps"], 0, "{stats}");
+    assert_eq!(stats["dead_letters"], 0, "{stats}");
+    assert!(stats["book_updates"].as_u64().unwrap() > 100, "{stats}");
+
+    // 300 one-minute bars from Binance's documented first open time, then a resumed rerun.
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp.json");
+    let backfill = || async {
+        let mut c = with_endpoints(nats.auroraq());
+        c.args(["backfill", "binance", "--symbol", "BTCUSDT", "--interval", "1m"])
+            .args(["--from", "1499040000000", "--to", "1499058000000", "--checkpoint"])
+            .arg(&checkpoint);
+        let out = tokio::process::Command::from(c).output().await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last_json(&out)
+    };
+    let first = backfill().await;
+    assert_eq!(
+        (first["published"].as_u64(), first["complete"].as_bool()),
+        (Some(300), Some(true)),
+        "{first}"
+    );
+    let again = backfill().await;
+    assert_eq!(
+        again["published"], 0,
+        "a complete checkpoint fetches nothing again: {again}"
+    );
+}
+
+/// `auroraq connect feedly --once` against the loopback Feedly server with the recorded responses,
+/// its cursor and seen ids in the real Redis: a second run publishes nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedly_connector_from_the_command_line_persists_what_it_saw() {
+    use auroraq_tests::feedly_server::{recorded_items, FeedlyServer};
+    let server = FeedlyServer::start("cli-token").await;
+    let stream = "user/cli/category/global.all";
+    server.add_items(stream, recorded_items("nnw_feedly_macintosh_initial.json"));
+    server.add_items(stream, recorded_items("nnw_gobalall_initial.json"));
+    let prefix = format!("{}:", unique("auroraq:test:feedly"));
+    let nats = IsolatedNats::new("feedly");
+    let run = || async {
+        let mut c = nats.auroraq();
+        c.env("AURORAQ_FEEDLY_BASE_URL", server.base_url())
+            .env("FEEDLY_TOKEN", "cli-token")
+            .env("AURORAQ_FEEDLY_LOOKBACK_HOURS", "0")
+            .env("AURORAQ_FEEDLY_STORE_PREFIX", &prefix)
+            .env("AURORAQ_REDIS_URL", "redis://127.0.0.1:6379")
+            .args(["connect", "feedly", "--once", "--stream", stream]);
+        let out = tokio::process::Command::from(c).output().await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("cli-token"), "the token must never be logged");
+        last_json(&out)
+    };
+    let first = run().await;
+    let second = run().await;
+    // Clean up the test's keys before asserting.
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "the store wrote under its prefix");
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut con).await.unwrap();
+    assert_eq!(first["articles"], 60, "{first}");
+    assert_eq!(second["articles"], 0, "{second}");
+}
+
+/// The main job: bundled bars and news through sentiment, fusion, agents, risk and execution, with
+/// its report; twice, with the same fingerprint.
+#[test]
+fn the_main_job_reports_and_repeats_its_fingerprint() {
+    let run = || {
+        let dir = tempfile::tempdir().unwrap();
+        let out = auroraq()
+            .arg("run")
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let s = last_json(&out);
+        let report = dir.path().join("report");
+        for f in ["report.html", "equity.svg", "trades.csv", "summary.json"] {
+            assert!(report.join(f).is_file(), "{f} written");
+        }
+        let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+        assert!(html.contains("<svg") && html.contains("not from the same days"));
+        (s, dir)
+    };
+    let (a, _d1) = run();
+    let (b, _d2) = run();
+    let bt = &a["backtest"];
+    assert_eq!(
+        bt["fingerprint"], b["backtest"]["fingerprint"],
+        "same data, same fingerprint"
+    );
+    assert_eq!(bt["fingerprint"].as_str().map(str::len), Some(64));
+    assert_eq!(bt["emitted_by_kind"]["SentimentScore"], 79, "{bt}");
+    assert!(bt["emitted_by_kind"]["FusedSignal"].as_u64().unwrap() > 0, "{bt}");
+    assert!(bt["trades"].as_u64().unwrap() >= 1, "{bt}");
+    assert_eq!(bt["events"], 20_111 + 79);
+    for k in ["total_return", "sharpe", "max_drawdown"] {
+        assert!(bt[k].as_f64().is_some_and(f64::is_finite), "{k}: {bt}");
+    }
+}
+
+/// `auroraq backtest` on recorded files: the same fingerprint twice, a different one on other data.
+#[test]
+fn backtest_of_files_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let bars = repo_root().join("data/market/Coinbase_BTCUSD_1h.csv");
+    let news = repo_root().join("data/news/reuters21578.jsonl");
+    let run = |files: &[&Path]| {
+        let out = auroraq()
+            .args(["backtest", "--exchange", "coinbase", "--out"])
+            .arg(dir.path())
+            .args(files)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last_json(&out)
+    };
+    let a = run(&[&bars, &news]);
+    let b = run(&[&bars, &news]);
+    assert_eq!(a["fingerprint"], b["fingerprint"]);
+    assert_eq!(a["events"], 20_111 + 79);
+    let c = run(&[&bars]);
+    assert_ne!(a["fingerprint"], c["fingerprint"]);
+    assert_eq!(
+        c["emitted_by_kind"]["SentimentScore"], 0,
+        "no news, no scores: {c}"
+    );
+    assert_eq!(a["emitted_by_kind"]["SentimentScore"], 79, "{a}");
 }

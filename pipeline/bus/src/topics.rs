@@ -19,6 +19,8 @@
 //! | `exec.portfolio` | `PortfolioSnapshot` |
 //! | `alerts` | `Alert` |
 //! | `dlq.<stage>` | `DeadLetter` from that stage |
+//! | `feeds.status.<source>` | `FeedStatus`: connects, disconnects, gaps, resyncs, rate limits |
+//! | `sentiment.late` | `DeadLetter`: scores that reached fusion after their window closed |
 //!
 //! Tokens are lower-cased and anything outside `[a-z0-9_-]` becomes `_`, so a symbol like
 //! `BTC/USDT` or an exchange like `binance.us` cannot add levels to the path.
@@ -41,6 +43,11 @@ pub const TABLE: &[(&str, &str)] = &[
     ("exec.portfolio", "PortfolioSnapshot"),
     ("alerts", "Alert"),
     ("dlq.<stage>", "DeadLetter"),
+    ("feeds.status.<source>", "FeedStatus"),
+    (
+        "sentiment.late",
+        "DeadLetter (scores that reached fusion after their window closed)",
+    ),
 ];
 
 /// Lower-cases a name and replaces characters that are not `[a-z0-9_-]`, so it is one token.
@@ -85,6 +92,8 @@ pub fn articles(source: &str) -> String {
 }
 
 pub const SENTIMENT_SCORES: &str = "sentiment.scores";
+/// Scores fusion received after their window had closed (as dead letters, reason `late`).
+pub const SENTIMENT_LATE: &str = "sentiment.late";
 
 pub fn fused(asset: &str) -> String {
     format!("sentiment.fused.{}", token(asset))
@@ -96,6 +105,11 @@ pub const EXEC_ORDERS: &str = "exec.orders";
 pub const EXEC_FILLS: &str = "exec.fills";
 pub const PORTFOLIO: &str = "exec.portfolio";
 pub const ALERTS: &str = "alerts";
+
+/// Connection, gap and resync events of one source (see `FeedStatus`).
+pub fn feed_status(source: &str) -> String {
+    format!("feeds.status.{}", token(source))
+}
 
 pub fn dlq(stage: &str) -> String {
     format!("dlq.{}", token(stage))
@@ -200,6 +214,8 @@ mod tests {
             PORTFOLIO.to_owned(),
             ALERTS.to_owned(),
             dlq("E"),
+            feed_status("E"),
+            SENTIMENT_LATE.to_owned(),
         ];
         assert_eq!(built.len(), TABLE.len());
         for ((pattern, _), b) in TABLE.iter().zip(built) {

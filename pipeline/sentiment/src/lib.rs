@@ -9,6 +9,7 @@ pub mod assets;
 pub mod batcher;
 pub mod eval;
 pub mod model;
+pub mod processor;
 pub mod runtime;
 pub mod text;
 pub mod worker;

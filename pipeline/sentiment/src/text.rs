@@ -1,4 +1,9 @@
 //! Text preparation: what the model reads of an article.
+//!
+//! The clean-up itself ([`strip_html`], [`normalise_whitespace`]) lives in `auroraq-text`, shared
+//! with the news connectors; it is re-exported here.
+
+pub use auroraq_text::{normalise_whitespace, strip_html};
 
 /// Texts longer than this (in characters) are cut before tokenising, and flagged.
 pub const MAX_CHARS: usize = 10_000;
@@ -18,93 +23,6 @@ pub enum TextError {
     Empty,
     #[error("text has no letters or digits ({0} characters of symbols)")]
     NoWords(usize),
-}
-
-/// Removes HTML tags, scripts and styles, decodes common entities and normalises whitespace.
-pub fn strip_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let lower = s.to_ascii_lowercase();
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < s.len() {
-        let tag_start = bytes[i] == b'<'
-            && bytes
-                .get(i + 1)
-                .is_some_and(|b| b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?'));
-        if tag_start {
-            // Skip the contents of script and style elements entirely.
-            let skip_to = ["script", "style"].iter().find_map(|tag| {
-                let open = format!("<{tag}");
-                lower[i..].starts_with(&open).then(|| {
-                    let close = format!("</{tag}>");
-                    lower[i..]
-                        .find(&close)
-                        .map(|j| i + j + close.len())
-                        .unwrap_or(s.len())
-                })
-            });
-            if let Some(j) = skip_to {
-                i = j;
-                out.push(' ');
-                continue;
-            }
-            match s[i..].find('>') {
-                Some(j) => {
-                    i += j + 1;
-                    out.push(' ');
-                    continue;
-                }
-                None => {
-                    // A lone '<' is text.
-                    out.push('<');
-                    i += 1;
-                    continue;
-                }
-            }
-        }
-        if bytes[i] == b'&' {
-            if let Some(j) = s[i..].find(';').filter(|j| *j <= 10) {
-                let ent = &s[i + 1..i + j];
-                let decoded = match ent {
-                    "amp" => Some('&'),
-                    "lt" => Some('<'),
-                    "gt" => Some('>'),
-                    "quot" => Some('"'),
-                    "apos" | "#39" => Some('\''),
-                    "nbsp" => Some(' '),
-                    _ => ent
-                        .strip_prefix("#x")
-                        .and_then(|h| u32::from_str_radix(h, 16).ok())
-                        .or_else(|| ent.strip_prefix('#').and_then(|d| d.parse().ok()))
-                        .and_then(char::from_u32),
-                };
-                if let Some(c) = decoded {
-                    out.push(c);
-                    i += j + 1;
-                    continue;
-                }
-            }
-        }
-        let c = s[i..].chars().next().unwrap_or(' ');
-        out.push(c);
-        i += c.len_utf8();
-    }
-    normalise_whitespace(&out)
-}
-
-/// Collapses runs of whitespace (including control characters) into single spaces.
-pub fn normalise_whitespace(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for w in s
-        .split(|c: char| c.is_whitespace() || c.is_control())
-        .filter(|w| !w.is_empty())
-    {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(w);
-    }
-    out
 }
 
 /// Title plus body, markup removed, whitespace normalised, cut at [`MAX_CHARS`].
@@ -143,15 +61,6 @@ pub fn prepare(title: Option<&str>, body: &str) -> Result<Prepared, TextError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strips_markup() {
-        let html = "<p>Shares <b>rose</b> 5%&nbsp;on&#160;Tuesday &amp; more</p><script>var x = '<b>';</script><style>p{}</style>\n\n end";
-        assert_eq!(strip_html(html), "Shares rose 5% on Tuesday & more end");
-        assert_eq!(strip_html("a < b and c > d"), "a < b and c > d");
-        assert_eq!(strip_html("x<br/>y<!-- c -->z"), "x y z");
-        assert_eq!(strip_html("x &unknown; y"), "x &unknown; y");
-    }
 
     #[test]
     fn joins_title_and_body() {

@@ -6,6 +6,12 @@
 //! bytes, is counted, and is acked so the stage goes on; nothing is dropped silently and nothing
 //! crashes the stage.
 
+pub mod processor;
+
+pub use processor::{
+    run_processor, subscribe_processor, Clock, Processor, ProcessorHandler, SimClock, WallClock,
+};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +43,7 @@ pub fn topic_for(ev: &AnyEvent) -> String {
         AnyEvent::PortfolioSnapshot(_) => topics::PORTFOLIO.to_owned(),
         AnyEvent::Alert(_) => topics::ALERTS.to_owned(),
         AnyEvent::DeadLetter(e) => topics::dlq(&e.stage),
+        AnyEvent::FeedStatus(e) => topics::feed_status(&e.feed),
     }
 }
 
@@ -56,6 +63,7 @@ pub fn key_for(ev: &AnyEvent) -> Option<String> {
         AnyEvent::PortfolioSnapshot(e) => Some(e.account.clone()),
         AnyEvent::Alert(e) => e.subject.clone(),
         AnyEvent::DeadLetter(e) => Some(e.stage.clone()),
+        AnyEvent::FeedStatus(e) => e.symbol.clone().or_else(|| Some(e.stream.clone())),
     }
 }
 
@@ -69,11 +77,37 @@ pub fn to_message(ev: &AnyEvent) -> Result<OutMessage, CodecError> {
     })
 }
 
-/// Encodes and publishes events on their default topics.
+/// The copy of a fill on `exec.fills`: an order update that filled something also goes there (every
+/// update goes to `exec.orders`). The copy has its own bus id, `<event_id>@exec.fills`, since buses
+/// de-duplicate ids across topics; its payload, event id included, is the same.
+pub fn fill_copy(ev: &AnyEvent) -> Option<Result<OutMessage, CodecError>> {
+    let AnyEvent::OrderUpdate(u) = ev else { return None };
+    if u.last_fill_quantity
+        .is_none_or(|q| q.0 <= rust_decimal::Decimal::ZERO)
+    {
+        return None;
+    }
+    Some(to_message(ev).map(|mut m| {
+        m.topic = topics::EXEC_FILLS.to_owned();
+        m.id = format!("{}@{}", u.meta.event_id, topics::EXEC_FILLS);
+        m
+    }))
+}
+
+/// The bus messages of an event: on its default topic, plus its [`fill_copy`] for fills.
+pub fn to_messages(ev: &AnyEvent) -> Result<Vec<OutMessage>, CodecError> {
+    let mut out = vec![to_message(ev)?];
+    if let Some(copy) = fill_copy(ev) {
+        out.push(copy?);
+    }
+    Ok(out)
+}
+
+/// Encodes and publishes events on their default topics (fills also on `exec.fills`).
 pub async fn publish_events(bus: &dyn Bus, events: &[AnyEvent]) -> Result<PublishReport, StageError> {
     let mut batch = Vec::with_capacity(events.len());
     for ev in events {
-        batch.push(to_message(ev).map_err(StageError::Encode)?);
+        batch.extend(to_messages(ev).map_err(StageError::Encode)?);
     }
     Ok(bus.publish(batch).await?)
 }
@@ -295,8 +329,8 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
                 let mut batch = Vec::with_capacity(outs.len());
                 let mut encode_error = None;
                 for ev in &outs {
-                    match to_message(ev) {
-                        Ok(m) => batch.push(m),
+                    match to_messages(ev) {
+                        Ok(m) => batch.extend(m),
                         Err(e) => encode_error = Some(e.to_string()),
                     }
                 }

@@ -1,0 +1,574 @@
+//! Settings of the live connector, the REST client and the klines backfill, with Binance's
+//! defaults; stream and interval names as Binance spells them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use auroraq_schemas::Micros;
+use rand::Rng;
+
+/// Binance's public market-data endpoints.
+pub const DEFAULT_WS_BASE: &str = "wss://stream.binance.com:9443";
+pub const DEFAULT_REST_BASE: &str = "https://api.binance.com";
+
+/// Most streams one combined connection may carry (Binance's limit).
+pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown stream kind {0:?}: expected trade, aggTrade, kline_<interval>, bookTicker or depth")]
+    UnknownStream(String),
+    #[error("unknown kline interval {0:?}: expected one of {intervals}", intervals = INTERVALS.join(", "))]
+    UnknownInterval(String),
+    #[error("no symbols given")]
+    NoSymbols,
+    #[error("no streams given")]
+    NoStreams,
+    #[error("symbol {0:?} is not a Binance symbol (letters and digits only)")]
+    BadSymbol(String),
+    #[error("{0} streams on one connection; Binance allows at most {MAX_STREAMS_PER_CONNECTION}")]
+    TooManyStreams(usize),
+    #[error("{name} must be {rule}")]
+    Invalid { name: &'static str, rule: &'static str },
+    #[error("URL {url:?} must start with {schemes}")]
+    BadUrl { url: String, schemes: &'static str },
+}
+
+/// One kind of market-data stream, subscribed for every configured symbol.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// `<symbol>@trade`: every trade.
+    Trade,
+    /// `<symbol>@aggTrade`: trades aggregated by taker order and price.
+    AggTrade,
+    /// `<symbol>@kline_<interval>`: the open candle, updated as it forms.
+    Kline(Interval),
+    /// `<symbol>@bookTicker`: best bid and ask.
+    BookTicker,
+    /// `<symbol>@depth@100ms`: order-book diffs, kept as a local book with REST snapshots.
+    Depth,
+}
+
+impl StreamKind {
+    /// Parses `trade`, `aggTrade`, `kline_1m`, `bookTicker`, `depth` (or `depth@100ms`); the
+    /// camel-case names are also accepted in lower case.
+    pub fn parse(s: &str) -> Result<StreamKind, ConfigError> {
+        let t = s.trim();
+        Ok(match t {
+            "trade" | "trades" => StreamKind::Trade,
+            "aggTrade" | "aggtrade" => StreamKind::AggTrade,
+            "bookTicker" | "bookticker" => StreamKind::BookTicker,
+            "depth" | "depth@100ms" => StreamKind::Depth,
+            k => match k.strip_prefix("kline_") {
+                Some(i) => StreamKind::Kline(Interval::parse(i)?),
+                None => return Err(ConfigError::UnknownStream(s.to_owned())),
+            },
+        })
+    }
+
+    /// The part of the stream name after `<symbol>@`.
+    pub fn suffix(&self) -> String {
+        match self {
+            StreamKind::Trade => "trade".into(),
+            StreamKind::AggTrade => "aggTrade".into(),
+            StreamKind::Kline(i) => format!("kline_{}", i.name()),
+            StreamKind::BookTicker => "bookTicker".into(),
+            StreamKind::Depth => "depth@100ms".into(),
+        }
+    }
+}
+
+/// Parses a comma-separated list of stream kinds (`trade,kline_1m,bookTicker,depth`).
+pub fn parse_streams(list: &str) -> Result<Vec<StreamKind>, ConfigError> {
+    let mut out: Vec<StreamKind> = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let k = StreamKind::parse(part)?;
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    if out.is_empty() {
+        return Err(ConfigError::NoStreams);
+    }
+    Ok(out)
+}
+
+/// Parses a comma-separated list of symbols (`btcusdt,ETHUSDT`) into upper case.
+pub fn parse_symbols(list: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let s = part.to_ascii_uppercase();
+        if !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ConfigError::BadSymbol(part.to_owned()));
+        }
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    if out.is_empty() {
+        return Err(ConfigError::NoSymbols);
+    }
+    Ok(out)
+}
+
+/// Binance's kline intervals (case-sensitive: `1m` is a minute, `1M` a month).
+pub const INTERVALS: &[&str] = &[
+    "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
+];
+
+/// A kline interval.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Interval {
+    name: &'static str,
+}
+
+impl Interval {
+    pub fn parse(s: &str) -> Result<Interval, ConfigError> {
+        INTERVALS
+            .iter()
+            .find(|i| **i == s.trim())
+            .map(|name| Interval { name })
+            .ok_or_else(|| ConfigError::UnknownInterval(s.to_owned()))
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The fixed length in milliseconds; `None` for `1M` (months differ in length).
+    pub fn millis(&self) -> Option<i64> {
+        let (n, unit) = self.name.split_at(self.name.len() - 1);
+        let n: i64 = n.parse().ok()?;
+        let unit_ms = match unit {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            _ => return None,
+        };
+        Some(n * unit_ms)
+    }
+
+    /// Milliseconds used to estimate bar counts: the fixed length, or an average month.
+    pub fn approx_millis(&self) -> i64 {
+        self.millis().unwrap_or(2_629_746_000)
+    }
+}
+
+/// Exponential backoff with jitter: attempt `n` waits a random time in `[d/2, d]` where
+/// `d = min(max, min * 2^n)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+    /// A connection that stayed up this long starts the next backoff from `min` again.
+    pub reset_after: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            reset_after: Duration::from_secs(60),
+        }
+    }
+
+    /// The upper bound of attempt `attempt` (0-based), before jitter.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX);
+        self.min
+            .saturating_mul(factor)
+            .min(self.max)
+            .max(self.min.min(self.max))
+    }
+
+    /// The delay before attempt `attempt` (0-based), jittered.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let d = self.ceiling(attempt);
+        let half = d / 2;
+        let span = (d - half).as_micros() as u64;
+        let jitter = if span == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=span)
+        };
+        half + Duration::from_micros(jitter)
+    }
+}
+
+/// How the REST client talks to `/api/v3`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestConfig {
+    /// `https://api.binance.com` (or `http://127.0.0.1:<port>` for a loopback server).
+    pub base_url: String,
+    /// Per request.
+    pub timeout: Duration,
+    /// The IP's request-weight budget per window (`REQUEST_WEIGHT` 6000 per minute on Binance).
+    pub weight_budget: u32,
+    /// Above this fraction of the budget (by `X-MBX-USED-WEIGHT-1M`), requests wait for the next window.
+    pub weight_soft_fraction: f64,
+    /// The weight window, aligned to the wall clock (a minute on Binance).
+    pub weight_window: Duration,
+    /// The header that reports the used weight.
+    pub weight_header: String,
+    /// Tries after a 5xx, a transport error or a 429/418, before giving up.
+    pub max_retries: u32,
+    /// Backoff between retries of 5xx and transport errors.
+    pub retry_backoff: Backoff,
+    /// A `Retry-After` longer than this (a long IP ban) is an error instead of a wait.
+    pub max_retry_after: Duration,
+    /// Used when a 429/418 comes without a readable `Retry-After`.
+    pub default_retry_after: Duration,
+    pub user_agent: String,
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        RestConfig {
+            base_url: DEFAULT_REST_BASE.into(),
+            timeout: Duration::from_secs(10),
+            weight_budget: 6000,
+            weight_soft_fraction: 0.8,
+            weight_window: Duration::from_secs(60),
+            weight_header: "x-mbx-used-weight-1m".into(),
+            max_retries: 5,
+            retry_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            max_retry_after: Duration::from_secs(600),
+            default_retry_after: Duration::from_secs(60),
+            user_agent: concat!("auroraq-binance/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+impl RestConfig {
+    pub fn with_base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = url.into();
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.base_url.starts_with("https://") || self.base_url.starts_with("http://")) {
+            return Err(ConfigError::BadUrl {
+                url: self.base_url.clone(),
+                schemes: "https:// or http://",
+            });
+        }
+        if !(self.weight_soft_fraction > 0.0 && self.weight_soft_fraction <= 1.0) {
+            return Err(ConfigError::Invalid {
+                name: "weight_soft_fraction",
+                rule: "in (0, 1]",
+            });
+        }
+        if self.weight_budget == 0 {
+            return Err(ConfigError::Invalid {
+                name: "weight_budget",
+                rule: "positive",
+            });
+        }
+        if self.weight_window.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "weight_window",
+                rule: "positive",
+            });
+        }
+        Ok(())
+    }
+
+    /// The used weight at which requests start waiting for the next window.
+    pub fn soft_limit(&self) -> u32 {
+        ((self.weight_budget as f64) * self.weight_soft_fraction)
+            .floor()
+            .max(1.0) as u32
+    }
+}
+
+/// The live connector's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveConfig {
+    /// `wss://stream.binance.com:9443` (or `ws://127.0.0.1:<port>` for a loopback server).
+    pub ws_base: String,
+    /// The name events carry as `exchange`/`source` and topics use: `binance`, `binance.us`,
+    /// `binance-testnet`, ...
+    pub exchange: String,
+    /// Upper-case symbols (`BTCUSDT`).
+    pub symbols: Vec<String>,
+    pub streams: Vec<StreamKind>,
+    pub rest: RestConfig,
+    /// Between reconnects after errors, closes and EOFs.
+    pub reconnect: Backoff,
+    /// A connection is replaced (new one opened, then the old one closed) after this long,
+    /// before Binance's 24-hour cut.
+    pub roll_after: Duration,
+    /// During a roll, the old connection is still read this long after the new one is open, so
+    /// nothing falls between them (re-sent events de-duplicate by id).
+    pub roll_overlap: Duration,
+    /// No frame at all (data or ping) for this long: the connection is dead; reconnect.
+    pub idle_timeout: Duration,
+    /// TCP + TLS + WebSocket handshake.
+    pub connect_timeout: Duration,
+    /// `limit` of `/api/v3/depth` snapshots (weight 50 up to 1000, 250 up to 5000).
+    pub depth_limit: u32,
+    /// Depth diffs buffered per symbol while waiting for a snapshot.
+    pub max_buffer: usize,
+    /// Wait before asking again for a snapshot that was too old or failed.
+    pub snapshot_retry: Duration,
+    /// Events published in one batch at most...
+    pub batch_max: usize,
+    /// ...and held at most this long before publishing.
+    pub batch_linger: Duration,
+    /// Dead letters go to `dlq.<dead_letter_stage>`.
+    pub dead_letter_stage: String,
+}
+
+impl LiveConfig {
+    /// Binance's endpoints and defaults for `symbols` and `streams`.
+    pub fn new(symbols: Vec<String>, streams: Vec<StreamKind>) -> Self {
+        LiveConfig {
+            ws_base: DEFAULT_WS_BASE.into(),
+            exchange: "binance".into(),
+            symbols: symbols.into_iter().map(|s| s.to_ascii_uppercase()).collect(),
+            streams,
+            rest: RestConfig::default(),
+            reconnect: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            roll_after: Duration::from_secs(23 * 3600),
+            roll_overlap: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            depth_limit: 1000,
+            max_buffer: 1000,
+            snapshot_retry: Duration::from_secs(1),
+            batch_max: 500,
+            batch_linger: Duration::from_millis(20),
+            dead_letter_stage: "binance".into(),
+        }
+    }
+
+    /// Points the connector at other endpoints (a loopback server, binance.us, the testnet).
+    pub fn with_endpoints(mut self, ws_base: impl Into<String>, rest_base: impl Into<String>) -> Self {
+        self.ws_base = ws_base.into();
+        self.rest.base_url = rest_base.into();
+        self
+    }
+
+    /// Names the exchange in events and topics.
+    pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// The combined-stream names, symbol-major: `btcusdt@trade`, `btcusdt@depth@100ms`, ...
+    pub fn stream_names(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.symbols.len() * self.streams.len());
+        for s in &self.symbols {
+            let lower = s.to_ascii_lowercase();
+            for k in &self.streams {
+                out.push(format!("{lower}@{}", k.suffix()));
+            }
+        }
+        out
+    }
+
+    /// `<ws_base>/stream?streams=a/b/c`.
+    pub fn url(&self) -> String {
+        format!(
+            "{}/stream?streams={}",
+            self.ws_base.trim_end_matches('/'),
+            self.stream_names().join("/")
+        )
+    }
+
+    pub fn wants_depth(&self) -> bool {
+        self.streams.contains(&StreamKind::Depth)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.symbols.is_empty() {
+            return Err(ConfigError::NoSymbols);
+        }
+        if self.streams.is_empty() {
+            return Err(ConfigError::NoStreams);
+        }
+        for s in &self.symbols {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(ConfigError::BadSymbol(s.clone()));
+            }
+        }
+        let n = self.symbols.len() * self.streams.len();
+        if n > MAX_STREAMS_PER_CONNECTION {
+            return Err(ConfigError::TooManyStreams(n));
+        }
+        if !(self.ws_base.starts_with("wss://") || self.ws_base.starts_with("ws://")) {
+            return Err(ConfigError::BadUrl {
+                url: self.ws_base.clone(),
+                schemes: "wss:// or ws://",
+            });
+        }
+        if self.exchange.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "exchange",
+                rule: "a non-empty name",
+            });
+        }
+        if self.idle_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "idle_timeout/connect_timeout",
+                rule: "positive",
+            });
+        }
+        if self.roll_after.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "roll_after",
+                rule: "positive",
+            });
+        }
+        if self.batch_max == 0 {
+            return Err(ConfigError::Invalid {
+                name: "batch_max",
+                rule: "positive",
+            });
+        }
+        if self.depth_limit == 0 || self.depth_limit > 5000 {
+            return Err(ConfigError::Invalid {
+                name: "depth_limit",
+                rule: "in 1..=5000",
+            });
+        }
+        self.rest.validate()
+    }
+}
+
+/// What to backfill: klines of one symbol and interval over `[from, to)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackfillConfig {
+    pub rest: RestConfig,
+    /// Events' `exchange`/`source`.
+    pub exchange: String,
+    /// Upper-case symbol.
+    pub symbol: String,
+    pub interval: Interval,
+    /// First open time wanted, epoch microseconds (rounded to milliseconds for Binance).
+    pub from: Micros,
+    /// End of the range (exclusive), epoch microseconds.
+    pub to: Micros,
+    /// Bars per request (Binance's maximum is 1000).
+    pub page_limit: u32,
+    /// A small JSON file holding the next start time, written after each published page and
+    /// read on start, so that a stopped backfill resumes where it was.
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl BackfillConfig {
+    pub fn new(symbol: &str, interval: Interval, from: Micros, to: Micros) -> Self {
+        BackfillConfig {
+            rest: RestConfig::default(),
+            exchange: "binance".into(),
+            symbol: symbol.trim().to_ascii_uppercase(),
+            interval,
+            from,
+            to,
+            page_limit: 1000,
+            checkpoint: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.symbol.is_empty() || !self.symbol.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ConfigError::BadSymbol(self.symbol.clone()));
+        }
+        if self.to <= self.from {
+            return Err(ConfigError::Invalid {
+                name: "to",
+                rule: "after from",
+            });
+        }
+        if self.page_limit == 0 || self.page_limit > 1000 {
+            return Err(ConfigError::Invalid {
+                name: "page_limit",
+                rule: "in 1..=1000",
+            });
+        }
+        if self.exchange.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "exchange",
+                rule: "a non-empty name",
+            });
+        }
+        self.rest.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_and_url() {
+        let streams = parse_streams("trade, kline_1m,bookTicker,depth,trade").expect("parses");
+        assert_eq!(streams.len(), 4, "duplicates dropped");
+        let cfg = LiveConfig::new(parse_symbols("btcusdt,ETHUSDT").expect("symbols"), streams);
+        assert_eq!(cfg.symbols, vec!["BTCUSDT", "ETHUSDT"]);
+        assert_eq!(
+            cfg.url(),
+            "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/btcusdt@kline_1m/btcusdt@bookTicker/\
+             btcusdt@depth@100ms/ethusdt@trade/ethusdt@kline_1m/ethusdt@bookTicker/ethusdt@depth@100ms"
+        );
+        assert!(cfg.validate().is_ok());
+        assert!(matches!(
+            parse_streams("kline_7m"),
+            Err(ConfigError::UnknownInterval(_))
+        ));
+        assert!(matches!(
+            parse_streams("depth20"),
+            Err(ConfigError::UnknownStream(_))
+        ));
+        assert_eq!(parse_streams(" , "), Err(ConfigError::NoStreams));
+        assert!(matches!(
+            parse_symbols("btc/usdt"),
+            Err(ConfigError::BadSymbol(_))
+        ));
+        let mut bad = cfg.clone();
+        bad.ws_base = "https://x".into();
+        assert!(matches!(bad.validate(), Err(ConfigError::BadUrl { .. })));
+        let many = LiveConfig::new(
+            (0..300).map(|i| format!("S{i}")).collect(),
+            parse_streams("trade,depth,bookTicker,aggTrade").expect("s"),
+        );
+        assert_eq!(many.validate(), Err(ConfigError::TooManyStreams(1200)));
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(Interval::parse("1m").expect("1m").millis(), Some(60_000));
+        assert_eq!(Interval::parse("12h").expect("12h").millis(), Some(43_200_000));
+        assert_eq!(Interval::parse("1w").expect("1w").millis(), Some(604_800_000));
+        assert_eq!(Interval::parse("1M").expect("1M").millis(), None);
+        assert!(Interval::parse("2m").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_within_bounds() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        assert_eq!(b.ceiling(0), Duration::from_millis(100));
+        assert_eq!(b.ceiling(3), Duration::from_millis(800));
+        assert_eq!(b.ceiling(10), Duration::from_secs(2));
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(2));
+        let mut distinct = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let d = b.delay(2);
+            assert!(
+                d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
+                "{d:?}"
+            );
+            distinct.insert(d);
+        }
+        assert!(distinct.len() > 1, "jittered");
+    }
+
+    #[test]
+    fn soft_limit() {
+        assert_eq!(RestConfig::default().soft_limit(), 4800);
+    }
+}

@@ -1,0 +1,617 @@
+//! Binance market-data frames into AuroraQ events.
+//!
+//! A combined-stream frame is `{"stream":"<symbol>@<kind>","data":{...}}`. [`Decoder::frame`]
+//! reads it in one pass: the `stream` name picks the payload type, and `data` is deserialized
+//! straight into a borrowed struct of that type (prices stay `&str` until [`Dec::parse`] makes
+//! them exact decimals). Fields Binance adds later are ignored; fields it drops are not needed
+//! (the `trade` event lost `b`/`a`). A frame that does not parse, has an unknown stream kind, or
+//! carries a price that is not a finite decimal is an error, never a panic.
+
+use std::fmt;
+
+use auroraq_schemas::{BookTicker, Dec, Kline, Level, Meta, Micros, Side, TradeTick};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame is not valid JSON of the expected shape: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("frame has no \"stream\" field")]
+    NoStream,
+    #[error("frame has no \"data\" field")]
+    NoData,
+    #[error("unknown stream kind in {0:?}")]
+    UnknownStream(String),
+    #[error("field {field}: {value:?} is not a finite decimal")]
+    BadDecimal { field: &'static str, value: String },
+    #[error("field {field}: {value} is out of range")]
+    OutOfRange { field: &'static str, value: i64 },
+}
+
+/// A depth diff (`depthUpdate`) before the order-book sync rules decide what to do with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DepthDiff {
+    pub symbol: String,
+    /// `U`: first update id in the event.
+    pub first_update_id: i64,
+    /// `u`: final update id in the event.
+    pub final_update_id: i64,
+    /// `E`, in microseconds.
+    pub event_time: Micros,
+    /// When AuroraQ received it.
+    pub ts_ingest: Micros,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+/// A depth snapshot (REST `/api/v3/depth`, or a partial-depth stream payload).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DepthSnapshot {
+    pub symbol: String,
+    pub last_update_id: i64,
+    /// When it was received.
+    pub ts_ingest: Micros,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+/// One decoded frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MarketEvent {
+    Trade(TradeTick),
+    Kline(Kline),
+    Ticker(BookTicker),
+    /// Goes through [`crate::book::BookSync`] before it becomes a `BookUpdate`.
+    Depth(DepthDiff),
+    /// A stream kind AuroraQ reads but does not publish (24hr tickers and the like).
+    Ignored(&'static str),
+}
+
+/// Stream kinds the decoder knows, from the part of the stream name after `@`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamKind {
+    Trade,
+    AggTrade,
+    Kline,
+    BookTicker,
+    Depth,
+    Other(&'static str),
+}
+
+fn stream_kind(stream: &str) -> Option<StreamKind> {
+    let (_, rest) = stream.split_once('@')?;
+    let kind = rest.split('@').next().unwrap_or(rest);
+    Some(match kind {
+        "trade" => StreamKind::Trade,
+        "aggTrade" => StreamKind::AggTrade,
+        "bookTicker" => StreamKind::BookTicker,
+        "depth" => StreamKind::Depth,
+        k if k.starts_with("kline_") => StreamKind::Kline,
+        "ticker" => StreamKind::Other("24hrTicker"),
+        "miniTicker" => StreamKind::Other("24hrMiniTicker"),
+        k if k.starts_with("depth5") || k.starts_with("depth10") || k.starts_with("depth20") => {
+            StreamKind::Other("partialDepth")
+        }
+        _ => return None,
+    })
+}
+
+#[derive(Deserialize)]
+struct RawTrade<'a> {
+    #[serde(rename = "s")]
+    symbol: &'a str,
+    #[serde(rename = "t")]
+    id: i64,
+    #[serde(rename = "p")]
+    price: &'a str,
+    #[serde(rename = "q")]
+    qty: &'a str,
+    #[serde(rename = "T")]
+    time: i64,
+    #[serde(rename = "m")]
+    buyer_is_maker: bool,
+}
+
+#[derive(Deserialize)]
+struct RawAggTrade<'a> {
+    #[serde(rename = "s")]
+    symbol: &'a str,
+    #[serde(rename = "a")]
+    id: i64,
+    #[serde(rename = "p")]
+    price: &'a str,
+    #[serde(rename = "q")]
+    qty: &'a str,
+    #[serde(rename = "T")]
+    time: i64,
+    #[serde(rename = "m")]
+    buyer_is_maker: bool,
+}
+
+#[derive(Deserialize)]
+struct RawKlineFrame<'a> {
+    #[serde(rename = "E")]
+    event_time: i64,
+    #[serde(rename = "s")]
+    symbol: &'a str,
+    #[serde(rename = "k", borrow)]
+    k: RawKline<'a>,
+}
+
+#[derive(Deserialize)]
+struct RawKline<'a> {
+    #[serde(rename = "t")]
+    open_time: i64,
+    #[serde(rename = "T")]
+    close_time: i64,
+    #[serde(rename = "i")]
+    interval: &'a str,
+    #[serde(rename = "o")]
+    open: &'a str,
+    #[serde(rename = "h")]
+    high: &'a str,
+    #[serde(rename = "l")]
+    low: &'a str,
+    #[serde(rename = "c")]
+    close: &'a str,
+    #[serde(rename = "v")]
+    volume: &'a str,
+    #[serde(rename = "q")]
+    quote_volume: Option<&'a str>,
+    #[serde(rename = "n")]
+    trades: Option<i64>,
+    #[serde(rename = "x")]
+    closed: bool,
+}
+
+#[derive(Deserialize)]
+struct RawBookTicker<'a> {
+    #[serde(rename = "u")]
+    update_id: Option<i64>,
+    #[serde(rename = "s")]
+    symbol: &'a str,
+    #[serde(rename = "b")]
+    bid: &'a str,
+    #[serde(rename = "B")]
+    bid_qty: &'a str,
+    #[serde(rename = "a")]
+    ask: &'a str,
+    #[serde(rename = "A")]
+    ask_qty: &'a str,
+}
+
+#[derive(Deserialize)]
+struct RawDepth<'a> {
+    #[serde(rename = "E")]
+    event_time: i64,
+    #[serde(rename = "s")]
+    symbol: &'a str,
+    #[serde(rename = "U")]
+    first: i64,
+    #[serde(rename = "u")]
+    last: i64,
+    #[serde(rename = "b", borrow)]
+    bids: Vec<[&'a str; 2]>,
+    #[serde(rename = "a", borrow)]
+    asks: Vec<[&'a str; 2]>,
+}
+
+#[derive(Deserialize)]
+struct RawSnapshot<'a> {
+    #[serde(rename = "lastUpdateId")]
+    last_update_id: i64,
+    #[serde(borrow)]
+    bids: Vec<[&'a str; 2]>,
+    #[serde(borrow)]
+    asks: Vec<[&'a str; 2]>,
+}
+
+/// The payload of one frame, borrowed from the frame's text.
+enum Payload<'a> {
+    Trade(RawTrade<'a>),
+    AggTrade(RawAggTrade<'a>),
+    Kline(RawKlineFrame<'a>),
+    Ticker(RawBookTicker<'a>),
+    Depth(RawDepth<'a>),
+    Other(&'static str),
+}
+
+/// `data` deserialized by the kind its stream name gave.
+struct PayloadSeed(StreamKind);
+
+impl<'de> DeserializeSeed<'de> for PayloadSeed {
+    type Value = Payload<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Payload<'de>, D::Error> {
+        Ok(match self.0 {
+            StreamKind::Trade => Payload::Trade(RawTrade::deserialize(d)?),
+            StreamKind::AggTrade => Payload::AggTrade(RawAggTrade::deserialize(d)?),
+            StreamKind::Kline => Payload::Kline(RawKlineFrame::deserialize(d)?),
+            StreamKind::BookTicker => Payload::Ticker(RawBookTicker::deserialize(d)?),
+            StreamKind::Depth => Payload::Depth(RawDepth::deserialize(d)?),
+            StreamKind::Other(name) => {
+                IgnoredAny::deserialize(d)?;
+                Payload::Other(name)
+            }
+        })
+    }
+}
+
+/// A combined-stream frame, read in one pass when `stream` comes before `data` (as Binance
+/// sends it); otherwise `data` is kept raw and read once `stream` is known.
+struct Frame<'a> {
+    stream: &'a str,
+    payload: Payload<'a>,
+}
+
+impl<'de> Deserialize<'de> for Frame<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Frame<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a combined-stream frame {\"stream\":..,\"data\":{..}}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Frame<'de>, A::Error> {
+                let mut stream: Option<&'de str> = None;
+                let mut payload: Option<Payload<'de>> = None;
+                let mut raw: Option<&'de RawValue> = None;
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "stream" => stream = Some(map.next_value()?),
+                        "data" => match stream {
+                            Some(s) => {
+                                let kind = stream_kind(s).ok_or_else(|| {
+                                    de::Error::custom(format!("unknown stream kind in {s:?}"))
+                                })?;
+                                payload = Some(map.next_value_seed(PayloadSeed(kind))?);
+                            }
+                            None => raw = Some(map.next_value()?),
+                        },
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                let stream = stream.ok_or_else(|| de::Error::missing_field("stream"))?;
+                let payload = match (payload, raw) {
+                    (Some(p), _) => p,
+                    (None, Some(raw)) => {
+                        let kind = stream_kind(stream)
+                            .ok_or_else(|| de::Error::custom(format!("unknown stream kind in {stream:?}")))?;
+                        let mut de = serde_json::Deserializer::from_str(raw.get());
+                        PayloadSeed(kind)
+                            .deserialize(&mut de)
+                            .map_err(de::Error::custom)?
+                    }
+                    (None, None) => return Err(de::Error::missing_field("data")),
+                };
+                Ok(Frame { stream, payload })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn dec(field: &'static str, s: &str) -> Result<Dec, DecodeError> {
+    Dec::parse(s).map_err(|_| DecodeError::BadDecimal {
+        field,
+        value: s.chars().take(64).collect(),
+    })
+}
+
+fn levels(field: &'static str, raw: &[[&str; 2]]) -> Result<Vec<Level>, DecodeError> {
+    raw.iter()
+        .map(|[p, q]| {
+            Ok(Level {
+                price: dec(field, p)?,
+                quantity: dec(field, q)?,
+            })
+        })
+        .collect()
+}
+
+/// Milliseconds (Binance) to microseconds (AuroraQ), refusing values that would overflow.
+fn ms(field: &'static str, v: i64) -> Result<Micros, DecodeError> {
+    v.checked_mul(1000)
+        .ok_or(DecodeError::OutOfRange { field, value: v })
+}
+
+/// Decodes frames for one exchange name (`binance`, `binance.us`, `binance-testnet`, ...),
+/// which becomes the events' `exchange` and `source`.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    exchange: String,
+}
+
+impl Decoder {
+    pub fn new(exchange: &str) -> Self {
+        Decoder {
+            exchange: exchange.to_owned(),
+        }
+    }
+
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// Decodes one combined-stream text frame received at `ts_ingest` (µs).
+    pub fn frame(&self, text: &str, ts_ingest: Micros) -> Result<MarketEvent, DecodeError> {
+        let frame: Frame<'_> = serde_json::from_str(text).map_err(|e| classify(e, text))?;
+        self.payload(frame.stream, frame.payload, ts_ingest)
+    }
+
+    fn payload(&self, stream: &str, p: Payload<'_>, ts_ingest: Micros) -> Result<MarketEvent, DecodeError> {
+        let ex = self.exchange.as_str();
+        Ok(match p {
+            Payload::Trade(t) => {
+                let ts = ms("T", t.time)?;
+                MarketEvent::Trade(TradeTick {
+                    meta: Meta::raw("TradeTick", ex, &format!("{}:t{}", t.symbol, t.id), ts, ts_ingest),
+                    exchange: ex.to_owned(),
+                    symbol: t.symbol.to_owned(),
+                    trade_id: t.id.to_string(),
+                    price: dec("p", t.price)?,
+                    quantity: dec("q", t.qty)?,
+                    aggressor: aggressor(t.buyer_is_maker),
+                    aggregated: false,
+                })
+            }
+            Payload::AggTrade(t) => {
+                let ts = ms("T", t.time)?;
+                MarketEvent::Trade(TradeTick {
+                    meta: Meta::raw("TradeTick", ex, &format!("{}:a{}", t.symbol, t.id), ts, ts_ingest),
+                    exchange: ex.to_owned(),
+                    symbol: t.symbol.to_owned(),
+                    trade_id: t.id.to_string(),
+                    price: dec("p", t.price)?,
+                    quantity: dec("q", t.qty)?,
+                    aggressor: aggressor(t.buyer_is_maker),
+                    aggregated: true,
+                })
+            }
+            Payload::Kline(f) => {
+                let k = f.k;
+                let ts = ms("E", f.event_time)?;
+                let native = format!("{}:{}:{}:{}", f.symbol, k.interval, k.open_time, f.event_time);
+                MarketEvent::Kline(Kline {
+                    meta: Meta::raw("Kline", ex, &native, ts, ts_ingest),
+                    exchange: ex.to_owned(),
+                    symbol: f.symbol.to_owned(),
+                    interval: k.interval.to_owned(),
+                    open_time: ms("t", k.open_time)?,
+                    close_time: ms("T", k.close_time)?,
+                    open: dec("o", k.open)?,
+                    high: dec("h", k.high)?,
+                    low: dec("l", k.low)?,
+                    close: dec("c", k.close)?,
+                    volume: dec("v", k.volume)?,
+                    quote_volume: k.quote_volume.map(|q| dec("q", q)).transpose()?,
+                    trades: k.trades,
+                    closed: k.closed,
+                })
+            }
+            Payload::Ticker(t) => {
+                // bookTicker carries no event time: the receive time stands in for it.
+                let native = match t.update_id {
+                    Some(u) => format!("{}:u{u}", t.symbol),
+                    None => format!("{}:r{ts_ingest}:{}:{}", t.symbol, t.bid, t.ask),
+                };
+                MarketEvent::Ticker(BookTicker {
+                    meta: Meta::raw("BookTicker", ex, &native, ts_ingest, ts_ingest),
+                    exchange: ex.to_owned(),
+                    symbol: t.symbol.to_owned(),
+                    update_id: t.update_id,
+                    bid_price: dec("b", t.bid)?,
+                    bid_qty: dec("B", t.bid_qty)?,
+                    ask_price: dec("a", t.ask)?,
+                    ask_qty: dec("A", t.ask_qty)?,
+                })
+            }
+            Payload::Depth(d) => MarketEvent::Depth(DepthDiff {
+                symbol: d.symbol.to_owned(),
+                first_update_id: d.first,
+                final_update_id: d.last,
+                event_time: ms("E", d.event_time)?,
+                ts_ingest,
+                bids: levels("b", &d.bids)?,
+                asks: levels("a", &d.asks)?,
+            }),
+            Payload::Other(name) => {
+                let _ = stream;
+                MarketEvent::Ignored(name)
+            }
+        })
+    }
+}
+
+fn aggressor(buyer_is_maker: bool) -> Side {
+    // The buyer was the maker, so the seller took liquidity.
+    if buyer_is_maker {
+        Side::Sell
+    } else {
+        Side::Buy
+    }
+}
+
+/// Turns serde's message for our custom errors back into the typed variants where it can.
+fn classify(e: serde_json::Error, text: &str) -> DecodeError {
+    let msg = e.to_string();
+    if msg.starts_with("unknown stream kind in ") {
+        let stream = msg
+            .trim_start_matches("unknown stream kind in ")
+            .split(" at line")
+            .next()
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_owned();
+        return DecodeError::UnknownStream(stream);
+    }
+    if msg.starts_with("missing field `stream`") && !text.is_empty() {
+        return DecodeError::NoStream;
+    }
+    if msg.starts_with("missing field `data`") {
+        return DecodeError::NoData;
+    }
+    DecodeError::Json(e)
+}
+
+/// Parses a REST `/api/v3/depth` body (or a partial-depth payload) for `symbol`.
+pub fn snapshot(symbol: &str, body: &str, ts_ingest: Micros) -> Result<DepthSnapshot, DecodeError> {
+    let raw: RawSnapshot<'_> = serde_json::from_str(body)?;
+    Ok(DepthSnapshot {
+        symbol: symbol.to_ascii_uppercase(),
+        last_update_id: raw.last_update_id,
+        ts_ingest,
+        bids: levels("bids", &raw.bids)?,
+        asks: levels("asks", &raw.asks)?,
+    })
+}
+
+/// One row of REST `/api/v3/klines`: a 12-element array, prices as strings.
+#[derive(Deserialize)]
+struct RawRestKline<'a>(
+    i64,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    &'a str,
+    i64,
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+);
+
+/// Parses a REST `/api/v3/klines` body into closed klines (a row whose close time is after
+/// `now` is the open candle and is marked `closed: false`).
+pub fn rest_klines(
+    exchange: &str,
+    symbol: &str,
+    interval: &str,
+    body: &str,
+    now: Micros,
+) -> Result<Vec<Kline>, DecodeError> {
+    let rows: Vec<RawRestKline<'_>> = serde_json::from_str(body)?;
+    let symbol = symbol.to_ascii_uppercase();
+    rows.into_iter()
+        .map(|r| {
+            let open_time = ms("openTime", r.0)?;
+            let close_time = ms("closeTime", r.6)?;
+            // A backfilled bar's id is its symbol, interval and open time (and "final"), so a
+            // re-run of the same range de-duplicates.
+            let native = format!("{symbol}:{interval}:{}:final", r.0);
+            Ok(Kline {
+                meta: Meta::raw("Kline", exchange, &native, close_time, now),
+                exchange: exchange.to_owned(),
+                symbol: symbol.clone(),
+                interval: interval.to_owned(),
+                open_time,
+                close_time,
+                open: dec("open", r.1)?,
+                high: dec("high", r.2)?,
+                low: dec("low", r.3)?,
+                close: dec("close", r.4)?,
+                volume: dec("volume", r.5)?,
+                quote_volume: Some(dec("quoteVolume", r.7)?),
+                trades: Some(r.8),
+                closed: close_time < now,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRADE: &str = r#"{"stream":"bnbbtc@trade","data":{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}}"#;
+
+    #[test]
+    fn trade_frame() {
+        let d = Decoder::new("binance");
+        let MarketEvent::Trade(t) = d.frame(TRADE, 7).expect("decodes") else {
+            panic!("not a trade")
+        };
+        assert_eq!(t.symbol, "BNBBTC");
+        assert_eq!(t.trade_id, "12345");
+        assert_eq!(t.price.to_string(), "0.001");
+        assert_eq!(t.quantity.to_string(), "100");
+        assert_eq!(t.aggressor, Side::Sell);
+        assert_eq!(t.meta.ts_event, 1_672_515_782_136_000);
+        assert_eq!(t.meta.ts_ingest, 7);
+        assert_eq!(
+            d.frame(TRADE, 9).expect("again").into_meta_id(),
+            t.meta.event_id,
+            "same trade, same id"
+        );
+    }
+
+    #[test]
+    fn data_before_stream_still_decodes() {
+        let text = r#"{"data":{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"},"stream":"bnbusdt@bookTicker"}"#;
+        let MarketEvent::Ticker(t) = Decoder::new("binance").frame(text, 1).expect("decodes") else {
+            panic!("not a ticker")
+        };
+        assert_eq!(t.update_id, Some(400900217));
+        assert_eq!(t.ask_price.to_string(), "25.36520000");
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let d = Decoder::new("binance");
+        assert!(matches!(d.frame("", 0), Err(DecodeError::Json(_))));
+        assert!(matches!(d.frame(&TRADE[..40], 0), Err(DecodeError::Json(_))));
+        assert!(matches!(d.frame(r#"{"data":{}}"#, 0), Err(DecodeError::NoStream)));
+        assert!(matches!(
+            d.frame(r#"{"stream":"x@trade"}"#, 0),
+            Err(DecodeError::NoData)
+        ));
+        assert!(matches!(
+            d.frame(r#"{"stream":"x@weird","data":{}}"#, 0),
+            Err(DecodeError::UnknownStream(s)) if s == "x@weird"
+        ));
+        let nan = TRADE.replace("\"0.001\"", "\"NaN\"");
+        assert!(matches!(
+            d.frame(&nan, 0),
+            Err(DecodeError::BadDecimal { field: "p", .. })
+        ));
+        let yes = TRADE.replace("\"m\":true", "\"m\":\"yes\"");
+        assert!(matches!(d.frame(&yes, 0), Err(DecodeError::Json(_))));
+        let huge = TRADE.replace("\"T\":1672515782136", "\"T\":9223372036854775807");
+        assert!(matches!(d.frame(&huge, 0), Err(DecodeError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let text = TRADE.replace("\"M\":true", "\"M\":true,\"b\":88,\"a\":50,\"new\":{\"x\":[1,2]}");
+        assert!(matches!(
+            Decoder::new("binance").frame(&text, 0),
+            Ok(MarketEvent::Trade(_))
+        ));
+    }
+
+    #[test]
+    fn rest_klines_parse() {
+        let body = r#"[[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",1499644799999,"2434.19055334",308,"1756.87402397","28.46694368","0"]]"#;
+        let k = rest_klines("binance", "bnbbtc", "1d", body, 1_800_000_000_000_000).expect("parses");
+        assert_eq!(k.len(), 1);
+        assert_eq!(k[0].symbol, "BNBBTC");
+        assert_eq!(k[0].high.to_string(), "0.80000000");
+        assert_eq!(k[0].trades, Some(308));
+        assert!(k[0].closed);
+    }
+
+    impl MarketEvent {
+        fn into_meta_id(self) -> String {
+            match self {
+                MarketEvent::Trade(t) => t.meta.event_id,
+                _ => String::new(),
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Binance connector: market data from Binance's WebSocket combined streams and REST API,
+//! decoded into AuroraQ events with exact prices, and local order books kept by Binance's
+//! documented sync rules.
+//!
+//! - [`decode`]: frames and REST bodies into events ([`Decoder`], [`decode::snapshot`],
+//!   [`decode::rest_klines`]).
+//! - [`book`]: the order-book sync per symbol ([`BookSync`]), shared by the live connector and
+//!   the replay of recorded captures.
+//! - [`connector`]: the live connector ([`LiveConnector`], [`run_live`]): combined streams,
+//!   pings, reconnects with backoff, 24-hour rolls, order books with REST snapshots, dead
+//!   letters, batched publishing, statuses on `feeds.status.<exchange>`.
+//! - [`rest`]: the REST client ([`RestClient`]) that keeps to the request-weight budget and
+//!   honours `Retry-After`.
+//! - [`backfill`]: klines over a time range, paginated and resumable ([`backfill()`]).
+//! - [`config`]: the settings of all three, with Binance's defaults.
+
+pub mod backfill;
+pub mod book;
+pub mod config;
+pub mod connector;
+pub mod decode;
+pub mod rest;
+pub mod stream;
+pub mod time;
+
+pub use backfill::{backfill, BackfillError, BackfillProgress, BackfillReport, Checkpoint};
+pub use book::{BookSync, OrderBook, SyncCounts, SyncOutput};
+pub use config::{
+    parse_streams, parse_symbols, BackfillConfig, Backoff, ConfigError, Interval, LiveConfig, RestConfig,
+    StreamKind, DEFAULT_REST_BASE, DEFAULT_WS_BASE,
+};
+pub use connector::{run_live, ConnectorError, LiveConnector, LiveStats, StatsHandle};
+pub use decode::{DecodeError, Decoder, DepthDiff, DepthSnapshot, MarketEvent};
+pub use rest::{RestClient, RestCounters, RestError};
+pub use stream::ConnectError;
+pub use time::parse_time;

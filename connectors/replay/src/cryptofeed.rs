@@ -1,0 +1,253 @@
+//! Binance captures in cryptofeed's recording format.
+//!
+//! cryptofeed writes one file per connection: `<EXCHANGE>.ws.<n>.<m>` holds the WebSocket
+//! traffic, a first line `<url> <-> <open_ts>` and then `<recv_ts>: <frame>` per frame;
+//! `<EXCHANGE>.http.<n>.<m>` holds the REST calls made alongside, `<url> -> <recv_ts>: <body>`
+//! (for Binance: the `/api/v3/depth` snapshots the order-book sync needs). Timestamps are epoch
+//! seconds with a fraction.
+//!
+//! The reader merges both by receive time and drives the same decoder and order-book sync as the
+//! live connector: frames become events, depth diffs go through [`BookSync`] (buffered until
+//! their snapshot, stale ones dropped, gaps reported), so a replay publishes what the live run
+//! published.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use auroraq_binance::{BookSync, Decoder, MarketEvent, SyncOutput};
+use auroraq_schemas::{AnyEvent, FeedState, FeedStatus, Meta, Micros};
+
+use crate::recorded::{letter, ReadError};
+
+/// What one capture line is.
+enum Item<'a> {
+    Open { url: &'a str },
+    Frame { text: &'a str },
+    Snapshot { symbol: String, body: &'a str },
+}
+
+struct Line<'a> {
+    ts: Micros,
+    file: usize,
+    line: u64,
+    item: Item<'a>,
+}
+
+/// Seconds with a fraction (`1633998512.0633569`) to microseconds.
+fn seconds(s: &str) -> Option<Micros> {
+    let s = s.trim();
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let whole: i64 = whole.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+    let micros: i64 = digits.parse().ok()?;
+    whole.checked_mul(1_000_000)?.checked_add(micros)
+}
+
+fn query_symbol(url: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    q.split('&')
+        .find_map(|kv| kv.strip_prefix("symbol="))
+        .map(|s| s.to_ascii_uppercase())
+}
+
+/// The `.http.` files beside a `.ws.` capture (`BINANCE.ws.1.0` → `BINANCE.http.*`).
+pub fn sibling_http_files(ws: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (ws.parent(), ws.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let Some((exchange, _)) = name.split_once(".ws.") else {
+        return Vec::new();
+    };
+    let prefix = format!("{exchange}.http.");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
+    .into_iter()
+    .flatten()
+    .flatten()
+    .map(|e| e.path())
+    .filter(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&prefix))
+    })
+    .collect();
+    out.sort();
+    out
+}
+
+/// Which exchange a capture is from, by its file name (`BINANCE.ws.1.0` → `binance`).
+fn exchange_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let (ex, _) = name.split_once('.')?;
+    Some(ex.to_ascii_lowercase())
+}
+
+/// Reads cryptofeed capture files (`.ws.` and `.http.` ones; the `.http.` siblings of a `.ws.`
+/// file are found by name when not given) into events in receive order.
+pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
+    let mut paths: Vec<PathBuf> = files.to_vec();
+    for f in files {
+        for s in sibling_http_files(f) {
+            if !paths.contains(&s) {
+                paths.push(s);
+            }
+        }
+    }
+    let mut exchange: Option<String> = None;
+    let mut texts = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let ex = exchange_of(p).unwrap_or_default();
+        if ex != "binance" {
+            return Err(ReadError::Unsupported {
+                path: p.display().to_string(),
+                what: format!("cryptofeed captures of {ex:?}: only Binance's are read"),
+            });
+        }
+        exchange.get_or_insert(ex);
+        texts.push(std::fs::read_to_string(p).map_err(|source| ReadError::Io {
+            path: p.display().to_string(),
+            source,
+        })?);
+    }
+    let exchange = exchange.unwrap_or_else(|| "binance".into());
+    let origins: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+
+    let mut events = Vec::new();
+    let mut lines = Vec::new();
+    for (fi, text) in texts.iter().enumerate() {
+        for (li, raw) in text.lines().enumerate() {
+            let line = li as u64 + 1;
+            if raw.trim().is_empty() {
+                continue;
+            }
+            match parse_line(raw) {
+                Some((ts, item)) => lines.push(Line { ts, file: fi, line, item }),
+                None => events.push(AnyEvent::DeadLetter(letter(
+                    &origins[fi],
+                    line,
+                    "bad_record",
+                    "not a cryptofeed capture line (`<ts>: <json>`, `<url> <-> <ts>` or `<url> -> <ts>: <body>`)",
+                    raw.as_bytes(),
+                    0,
+                ))),
+            }
+        }
+    }
+    // Receive order; ties keep file and line order.
+    lines.sort_by_key(|l| (l.ts, l.file, l.line));
+
+    let decoder = Decoder::new(&exchange);
+    let mut books: BTreeMap<String, BookSync> = BTreeMap::new();
+    for l in lines {
+        match l.item {
+            Item::Open { url } => {
+                // A (re)connect: what a book knew may have missed updates.
+                for b in books.values_mut() {
+                    b.reset();
+                }
+                events.push(AnyEvent::FeedStatus(FeedStatus {
+                    meta: Meta::raw(
+                        "FeedStatus",
+                        &exchange,
+                        &format!("connected:{}", l.ts),
+                        l.ts,
+                        l.ts,
+                    ),
+                    feed: exchange.clone(),
+                    stream: url.rsplit('/').next().unwrap_or(url).chars().take(200).collect(),
+                    symbol: None,
+                    status: FeedState::Connected,
+                    detail: format!("connected to {}", url.split('?').next().unwrap_or(url)),
+                    attributes: BTreeMap::new(),
+                }));
+            }
+            Item::Frame { text } => match decoder.frame(text, l.ts) {
+                Ok(MarketEvent::Trade(t)) => events.push(AnyEvent::TradeTick(t)),
+                Ok(MarketEvent::Kline(k)) => events.push(AnyEvent::Kline(k)),
+                Ok(MarketEvent::Ticker(t)) => events.push(AnyEvent::BookTicker(t)),
+                Ok(MarketEvent::Depth(d)) => {
+                    let sync = books
+                        .entry(d.symbol.clone())
+                        .or_insert_with(|| BookSync::new(&exchange, &d.symbol, 10_000));
+                    push_sync(&mut events, sync.on_diff(d));
+                }
+                Ok(MarketEvent::Ignored(_)) => {}
+                Err(e) => events.push(AnyEvent::DeadLetter(letter(
+                    &origins[l.file],
+                    l.line,
+                    "decode_error",
+                    &e.to_string(),
+                    text.as_bytes(),
+                    l.ts,
+                ))),
+            },
+            Item::Snapshot { symbol, body } => match auroraq_binance::decode::snapshot(&symbol, body, l.ts) {
+                Ok(snap) => {
+                    let sync = books
+                        .entry(symbol.clone())
+                        .or_insert_with(|| BookSync::new(&exchange, &symbol, 10_000));
+                    push_sync(&mut events, sync.on_snapshot(snap));
+                }
+                Err(e) => events.push(AnyEvent::DeadLetter(letter(
+                    &origins[l.file],
+                    l.line,
+                    "decode_error",
+                    &e.to_string(),
+                    body.as_bytes(),
+                    l.ts,
+                ))),
+            },
+        }
+    }
+    Ok(events)
+}
+
+fn push_sync(events: &mut Vec<AnyEvent>, out: Vec<SyncOutput>) {
+    for o in out {
+        events.push(match o {
+            SyncOutput::Update(u) => AnyEvent::BookUpdate(u),
+            SyncOutput::Status(s) => AnyEvent::FeedStatus(s),
+        });
+    }
+}
+
+fn parse_line(raw: &str) -> Option<(Micros, Item<'_>)> {
+    if let Some((url, rest)) = raw.split_once(" -> ") {
+        let (ts, body) = rest.split_once(": ")?;
+        let symbol = query_symbol(url)?;
+        return Some((seconds(ts)?, Item::Snapshot { symbol, body }));
+    }
+    if let Some((url, ts)) = raw.split_once(" <-> ") {
+        return Some((seconds(ts)?, Item::Open { url }));
+    }
+    let (ts, text) = raw.split_once(": ")?;
+    Some((seconds(ts)?, Item::Frame { text }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_keep_microseconds() {
+        assert_eq!(seconds("1633998512.0633569"), Some(1_633_998_512_063_356));
+        assert_eq!(seconds("1633998512"), Some(1_633_998_512_000_000));
+        assert_eq!(seconds("x"), None);
+        assert_eq!(seconds("1.2e3"), None);
+    }
+
+    #[test]
+    fn symbols_from_urls() {
+        assert_eq!(
+            query_symbol("https://api.binance.com/api/v3/depth?symbol=NKNUSDT&limit=1000"),
+            Some("NKNUSDT".into())
+        );
+        assert_eq!(query_symbol("https://api.binance.com/api/v3/depth"), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! The recorded formats the replay reads, how each is recognised, and loading files of any of them.
+
+use std::path::{Path, PathBuf};
+
+use auroraq_schemas::AnyEvent;
+
+use crate::bars::{read_bars, BarsOptions};
+use crate::recorded::{letter, ReadError};
+
+/// A recorded format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// CSV OHLCV bars (`market/crypto`, `market/stocks`; `.csv` or `.csv.gz`).
+    Bars,
+    /// cryptofeed's Binance capture (`<EXCHANGE>.ws.<n>.<m>` with its `.http.` snapshots).
+    Cryptofeed,
+    /// barter-data's normalised Binance JSON / JSONL.
+    Barter,
+    /// Feedly `/v3/streams/contents` responses, one JSON document per file.
+    Feedly,
+    /// News articles as JSON lines (`{"id","published","title","body",...}`, e.g. Reuters-21578).
+    News,
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] = &["bars", "cryptofeed", "barter", "feedly", "news"];
+
+    pub fn parse(name: &str) -> Option<Format> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "bars" | "csv" => Format::Bars,
+            "cryptofeed" => Format::Cryptofeed,
+            "barter" => Format::Barter,
+            "feedly" => Format::Feedly,
+            "news" | "reuters" | "jsonl" => Format::News,
+            _ => return None,
+        })
+    }
+
+    /// Guesses the format of a file from its name and, for `.json`, its first bytes.
+    pub fn detect(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        if name.contains(".ws.") || name.contains(".http.") {
+            return Some(Format::Cryptofeed);
+        }
+        if name.ends_with(".csv") || name.ends_with(".csv.gz") {
+            return Some(Format::Bars);
+        }
+        if name.ends_with(".jsonl") {
+            return Some(Format::News);
+        }
+        if name.ends_with(".json") {
+            let mut head = [0u8; 4096];
+            let n = std::io::Read::read(&mut std::fs::File::open(path).ok()?, &mut head).ok()?;
+            let head = String::from_utf8_lossy(&head[..n]);
+            if head.contains("\"Item\"") || head.contains("\"Reconnecting\"") {
+                return Some(Format::Barter);
+            }
+            if head.contains("\"items\"") || head.contains("\"continuation\"") || head.contains("\"updated\"")
+            {
+                return Some(Format::Feedly);
+            }
+        }
+        None
+    }
+}
+
+/// How to name what the files hold, where they don't say.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub bars: BarsOptions,
+    /// barter instrument indexes → symbols.
+    pub instruments: Vec<String>,
+    /// Source name of news JSONL articles (their topic is `news.articles.<source>`).
+    pub news_source: String,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            bars: BarsOptions {
+                exchange: "csv".into(),
+                symbol: None,
+                interval: None,
+            },
+            instruments: crate::barter::DEFAULT_INSTRUMENTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            news_source: "reuters".into(),
+        }
+    }
+}
+
+/// Reads recorded files into events (dead letters for records that could not be read). With
+/// `format` unset, each file's format is detected.
+pub fn load(
+    format: Option<Format>,
+    files: &[PathBuf],
+    opts: &LoadOptions,
+) -> Result<Vec<AnyEvent>, ReadError> {
+    let mut events = Vec::new();
+    let mut captures = Vec::new();
+    for f in files {
+        let fmt = match format.or_else(|| Format::detect(f)) {
+            Some(x) => x,
+            None => {
+                return Err(ReadError::Unsupported {
+                    path: f.display().to_string(),
+                    what: format!(
+                        "cannot tell its format; give --format ({})",
+                        Format::NAMES.join(", ")
+                    ),
+                })
+            }
+        };
+        match fmt {
+            Format::Bars => {
+                let bars = read_bars(f, &opts.bars)?;
+                let origin = f.display().to_string();
+                events.extend(bars.bad_rows.iter().map(|r| {
+                    AnyEvent::DeadLetter(letter(
+                        &origin,
+                        r.line,
+                        "bad_record",
+                        &r.reason,
+                        r.raw.as_bytes(),
+                        0,
+                    ))
+                }));
+                events.extend(bars.bars.into_iter().map(AnyEvent::Kline));
+            }
+            // A capture is read as a whole: its ws and http files are merged by time.
+            Format::Cryptofeed => captures.push(f.clone()),
+            Format::Barter => events.extend(crate::barter::read_barter(f, &opts.instruments)?),
+            Format::Feedly => events.extend(crate::feedly::read_feedly_file(f)?),
+            Format::News => events.extend(crate::reuters::read_news_jsonl(f, &opts.news_source)?),
+        }
+    }
+    if !captures.is_empty() {
+        events.extend(crate::cryptofeed::read_cryptofeed(&captures)?);
+    }
+    Ok(events)
+}

@@ -1,0 +1,84 @@
+//! News articles as JSON lines (the Reuters-21578 extract in `news/`):
+//! `{"id","published","title","topics","tickers","body"}` per line.
+
+use std::path::Path;
+
+use auroraq_schemas::{AnyEvent, Article, Meta};
+use serde::Deserialize;
+
+use crate::recorded::{letter, ReadError};
+use crate::time::parse_timestamp;
+
+#[derive(Deserialize)]
+struct Row {
+    id: String,
+    published: String,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    tickers: Vec<String>,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    publisher: Option<String>,
+}
+
+/// Reads a news JSONL file into article events from `source` (the article topic's last token).
+pub fn read_news_jsonl(path: &Path, source: &str) -> Result<Vec<AnyEvent>, ReadError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
+        path: origin.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String, ts| {
+            AnyEvent::DeadLetter(letter(&origin, n, "bad_record", &why, line.as_bytes(), ts))
+        };
+        let row: Row = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(bad(e.to_string(), 0));
+                continue;
+            }
+        };
+        let Some(ts) = parse_timestamp(&row.published) else {
+            out.push(bad(format!("bad published time {:?}", row.published), 0));
+            continue;
+        };
+        let body = row.body.split_whitespace().collect::<Vec<_>>().join(" ");
+        let title = row
+            .title
+            .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|t| !t.is_empty());
+        if body.is_empty() && title.is_none() {
+            out.push(bad("no title and no body".into(), ts));
+            continue;
+        }
+        let origin = row
+            .publisher
+            .or_else(|| row.id.starts_with("reuters").then(|| "Reuters".to_owned()));
+        out.push(AnyEvent::Article(Article {
+            // A recorded article has no receive time: ingest is its publication time.
+            meta: Meta::raw("Article", source, &row.id, ts, ts),
+            article_id: row.id,
+            feed: source.to_owned(),
+            title,
+            text: body,
+            url: row.url,
+            origin,
+            keywords: row.topics,
+            tickers: row.tickers,
+            ts_crawled: None,
+        }));
+    }
+    Ok(out)
+}
