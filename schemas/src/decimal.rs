@@ -80,6 +80,19 @@ impl Dec {
         Ok(Dec(Decimal::new(unscaled, scale as u32)))
     }
 
+    /// `d` as a decimal that fits the wire (an Avro decimal with a 64-bit unscaled value): at most
+    /// 8 decimal places, and fewer if the mantissa would not fit.
+    pub fn fit(d: Decimal) -> Dec {
+        let mut dp = 8;
+        loop {
+            let r = d.round_dp(dp).normalize();
+            if i64::try_from(r.mantissa()).is_ok() || dp == 0 {
+                return Dec(r);
+            }
+            dp -= 1;
+        }
+    }
+
     pub fn is_zero(self) -> bool {
         self.0.is_zero()
     }

@@ -184,7 +184,7 @@ impl Tape {
             let ts = item
                 .get("time_exchange")
                 .and_then(Value::as_str)
-                .and_then(auroraq_binance::parse_time)
+                .and_then(auroraq_replay::time::parse_timestamp)
                 .unwrap_or(0)
                 / 1000;
             let kind_text = &line[line.find("\"Trade\"").unwrap_or(0)..];

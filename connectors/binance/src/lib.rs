@@ -21,7 +21,6 @@ pub mod connector;
 pub mod decode;
 pub mod rest;
 pub mod stream;
-pub mod time;
 
 pub use backfill::{backfill, BackfillError, BackfillProgress, BackfillReport, Checkpoint};
 pub use book::{BookSync, OrderBook, SyncCounts, SyncOutput};
@@ -33,4 +32,3 @@ pub use connector::{run_live, ConnectorError, LiveConnector, LiveStats, StatsHan
 pub use decode::{DecodeError, Decoder, DepthDiff, DepthSnapshot, MarketEvent};
 pub use rest::{RestClient, RestCounters, RestError};
 pub use stream::ConnectError;
-pub use time::parse_time;

@@ -148,6 +148,13 @@ mod tests {
             parse_timestamp("2024-12-20T19:05:18.175Z"),
             Some(1_734_721_518_175_000)
         );
+        assert_eq!(parse_timestamp("2017-07-03"), Some(1_499_040_000_000_000));
+        assert_eq!(parse_timestamp("1499040000"), Some(1_499_040_000_000_000));
+        assert_eq!(parse_timestamp("2025-03-25 23:07"), Some(1_742_944_020_000_000));
+        assert_eq!(
+            parse_timestamp("2025-03-26T01:07:00+02:00"),
+            Some(1_742_944_020_000_000)
+        );
         for bad in [
             "",
             "yesterday",

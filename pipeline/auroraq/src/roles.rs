@@ -184,7 +184,8 @@ pub async fn backfill_binance(
     a: BackfillArgs,
     stop: Arc<AtomicBool>,
 ) -> Result<auroraq_binance::BackfillReport> {
-    use auroraq_binance::{parse_time, Interval};
+    use auroraq_binance::Interval;
+    use auroraq_replay::time::parse_timestamp as parse_time;
     let from = parse_time(&a.from).with_context(|| format!("--from {:?}: not a date or time", a.from))?;
     let to = parse_time(&a.to).with_context(|| format!("--to {:?}: not a date or time", a.to))?;
     if to <= from {

@@ -27,14 +27,7 @@ pub const RESET_KIND: &str = "risk_reset";
 /// A decimal for the wire: at most 8 decimal places, and fewer if the mantissa would not fit
 /// the 64 bits of the Avro decimal.
 pub fn wire(d: Decimal) -> Dec {
-    let mut dp = 8;
-    loop {
-        let r = d.round_dp(dp).normalize();
-        if i64::try_from(r.mantissa()).is_ok() || dp == 0 {
-            return Dec(r);
-        }
-        dp -= 1;
-    }
+    Dec::fit(d)
 }
 
 /// An agent as risk sees it now.

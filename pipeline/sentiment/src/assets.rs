@@ -46,6 +46,17 @@ impl AliasTable {
     }
 
     /// The assets named in the texts, or by a ticker or keyword equal to an asset or alias.
+    /// The assets an article is about: its title and text, feed keywords and tickers.
+    pub fn link_article(&self, a: &auroraq_schemas::Article) -> Vec<String> {
+        let texts: Vec<&str> = a
+            .title
+            .iter()
+            .map(String::as_str)
+            .chain([a.text.as_str()])
+            .collect();
+        self.link(&texts, &a.keywords, &a.tickers)
+    }
+
     pub fn link(&self, texts: &[&str], keywords: &[String], tickers: &[String]) -> Vec<String> {
         let mut found = BTreeSet::new();
         let tokens: Vec<String> = texts.iter().map(|t| format!(" {} ", words(t))).collect();

@@ -46,13 +46,7 @@ impl ScoreProcessor {
             .pop()
             .ok_or_else(|| HandlerError::Transient("the model returned no logits".into()))?;
         let pred = self.classifier.predict(logits);
-        let texts: Vec<&str> = a
-            .title
-            .iter()
-            .map(String::as_str)
-            .chain([a.text.as_str()])
-            .collect();
-        let mut assets = self.aliases.link(&texts, &a.keywords, &a.tickers);
+        let mut assets = self.aliases.link_article(a);
         if assets.is_empty() {
             assets = self.fallback_assets.clone();
         }

@@ -217,13 +217,7 @@ async fn publish_scores(
     let mut batch: Vec<OutMessage> = Vec::with_capacity(jobs.len());
     for (j, p) in jobs.iter().zip(&preds) {
         let a = &j.article;
-        let texts: Vec<&str> = a
-            .title
-            .iter()
-            .map(String::as_str)
-            .chain([a.text.as_str()])
-            .collect();
-        let assets = aliases.link(&texts, &a.keywords, &a.tickers);
+        let assets = aliases.link_article(a);
         let score = score_event(a, assets, p, c, j.text_truncated || j.encoded.truncated, now);
         let ev = AnyEvent::SentimentScore(score);
         let mut m = to_message(&ev).map_err(StageError::Encode)?;
