@@ -3,7 +3,9 @@
 
     OUT_DIR/model.onnx      ONNX (opset 14+), inputs input_ids / attention_mask / token_type_ids
                             (int64, [batch, sequence], both axes dynamic), output logits [batch, num_labels];
-                            int8 (dynamic quantisation, QInt8 weights) with --quantize, else fp32
+                            int8 with --quantize (static: QInt8 per-channel 7-bit weights, QUInt8 activations
+                            with calibrated constant scales, so a text's logits do not depend on its batch;
+                            --quantize dynamic: activation scales computed per run), else fp32
     OUT_DIR/tokenizer.json  the HF fast-tokenizer JSON exactly as tokenizer.save_pretrained() writes it
     OUT_DIR/config.json     the model's HF config (id2label, label2id, model_type, max_position_embeddings, ...)
                             plus "auroraq_max_length"
@@ -16,10 +18,16 @@ Examples:
     python export_hf.py ProsusAI/finbert --out-dir models/finbert --work-dir .auroraq/export/finbert --quantize
     python export_hf.py .auroraq/models/auroraq-minilm-fpb-hf --out-dir models/auroraq-minilm-fpb \\
         --work-dir .auroraq/models/auroraq-minilm-fpb-hf/onnx --quantize --eval-csv data/fpb/validation.csv
+    python export_hf.py --verify models/auroraq-minilm-fpb --eval-csv data/fpb/validation.csv \\
+        --bench --bench-baseline old/model.onnx
 
 --eval-csv takes a CSV with columns label,sentence (label names as in the model's label2id, any case) and
-reports accuracy, macro-F1, per-class F1 and the confusion matrix of the fp32 and the int8 model, and how often
-their argmax labels agree. --golden-texts FILE (UTF-8, one sentence a line) writes a golden.json with the token
+reports accuracy, macro-F1, per-class F1 and the confusion matrix of the fp32 and the int8 model, how often
+their argmax labels agree, and each model's batch invariance (batch-1 logits vs the same texts in padded
+batches of 32, sorted by length and in random order). Static quantisation calibrates on --calib-csv
+(default data/fpb/train.csv). A local directory whose config.json has "auroraq_pooling": "mean" is loaded as
+BertMeanPoolForSequenceClassification (masked mean pooling + linear head), others as the model type's HF
+sequence classifier. --golden-texts FILE (UTF-8, one sentence a line) writes a golden.json with the token
 ids and the batch-1 logits of the exported model.onnx, for tests of other runtimes.
 """
 import argparse
@@ -126,29 +134,168 @@ def ort_feed(session, enc):
     return feed
 
 
-def ort_logits(session, tokenizer, texts, max_length, batch_size=32):
-    """Logits for texts, in batches sorted by length (padding to the longest in each batch)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = [None] * len(texts)
+def pad_feed(session, encs, pad_id=0):
+    """The feed of one batch of encodings ((ids, type_ids) pairs) as a runtime builds it: padded to the longest
+    with pad_id, attention_mask 1 on tokens and 0 on padding, token_type_ids padded with 0."""
+    width = max(len(e[0]) for e in encs)
+    ids = np.full((len(encs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encs), width), dtype=np.int64)
+    types = np.zeros((len(encs), width), dtype=np.int64)
+    for i, (tok, typ) in enumerate(encs):
+        ids[i, : len(tok)] = tok
+        mask[i, : len(tok)] = 1
+        types[i, : len(typ)] = typ
+    return ort_feed(session, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+
+
+def batched_logits(session, encs, batch_size=1, order=None, pad_id=0):
+    """Logits of every encoding, run in consecutive batches of `batch_size` taken in `order` (default: as given);
+    batch_size 1 means no padding at all."""
+    order = list(range(len(encs))) if order is None else list(order)
+    out = [None] * len(encs)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="np")
-        logits = session.run(["logits"], ort_feed(session, enc))[0]
+        logits = session.run(["logits"], pad_feed(session, [encs[i] for i in idx], pad_id))[0]
         for j, i in enumerate(idx):
             out[i] = logits[j]
     return np.stack(out)
 
 
+def length_order(encs):
+    return sorted(range(len(encs)), key=lambda i: (len(encs[i][0]), i))
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def batch_invariance(session, encs, pad_id=0, batch_size=32, seed=0, single=None):
+    """How far each text's logits in padded batches of `batch_size` are from its batch-1 logits: batches of
+    texts sorted by length (little padding) and in a seeded random order (much padding, mixed batch-mates).
+    Returns the figures and the logits {"single", "sorted", "random"}."""
+    import random
+
+    if single is None:
+        single = batched_logits(session, encs, 1)
+    orders = {"sorted": length_order(encs), "random": list(range(len(encs)))}
+    random.Random(seed).shuffle(orders["random"])
+    p1 = softmax(single.astype(np.float64))
+    figures, logits = {"batch_size": batch_size, "random_seed": seed}, {"single": single}
+    for name, order in orders.items():
+        got = batched_logits(session, encs, batch_size, order, pad_id)
+        logits[name] = got
+        same = int(np.sum(got.argmax(axis=1) == single.argmax(axis=1)))
+        figures[name] = {
+            "max_abs_logit_diff": float(np.max(np.abs(got - single))),
+            "max_abs_prob_diff": float(np.max(np.abs(softmax(got.astype(np.float64)) - p1))),
+            "label_agreement": same / len(encs),
+            "same_labels": same,
+            "n": len(encs),
+        }
+    return figures, logits
+
+
+def describe_invariance(tag, f):
+    return "; ".join(
+        f"{tag} batch 1 vs {f['batch_size']} {k}: max |logit diff| {f[k]['max_abs_logit_diff']:.2e}, max |prob diff| "
+        f"{f[k]['max_abs_prob_diff']:.2e}, label agreement {f[k]['same_labels']}/{f[k]['n']} = {f[k]['label_agreement']:.4f}"
+        for k in ("sorted", "random")
+    )
+
+
+def throughput(paths, encs, pad_id=0, batch_sizes=(8, 32), threads=2, repeats=5):
+    """Sequences per second of each model (tag -> .onnx path) on the same encodings, in batches of each size
+    taken in the given order (a stream: lengths mixed), with `threads` intra-op threads. Models are timed in
+    turn, `repeats` times each after a warm-up pass; the best pass counts (the least disturbed by other load)
+    and the median is reported too."""
+    sessions = {tag: ort_session(path, threads) for tag, path in paths.items()}
+    out = {"sentences": len(encs), "threads": threads, "repeats": repeats}
+    for bs in batch_sizes:
+        feeds = {}
+        for tag, sess in sessions.items():
+            feeds[tag] = [pad_feed(sess, encs[s : s + bs], pad_id) for s in range(0, len(encs), bs)]
+            for f in feeds[tag]:  # warm-up
+                sess.run(["logits"], f)
+        times = {tag: [] for tag in sessions}
+        for _ in range(repeats):
+            for tag, sess in sessions.items():
+                t0 = time.perf_counter()
+                for f in feeds[tag]:
+                    sess.run(["logits"], f)
+                times[tag].append(time.perf_counter() - t0)
+        for tag in sessions:
+            best, median = min(times[tag]), sorted(times[tag])[len(times[tag]) // 2]
+            out.setdefault(tag, {})[f"batch_{bs}"] = {
+                "seq_per_s_best": len(encs) / best,
+                "seq_per_s_median": len(encs) / median,
+            }
+            log(f"throughput {tag} batch {bs}: {len(encs) / best:.1f} seq/s (best of {repeats}; median {len(encs) / median:.1f})")
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- export
 
 
+_MEAN_POOL_CLASS = None
+
+
+def mean_pool_class():
+    """BertMeanPoolForSequenceClassification: a BERT encoder (no pooler), a masked mean over the last hidden
+    states (attention_mask 1 tokens only, so padding does not change it), dropout and a linear head
+    hidden_size -> num_labels. This is the pooling all-MiniLM-L6-v2 was pre-trained with (sentence-transformers
+    mean pooling). Its config carries "auroraq_pooling": "mean"; save_pretrained / from_pretrained work as for
+    any BertPreTrainedModel (the base checkpoint's pooler weights are not used)."""
+    global _MEAN_POOL_CLASS
+    if _MEAN_POOL_CLASS is not None:
+        return _MEAN_POOL_CLASS
+    import torch
+    from transformers import BertModel, BertPreTrainedModel
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class BertMeanPoolForSequenceClassification(BertPreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            config.auroraq_pooling = "mean"
+            self.num_labels = config.num_labels
+            self.bert = BertModel(config, add_pooling_layer=False)
+            p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+            self.dropout = torch.nn.Dropout(p)
+            self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
+            self.post_init()
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, return_dict=None, **kwargs):
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            logits = self.classifier(self.dropout(pooled))
+            loss = None
+            if labels is not None:
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+            return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    _MEAN_POOL_CLASS = BertMeanPoolForSequenceClassification
+    return _MEAN_POOL_CLASS
+
+
+def pooling_of(config):
+    """'mean' for a BertMeanPoolForSequenceClassification config, else 'cls' (the HF head of the model type)."""
+    return getattr(config, "auroraq_pooling", None) or "cls"
+
+
 def load_hf(model_id, revision=None):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, use_fast=True)
     if not getattr(tokenizer, "is_fast", False):
         raise SystemExit(f"{model_id}: no fast tokenizer (tokenizer.json) could be made for it")
-    model = AutoModelForSequenceClassification.from_pretrained(model_id, revision=revision)
+    config = AutoConfig.from_pretrained(model_id, revision=revision)
+    if pooling_of(config) == "mean":
+        model = mean_pool_class().from_pretrained(model_id, revision=revision)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(model_id, revision=revision)
     model.eval()
     return tokenizer, model
 
@@ -222,22 +369,246 @@ def check_against_torch(model, tokenizer, onnx_path, max_length, texts):
     return float(np.max(np.abs(ref - got)))
 
 
-def quantize(fp32_path, int8_path, work_dir, per_channel=True, reduce_range=True, preprocess=True):
-    """Dynamic int8 quantisation (QInt8 weights, uint8 activations quantised at run time)."""
+def preprocess_for_quantization(fp32_path, work_dir):
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src = os.path.join(work_dir, "model.fp32.preprocessed.onnx")
+    # symbolic shape inference fails on this graph ("Incomplete symbolic shape inference"): ONNX shape
+    # inference and ONNX Runtime's basic graph optimisation only
+    quant_pre_process(fp32_path, src, skip_symbolic_shape=True)
+    return src
+
+
+def calibration_feeds(tokenizer, texts, max_length, input_names, samples, seed):
+    """Calibration inputs: a seeded sample of `samples` texts, one text per run (batch 1, no padding, so that
+    the activation ranges are those of real tokens only, never of [PAD] positions)."""
+    import random
+
+    pick = sorted(random.Random(seed).sample(range(len(texts)), min(samples, len(texts))))
+    feeds = []
+    for i in pick:
+        enc = tokenizer([texts[i]], truncation=True, max_length=max_length, padding=False, return_tensors="np")
+        feed = {}
+        for name in input_names:
+            feed[name] = np.asarray(enc[name], dtype=np.int64) if name in enc else np.zeros_like(np.asarray(enc["input_ids"], dtype=np.int64))
+        feeds.append(feed)
+    return feeds, pick
+
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
+
+
+def quantize_static_qdq(src, int8_path, feeds, per_channel=True, reduce_range=True, method="percentile", percentile=99.99,
+                        op_types=("MatMul", "Gather"), exclude=(), cache_path=None, attention=False):
+    """Static int8 quantisation in QDQ format: QInt8 weights (per-channel when per_channel; 7-bit with
+    reduce_range) and QUInt8 activations whose scales and zero points are constants calibrated on `feeds`.
+    ONNX Runtime's CPU provider fuses the QDQ groups into integer kernels (MatMulIntegerToFloat / QLinearMatMul);
+    since no scale depends on the run's data, a text's logits do not depend on its batch-mates. Unless
+    `attention`, only MatMuls with a constant B (the weight matrices) are quantised: the attention products
+    (Q K^T, softmax V: activation by activation) stay float, as in dynamic quantisation."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, items):
+            self.all = items
+            self.pos, self.end = 0, len(items)
+
+        def get_next(self):
+            if self.pos >= self.end:
+                return None
+            self.pos += 1
+            return self.all[self.pos - 1]
+
+        def __len__(self):
+            return len(self.all)
+
+        def set_range(self, start_index, end_index):
+            self.pos, self.end = start_index, min(end_index, len(self.all))
+
+    cal = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+        "distribution": CalibrationMethod.Distribution,
+    }[method]
+    extra = {
+        "CalibTensorRangeSymmetric": False,  # asymmetric uint8 ranges (the percentile calibrator's own default is symmetric)
+        "ActivationSymmetric": False,
+        "WeightSymmetric": True,
+        # MatMul outputs stay float: DQ(x) + DQ(W) + MatMul fuse into MatMulIntegerToFloat (the bias add and
+        # what follows see the exact integer product, not a re-quantised one)
+        "OpTypesToExcludeOutputQuantization": ["MatMul"],
+    }
+    exclude = list(exclude)
+    if not attention:
+        # QDQ quantisation ignores MatMulConstBOnly: leave the MatMuls of two activations out by name
+        import onnx
+
+        m = onnx.load(src, load_external_data=False)
+        weights = {i.name for i in m.graph.initializer}
+        exclude += [n.name for n in m.graph.node if n.op_type == "MatMul" and n.input[1] not in weights and n.name not in exclude]
+    if method == "percentile":
+        extra["CalibPercentile"] = percentile
+    if method != "minmax":
+        # the histogram calibrators stack each tensor's outputs over the collected runs, which fails for
+        # texts of different lengths: hand them one run at a time (quantize_static's strided collection)
+        extra["CalibStridedMinMax"] = 1
+    if cache_path and os.path.exists(cache_path):
+        log(f"calibration ranges from {cache_path}")
+    quantize_static(
+        src,
+        int8_path,
+        Reader(list(feeds)),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(op_types),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude,
+        calibrate_method=cal,
+        extra_options=extra,
+        calibration_cache_path=cache_path,
+    )
+
+
+def keep_float_paths(model_path, out_path=None):
+    """The QDQ quantiser rewires every consumer of a quantised activation to its QuantizeLinear ->
+    DequantizeLinear copy, so the residual connections and LayerNorms around each MatMul would see 8-bit values
+    too. This points the consumers that are not MatMuls back at the float tensor (the Q node's input), so that
+    only the MatMul inputs are quantised (as in dynamic quantisation); DequantizeLinear nodes left without
+    consumers are removed. Activations whose Q node follows a Gather (embedding tables, whose float values are
+    the dequantised table rows anyway) are left alone. Returns the number of rewired inputs."""
+    import onnx
+
+    model = onnx.load(model_path)
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    rewired = 0
+    dq_float = {}  # DQ output -> float tensor
+    for n in g.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(n.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue  # a weight's DQ
+        src = producer.get(q.input[0])
+        if src is not None and src.op_type == "Gather":
+            continue
+        dq_float[n.output[0]] = q.input[0]
+    for n in g.node:
+        if n.op_type in ("MatMul", "QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(n.input):
+            if name in dq_float:
+                n.input[i] = dq_float[name]
+                rewired += 1
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    dead = [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] in dq_float and n.output[0] not in used]
+    for n in dead:
+        g.node.remove(n)
+    onnx.save(model, out_path or model_path)
+    return rewired
+
+
+def integer_matmuls(model_path, out_path=None):
+    """Rewrites each quantised weight MatMul of a QDQ graph, DequantizeLinear(x_q) x DequantizeLinear(W_q) ->
+    MatMul [-> Add(bias)], into one com.microsoft MatMulIntegerToFloat(x_q, W_q, x_scale, W_scale, x_zero,
+    W_zero[, bias]) node: the kernel ONNX Runtime's CPU provider would fuse the QDQ group into anyway, here with
+    the bias folded in (the QDQ fusion leaves the bias Add, and the Add + Gelu after it, as separate, slower
+    nodes; dynamic quantisation fuses the bias the same way). Same integers, same scales. Returns the count."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(model_path)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+    replace, remove = {}, set()
+    for m in g.node:
+        if m.op_type != "MatMul":
+            continue
+        dqa, dqb = producer.get(m.input[0]), producer.get(m.input[1])
+        if not (dqa is not None and dqb is not None and dqa.op_type == dqb.op_type == "DequantizeLinear"):
+            continue
+        if dqb.input[0] not in inits or dqa.input[0] in inits or len(dqa.input) < 3 or len(dqb.input) < 3:
+            continue
+        axis = next((a.i for a in dqb.attribute if a.name == "axis"), 1)
+        w = inits[dqb.input[0]]
+        if len(w.dims) != 2 or (len(inits[dqb.input[1]].dims) == 1 and inits[dqb.input[1]].dims[0] > 1 and axis not in (1, -1)):
+            continue  # per-channel scales must be per column of B
+        inputs = [dqa.input[0], dqb.input[0], dqa.input[1], dqb.input[1], dqa.input[2], dqb.input[2]]
+        output, drop = m.output[0], [m]
+        users = consumers.get(m.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Add" and m.output[0] not in graph_outputs:
+            add = users[0]
+            bias = [i for i in add.input if i != m.output[0]]
+            if len(bias) == 1 and bias[0] in inits and list(inits[bias[0]].dims) == [w.dims[1]]:
+                inputs.append(bias[0])
+                output = add.output[0]
+                drop.append(add)
+        node = helper.make_node("MatMulIntegerToFloat", inputs, [output], name=m.name, domain="com.microsoft")
+        replace[id(m)] = node
+        remove.update(id(n) for n in drop[1:])
+    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in remove]
+    while True:  # DequantizeLinear nodes nothing reads any more
+        used = {i for n in nodes for i in n.input} | graph_outputs
+        keep = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in used]
+        if len(keep) == len(nodes):
+            break
+        nodes = keep
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in nodes for i in n.input}
+    unused = [i for i in g.initializer if i.name not in used]
+    for i in unused:  # e.g. a weight scale only a removed DequantizeLinear read
+        g.initializer.remove(i)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, out_path or model_path)
+    return len(replace)
+
+
+def quantize(fp32_path, int8_path, work_dir, per_channel=True, reduce_range=True, preprocess=True, mode="dynamic", static=None):
+    """mode 'dynamic': QInt8 weights, uint8 activations quantised at run time (one scale per tensor per run,
+    so results depend on batch-mates). mode 'static': see quantize_static_qdq; `static` holds its keyword
+    arguments (feeds, method, percentile, op_types, exclude, cache_path)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src = fp32_path
-    if preprocess:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+    src = preprocess_for_quantization(fp32_path, work_dir) if preprocess else fp32_path
+    if mode == "static":
+        static = dict(static or {})
+        graph = static.pop("graph", "integer")
+        static["exclude"] = excluded_nodes(src, static.get("exclude") or [])  # regular expressions -> node names
+        quantize_static_qdq(src, int8_path, per_channel=per_channel, reduce_range=reduce_range, **static)
+        rewired = keep_float_paths(int8_path)
+        fused = integer_matmuls(int8_path) if graph == "integer" else 0
+        log(f"static: {rewired} float inputs restored, {fused} MatMuls as MatMulIntegerToFloat")
+        return static["exclude"]
+    elif mode == "dynamic":
+        quantize_dynamic(src, int8_path, weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=reduce_range)
+        return []
+    raise ValueError(f"unknown quantisation mode {mode!r}")
 
-        src = os.path.join(work_dir, "model.fp32.preprocessed.onnx")
-        # symbolic shape inference fails on this graph ("Incomplete symbolic shape inference"): ONNX shape
-        # inference and ONNX Runtime's basic graph optimisation only
-        quant_pre_process(fp32_path, src, skip_symbolic_shape=True)
-    quantize_dynamic(src, int8_path, weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=reduce_range)
+
+def excluded_nodes(onnx_path, patterns):
+    """Names of the nodes of the (pre-processed) graph that match any of the regular expressions."""
+    import re
+
+    if not patterns:
+        return []
+    import onnx
+
+    names = [n.name for n in onnx.load(onnx_path, load_external_data=False).graph.node]
+    return [n for n in names if any(re.search(p, n) for p in patterns)]
 
 
-def write_config(model, out_path, max_length, name):
+def write_config(model, out_path, max_length, name, quantization=None):
     # what save_pretrained writes (the fields that differ from the defaults), plus the fields runtimes rely on
     cfg = model.config.to_diff_dict()
     for key in ("model_type", "max_position_embeddings", "vocab_size", "type_vocab_size", "pad_token_id"):
@@ -250,6 +621,12 @@ def write_config(model, out_path, max_length, name):
     cfg["id2label"] = id2label
     cfg["label2id"] = {v: int(k) for k, v in id2label.items()}
     cfg["auroraq_max_length"] = int(max_length)
+    if pooling_of(model.config) != "cls":
+        cfg["auroraq_pooling"] = pooling_of(model.config)
+    else:
+        cfg.pop("auroraq_pooling", None)
+    if quantization:
+        cfg["auroraq_quantization"] = {"static": "int8-static", "dynamic": "int8-dynamic"}[quantization]
     with open(out_path, "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2, sort_keys=True, ensure_ascii=False)
         f.write("\n")
@@ -321,23 +698,36 @@ def check_tokenizer_json(tokenizer_json, hf_tokenizer, texts, max_length):
     return bad
 
 
-def evaluate(paths, tokenizer, csv_path, label2id, max_length, threads):
+def hf_encodings(tokenizer, texts, max_length):
+    """(input_ids, token_type_ids) of each text: truncation at max_length, no padding."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
+    return [(list(ids), list(t)) for ids, t in zip(enc["input_ids"], types)]
+
+
+def evaluate(paths, tokenizer, csv_path, label2id, max_length, threads, pad_id=0):
     """Metrics of each model on the CSV, one sentence at a time (batch 1, no padding: how golden.json is made,
-    and the reference), and in padded batches of 32 sorted by length. The int8 model's activations are
-    quantised with one scale per batch, so its batched results depend on which sentences share a batch."""
+    and the reference), and in padded batches of 32 sorted by length; and each model's batch invariance (see
+    batch_invariance). A dynamically quantised model's activations get one scale per batch, so its batched
+    results depend on which sentences share a batch; a statically quantised one's do not."""
     labels = [l for l, _ in sorted(label2id.items(), key=lambda kv: kv[1])]
     texts, gold = read_labelled_csv(csv_path, label2id)
-    report, preds = {"note": "TAG: batch 1; TAG_batched: padded batches of 32 sorted by length"}, {}
+    encs = hf_encodings(tokenizer, texts, max_length)
+    report, preds = {
+        "note": "TAG: batch 1; TAG_batched: padded batches of 32 sorted by length; TAG_batch_invariance: batch 1 vs "
+        "padded batches of 32 (sorted by length, and in a seeded random order)"
+    }, {}
     for tag, path in paths.items():
         session = ort_session(path, threads)
-        for suffix, batch in (("", 1), ("_batched", 32)):
-            t0 = time.time()
-            logits = ort_logits(session, tokenizer, texts, max_length, batch_size=batch)
-            key = tag + suffix
-            preds[key] = logits.argmax(axis=1).tolist()
+        t0 = time.time()
+        inv, logits = batch_invariance(session, encs, pad_id)
+        for key, lg in ((tag, logits["single"]), (tag + "_batched", logits["sorted"])):
+            preds[key] = lg.argmax(axis=1).tolist()
             report[key] = metrics(gold, preds[key], labels)
-            report[key]["seconds"] = round(time.time() - t0, 2)
             log(f"{key}: accuracy {report[key]['accuracy']:.4f} macro-F1 {report[key]['macro_f1']:.4f} on {csv_path}")
+        report[tag + "_batch_invariance"] = inv
+        report[tag + "_seconds"] = round(time.time() - t0, 2)
+        log(describe_invariance(tag, inv))
 
     def agree(a, b):
         same = sum(x == y for x, y in zip(preds[a], preds[b]))
@@ -351,6 +741,60 @@ def evaluate(paths, tokenizer, csv_path, label2id, max_length, threads):
     return report
 
 
+DEFAULT_CALIB_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data/fpb/train.csv")
+
+
+def add_quantization_options(ap, default_mode=None):
+    """Quantisation options shared with train_fpb.py."""
+    ap.add_argument(
+        "--quantize",
+        nargs="?",
+        const="static",
+        default=default_mode,
+        choices=["static", "dynamic"],
+        help="ship an int8 model: static (QDQ; QInt8 weights, QUInt8 activations with calibrated constant scales: "
+        "batch-invariant; the default when the flag is given alone) or dynamic (activation scales computed per "
+        "run over the whole batch)",
+    )
+    ap.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
+    ap.add_argument(
+        "--no-reduce-range",
+        dest="reduce_range",
+        action="store_false",
+        help="full 8-bit weights (can saturate, and so differ, on x86 CPUs without VNNI)",
+    )
+    ap.add_argument("--no-preprocess", dest="preprocess", action="store_false", help="skip quant_pre_process")
+    ap.add_argument("--calib-csv", default=DEFAULT_CALIB_CSV, help="static: label,sentence CSV to calibrate on (default: data/fpb/train.csv)")
+    ap.add_argument("--calib-samples", type=int, default=1024, help="static: texts sampled from --calib-csv (one per run, no padding)")
+    ap.add_argument("--calib-seed", type=int, default=1234, help="static: seed of that sample")
+    ap.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="percentile", help="static: activation range calibration")
+    ap.add_argument("--calib-percentile", type=float, default=99.99, help="static, percentile method: percentile kept")
+    ap.add_argument(
+        "--static-op-types",
+        default="MatMul,Gather",
+        help="static: operator types to quantise (comma-separated; Gather quantises the embedding tables)",
+    )
+    ap.add_argument(
+        "--static-attention",
+        action="store_true",
+        help="static: also quantise the attention products (MatMuls of two activations); default: weight MatMuls only",
+    )
+    ap.add_argument(
+        "--static-graph",
+        choices=["integer", "qdq"],
+        default="integer",
+        help="static: integer (default): each quantised MatMul (+ bias) as one com.microsoft MatMulIntegerToFloat "
+        "node, the kernel ONNX Runtime's CPU provider runs (dynamic quantisation's layout, bias fused); qdq: leave "
+        "the QuantizeLinear/DequantizeLinear form for other runtimes to fuse (on the CPU provider: same logits, "
+        "4-6%% slower, the bias adds stay separate)",
+    )
+    ap.add_argument(
+        "--static-exclude",
+        default="",
+        help="static: comma-separated regular expressions; nodes whose names match stay float",
+    )
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", help="hub id (e.g. ProsusAI/finbert) or local save_pretrained directory")
@@ -360,37 +804,49 @@ def main(argv=None):
     ap.add_argument("--name", default=None, help="_name_or_path written into config.json (default: the model argument's last part)")
     ap.add_argument("--max-length", type=int, default=128, help="auroraq_max_length: truncation length in tokens")
     ap.add_argument("--opset", type=int, default=14)
-    ap.add_argument("--quantize", action="store_true", help="ship the int8 model (dynamic quantisation, QInt8 weights)")
-    ap.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
-    ap.add_argument(
-        "--no-reduce-range",
-        dest="reduce_range",
-        action="store_false",
-        help="full 8-bit weights (can saturate, and so differ, on x86 CPUs without VNNI)",
-    )
-    ap.add_argument("--no-preprocess", dest="preprocess", action="store_false", help="skip quant_pre_process")
+    add_quantization_options(ap)
     ap.add_argument("--eval-csv", default=None, help="label,sentence CSV to evaluate fp32 (and int8) on")
     ap.add_argument("--golden-texts", default=None, help="UTF-8 file, one sentence a line: write OUT_DIR/golden.json")
     ap.add_argument("--report", default=None, help="JSON report path (default WORK_DIR/export_report.json)")
-    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (0: its default)")
     ap.add_argument(
         "--verify",
         metavar="DIR",
         help="instead of exporting: check an exported DIR with onnxruntime and the tokenizers library only "
-        "(no torch/transformers): sizes and sha256, golden.json if present, and --eval-csv metrics",
+        "(no torch/transformers): sizes and sha256, golden.json if present, and --eval-csv metrics and batch "
+        "invariance",
     )
+    ap.add_argument("--bench", action="store_true", help="with --verify and --eval-csv: throughput at batch 8 and 32")
+    ap.add_argument("--bench-baseline", metavar="ONNX", default=None, help="with --bench: also time this model.onnx (same tokenizer)")
+    ap.add_argument("--bench-sentences", type=int, default=512, help="with --bench: the first N sentences of --eval-csv")
+    ap.add_argument("--bench-repeats", type=int, default=5)
+    ap.add_argument("--verify-report", default=None, help="with --verify: also write the JSON report to this file")
     args = ap.parse_args(argv)
     if args.verify:
-        verify(args.verify, args.eval_csv, args.threads)
+        report = verify(
+            args.verify,
+            args.eval_csv,
+            args.threads,
+            bench=args.bench,
+            baseline=args.bench_baseline,
+            bench_sentences=args.bench_sentences,
+            repeats=args.bench_repeats,
+        )
+        if args.verify_report:
+            with open(args.verify_report, "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=2, ensure_ascii=False)
+                f.write("\n")
         return
     if not (args.model and args.out_dir and args.work_dir):
         ap.error("MODEL, --out-dir and --work-dir are needed to export")
     run(args)
 
 
-def verify(model_dir, eval_csv=None, threads=0):
+def verify(model_dir, eval_csv=None, threads=2, bench=False, baseline=None, bench_sentences=512, repeats=5):
     """Checks an exported directory the way a runtime would use it: tokenizer.json through the tokenizers
-    library (truncation at auroraq_max_length, no padding, batches padded with [PAD]=pad_token_id and mask 0)."""
+    library (truncation at auroraq_max_length, no padding, batches padded with [PAD]=pad_token_id and mask 0):
+    golden.json (batch 1), metrics at batch 1 and in padded batches of 32 sorted by length, batch invariance
+    (batch_invariance) and, with bench, throughput (with baseline, of that model too, on the same batches)."""
     import onnxruntime
     from tokenizers import Tokenizer
 
@@ -401,23 +857,22 @@ def verify(model_dir, eval_csv=None, threads=0):
     tk = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     tk.no_padding()
     tk.enable_truncation(max_length)
-    session = ort_session(os.path.join(model_dir, "model.onnx"), threads)
+    model_path = os.path.join(model_dir, "model.onnx")
+    session = ort_session(model_path, threads)
     pad = int(cfg.get("pad_token_id", 0) or 0)
 
-    def run_batch(texts):
-        encs = tk.encode_batch(texts)
-        width = max(len(e.ids) for e in encs)
-        ids = np.full((len(encs), width), pad, dtype=np.int64)
-        mask = np.zeros((len(encs), width), dtype=np.int64)
-        types = np.zeros((len(encs), width), dtype=np.int64)
-        for i, e in enumerate(encs):
-            ids[i, : len(e.ids)] = e.ids
-            mask[i, : len(e.ids)] = 1
-            types[i, : len(e.ids)] = e.type_ids
-        feed = ort_feed(session, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
-        return session.run(["logits"], feed)[0], encs
+    def encode(texts):
+        return [(e.ids, e.type_ids) for e in tk.encode_batch(list(texts))]
 
-    report = {"dir": model_dir, "onnxruntime": onnxruntime.__version__, "labels": labels, "max_length": max_length}
+    report = {
+        "dir": model_dir,
+        "onnxruntime": onnxruntime.__version__,
+        "threads": threads,
+        "labels": labels,
+        "max_length": max_length,
+        "pooling": cfg.get("auroraq_pooling", "cls"),
+        "quantization": cfg.get("auroraq_quantization"),
+    }
     report["files"] = {n: file_info(os.path.join(model_dir, n)) for n in ("model.onnx", "tokenizer.json", "config.json")}
     gpath = os.path.join(model_dir, "golden.json")
     if os.path.exists(gpath):
@@ -425,23 +880,33 @@ def verify(model_dir, eval_csv=None, threads=0):
             g = json.load(f)
         worst, ids_ok = 0.0, 0
         for case in g["cases"]:
-            logits, encs = run_batch([case["text"]])
-            ids_ok += encs[0].ids == case["input_ids"]
+            encs = encode([case["text"]])
+            ids_ok += encs[0][0] == case["input_ids"]
+            logits = batched_logits(session, encs, 1, pad_id=pad)
             worst = max(worst, float(np.max(np.abs(logits[0] - np.asarray(case["logits"])))))
         report["golden"] = {"cases": len(g["cases"]), "input_ids_equal": ids_ok, "max_abs_logit_diff": worst, "recorded_with": g["onnxruntime"]}
         log(f"golden: input_ids equal in {ids_ok}/{len(g['cases'])} cases, max |logit diff| {worst:.2e}")
     if eval_csv:
         texts, gold = read_labelled_csv(eval_csv, {l: i for i, l in enumerate(labels)})
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        pred = [None] * len(texts)
-        for s in range(0, len(order), 32):
-            idx = order[s : s + 32]
-            logits, _ = run_batch([texts[i] for i in idx])
-            for j, i in enumerate(idx):
-                pred[i] = int(logits[j].argmax())
-        report["eval"] = metrics(gold, pred, labels)
-        report["eval"]["csv"] = eval_csv
-        log(f"accuracy {report['eval']['accuracy']:.4f} macro-F1 {report['eval']['macro_f1']:.4f} on {eval_csv}")
+        encs = encode(texts)
+        inv, logits = batch_invariance(session, encs, pad)
+        for key, lg in (("eval", logits["single"]), ("eval_batched", logits["sorted"])):
+            report[key] = metrics(gold, lg.argmax(axis=1).tolist(), labels)
+            report[key]["csv"] = eval_csv
+        report["eval"]["note"] = "batch 1 (no padding)"
+        report["eval_batched"]["note"] = "padded batches of 32 sorted by length"
+        report["batch_invariance"] = inv
+        log(f"accuracy {report['eval']['accuracy']:.4f} macro-F1 {report['eval']['macro_f1']:.4f} at batch 1; "
+            f"{report['eval_batched']['accuracy']:.4f} / {report['eval_batched']['macro_f1']:.4f} in sorted batches of 32, on {eval_csv}")
+        log(describe_invariance("model", inv))
+        if bench:
+            paths = {"model": model_path}
+            if baseline:
+                paths["baseline"] = baseline
+                report["bench_baseline"] = {"path": baseline, **file_info(baseline)}
+            report["throughput"] = throughput(paths, encs[:bench_sentences], pad, threads=threads or 2, repeats=repeats)
+    elif bench:
+        raise SystemExit("--bench needs --eval-csv (its first --bench-sentences sentences are timed)")
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return report
 
@@ -481,10 +946,50 @@ def run(args, golden_texts=None):
 
     paths = {"fp32": fp32}
     shipped = fp32
+    quant_info = None
     if args.quantize:
         int8 = os.path.join(args.work_dir, "model.int8.onnx")
-        log(f"quantising to {int8} (QInt8 weights, per_channel={args.per_channel}, reduce_range={args.reduce_range})")
-        quantize(fp32, int8, args.work_dir, args.per_channel, args.reduce_range, args.preprocess)
+        quant_info = {
+            "mode": args.quantize,
+            "format": ("QDQ" if args.static_graph == "qdq" else "QuantizeLinear + com.microsoft.MatMulIntegerToFloat (from QDQ)")
+            if args.quantize == "static"
+            else "QOperator (DynamicQuantizeLinear + MatMulInteger)",
+            "weight_type": "QInt8",
+            "activation_type": "QUInt8",
+            "per_channel": args.per_channel,
+            "reduce_range": args.reduce_range,
+            "preprocess": args.preprocess,
+        }
+        static = None
+        if args.quantize == "static":
+            calib_texts, _ = read_labelled_csv(args.calib_csv, {k.lower(): v for k, v in model.config.label2id.items()})
+            feeds, picked = calibration_feeds(tokenizer, calib_texts, args.max_length, inputs, args.calib_samples, args.calib_seed)
+            op_types = [t for t in args.static_op_types.split(",") if t]
+            fp32_sha = sha256(fp32)
+            tag = args.calib_method + (f"{args.calib_percentile:g}" if args.calib_method == "percentile" else "")
+            cache = os.path.join(args.work_dir, f"calibration.{fp32_sha[:16]}.{tag}.n{len(feeds)}.s{args.calib_seed}.json")
+            patterns = [p for p in args.static_exclude.split(",") if p]
+            static = {"feeds": feeds, "method": args.calib_method, "percentile": args.calib_percentile, "op_types": op_types,
+                      "exclude": patterns, "cache_path": cache, "attention": args.static_attention, "graph": args.static_graph}
+            quant_info.update(
+                {
+                    "calibration_csv": os.path.relpath(args.calib_csv, os.getcwd()) if os.path.isabs(args.calib_csv) else args.calib_csv,
+                    "calibration_samples": len(feeds),
+                    "calibration_seed": args.calib_seed,
+                    "calibration_batch": 1,
+                    "calibration_method": args.calib_method,
+                    "calibration_percentile": args.calib_percentile if args.calib_method == "percentile" else None,
+                    "op_types": op_types,
+                    "attention_products_quantized": args.static_attention,
+                    "graph": args.static_graph,
+                    "exclude_patterns": patterns,
+                }
+            )
+        log(f"quantising to {int8}: {json.dumps(quant_info)}")
+        excluded = quantize(fp32, int8, args.work_dir, args.per_channel, args.reduce_range, args.preprocess, mode=args.quantize, static=static)
+        if args.quantize == "static":
+            quant_info["excluded_nodes"] = excluded
+            log(f"nodes left float: {excluded}")
         paths["int8"] = int8
         shipped = int8
 
@@ -493,7 +998,7 @@ def run(args, golden_texts=None):
     out_cfg = os.path.join(args.out_dir, "config.json")
     shutil.copyfile(shipped, out_model)
     write_tokenizer(args.model, args.revision, out_tok)
-    write_config(model, out_cfg, args.max_length, name)
+    write_config(model, out_cfg, args.max_length, name, args.quantize)
 
     report = {
         "model": args.model,
@@ -502,9 +1007,8 @@ def run(args, golden_texts=None):
         "opset": args.opset,
         "max_length": args.max_length,
         "quantized": bool(args.quantize),
-        "quantization": {"weight_type": "QInt8", "per_channel": args.per_channel, "reduce_range": args.reduce_range, "preprocess": args.preprocess}
-        if args.quantize
-        else None,
+        "quantization": quant_info,
+        "pooling": pooling_of(model.config),
         "onnx_vs_torch_max_abs_diff": diff,
         "versions": {
             "python": sys.version.split()[0],

