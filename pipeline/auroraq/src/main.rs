@@ -415,7 +415,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
 fn not_yet(role: &str, issue: &str) -> Result<ExitCode> {
     bail!(
         "the {role} role is not in this build yet (it arrives with the {issue} work); \
-         available now: run, connect replay, sink jsonl, tap, score, sentiment, doctor, topics, bench bus"
+         `auroraq --help` lists what is"
     )
 }
 

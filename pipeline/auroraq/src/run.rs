@@ -1,8 +1,10 @@
 //! `auroraq run`: every available role in one process, on the in-process bus by default.
 //!
-//! Today that is the replay connector over the bundled market data and the JSON-lines archive
-//! sink, with dead letters counted; sentiment, fusion, agents, risk and execution join as they
-//! land. The job ends when the replay is done and every stage has drained, or on SIGINT/SIGTERM.
+//! The replay connector publishes the bundled market data onto the bus, where the JSON-lines
+//! archive sink keeps every event (dead letters counted); then the same bundled data, with its
+//! news, goes through sentiment, fusion, the AuroraQ agent, risk and paper execution on event time
+//! (`crate::backtest`), which writes the report. The job ends when both are done, or on
+//! SIGINT/SIGTERM (the backtest is then skipped).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
