@@ -396,3 +396,48 @@ pub fn bench(cfg: &Config, n: usize, rounds: usize) -> Result<BacktestBench> {
         rounds: results,
     })
 }
+
+/// Sends `events` through the configured bus and back: publishes them (as the replay connector
+/// does) while a transient consumer of every topic reads them, decodes them and hands them back,
+/// once each. A backtest of what comes back is the backtest of what a bus consumer sees; its
+/// fingerprint is the same on the in-process bus and on NATS when the bus loses and changes nothing.
+pub async fn through_bus(cfg: &Config, events: Vec<AnyEvent>) -> Result<Vec<AnyEvent>> {
+    use auroraq_bus::SubscribeOptions;
+    let bus = crate::wiring::connect_bus(&cfg.bus).await?;
+    let mut expected: std::collections::HashSet<String> =
+        events.iter().map(|e| e.meta().event_id.clone()).collect();
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new(format!("backtest-{}", std::process::id()), ">").transient())
+        .await?;
+    let publisher = {
+        let bus = bus.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(
+            async move { auroraq_replay::replay(&*bus, events, auroraq_replay::Pace::Max, stop).await },
+        )
+    };
+    let mut out = Vec::with_capacity(expected.len());
+    while !expected.is_empty() {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), sub.next())
+            .await
+            .with_context(|| {
+                format!(
+                    "the bus went quiet with {} events still to come back",
+                    expected.len()
+                )
+            })?;
+        let Some(d) = next else {
+            anyhow::bail!("the bus closed with {} events still to come back", expected.len())
+        };
+        let d = d?;
+        let ev = AnyEvent::decode(d.payload()).context("an event came back from the bus undecodable")?;
+        d.ack().await?;
+        if expected.remove(&ev.meta().event_id) {
+            out.push(ev);
+        }
+    }
+    let stats = publisher.await.context("publisher task")??;
+    info!(?stats, received = out.len(), bus = %bus.kind(), "events went through the bus");
+    bus.close().await;
+    Ok(out)
+}

@@ -219,6 +219,10 @@ struct BacktestArgs {
     /// Symbol of bar files without a symbol column.
     #[arg(long)]
     symbol: Option<String>,
+    /// Send the input through the configured bus (--bus) and back before the backtest: what a bus
+    /// consumer sees; the fingerprint is the same on every bus.
+    #[arg(long)]
+    via_bus: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -477,7 +481,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&stats)?);
         }
         Command::Backtest(a) => {
-            let plan = if a.files.is_empty() {
+            let mut plan = if a.files.is_empty() {
                 backtest::bundled_plan(&cfg, Some(&a.out), std::io::stderr().is_terminal())?
             } else {
                 let opts = LoadOptions {
@@ -513,7 +517,10 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                     progress: std::io::stderr().is_terminal(),
                 }
             };
-            let summary = backtest::run(&cfg, plan)?;
+            if a.via_bus {
+                plan.inputs = backtest::through_bus(&cfg, std::mem::take(&mut plan.inputs)).await?;
+            }
+            let summary = tokio::task::block_in_place(|| backtest::run(&cfg, plan))?;
             if let Some(r) = &summary.report {
                 eprintln!("report: {}", r.display());
             }

@@ -635,3 +635,24 @@ fn backtest_of_files_is_deterministic() {
     );
     assert_eq!(a["emitted_by_kind"]["SentimentScore"], 79, "{a}");
 }
+
+/// The bundled backtest through the in-process bus and through NATS gives the fingerprint of the
+/// backtest read straight from the files: the buses lose and change nothing, and order does not
+/// matter.
+#[test]
+fn backtest_fingerprint_is_the_same_on_both_buses() {
+    let dir = tempfile::tempdir().unwrap();
+    let fingerprint = |c: &mut Command| {
+        let out = c.arg("--out").arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let s = last_json(&out);
+        assert_eq!(s["events"], 20_111 + 79, "{s}");
+        s["fingerprint"].as_str().unwrap().to_owned()
+    };
+    let files = fingerprint(auroraq().arg("backtest"));
+    let inproc = fingerprint(auroraq().args(["backtest", "--via-bus"]));
+    let nats = IsolatedNats::new("btbus");
+    let on_nats = fingerprint(nats.auroraq().args(["backtest", "--via-bus"]));
+    assert_eq!(inproc, files, "in-process bus");
+    assert_eq!(on_nats, files, "NATS bus");
+}

@@ -128,10 +128,17 @@ impl Engine {
         let total = inputs.len() as u64;
         // Events are read in place, in availability order (recordings are usually in order
         // already; otherwise an index is sorted, never the events).
+        // Ties in time are broken by event id, so that the order the events came in (from a file,
+        // from a bus) does not matter.
         let keys: Vec<Micros> = inputs.iter().map(available_at).collect();
         let mut order: Vec<u32> = (0..inputs.len() as u32).collect();
-        if !keys.is_sorted() {
-            order.sort_by_key(|&i| keys[i as usize]);
+        if !keys.windows(2).all(|w| w[0] < w[1]) {
+            order.sort_by(|&a, &b| {
+                let (a, b) = (a as usize, b as usize);
+                keys[a]
+                    .cmp(&keys[b])
+                    .then_with(|| inputs[a].meta().event_id.cmp(&inputs[b].meta().event_id))
+            });
         }
         let mut next_input = 0usize;
         // Emitted events wait here, ordered by (time, emission order); recorded inputs at the same
