@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod decimal;
 pub mod events;
+pub mod holding;
 pub mod json;
 pub mod meta;
 pub mod samples;
@@ -18,4 +19,5 @@ pub use codec::{
 };
 pub use decimal::{Dec, DecError};
 pub use events::*;
+pub use holding::Holding;
 pub use meta::{event_id, now_micros, Meta, Micros};

@@ -346,32 +346,30 @@ impl Decoder {
     fn payload(&self, stream: &str, p: Payload<'_>, ts_ingest: Micros) -> Result<MarketEvent, DecodeError> {
         let ex = self.exchange.as_str();
         Ok(match p {
-            Payload::Trade(t) => {
-                let ts = ms("T", t.time)?;
-                MarketEvent::Trade(TradeTick {
-                    meta: Meta::raw("TradeTick", ex, &format!("{}:t{}", t.symbol, t.id), ts, ts_ingest),
-                    exchange: ex.to_owned(),
-                    symbol: t.symbol.to_owned(),
-                    trade_id: t.id.to_string(),
-                    price: dec("p", t.price)?,
-                    quantity: dec("q", t.qty)?,
-                    aggressor: aggressor(t.buyer_is_maker),
-                    aggregated: false,
-                })
-            }
-            Payload::AggTrade(t) => {
-                let ts = ms("T", t.time)?;
-                MarketEvent::Trade(TradeTick {
-                    meta: Meta::raw("TradeTick", ex, &format!("{}:a{}", t.symbol, t.id), ts, ts_ingest),
-                    exchange: ex.to_owned(),
-                    symbol: t.symbol.to_owned(),
-                    trade_id: t.id.to_string(),
-                    price: dec("p", t.price)?,
-                    quantity: dec("q", t.qty)?,
-                    aggressor: aggressor(t.buyer_is_maker),
-                    aggregated: true,
-                })
-            }
+            Payload::Trade(t) => MarketEvent::Trade(trade_tick(
+                ex,
+                "t",
+                t.symbol,
+                t.id,
+                t.price,
+                t.qty,
+                t.time,
+                t.buyer_is_maker,
+                false,
+                ts_ingest,
+            )?),
+            Payload::AggTrade(t) => MarketEvent::Trade(trade_tick(
+                ex,
+                "a",
+                t.symbol,
+                t.id,
+                t.price,
+                t.qty,
+                t.time,
+                t.buyer_is_maker,
+                true,
+                ts_ingest,
+            )?),
             Payload::Kline(f) => {
                 let k = f.k;
                 let ts = ms("E", f.event_time)?;
@@ -425,6 +423,33 @@ impl Decoder {
             }
         })
     }
+}
+
+/// A trade or aggregated trade (`tag` `t` or `a` keeps their ids apart) as a `TradeTick`.
+#[allow(clippy::too_many_arguments)]
+fn trade_tick(
+    ex: &str,
+    tag: &str,
+    symbol: &str,
+    id: i64,
+    price: &str,
+    qty: &str,
+    time: i64,
+    buyer_is_maker: bool,
+    aggregated: bool,
+    ts_ingest: Micros,
+) -> Result<TradeTick, DecodeError> {
+    let ts = ms("T", time)?;
+    Ok(TradeTick {
+        meta: Meta::raw("TradeTick", ex, &format!("{symbol}:{tag}{id}"), ts, ts_ingest),
+        exchange: ex.to_owned(),
+        symbol: symbol.to_owned(),
+        trade_id: id.to_string(),
+        price: dec("p", price)?,
+        quantity: dec("q", qty)?,
+        aggressor: aggressor(buyer_is_maker),
+        aggregated,
+    })
 }
 
 fn aggressor(buyer_is_maker: bool) -> Side {

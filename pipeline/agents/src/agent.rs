@@ -3,9 +3,11 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use auroraq_schemas::{
-    AnyEvent, Dec, FusedSignal, Meta, OrderIntent, OrderSide, OrderStatus, OrderUpdate, Trend, Verdict,
+    AnyEvent, Dec, FusedSignal, Holding, Meta, OrderIntent, OrderSide, OrderStatus, OrderUpdate, Trend,
+    Verdict,
 };
 use auroraq_stage::{Clock, HandlerError, Processor};
+use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -79,8 +81,8 @@ pub struct AgentStats {
 struct SymbolState {
     last: Option<Decimal>,
     prev: Option<Decimal>,
-    position: Decimal,
-    avg_entry: Decimal,
+    /// From the agent's own fills.
+    holding: Holding,
     /// The intent waiting for its decision or order.
     pending: Option<String>,
 }
@@ -155,7 +157,7 @@ impl Agent {
     pub fn position(&self, symbol: &str) -> Decimal {
         self.symbols
             .get(&symbol.to_ascii_uppercase())
-            .map(|s| s.position)
+            .map(|s| s.holding.quantity)
             .unwrap_or_default()
     }
 
@@ -179,20 +181,7 @@ impl Agent {
             if q.0 > Decimal::ZERO && self.seen_fills.first(&u.meta.event_id) {
                 self.stats.fills += 1;
                 let signed = if u.side == OrderSide::Buy { q.0 } else { -q.0 };
-                let new_pos = s.position + signed;
-                if s.position.is_zero() || (s.position > Decimal::ZERO) == (signed > Decimal::ZERO) {
-                    // Opening or adding: the average entry moves.
-                    let cost = s.avg_entry * s.position.abs() + p.0 * q.0;
-                    s.avg_entry = if new_pos.is_zero() {
-                        Decimal::ZERO
-                    } else {
-                        cost / new_pos.abs()
-                    };
-                } else if new_pos.is_zero() || (new_pos > Decimal::ZERO) != (s.position > Decimal::ZERO) {
-                    // Closed (or flipped): a flipped remainder starts at this price.
-                    s.avg_entry = if new_pos.is_zero() { Decimal::ZERO } else { p.0 };
-                }
-                s.position = new_pos;
+                s.holding.apply(signed, p.0);
             }
         }
         if matches!(
@@ -204,22 +193,22 @@ impl Agent {
     }
 
     fn observation(&self, f: &FusedSignal, s: &SymbolState, last: Decimal) -> Observation {
-        let to_f = |d: Decimal| d.to_string().parse::<f32>().unwrap_or(0.0);
+        let to_f = |d: Decimal| d.to_f32().unwrap_or(0.0);
         let ret = match s.prev {
             Some(p) if p > Decimal::ZERO => to_f(last / p - Decimal::ONE),
             _ => 0.0,
         };
-        let pos = if s.position > Decimal::ZERO {
+        let pos = if s.holding.quantity > Decimal::ZERO {
             1.0
-        } else if s.position < Decimal::ZERO {
+        } else if s.holding.quantity < Decimal::ZERO {
             -1.0
         } else {
             0.0
         };
-        let open_ret = if s.position.is_zero() || s.avg_entry.is_zero() {
+        let open_ret = if s.holding.quantity.is_zero() || s.holding.avg_price.is_zero() {
             0.0
         } else {
-            to_f(last / s.avg_entry - Decimal::ONE) * pos
+            to_f(last / s.holding.avg_price - Decimal::ONE) * pos
         };
         let trend = match f.trend {
             Trend::Rising => 1.0,
@@ -267,7 +256,7 @@ impl Agent {
                 return Vec::new();
             }
         };
-        let pos = state.position;
+        let pos = state.holding.quantity;
         // What the action means for the position: close what is open, or open when flat.
         let (side, quantity) = match action {
             Action::Hold => {
