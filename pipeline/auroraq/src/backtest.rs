@@ -195,9 +195,9 @@ pub fn bundled(cfg: &Config) -> Result<Vec<AnyEvent>> {
     Ok(events)
 }
 
-/// The main job's plan over the bundled data: the AuroraQ agent on the bundled bars' symbol.
-pub fn bundled_plan(cfg: &Config, out: Option<&Path>, progress: bool) -> Result<Plan> {
-    let inputs = bundled(cfg)?;
+/// The main job's plan over the bundled data (`inputs`, from [`bundled`]): the AuroraQ agent on
+/// the bundled bars' symbol.
+pub fn bundled_plan(cfg: &Config, inputs: Vec<AnyEvent>, out: Option<&Path>, progress: bool) -> Result<Plan> {
     let symbol = inputs
         .iter()
         .find_map(|e| match e {

@@ -482,7 +482,8 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backtest(a) => {
             let mut plan = if a.files.is_empty() {
-                backtest::bundled_plan(&cfg, Some(&a.out), std::io::stderr().is_terminal())?
+                let inputs = backtest::bundled(&cfg)?;
+                backtest::bundled_plan(&cfg, inputs, Some(&a.out), std::io::stderr().is_terminal())?
             } else {
                 let opts = LoadOptions {
                     bars: BarsOptions {

@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use auroraq_replay::{replay, Format, LoadOptions, Pace};
+use auroraq_replay::{replay, Pace};
+use auroraq_schemas::AnyEvent;
 use auroraq_sink_jsonl::JsonlSink;
 use auroraq_stage::{run_subscription, subscribe_stage, StageMetrics};
 use serde::Serialize;
 use tracing::info;
 
 use crate::config::Config;
-use crate::roles::{load_recorded, Counting};
+use crate::roles::Counting;
 use crate::wiring::connect_bus;
 
 #[derive(Debug, Serialize)]
@@ -67,10 +68,13 @@ pub async fn run(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>) -> Result<RunS
         metrics.clone(),
     ));
 
-    // Connectors.
-    let mut opts = LoadOptions::default();
-    opts.bars.exchange = cfg.run.exchange.clone();
-    let events = load_recorded(Some(Format::Bars), &cfg.run.bars, &opts)?;
+    // Connectors: the bundled bars onto the bus (read once: the backtest below reuses them).
+    let bundled = crate::backtest::bundled(cfg)?;
+    let events: Vec<AnyEvent> = bundled
+        .iter()
+        .filter(|e| !matches!(e, AnyEvent::Article(_)))
+        .cloned()
+        .collect();
     info!(events = events.len(), "replaying bundled data");
     let stats = replay(&*bus, events, pace, stop.clone())
         .await
@@ -99,7 +103,7 @@ pub async fn run(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>) -> Result<RunS
         None
     } else {
         let out = cfg.run.out_dir.join("report");
-        let plan = crate::backtest::bundled_plan(cfg, Some(&out), false)?;
+        let plan = crate::backtest::bundled_plan(cfg, bundled, Some(&out), false)?;
         Some(tokio::task::block_in_place(|| crate::backtest::run(cfg, plan))?)
     };
     Ok(RunSummary {
