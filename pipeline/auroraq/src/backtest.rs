@@ -91,18 +91,58 @@ fn score_articles(_: &Config, articles: Vec<AnyEvent>, _: &[String]) -> Result<R
     anyhow::bail!("the input has articles but this build has no sentiment model (cargo feature `sentiment`)")
 }
 
+/// Whether a backtest reads this kind as input: what connectors record, and sentiment scores (a
+/// recorded score is used as it was, from its `ts_scored` on). What the later stages emitted
+/// (fused signals, intents, decisions, orders, snapshots, alerts) the backtest computes itself.
+pub fn is_recorded_input(ev: &AnyEvent) -> bool {
+    matches!(
+        ev,
+        AnyEvent::TradeTick(_)
+            | AnyEvent::Kline(_)
+            | AnyEvent::BookTicker(_)
+            | AnyEvent::BookUpdate(_)
+            | AnyEvent::Article(_)
+            | AnyEvent::SentimentScore(_)
+            | AnyEvent::FeedStatus(_)
+    )
+}
+
 /// Runs a plan; returns the summary (and writes the report when `plan.out` is set).
 pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
-    let (articles, rest): (Vec<AnyEvent>, Vec<AnyEvent>) = plan
-        .inputs
+    let before = plan.inputs.len();
+    let inputs: Vec<AnyEvent> = plan.inputs.into_iter().filter(is_recorded_input).collect();
+    if inputs.len() < before {
+        info!(
+            skipped = before - inputs.len(),
+            "left out recorded events of later stages (fused signals, orders...): the backtest makes its own"
+        );
+    }
+    let (articles, rest): (Vec<AnyEvent>, Vec<AnyEvent>) = inputs
         .into_iter()
         .partition(|e| matches!(e, AnyEvent::Article(_)));
     let n_inputs = (articles.len() + rest.len()) as u64;
     let mut fingerprint = Sha256::new();
 
-    // 1. Sentiment.
-    info!(articles = articles.len(), "scoring articles");
-    let scored = score_articles(cfg, articles.clone(), &plan.fallback_assets)?;
+    // 1. Sentiment, for the articles that have no recorded score.
+    let recorded: std::collections::HashSet<&str> = rest
+        .iter()
+        .filter_map(|e| match e {
+            AnyEvent::SentimentScore(s) => Some(s.meta.derived_from.iter().map(String::as_str)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let unscored: Vec<AnyEvent> = articles
+        .iter()
+        .filter(|a| !recorded.contains(a.meta().event_id.as_str()))
+        .cloned()
+        .collect();
+    info!(
+        articles = articles.len(),
+        to_score = unscored.len(),
+        "scoring articles without a recorded score"
+    );
+    let scored = score_articles(cfg, unscored, &plan.fallback_assets)?;
     fingerprint.update(scored.fingerprint.as_bytes());
 
     // 2. Fusion, over everything it reads, in the order it could have had it.
@@ -395,6 +435,91 @@ pub fn bench(cfg: &Config, n: usize, rounds: usize) -> Result<BacktestBench> {
         trades,
         rounds: results,
     })
+}
+
+/// The topics a backtest reads from a bus's history: market data, news and recorded scores.
+pub const HISTORY_FILTERS: &[&str] = &["market.>", "news.>", "sentiment.scores"];
+
+/// What a read of the bus's history found.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct HistoryStats {
+    /// Messages stored in the range.
+    pub stored: u64,
+    /// Distinct events decoded.
+    pub events: u64,
+    /// Events stored more than once (same event id), kept once.
+    pub duplicates: u64,
+    /// Messages that are not AuroraQ events; skipped and counted.
+    pub undecodable: u64,
+}
+
+/// Reads the backtest's input from what the configured bus kept (NATS JetStream): every market-data,
+/// news and score message stored from `since` (the oldest kept when none) until `until` (the end of
+/// the stream when the read began when none), by the time the bus stored them. Each event once.
+pub async fn from_bus(
+    cfg: &Config,
+    since: Option<Micros>,
+    until: Option<Micros>,
+    progress: bool,
+) -> Result<(Vec<AnyEvent>, HistoryStats)> {
+    let bus = crate::wiring::connect_bus(&cfg.bus).await?;
+    let mut readers = Vec::new();
+    for f in HISTORY_FILTERS {
+        let mut opts = auroraq_bus::HistoryOptions::new(*f);
+        opts.since = since;
+        opts.until = until;
+        readers.push(
+            bus.history(opts)
+                .await
+                .with_context(|| format!("reading {f} from the {} bus", bus.kind()))?,
+        );
+    }
+    let total: u64 = readers.iter().map(|r| r.total()).sum();
+    let bar = if progress {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("reading the bus {wide_bar} {pos}/{len} messages {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut stats = HistoryStats::default();
+    let mut out = Vec::new();
+    for mut r in readers {
+        while let Some(stored) = r.next().await {
+            let stored = stored?;
+            stats.stored += 1;
+            bar.inc(1);
+            match AnyEvent::decode(&stored.message.payload) {
+                Ok(ev) => {
+                    if seen.insert(ev.meta().event_id.clone()) {
+                        out.push(ev);
+                    } else {
+                        stats.duplicates += 1;
+                    }
+                }
+                Err(e) => {
+                    stats.undecodable += 1;
+                    tracing::warn!(topic = %stored.message.topic, sequence = stored.sequence, error = %e,
+                        "a stored message is not an AuroraQ event; skipped");
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    stats.events = out.len() as u64;
+    info!(?stats, bus = %bus.kind(), "read the backtest's input from the bus");
+    bus.close().await;
+    if out.is_empty() {
+        anyhow::bail!(
+            "the bus kept no market data, news or scores in that time range ({} messages read); \
+             check --since/--until, the bus (--bus) and its retention (JetStream keeps 7 days)",
+            stats.stored
+        );
+    }
+    Ok((out, stats))
 }
 
 /// Sends `events` through the configured bus and back: publishes them (as the replay connector

@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use auroraq_replay::{BarsOptions, Format, LoadOptions, Pace};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::info;
@@ -223,6 +223,18 @@ struct BacktestArgs {
     /// consumer sees; the fingerprint is the same on every bus.
     #[arg(long)]
     via_bus: bool,
+    /// Read the input from what the configured bus kept (NATS JetStream: --bus nats://...): market
+    /// data, news and recorded scores, each event once, instead of files.
+    #[arg(long, conflicts_with_all = ["files", "via_bus"])]
+    from_bus: bool,
+    /// With --from-bus: the first message stored at or after this time (RFC 3339, `2026-11-26 09:00`,
+    /// or epoch seconds); default: the oldest the bus kept. Bus time: when it was published.
+    #[arg(long, requires = "from_bus")]
+    since: Option<String>,
+    /// With --from-bus: the last message stored at or before this time; default: the end of the
+    /// stream when the backtest starts.
+    #[arg(long, requires = "from_bus")]
+    until: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -481,19 +493,48 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&stats)?);
         }
         Command::Backtest(a) => {
-            let mut plan = if a.files.is_empty() {
+            let progress = std::io::stderr().is_terminal();
+            let mut plan = if a.files.is_empty() && !a.from_bus {
                 let inputs = backtest::bundled(&cfg)?;
-                backtest::bundled_plan(&cfg, inputs, Some(&a.out), std::io::stderr().is_terminal())?
+                backtest::bundled_plan(&cfg, inputs, Some(&a.out), progress)?
             } else {
-                let opts = LoadOptions {
-                    bars: BarsOptions {
-                        exchange: a.exchange,
-                        symbol: a.symbol,
-                        interval: None,
-                    },
-                    ..LoadOptions::default()
+                let (inputs, title, notes) = if a.from_bus {
+                    let time = |s: &Option<String>, what: &str| -> Result<Option<i64>> {
+                        s.as_deref()
+                            .map(|t| {
+                                auroraq_replay::time::parse_timestamp(t).with_context(|| {
+                                    format!("{what} {t:?} is not a time (e.g. 2026-11-26T09:00:00Z or epoch seconds)")
+                                })
+                            })
+                            .transpose()
+                    };
+                    let (since, until) = (time(&a.since, "--since")?, time(&a.until, "--until")?);
+                    let (inputs, stats) = backtest::from_bus(&cfg, since, until, progress).await?;
+                    let notes = format!(
+                        "{} stream {} from {} to {}: {} events ({} stored twice, {} undecodable)",
+                        cfg.bus.url,
+                        cfg.bus.stream,
+                        a.since.as_deref().unwrap_or("the oldest kept"),
+                        a.until.as_deref().unwrap_or("the end"),
+                        stats.events,
+                        stats.duplicates,
+                        stats.undecodable
+                    );
+                    (inputs, "AuroraQ backtest from the bus", notes)
+                } else {
+                    let opts = LoadOptions {
+                        bars: BarsOptions {
+                            exchange: a.exchange,
+                            symbol: a.symbol,
+                            interval: None,
+                        },
+                        ..LoadOptions::default()
+                    };
+                    let inputs = auroraq_replay::load(a.format.map(Format::from), &a.files, &opts)?;
+                    let files: Vec<String> = a.files.iter().map(|f| f.display().to_string()).collect();
+                    let notes = format!("{} file(s): {}", files.len(), files.join(", "));
+                    (inputs, "AuroraQ backtest", notes)
                 };
-                let inputs = auroraq_replay::load(a.format.map(Format::from), &a.files, &opts)?;
                 let agents = a
                     .agents
                     .iter()
@@ -505,17 +546,9 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                     fallback_assets: Vec::new(),
                     fusion: cfg.fusion.clone(),
                     out: Some(a.out.clone()),
-                    title: "AuroraQ backtest".into(),
-                    notes: format!(
-                        "{} file(s): {}",
-                        a.files.len(),
-                        a.files
-                            .iter()
-                            .map(|f| f.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    progress: std::io::stderr().is_terminal(),
+                    title: title.into(),
+                    notes,
+                    progress,
                 }
             };
             if a.via_bus {

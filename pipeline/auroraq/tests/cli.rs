@@ -656,3 +656,74 @@ fn backtest_fingerprint_is_the_same_on_both_buses() {
     assert_eq!(inproc, files, "in-process bus");
     assert_eq!(on_nats, files, "NATS bus");
 }
+
+/// `backtest --from-bus` reads what JetStream kept, from a start time to an end time, and gives the
+/// fingerprint of the backtest of the files that were published there; the in-process bus (no
+/// history) and an empty range are refused clearly.
+#[test]
+fn backtest_from_a_retained_stream_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let bars = repo_root().join("data/market/Coinbase_BTCUSD_1h.csv");
+    let news = repo_root().join("data/news/reuters21578.jsonl");
+    // Bars of another symbol (the BTC ones are in the bundled file: the bus would drop them as
+    // re-published ids).
+    let small = dir.path().join("eth.csv");
+    let text = std::fs::read_to_string(write_bars(dir.path())).unwrap();
+    std::fs::write(&small, text.replace("BTCUSD", "ETHUSD")).unwrap();
+    let summary = |c: &mut Command| {
+        let out = c.arg("--out").arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last_json(&out)
+    };
+    let files_a = summary(
+        auroraq()
+            .args(["backtest", "--exchange", "coinbase"])
+            .arg(&bars)
+            .arg(&news),
+    );
+    let files_b = summary(auroraq().args(["backtest", "--exchange", "coinbase"]).arg(&small));
+
+    let nats = IsolatedNats::new("btfrom");
+    let out = nats
+        .auroraq()
+        .args(["replay", "--exchange", "coinbase"])
+        .arg(&bars)
+        .arg(&news)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A cut between the two publishes, on a whole second (the CLI takes epoch seconds too).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let cut = now.as_secs() + 1;
+    std::thread::sleep(Duration::from_secs(cut) - now + Duration::from_millis(100));
+    let replayed = last_json(&nats.replay(&small));
+    assert_eq!(replayed["candles"], 5, "{replayed}");
+
+    let cut = cut.to_string();
+    let until = summary(nats.auroraq().args(["backtest", "--from-bus", "--until", &cut]));
+    assert_eq!(until["events"], 20_111 + 79, "{until}");
+    assert_eq!(until["fingerprint"], files_a["fingerprint"]);
+    let since = summary(nats.auroraq().args(["backtest", "--from-bus", "--since", &cut]));
+    assert_eq!(since["events"], 5, "{since}");
+    assert_eq!(since["fingerprint"], files_b["fingerprint"]);
+
+    let refused = |c: &mut Command, why: &str| {
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{why:?} not in: {err}");
+    };
+    refused(
+        nats.auroraq()
+            .args(["backtest", "--from-bus", "--since", "2099-01-01"]),
+        "kept no market data",
+    );
+    refused(auroraq().args(["backtest", "--from-bus"]), "keeps no history");
+    refused(
+        nats.auroraq()
+            .args(["backtest", "--from-bus", "--since", "yesterday"]),
+        "is not a time",
+    );
+}

@@ -189,6 +189,52 @@ pub enum BusError {
     Ack(String),
     #[error("the bus is closed")]
     Closed,
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("reading the stored history of {filter} failed: {reason}")]
+    History { filter: String, reason: String },
+}
+
+/// Which stored messages a history read returns (see [`Bus::history`]).
+#[derive(Clone, Debug)]
+pub struct HistoryOptions {
+    /// Topic filter (wildcards as for subscriptions).
+    pub filter: String,
+    /// First message stored at or after this time (Unix microseconds); none: the oldest kept.
+    pub since: Option<i64>,
+    /// Stop before the first message stored after this time (Unix microseconds); none: at the end of
+    /// what was stored when the read began.
+    pub until: Option<i64>,
+}
+
+impl HistoryOptions {
+    pub fn new(filter: impl Into<String>) -> Self {
+        HistoryOptions {
+            filter: filter.into(),
+            since: None,
+            until: None,
+        }
+    }
+}
+
+/// A message as the bus stored it, read back from its history.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub message: OutMessage,
+    /// The bus's sequence number of the message (stream sequence on JetStream).
+    pub sequence: u64,
+    /// When the bus stored it (Unix microseconds).
+    pub stored_at: i64,
+}
+
+/// Stored messages, oldest first; ends at the end of what was stored when the read began (or at
+/// `until`). Reading acks nothing and moves no consumer group.
+#[async_trait]
+pub trait History: Send {
+    /// The next stored message; `None` at the end.
+    async fn next(&mut self) -> Option<Result<Stored, BusError>>;
+    /// Messages stored in the range when the read began (an upper bound on what `next` returns).
+    fn total(&self) -> u64;
 }
 
 /// Settles one delivery. Implemented by each bus.
@@ -342,6 +388,15 @@ pub trait Bus: Send + Sync + 'static {
     async fn close(&self);
     /// Waits until publishes and acks sent so far have left the process.
     async fn flush(&self) -> Result<(), BusError>;
+    /// Reads what the bus has kept of `opts.filter` from a start time, for backtests and audits.
+    /// Buses that keep no history (the in-process bus) say so with [`BusError::Unsupported`].
+    async fn history(&self, opts: HistoryOptions) -> Result<Box<dyn History>, BusError> {
+        Err(BusError::Unsupported(format!(
+            "the {} bus keeps no history to read {} from; record to a retained bus (NATS JetStream) or to files",
+            self.kind(),
+            opts.filter
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::{
-    partition_of, topics, Acker, Bus, BusError, Delivery, OutMessage, PublishReport, SubscribeOptions,
-    Subscription,
+    partition_of, topics, Acker, Bus, BusError, Delivery, History, HistoryOptions, OutMessage, PublishReport,
+    Stored, SubscribeOptions, Subscription,
 };
 
 /// The header that carries a message's partition key.
@@ -276,6 +276,66 @@ impl Bus for NatsBus {
         Ok(Box::new(NatsSubscription { rx }))
     }
 
+    async fn history(&self, opts: HistoryOptions) -> Result<Box<dyn History>, BusError> {
+        topics::validate_filter(&opts.filter).map_err(BusError::InvalidSubscription)?;
+        let err = |reason: String| BusError::History {
+            filter: opts.filter.clone(),
+            reason,
+        };
+        let mut stream = self
+            .js
+            .get_stream(&self.cfg.stream)
+            .await
+            .map_err(|e| err(format!("JetStream stream {}: {e}", self.cfg.stream)))?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| err(format!("JetStream stream {}: {e}", self.cfg.stream)))?
+            .state
+            .last_sequence;
+        let deliver_policy = match opts.since {
+            Some(us) => DeliverPolicy::ByStartTime {
+                start_time: async_nats::datetime::from_nanos(us as i128 * 1000)
+                    .map_err(|e| err(format!("start time {us} µs: {e}")))?,
+            },
+            None => DeliverPolicy::All,
+        };
+        // One ordered (ephemeral, ack-less) consumer over every partition: stream order, which is
+        // the order the messages were stored in.
+        let mut consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.*.{}", self.cfg.subject_root, opts.filter),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(format!("cannot create a reader: {e}")))?;
+        let total = consumer
+            .info()
+            .await
+            .map_err(|e| err(format!("cannot read the reader's state: {e}")))?
+            .num_pending;
+        debug!(filter = %opts.filter, since = ?opts.since, until = ?opts.until, total, last, "history read");
+        let messages = if total == 0 {
+            None
+        } else {
+            Some(
+                consumer
+                    .messages()
+                    .await
+                    .map_err(|e| err(format!("cannot start reading: {e}")))?,
+            )
+        };
+        Ok(Box::new(NatsHistory {
+            messages,
+            last,
+            until: opts.until,
+            total,
+            root_len: self.cfg.subject_root.len(),
+            filter: opts.filter,
+        }))
+    }
+
     async fn health(&self) -> Result<String, BusError> {
         let err = |reason: String| BusError::Connect {
             url: self.cfg.url.clone(),
@@ -405,36 +465,15 @@ impl Puller {
     ) -> Option<Delivery> {
         let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
         let (msg, acker) = msg.split();
-        let prefix_len = self.bus.cfg.subject_root.len() + 1;
-        // <root>.<partition>.<topic>
-        let topic = msg
-            .subject
-            .as_str()
-            .get(prefix_len..)
-            .and_then(|rest| rest.split_once('.'))
-            .map(|(_, t)| t.to_owned());
-        let Some(topic) = topic else {
+        let Some(message) = out_message(&msg, self.bus.cfg.subject_root.len()) else {
             warn!(subject = %msg.subject, "message outside the AuroraQ subject layout; terminating it");
             tokio::spawn(async move {
                 let _ = acker.ack_with(AckKind::Term).await;
             });
             return None;
         };
-        let header = |name: &str| {
-            msg.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_owned())
-        };
-        let id = header("Nats-Msg-Id").unwrap_or_default();
-        let key = header(KEY_HEADER);
         Some(Delivery::new(
-            OutMessage {
-                topic,
-                key,
-                id,
-                payload: msg.payload,
-            },
+            message,
             self.partition,
             attempt,
             Box::new(NatsAcker {
@@ -473,5 +512,101 @@ impl Acker for NatsAcker {
             .ack_with(AckKind::Nak(delay))
             .await
             .map_err(|e| BusError::Ack(e.to_string()))
+    }
+}
+
+/// A stored message as AuroraQ published it: the topic from `<root>.<partition>.<topic>`, the id
+/// and key from the headers. None when the subject is not in that layout.
+fn out_message(msg: &async_nats::Message, root_len: usize) -> Option<OutMessage> {
+    let topic = msg
+        .subject
+        .as_str()
+        .get(root_len + 1..)
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(_, t)| t.to_owned())?;
+    let header = |name: &str| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    Some(OutMessage {
+        topic,
+        key: header(KEY_HEADER),
+        id: header("Nats-Msg-Id").unwrap_or_default(),
+        payload: msg.payload.clone(),
+    })
+}
+
+/// A history read: an ordered consumer, stopped at the stream's last sequence when the read began,
+/// when nothing matching is pending, or past `until`.
+struct NatsHistory {
+    messages: Option<async_nats::jetstream::consumer::pull::Ordered>,
+    last: u64,
+    until: Option<i64>,
+    total: u64,
+    root_len: usize,
+    filter: String,
+}
+
+#[async_trait]
+impl History for NatsHistory {
+    async fn next(&mut self) -> Option<Result<Stored, BusError>> {
+        loop {
+            let messages = self.messages.as_mut()?;
+            let msg = match messages.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    self.messages = None;
+                    return Some(Err(BusError::History {
+                        filter: self.filter.clone(),
+                        reason: e.to_string(),
+                    }));
+                }
+                None => {
+                    self.messages = None;
+                    return None;
+                }
+            };
+            let (sequence, pending, stored_at) = match msg.info() {
+                Ok(i) => (
+                    i.stream_sequence,
+                    i.pending,
+                    (i.published.unix_timestamp_nanos() / 1000) as i64,
+                ),
+                Err(e) => {
+                    self.messages = None;
+                    return Some(Err(BusError::History {
+                        filter: self.filter.clone(),
+                        reason: format!("a stored message without its metadata: {e}"),
+                    }));
+                }
+            };
+            if sequence > self.last || self.until.is_some_and(|u| stored_at > u) {
+                self.messages = None;
+                return None;
+            }
+            if sequence == self.last || pending == 0 {
+                // This one is the last: end after it.
+                self.messages = None;
+            }
+            match out_message(&msg.message, self.root_len) {
+                Some(message) => {
+                    return Some(Ok(Stored {
+                        message,
+                        sequence,
+                        stored_at,
+                    }))
+                }
+                None => {
+                    warn!(subject = %msg.subject, "stored message outside the AuroraQ subject layout; skipped");
+                    continue;
+                }
+            }
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.total
     }
 }
