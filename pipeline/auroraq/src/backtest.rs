@@ -27,10 +27,6 @@ pub struct Plan {
     pub inputs: Vec<AnyEvent>,
     /// Agents to run (names in `[agents]`), with their policies.
     pub agents: Vec<auroraq_agents::Agent>,
-    /// Assets for articles that name none (the demo job only).
-    pub fallback_assets: Vec<String>,
-    /// Fusion settings (the configuration's, or the demo job's).
-    pub fusion: auroraq_fusion::FusionConfig,
     /// Where the report goes; none: summary only.
     pub out: Option<PathBuf>,
     pub title: String,
@@ -70,21 +66,15 @@ fn hex(b: &[u8]) -> String {
 }
 
 #[cfg(feature = "sentiment")]
-fn score_articles(cfg: &Config, articles: Vec<AnyEvent>, fallback: &[String]) -> Result<RunOutput> {
+fn score_articles(cfg: &Config, articles: Vec<AnyEvent>) -> Result<RunOutput> {
     let classifier = crate::sentiment::load(cfg, None, None)?;
-    let aliases = if cfg.sentiment.aliases.is_empty() {
-        auroraq_sentiment::assets::AliasTable::default()
-    } else {
-        auroraq_sentiment::assets::AliasTable::new(cfg.sentiment.aliases.clone())
-    };
-    let mut p = auroraq_sentiment::processor::ScoreProcessor::new(classifier, aliases);
-    p.fallback_assets = fallback.to_vec();
+    let p = auroraq_sentiment::processor::ScoreProcessor::new(classifier, crate::sentiment::aliases(cfg));
     let mut engine = Engine::new(vec![Box::new(p)]).keep(&["SentimentScore"]);
     Ok(engine.run(articles, &mut |_, _| {})?)
 }
 
 #[cfg(not(feature = "sentiment"))]
-fn score_articles(_: &Config, articles: Vec<AnyEvent>, _: &[String]) -> Result<RunOutput> {
+fn score_articles(_: &Config, articles: Vec<AnyEvent>) -> Result<RunOutput> {
     if articles.is_empty() {
         return Ok(RunOutput::default());
     }
@@ -142,7 +132,7 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
         to_score = unscored.len(),
         "scoring articles without a recorded score"
     );
-    let scored = score_articles(cfg, unscored, &plan.fallback_assets)?;
+    let scored = score_articles(cfg, unscored)?;
     fingerprint.update(scored.fingerprint.as_bytes());
 
     // 2. Fusion, over everything it reads, in the order it could have had it.
@@ -163,7 +153,7 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
         .collect();
     fusion_in.sort_by_key(available_at);
     info!(events = fusion_in.len(), "fusing");
-    let fused = auroraq_fusion::fuse_batch(&plan.fusion, fusion_in).context("fusion")?;
+    let fused = auroraq_fusion::fuse_batch(&cfg.fusion, fusion_in).context("fusion")?;
     for s in &fused.signals {
         let ev = AnyEvent::FusedSignal(s.clone());
         let bytes = ev.encode().context("encoding a fused signal")?;
@@ -235,9 +225,11 @@ pub fn bundled(cfg: &Config) -> Result<Vec<AnyEvent>> {
     Ok(events)
 }
 
-/// The main job's plan over the bundled data (`inputs`, from [`bundled`]): the AuroraQ agent on
-/// the bundled bars' symbol.
-pub fn bundled_plan(cfg: &Config, inputs: Vec<AnyEvent>, out: Option<&Path>, progress: bool) -> Result<Plan> {
+/// The main job's settings over the bundled data (`inputs`, from [`bundled`]): the configuration
+/// with the AuroraQ agent on the bundled bars' symbol, the news attributed to its asset, and
+/// daily fusion windows. The embedded job and the job on NATS (where each role reads it from
+/// the configuration file the job writes) use the same.
+pub fn demo_config(cfg: &Config, inputs: &[AnyEvent]) -> Result<Config> {
     let symbol = inputs
         .iter()
         .find_map(|e| match e {
@@ -248,28 +240,50 @@ pub fn bundled_plan(cfg: &Config, inputs: Vec<AnyEvent>, out: Option<&Path>, pro
     let asset = auroraq_fusion::SymbolMap::new(&cfg.fusion.symbols)
         .asset_of_symbol(&symbol)
         .unwrap_or_else(|| symbol.clone());
+    let mut demo = cfg.clone();
     let mut ac = cfg
         .agents
         .get("auroraq")
         .cloned()
         .unwrap_or_else(auroraq_agents::AgentConfig::auroraq);
     ac.assets = [(asset.clone(), symbol.clone())].into_iter().collect();
-    let agent = auroraq_agents::Agent::new(ac, Box::new(auroraq_agents::RulePolicy::default()));
+    demo.agents = [("auroraq".to_owned(), ac)].into_iter().collect();
+    // The bundled news names no crypto asset: it is attributed to the bars' asset.
+    demo.sentiment.fallback_assets = vec![asset];
     // News is sparse here (79 articles over 180 days): daily windows, and a single confident score
     // counts as nearly full evidence (evidence_scale 0.25), so that the seed's thresholds (0.7 / 0.8)
     // can be crossed.
-    let mut fusion = cfg.fusion.clone();
-    fusion.windows = vec![auroraq_fusion::WindowSpec {
+    demo.fusion.windows = vec![auroraq_fusion::WindowSpec {
         size_secs: 86_400,
         slide_secs: 86_400,
     }];
-    fusion.half_life_secs = 86_400.0;
-    fusion.evidence_scale = 0.25;
-    Ok(Plan {
+    demo.fusion.half_life_secs = 86_400.0;
+    demo.fusion.evidence_scale = 0.25;
+    // Windows still open after the last bar stay open, as in a live run (no price to act on).
+    demo.fusion.close_at_end = false;
+    Ok(demo)
+}
+
+/// The main job's plan over the bundled data (`inputs`, from [`bundled`]), and the configuration
+/// to run it with (see [`demo_config`]).
+pub fn bundled_plan(
+    cfg: &Config,
+    inputs: Vec<AnyEvent>,
+    out: Option<&Path>,
+    progress: bool,
+) -> Result<(Config, Plan)> {
+    let demo = demo_config(cfg, &inputs)?;
+    let ac = demo.agents.get("auroraq").cloned().context("the demo agent")?;
+    let (asset, symbol) = ac
+        .assets
+        .iter()
+        .next()
+        .map(|(a, s)| (a.clone(), s.clone()))
+        .context("the demo agent's asset")?;
+    let agent = auroraq_agents::Agent::new(ac, Box::new(auroraq_agents::RulePolicy::default()));
+    let plan = Plan {
         inputs,
         agents: vec![agent],
-        fallback_assets: vec![asset.clone()],
-        fusion,
         out: out.map(Path::to_path_buf),
         title: format!("AuroraQ main job: {symbol} with news sentiment"),
         notes: format!(
@@ -280,7 +294,8 @@ pub fn bundled_plan(cfg: &Config, inputs: Vec<AnyEvent>, out: Option<&Path>, pro
             cfg.run.bars.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
         progress,
-    })
+    };
+    Ok((demo, plan))
 }
 
 /// `auroraq bench backtest`: events/s of the replay path without inference (agents, risk and

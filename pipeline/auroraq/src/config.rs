@@ -16,6 +16,8 @@ pub struct Config {
     pub run: RunConfig,
     pub binance: BinanceSection,
     pub feedly: FeedlySection,
+    /// `[stages]`: how stages on the bus keep time.
+    pub stages: StagesConfig,
     /// `[fusion]`: windows, grace, weights, outliers (see pipeline/fusion).
     pub fusion: auroraq_fusion::FusionConfig,
     /// `[risk]`: VaR, sizing, limits (see pipeline/risk).
@@ -36,6 +38,7 @@ impl Default for Config {
             run: RunConfig::default(),
             binance: BinanceSection::default(),
             feedly: FeedlySection::default(),
+            stages: StagesConfig::default(),
             fusion: auroraq_fusion::FusionConfig::default(),
             risk: auroraq_risk::RiskConfig::default(),
             execution: auroraq_execution::ExecutionConfig::default(),
@@ -156,6 +159,29 @@ impl Default for BusConfig {
     }
 }
 
+/// `[stages]`: how the stages on the bus keep time.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagesConfig {
+    /// `wall` (live; the default): outputs are stamped with the system clock. `event`: for
+    /// recorded data replayed through the live roles, a stage's time is the latest event time it
+    /// has handled (as a backtest's simulated clock), scores are stamped at their article's receive
+    /// time and fused signals at their window's close; `auroraq run` on NATS sets it.
+    pub clock: String,
+}
+
+impl Default for StagesConfig {
+    fn default() -> Self {
+        StagesConfig { clock: "wall".into() }
+    }
+}
+
+impl StagesConfig {
+    pub fn event_time(&self) -> bool {
+        self.clock == "event"
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
@@ -188,6 +214,9 @@ pub struct SentimentConfig {
     /// Asset aliases for linking articles to assets, e.g. `BTC = ["bitcoin", "btc", "xbt"]`;
     /// empty: the built-in table.
     pub aliases: std::collections::BTreeMap<String, Vec<String>>,
+    /// Assets for articles that name none; empty (the default): such articles are scored but
+    /// concern no asset. The main job sets it: its bundled news predates its prices.
+    pub fallback_assets: Vec<String>,
 }
 
 impl Default for SentimentConfig {
@@ -203,6 +232,7 @@ impl Default for SentimentConfig {
             max_wait_ms: 10,
             queue: 512,
             aliases: Default::default(),
+            fallback_assets: Vec::new(),
         }
     }
 }
@@ -315,6 +345,12 @@ impl Config {
             bail!(
                 "postgres.url must be a postgres:// URL, not {:?}",
                 self.postgres.url
+            );
+        }
+        if !matches!(self.stages.clock.as_str(), "wall" | "event") {
+            bail!(
+                "stages.clock must be \"wall\" or \"event\", not {:?}",
+                self.stages.clock
             );
         }
         if !matches!(self.sentiment.device.as_str(), "cpu" | "cuda") {

@@ -5,6 +5,7 @@ mod bench;
 mod bench_decode;
 mod config;
 mod doctor;
+mod processes;
 mod roles;
 mod run;
 #[cfg(feature = "sentiment")]
@@ -171,6 +172,10 @@ struct RunArgs {
     /// Output folder (default: run.out_dir).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write the results to this sink (postgres://... or redis://...); needs --bus nats://...
+    /// (the job then runs as separate processes, one per role). Repeatable.
+    #[arg(long = "sink")]
+    sinks: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -461,7 +466,8 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 cfg.run.out_dir = out;
             }
             let stop = stop_on_signals();
-            let summary = run::run(&cfg, pace(a.speed)?, stop).await?;
+            let progress = std::io::stderr().is_terminal();
+            let summary = run::run(&cfg, pace(a.speed)?, &a.sinks, stop, progress).await?;
             println!("{}", serde_json::to_string(&summary)?);
         }
         Command::Connect(Connect::Replay(a)) | Command::Replay(a) => {
@@ -496,7 +502,9 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let progress = std::io::stderr().is_terminal();
             let mut plan = if a.files.is_empty() && !a.from_bus {
                 let inputs = backtest::bundled(&cfg)?;
-                backtest::bundled_plan(&cfg, inputs, Some(&a.out), progress)?
+                let (demo, plan) = backtest::bundled_plan(&cfg, inputs, Some(&a.out), progress)?;
+                cfg = demo;
+                plan
             } else {
                 let (inputs, title, notes) = if a.from_bus {
                     let time = |s: &Option<String>, what: &str| -> Result<Option<i64>> {
@@ -543,8 +551,6 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 backtest::Plan {
                     inputs,
                     agents,
-                    fallback_assets: Vec::new(),
-                    fusion: cfg.fusion.clone(),
                     out: Some(a.out.clone()),
                     title: title.into(),
                     notes,

@@ -276,7 +276,9 @@ pub async fn fuse(
     bus: Arc<dyn Bus>,
     stop: Arc<AtomicBool>,
 ) -> Result<auroraq_fusion::FusionStats> {
-    let stats = auroraq_fusion::run(bus.clone(), cfg.fusion.clone(), stop).await?;
+    let mut fc = cfg.fusion.clone();
+    fc.stamp_window_close |= cfg.stages.event_time();
+    let stats = auroraq_fusion::run(bus.clone(), fc, stop).await?;
     bus.close().await;
     Ok(stats)
 }

@@ -1,10 +1,14 @@
-//! `auroraq run`: every available role in one process, on the in-process bus by default.
+//! `auroraq run`: the main job.
 //!
-//! The replay connector publishes the bundled market data onto the bus, where the JSON-lines
-//! archive sink keeps every event (dead letters counted); then the same bundled data, with its
-//! news, goes through sentiment, fusion, the AuroraQ agent, risk and paper execution on event time
+//! Embedded (the in-process bus, the default): every role in one process. The replay connector
+//! publishes the bundled market data onto the bus, where the JSON-lines archive sink keeps every
+//! event (dead letters counted); then the same bundled data, with its news, goes through
+//! sentiment, fusion, the AuroraQ agent, risk and paper execution on event time
 //! (`crate::backtest`), which writes the report. The job ends when both are done, or on
 //! SIGINT/SIGTERM (the backtest is then skipped).
+//!
+//! On NATS (`--bus nats://...`, with `--sink postgres://...` for the tables): the same job as
+//! separate processes, one per role (`crate::processes`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,12 +39,47 @@ pub struct RunSummary {
     pub archive: PathBuf,
     pub interrupted: bool,
     /// The backtest of the bundled data through sentiment, fusion, agents, risk and execution
-    /// (absent when interrupted).
+    /// (absent when interrupted); on NATS, the report of what the role processes published.
     pub backtest: Option<auroraq_backtest::Summary>,
+    /// On NATS: the run's own JetStream stream and subject root (for `backtest --from-bus`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_root: Option<String>,
+    /// Sinks the job wrote to (credentials redacted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<String>,
+    /// On NATS: the role processes and what each reported.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<crate::processes::ProcessReport>,
     pub elapsed_s: f64,
 }
 
-pub async fn run(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>) -> Result<RunSummary> {
+/// Runs the main job: embedded on the in-process bus, or as separate processes on NATS.
+pub async fn run(
+    cfg: &Config,
+    pace: Pace,
+    sinks: &[String],
+    stop: Arc<AtomicBool>,
+    progress: bool,
+) -> Result<RunSummary> {
+    if cfg.bus.url == "inproc" {
+        if !sinks.is_empty() {
+            anyhow::bail!(
+                "--sink needs the job's roles on a shared bus: add --bus nats://host:4222 (embedded, the job \
+                 writes {} and its report)",
+                cfg.run.out_dir.join("events.jsonl").display()
+            );
+        }
+        return embedded(cfg, pace, stop, progress).await;
+    }
+    if pace != Pace::Max {
+        anyhow::bail!("--speed applies to the embedded job; on NATS the job paces itself on the stages");
+    }
+    crate::processes::run(cfg, sinks, stop, progress).await
+}
+
+async fn embedded(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>, progress: bool) -> Result<RunSummary> {
     let t0 = Instant::now();
     let bus = connect_bus(&cfg.bus).await?;
     info!(bus = %cfg.bus.url, "starting every role in one process");
@@ -103,8 +142,8 @@ pub async fn run(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>) -> Result<RunS
         None
     } else {
         let out = cfg.run.out_dir.join("report");
-        let plan = crate::backtest::bundled_plan(cfg, bundled, Some(&out), false)?;
-        Some(tokio::task::block_in_place(|| crate::backtest::run(cfg, plan))?)
+        let (demo, plan) = crate::backtest::bundled_plan(cfg, bundled, Some(&out), progress)?;
+        Some(tokio::task::block_in_place(|| crate::backtest::run(&demo, plan))?)
     };
     Ok(RunSummary {
         bus: bus.kind().to_owned(),
@@ -116,6 +155,10 @@ pub async fn run(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>) -> Result<RunS
         archive,
         interrupted,
         backtest,
+        stream: None,
+        subject_root: None,
+        sinks: Vec::new(),
+        processes: Vec::new(),
         elapsed_s: t0.elapsed().as_secs_f64(),
     })
 }

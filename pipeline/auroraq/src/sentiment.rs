@@ -50,11 +50,12 @@ pub fn batching(cfg: &Config) -> BatchConfig {
 }
 
 pub fn aliases(cfg: &Config) -> AliasTable {
-    if cfg.sentiment.aliases.is_empty() {
+    let t = if cfg.sentiment.aliases.is_empty() {
         AliasTable::default()
     } else {
         AliasTable::new(cfg.sentiment.aliases.clone())
-    }
+    };
+    t.with_fallback(cfg.sentiment.fallback_assets.clone())
 }
 
 /// `auroraq sentiment score TEXT...`: one JSON object per text.

@@ -41,6 +41,7 @@ pub fn stage_config(cfg: &Config, name: &str, filter: &str) -> StageConfig {
     s.max_in_flight = cfg.bus.max_in_flight;
     s.ack_wait = Duration::from_secs(cfg.bus.ack_wait_secs.max(1));
     s.max_attempts = cfg.bus.max_attempts;
+    s.event_clock = cfg.stages.event_time();
     s
 }
 

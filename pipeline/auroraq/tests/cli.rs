@@ -88,7 +88,8 @@ impl IsolatedNats {
     }
 }
 
-fn check_run(bus: Option<&str>, envs: &[(&str, String)]) {
+/// `articles`: the bundled news the job publishes too (on NATS, where the roles score it).
+fn check_run(bus: Option<&str>, envs: &[(&str, String)], articles: u64) {
     let dir = tempfile::tempdir().unwrap();
     let bars = write_bars(dir.path());
     let out_dir = dir.path().join("out");
@@ -113,20 +114,30 @@ fn check_run(bus: Option<&str>, envs: &[(&str, String)]) {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = last_json(&out);
-    assert_eq!(s["published"], 6, "5 bars and 1 dead letter: {s}");
+    assert_eq!(
+        s["published"],
+        6 + articles,
+        "5 bars, 1 dead letter, the articles: {s}"
+    );
     assert_eq!(s["by_kind"]["Kline"], 5, "{s}");
     assert_eq!(
         s["by_kind"]["DeadLetter"], 1,
         "the broken row is kept as a dead letter: {s}"
     );
-    assert_eq!(s["archived"], 6);
     assert_eq!(s["interrupted"], false);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("events.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 6);
+    assert_eq!(s["archived"], lines.len() as u64, "{s}");
+    if articles == 0 {
+        assert_eq!(lines.len(), 6);
+    } else {
+        // On NATS the archive holds what the roles published too.
+        assert_eq!(s["by_kind"]["SentimentScore"], articles, "{s}");
+        assert!(lines.len() as u64 > 6 + 2 * articles, "{s}");
+    }
     let klines: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "Kline").collect();
     // Oldest first, exact prices, ids stable across runs.
     assert_eq!(klines[0]["open"], "7960");
@@ -138,13 +149,13 @@ fn check_run(bus: Option<&str>, envs: &[(&str, String)]) {
 
 #[test]
 fn embedded_run_replays_and_stops_cleanly() {
-    check_run(None, &[]);
+    check_run(None, &[], 0);
 }
 
 #[test]
 fn same_run_on_nats() {
     let nats = IsolatedNats::new("cli");
-    check_run(Some(&nats_url()), &nats.envs);
+    check_run(Some(&nats_url()), &nats.envs, 79);
 }
 
 #[test]
@@ -726,4 +737,161 @@ fn backtest_from_a_retained_stream_by_time() {
             .args(["backtest", "--from-bus", "--since", "yesterday"]),
         "is not a time",
     );
+}
+
+/// `auroraq run --bus nats://... --sink postgres://...`: the main job as separate processes (one
+/// per role), each on its own consumer group of the run's stream; the same trades as the embedded
+/// job on the same data, and the results in the PostgreSQL tables.
+#[test]
+fn main_job_as_processes_on_nats_with_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    // The newest 1,500 bundled bars (the news then falls on them as in the full job's last days).
+    let text = std::fs::read_to_string(repo_root().join("data/market/Coinbase_BTCUSD_1h.csv")).unwrap();
+    let bars = dir.path().join("bars.csv");
+    std::fs::write(&bars, text.lines().take(1502).collect::<Vec<_>>().join("\n")).unwrap();
+
+    let embedded = auroraq()
+        .args(["run", "--bars"])
+        .arg(&bars)
+        .arg("--out")
+        .arg(dir.path().join("embedded"))
+        .output()
+        .unwrap();
+    assert!(
+        embedded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&embedded.stderr)
+    );
+    let embedded = last_json(&embedded);
+    assert!(
+        embedded["backtest"]["trades"].as_u64().unwrap() >= 1,
+        "{embedded}"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = std::env::var("AURORAQ_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let db = unique("aq_job_").to_lowercase();
+    let query = |url: &str, sql: &str| -> i64 {
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            c.query_one(sql, &[]).await.unwrap().get(0)
+        })
+    };
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    });
+    let url = format!("{}/{db}", admin.rsplit_once('/').unwrap().0);
+
+    let nats = IsolatedNats::new("job");
+    let out = nats
+        .auroraq()
+        .env("AURORAQ_BUS_PARTITIONS", "1")
+        .args(["run", "--bars"])
+        .arg(&bars)
+        .arg("--out")
+        .arg(dir.path().join("nats"))
+        .args(["--sink", &url])
+        .output()
+        .unwrap();
+    let s = last_json(&out);
+    let _stream = auroraq_tests::DeleteStreamOnDrop {
+        stream: s["stream"].as_str().unwrap_or_default().to_owned(),
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s["bus"], "nats");
+    let roles: Vec<&str> = s["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["exit_code"], 0, "{p}");
+            assert_ne!(p["pid"].as_u64(), Some(std::process::id() as u64));
+            p["role"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "sentiment",
+            "fusion",
+            "agent",
+            "risk",
+            "execution",
+            "archive",
+            "sink-postgres"
+        ]
+    );
+    // The same decisions as the embedded job: the same orders, at the same times and prices.
+    let trades = |run: &str| std::fs::read_to_string(dir.path().join(run).join("report/trades.csv")).unwrap();
+    assert_eq!(trades("nats"), trades("embedded"));
+    let (e, n) = (
+        &embedded["backtest"]["emitted_by_kind"],
+        &s["backtest"]["emitted_by_kind"],
+    );
+    for kind in [
+        "SentimentScore",
+        "FusedSignal",
+        "OrderIntent",
+        "RiskDecision",
+        "OrderUpdate",
+    ] {
+        assert_eq!(e[kind], n[kind], "{kind}: embedded {e}, on NATS {n}");
+    }
+    assert_eq!(s["published"], 1500 + 79);
+
+    // The run's stream stays for backtests: its recorded scores are used, not recomputed.
+    let bt = nats
+        .auroraq()
+        .env("AURORAQ_BUS_PARTITIONS", "1")
+        .env("AURORAQ_BUS_STREAM", s["stream"].as_str().unwrap())
+        .env("AURORAQ_BUS_SUBJECT_ROOT", s["subject_root"].as_str().unwrap())
+        .args(["backtest", "--from-bus", "--out"])
+        .arg(dir.path().join("from-bus"))
+        .output()
+        .unwrap();
+    assert!(bt.status.success(), "{}", String::from_utf8_lossy(&bt.stderr));
+    let bt = last_json(&bt);
+    assert_eq!(
+        bt["events"],
+        1500 + 79 + 79,
+        "bars, articles and their recorded scores: {bt}"
+    );
+    assert_eq!(bt["emitted_by_kind"]["SentimentScore"], 0, "{bt}");
+
+    // And in PostgreSQL.
+    let count = |table: &str| query(&url, &format!("SELECT count(*) FROM {table}"));
+    assert_eq!(count("klines"), 1500);
+    assert_eq!(count("articles"), 79);
+    assert_eq!(count("sentiment_scores"), 79);
+    assert_eq!(count("fused_signals"), n["FusedSignal"].as_i64().unwrap());
+    assert_eq!(count("orders"), n["OrderUpdate"].as_i64().unwrap());
+    assert_eq!(count("fills"), embedded["backtest"]["trades"].as_i64().unwrap());
+    assert_eq!(
+        count("portfolio_snapshots"),
+        n["PortfolioSnapshot"].as_i64().unwrap()
+    );
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let _ = c
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await;
+    });
+
+    // --sink without a shared bus is refused, saying what to do.
+    let refused = auroraq()
+        .args(["run", "--sink", &url, "--out"])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--bus nats://"));
 }

@@ -20,14 +20,7 @@ pub enum BacktestError {
     Encode { kind: &'static str, error: String },
 }
 
-/// When AuroraQ could first have had an event: the latest of its event time, its receive time
-/// and, for a derived event, its processing time (so a score is used only after `ts_scored`).
-pub fn available_at(ev: &AnyEvent) -> Micros {
-    let m = ev.meta();
-    m.ts_event
-        .max(m.ts_ingest)
-        .max(m.ts_processed.unwrap_or(i64::MIN))
-}
+pub use auroraq_stage::available_at;
 
 /// What a run produced.
 #[derive(Debug, Default)]
@@ -129,16 +122,19 @@ impl Engine {
         let total = inputs.len() as u64;
         // Events are read in place, in availability order (recordings are usually in order
         // already; otherwise an index is sorted, never the events).
-        // Ties in time are broken by event id, so that the order the events came in (from a file,
-        // from a bus) does not matter.
+        // Ties in time: recorded events before derived ones (a fused signal stamped at the bar
+        // that closed its window comes after that bar, as on the bus), then by event id, so that
+        // the order the events came in (from a file, from a bus) does not matter.
         let keys: Vec<Micros> = inputs.iter().map(available_at).collect();
         let mut order: Vec<u32> = (0..inputs.len() as u32).collect();
         if !keys.windows(2).all(|w| w[0] < w[1]) {
             order.sort_by(|&a, &b| {
                 let (a, b) = (a as usize, b as usize);
+                let (ma, mb) = (inputs[a].meta(), inputs[b].meta());
                 keys[a]
                     .cmp(&keys[b])
-                    .then_with(|| inputs[a].meta().event_id.cmp(&inputs[b].meta().event_id))
+                    .then_with(|| ma.ts_processed.is_some().cmp(&mb.ts_processed.is_some()))
+                    .then_with(|| ma.event_id.cmp(&mb.event_id))
             });
         }
         let mut next_input = 0usize;

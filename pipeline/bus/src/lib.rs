@@ -86,6 +86,9 @@ pub struct SubscribeOptions {
     /// A short-lived group (a `tap`, a test): buses with durable state forget it soon after its
     /// last member leaves, instead of keeping its position forever.
     pub transient: bool,
+    /// A new group sees only what is published after it joins (buses with history otherwise
+    /// start a new group at the oldest message kept).
+    pub from_now: bool,
 }
 
 impl SubscribeOptions {
@@ -98,11 +101,18 @@ impl SubscribeOptions {
             max_in_flight: 1024,
             ack_wait: Duration::from_secs(30),
             transient: false,
+            from_now: false,
         }
     }
 
     pub fn transient(mut self) -> Self {
         self.transient = true;
+        self
+    }
+
+    /// See [`SubscribeOptions::from_now`].
+    pub fn from_now(mut self) -> Self {
+        self.from_now = true;
         self
     }
 
@@ -193,6 +203,15 @@ pub enum BusError {
     Unsupported(String),
     #[error("reading the stored history of {filter} failed: {reason}")]
     History { filter: String, reason: String },
+}
+
+/// What a consumer group has yet to settle (see [`Bus::backlogs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Stored, not yet delivered.
+    pub pending: u64,
+    /// Delivered, not yet acked.
+    pub unacked: u64,
 }
 
 /// Which stored messages a history read returns (see [`Bus::history`]).
@@ -388,6 +407,16 @@ pub trait Bus: Send + Sync + 'static {
     async fn close(&self);
     /// Waits until publishes and acks sent so far have left the process.
     async fn flush(&self) -> Result<(), BusError>;
+    /// Per durable consumer group: messages not yet delivered, and delivered but not yet acked.
+    /// Every stage has caught up with everything published when all are zero (a stage that holds
+    /// messages on purpose, as fusion holds scores of open windows, keeps its unacked ones). Buses
+    /// that cannot tell say so with [`BusError::Unsupported`].
+    async fn backlogs(&self) -> Result<std::collections::BTreeMap<String, Backlog>, BusError> {
+        Err(BusError::Unsupported(format!(
+            "the {} bus does not report consumer backlogs",
+            self.kind()
+        )))
+    }
     /// Reads what the bus has kept of `opts.filter` from a start time, for backtests and audits.
     /// Buses that keep no history (the in-process bus) say so with [`BusError::Unsupported`].
     async fn history(&self, opts: HistoryOptions) -> Result<Box<dyn History>, BusError> {

@@ -187,7 +187,11 @@ impl NatsBus {
                     filter_subject: format!("{}.{}.{}", self.cfg.subject_root, partition, opts.filter),
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: opts.ack_wait,
-                    deliver_policy: DeliverPolicy::All,
+                    deliver_policy: if opts.from_now {
+                        DeliverPolicy::New
+                    } else {
+                        DeliverPolicy::All
+                    },
                     max_ack_pending: opts.max_in_flight as i64,
                     max_deliver: -1,
                     // Durable groups keep their position while all members are away; transient
@@ -274,6 +278,36 @@ impl Bus for NatsBus {
             tokio::spawn(puller.run(consumer));
         }
         Ok(Box::new(NatsSubscription { rx }))
+    }
+
+    async fn backlogs(&self) -> Result<std::collections::BTreeMap<String, crate::Backlog>, BusError> {
+        let err = |reason: String| BusError::Connect {
+            url: self.cfg.url.clone(),
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream(&self.cfg.stream)
+            .await
+            .map_err(|e| err(format!("JetStream stream {}: {e}", self.cfg.stream)))?;
+        let mut consumers = stream.consumers();
+        let mut groups = std::collections::BTreeMap::<String, crate::Backlog>::new();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| err(format!("listing the consumers of {}: {e}", self.cfg.stream)))?;
+            // Durable names are <group>-<filter hash>-p<partition>; readers without one are not groups.
+            let Some(group) = info
+                .config
+                .durable_name
+                .as_deref()
+                .and_then(|n| n.rsplitn(3, '-').nth(2))
+            else {
+                continue;
+            };
+            let b = groups.entry(group.to_owned()).or_default();
+            b.pending += info.num_pending;
+            b.unacked += info.num_ack_pending as u64;
+        }
+        Ok(groups)
     }
 
     async fn history(&self, opts: HistoryOptions) -> Result<Box<dyn History>, BusError> {

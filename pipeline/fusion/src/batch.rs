@@ -6,7 +6,7 @@ use auroraq_schemas::{AnyEvent, DeadLetter, FusedSignal};
 
 use crate::config::FusionConfig;
 use crate::dataflow::Engine;
-use crate::feed::Feeder;
+use crate::feed::{market_time, Feeder};
 use crate::model::{add, Control, Item, Out, Settings, Stamp};
 use crate::state::Fuser;
 use crate::{FusionError, FusionMetrics, FusionStats};
@@ -58,9 +58,10 @@ impl Runner {
 /// `BookTicker`, `BookUpdate`) and, with `join_articles`, articles (`Article`, all known before
 /// the first window closes, as a backtest may); other kinds are counted as ignored, invalid
 /// scores as invalid. At the end of the input every window still open is closed (unless
-/// `close_at_end` is false). `ts_processed`
-/// of every output is its window's close time (`window_end + grace`), so that the same input
-/// gives the same output, field for field.
+/// `close_at_end` is false). `ts_processed` of a signal is the market time at which its window
+/// closed (the market event that moved the asset's clock past `window_end + grace`; at the end of
+/// the input, `window_end + grace`), as a live run on event time stamps it, so that the same
+/// input gives the same output, field for field.
 pub fn fuse_batch<I>(cfg: &FusionConfig, events: I) -> Result<FusionOutput, FusionError>
 where
     I: IntoIterator<Item = AnyEvent>,
@@ -111,6 +112,10 @@ where
     if feeder.len() > 0 {
         epoch(&mut feeder, &mut sink)?;
     }
+    // Market event times per asset: a signal is stamped at the first one that closed its window
+    // (epochs here hold many ticks; a live run sees them one by one).
+    let symbols = crate::SymbolMap::new(&cfg.symbols);
+    let mut ticks: std::collections::HashMap<String, Vec<i64>> = Default::default();
     for ev in events {
         match ev {
             AnyEvent::Article(_) => {}
@@ -120,6 +125,11 @@ where
                 }
             }
             other => {
+                if let Some((symbol, ts)) = market_time(&other) {
+                    if let Some(asset) = symbols.asset_of_symbol(symbol) {
+                        ticks.entry(asset).or_default().push(ts);
+                    }
+                }
                 feeder.market(&other);
             }
         }
@@ -136,6 +146,17 @@ where
     }
     if let Runner::Dataflow(engine) = runner {
         engine.finish()?;
+    }
+    let grace = cfg.grace_secs as i64 * 1_000_000;
+    for t in ticks.values_mut() {
+        t.sort_unstable();
+    }
+    for s in &mut out.signals {
+        let close = s.window_end + grace;
+        let closed_by = ticks
+            .get(&s.asset)
+            .and_then(|t| t.get(t.partition_point(|&x| x < close)));
+        s.meta.ts_processed = Some(closed_by.copied().unwrap_or(close));
     }
     out.signals.sort_by(|a, b| {
         (

@@ -136,6 +136,9 @@ pub struct FusionConfig {
     /// At start, market data is taken only after this delay, so that redelivered scores of
     /// windows left open by a previous run arrive before the market clock closes them.
     pub startup_delay_ms: u64,
+    /// Stamp fused signals at their window's close (end + grace, event time) instead of the wall
+    /// clock: for recorded data replayed through the live stage, as a backtest stamps them.
+    pub stamp_window_close: bool,
 }
 
 impl Default for FusionConfig {
@@ -172,6 +175,7 @@ impl Default for FusionConfig {
             max_in_flight_articles: 65_536,
             hold_ack_wait_secs: None,
             startup_delay_ms: 1000,
+            stamp_window_close: false,
         }
     }
 }

@@ -143,8 +143,10 @@ pub(crate) enum Out {
 pub(crate) enum Stamp {
     /// The wall clock (a live run).
     Wall,
-    /// The earliest market time at which the output could be produced: `window_end + grace`
-    /// for a signal (a backtest, where the wall clock means nothing and outputs must repeat).
+    /// The market time at which the output was produced: for a signal, the time of the market
+    /// event that moved the asset's clock past `window_end + grace` (never before that), as a live
+    /// run emits it (a backtest or a replay, where the wall clock means nothing and outputs must
+    /// repeat).
     WindowClose,
 }
 

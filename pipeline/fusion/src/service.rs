@@ -130,7 +130,12 @@ impl FusionStage {
             }));
         }
         drop(tx);
-        let settings = Arc::new(Settings::new(&cfg, Stamp::Wall));
+        let stamp = if cfg.stamp_window_close {
+            Stamp::WindowClose
+        } else {
+            Stamp::Wall
+        };
+        let settings = Arc::new(Settings::new(&cfg, stamp));
         let engine = Engine::start(settings, cfg.workers, metrics.clone())?;
         let mut driver = Driver {
             feeder: Feeder::new(&cfg, metrics.clone()),

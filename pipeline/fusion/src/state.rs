@@ -279,7 +279,8 @@ impl AssetState {
             &parents,
             &format!("{asset}|{}|{}|{start}", spec.size, spec.slide),
             end,
-            stamp(s, end + s.grace),
+            // When the market clock passed the close: the tick that did it, not before end + grace.
+            stamp(s, (end + s.grace).max(self.clock.unwrap_or(i64::MIN))),
         );
         add(&ctx.metrics.signals, 1);
         add(&ctx.metrics.outliers, f.outliers.len() as u64);

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct AliasTable {
     /// asset → aliases (lower case)
     aliases: BTreeMap<String, Vec<String>>,
+    /// Assets for articles that name none (see [`AliasTable::with_fallback`]).
+    fallback: Vec<String>,
 }
 
 impl Default for AliasTable {
@@ -27,7 +29,10 @@ impl Default for AliasTable {
         ] {
             t.insert(asset.to_owned(), names.iter().map(|s| s.to_string()).collect());
         }
-        AliasTable { aliases: t }
+        AliasTable {
+            aliases: t,
+            fallback: Vec::new(),
+        }
     }
 }
 
@@ -42,11 +47,22 @@ impl AliasTable {
                 )
             })
             .collect();
-        AliasTable { aliases }
+        AliasTable {
+            aliases,
+            fallback: Vec::new(),
+        }
+    }
+
+    /// Attributes articles that name no asset to `assets`. Empty in real use; the embedded demo
+    /// job sets it because its bundled news predates its bundled prices (see the README).
+    pub fn with_fallback(mut self, assets: Vec<String>) -> Self {
+        self.fallback = assets;
+        self
     }
 
     /// The assets named in the texts, or by a ticker or keyword equal to an asset or alias.
     /// The assets an article is about: its title and text, feed keywords and tickers.
+    /// None found: the fallback assets, if any.
     pub fn link_article(&self, a: &auroraq_schemas::Article) -> Vec<String> {
         let texts: Vec<&str> = a
             .title
@@ -54,7 +70,12 @@ impl AliasTable {
             .map(String::as_str)
             .chain([a.text.as_str()])
             .collect();
-        self.link(&texts, &a.keywords, &a.tickers)
+        let found = self.link(&texts, &a.keywords, &a.tickers);
+        if found.is_empty() {
+            self.fallback.clone()
+        } else {
+            found
+        }
     }
 
     pub fn link(&self, texts: &[&str], keywords: &[String], tickers: &[String]) -> Vec<String> {

@@ -13,9 +13,6 @@ use crate::worker::score_event;
 pub struct ScoreProcessor {
     classifier: Classifier,
     aliases: AliasTable,
-    /// Assets for articles that name none. Empty in real use; the embedded demo job sets it
-    /// because its bundled news predates its bundled prices (see the README).
-    pub fallback_assets: Vec<String>,
     /// Articles with nothing to score (empty text, tokenizer failure).
     pub refused: u64,
 }
@@ -25,7 +22,6 @@ impl ScoreProcessor {
         ScoreProcessor {
             classifier,
             aliases,
-            fallback_assets: Vec::new(),
             refused: 0,
         }
     }
@@ -46,10 +42,7 @@ impl ScoreProcessor {
             .pop()
             .ok_or_else(|| HandlerError::Transient("the model returned no logits".into()))?;
         let pred = self.classifier.predict(logits);
-        let mut assets = self.aliases.link_article(a);
-        if assets.is_empty() {
-            assets = self.fallback_assets.clone();
-        }
+        let assets = self.aliases.link_article(a);
         let truncated = prepared.truncated || enc.truncated;
         let score = score_event(a, assets, &pred, &self.classifier, truncated, clock.now());
         Ok(vec![AnyEvent::SentimentScore(score)])

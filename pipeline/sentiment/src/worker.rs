@@ -218,7 +218,20 @@ async fn publish_scores(
     for (j, p) in jobs.iter().zip(&preds) {
         let a = &j.article;
         let assets = aliases.link_article(a);
-        let score = score_event(a, assets, p, c, j.text_truncated || j.encoded.truncated, now);
+        // On event time (replays), scored when the article was received, as in a backtest.
+        let ts_scored = if cfg.event_clock {
+            a.meta.ts_event.max(a.meta.ts_ingest)
+        } else {
+            now
+        };
+        let score = score_event(
+            a,
+            assets,
+            p,
+            c,
+            j.text_truncated || j.encoded.truncated,
+            ts_scored,
+        );
         let ev = AnyEvent::SentimentScore(score);
         let mut m = to_message(&ev).map_err(StageError::Encode)?;
         m.topic = topics::SENTIMENT_SCORES.to_owned();

@@ -9,7 +9,7 @@
 pub mod processor;
 
 pub use processor::{
-    run_processor, subscribe_processor, Clock, Processor, ProcessorHandler, SimClock, WallClock,
+    available_at, run_processor, subscribe_processor, Clock, Processor, ProcessorHandler, SimClock, WallClock,
 };
 
 use std::collections::BTreeMap;
@@ -156,6 +156,9 @@ pub struct StageConfig {
     pub max_attempts: u32,
     /// First retry delay; doubles per attempt.
     pub retry_delay: Duration,
+    /// Stamp outputs on event time (the latest event time handled) instead of the wall clock: for
+    /// replays of recorded data through the live roles. See [`ProcessorHandler`].
+    pub event_clock: bool,
 }
 
 impl StageConfig {
@@ -169,6 +172,7 @@ impl StageConfig {
             ack_wait: Duration::from_secs(30),
             max_attempts: 5,
             retry_delay: Duration::from_millis(200),
+            event_clock: false,
         }
     }
 

@@ -66,10 +66,23 @@ pub trait Processor: Send {
     }
 }
 
-/// Runs a [`Processor`] under the stage runner with the wall clock.
+/// When AuroraQ could first have had an event: the latest of its event time, its receive time
+/// and, for a derived event, its processing time (so a score is used only after `ts_scored`).
+pub fn available_at(ev: &AnyEvent) -> Micros {
+    let m = ev.meta();
+    m.ts_event
+        .max(m.ts_ingest)
+        .max(m.ts_processed.unwrap_or(i64::MIN))
+}
+
+/// Runs a [`Processor`] under the stage runner: with the wall clock (live), or on event time
+/// (replays of recorded data through the live roles: the clock is the latest [`available_at`] of
+/// the events handled so far, as a backtest's simulated clock).
 pub struct ProcessorHandler<P> {
     pub processor: P,
     pub clock: Arc<dyn Clock>,
+    /// Moved to each event's [`available_at`] before it is handled (event time); none: wall clock.
+    pub event_clock: Option<SimClock>,
 }
 
 impl<P: Processor> ProcessorHandler<P> {
@@ -77,6 +90,17 @@ impl<P: Processor> ProcessorHandler<P> {
         ProcessorHandler {
             processor,
             clock: Arc::new(WallClock),
+            event_clock: None,
+        }
+    }
+
+    /// On event time: see the type's docs.
+    pub fn on_event_time(processor: P) -> Self {
+        let clock = SimClock::new(i64::MIN);
+        ProcessorHandler {
+            processor,
+            clock: Arc::new(clock.clone()),
+            event_clock: Some(clock),
         }
     }
 }
@@ -84,6 +108,9 @@ impl<P: Processor> ProcessorHandler<P> {
 #[async_trait]
 impl<P: Processor> Handler<AnyEvent> for ProcessorHandler<P> {
     async fn handle(&mut self, event: AnyEvent) -> Result<Vec<AnyEvent>, HandlerError> {
+        if let Some(c) = &self.event_clock {
+            c.advance_to(available_at(&event));
+        }
         self.processor.process(&event, &*self.clock)
     }
 }
@@ -125,9 +152,10 @@ pub async fn subscribe_processor(
     Ok(Box::new(Merged { rx }))
 }
 
-/// Runs a [`Processor`] live on the bus with the wall clock: its inputs merged (see
-/// [`subscribe_processor`]), each event processed, outputs published (fills copied to
-/// `exec.fills`), then acked; failures dead-lettered as by [`crate::run_subscription`].
+/// Runs a [`Processor`] live on the bus, with the wall clock or on event time
+/// (`cfg.event_clock`): its inputs merged (see [`subscribe_processor`]), each event processed,
+/// outputs published (fills copied to `exec.fills`), then acked; failures dead-lettered as by
+/// [`crate::run_subscription`].
 pub async fn run_processor<P: Processor + 'static>(
     bus: Arc<dyn auroraq_bus::Bus>,
     cfg: crate::StageConfig,
@@ -135,5 +163,10 @@ pub async fn run_processor<P: Processor + 'static>(
     processor: P,
     metrics: Arc<crate::StageMetrics>,
 ) -> Result<crate::StageStats, crate::StageError> {
-    crate::run_subscription::<AnyEvent, _>(bus, cfg, sub, ProcessorHandler::live(processor), metrics).await
+    let handler = if cfg.event_clock {
+        ProcessorHandler::on_event_time(processor)
+    } else {
+        ProcessorHandler::live(processor)
+    };
+    crate::run_subscription::<AnyEvent, _>(bus, cfg, sub, handler, metrics).await
 }

@@ -1,0 +1,567 @@
+//! `auroraq run --bus nats://...`: the main job as separate processes on NATS.
+//!
+//! The job starts one `auroraq` process per role (sentiment, fusion, the AuroraQ agent, risk,
+//! paper execution, the JSON-lines archive, and a PostgreSQL or Redis sink per `--sink`), all
+//! reading the configuration it writes to `<out>/run-config.toml`, and publishes the bundled
+//! bars and news itself, as the replay connector does. Each run gets its own JetStream stream
+//! (`<bus.stream>_RUN_<id>`, kept for the bus's retention: `backtest --from-bus` can read it).
+//!
+//! The stages run on event time (`stages.clock = "event"`), and the job paces the replay so that
+//! each stage sees what a backtest would have it see: the bars before the first article go out
+//! at full speed (nothing can trade before there is news), then every event waits until every
+//! consumer group has settled what came before (the bus's per-group backlogs; fusion may hold the
+//! scores of open windows). The report is built from the events the stages published.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use auroraq_backtest::{available_at, RunOutput};
+use auroraq_bus::{Bus, SubscribeOptions};
+use auroraq_schemas::AnyEvent;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::process::{Child, Command};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::run::RunSummary;
+use crate::wiring::connect_bus;
+
+/// A role process the job ran, and what it printed when it stopped.
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub role: String,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    /// Its closing JSON line (stage counters), when it printed one.
+    pub stats: Option<serde_json::Value>,
+    pub log: PathBuf,
+}
+
+struct Role {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Events the stages published, as the job's own transient consumer saw them.
+#[derive(Default)]
+struct Seen {
+    by_kind: BTreeMap<String, u64>,
+    outputs: Vec<AnyEvent>,
+    undecodable: u64,
+}
+
+/// Kinds the stages emit (the report's input); `exec.fills` copies are skipped (`exec.orders` has them).
+fn is_output(topic: &str, ev: &AnyEvent) -> bool {
+    match ev {
+        AnyEvent::OrderUpdate(_) => topic == auroraq_bus::topics::EXEC_ORDERS,
+        AnyEvent::SentimentScore(_)
+        | AnyEvent::FusedSignal(_)
+        | AnyEvent::OrderIntent(_)
+        | AnyEvent::RiskDecision(_)
+        | AnyEvent::PortfolioSnapshot(_)
+        | AnyEvent::Alert(_) => true,
+        _ => false,
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+pub async fn run(
+    cfg: &Config,
+    sinks: &[String],
+    stop: Arc<AtomicBool>,
+    progress: bool,
+) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    let out_dir = cfg.run.out_dir.clone();
+    let logs = out_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let bundled = crate::backtest::bundled(cfg)?;
+
+    // The job's configuration: the demo settings, event time, a stream of its own; no secrets.
+    let mut job = crate::backtest::demo_config(cfg, &bundled)?;
+    let run_id = auroraq_schemas::now_micros() / 1_000_000;
+    job.bus.stream = format!("{}_RUN_{run_id}", cfg.bus.stream);
+    job.bus.subject_root = format!("{}-run{run_id}", cfg.bus.subject_root);
+    job.stages.clock = "event".into();
+    // Paced one event at a time: no stage should wait for a batch to fill.
+    job.fusion.batch_wait_ms = 1;
+    job.sentiment.max_wait_ms = 1;
+    job.feedly.token = String::new();
+    job.postgres.url = String::new();
+    job.redis.url = String::new();
+    let config_path = out_dir.join("run-config.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "# Written by `auroraq run` for its role processes (run {run_id}); sink URLs are passed in their environment.\n{}",
+            toml::to_string(&job).context("serialising the job's configuration")?
+        ),
+    )
+    .with_context(|| format!("cannot write {}", config_path.display()))?;
+
+    let archive = out_dir.join("events.jsonl");
+    if archive.exists() {
+        std::fs::remove_file(&archive).with_context(|| format!("cannot replace {}", archive.display()))?;
+    }
+    // (role, arguments, environment); the stages first, then the sinks (which emit nothing the
+    // stages read, so the job does not wait for them between events).
+    type Plan = Vec<(&'static str, Vec<String>, Vec<(&'static str, String)>)>;
+    let mut plan: Plan = vec![
+        ("fusion", vec!["fuse".into()], vec![]),
+        (
+            "agent",
+            vec!["agent".into(), "--name".into(), "auroraq".into()],
+            vec![],
+        ),
+        ("risk", vec!["risk".into()], vec![]),
+        ("execution", vec!["execute".into()], vec![]),
+    ];
+    #[cfg(feature = "sentiment")]
+    plan.insert(0, ("sentiment", vec!["score".into()], vec![]));
+    let stages = plan.len();
+    plan.push((
+        "archive",
+        vec![
+            "sink".into(),
+            "jsonl".into(),
+            "--out".into(),
+            archive.display().to_string(),
+        ],
+        vec![],
+    ));
+    let mut sink_names = Vec::new();
+    for s in sinks {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            plan.push((
+                "sink-postgres",
+                vec!["sink".into(), "postgres".into()],
+                vec![("AURORAQ_POSTGRES_URL", s.clone())],
+            ));
+        } else if s.starts_with("redis://") {
+            plan.push((
+                "sink-redis",
+                vec!["sink".into(), "redis".into()],
+                vec![("AURORAQ_REDIS_URL", s.clone())],
+            ));
+        } else {
+            bail!("--sink {:?}: give a postgres://... or redis://... URL", redact(s));
+        }
+        sink_names.push(redact(s));
+    }
+
+    // The job's own view of the bus, before anything is published.
+    let bus = connect_bus(&job.bus).await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let watcher_group = format!("job-{run_id}");
+    let mut sub = bus
+        .subscribe(
+            SubscribeOptions::new(&watcher_group, ">")
+                .transient()
+                .from_now()
+                .max_in_flight(4096)
+                // A pull lost under load comes back soon, not after the default 30 s.
+                .ack_wait(Duration::from_secs(2)),
+        )
+        .await?;
+    let watcher = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(d) = sub.next().await {
+                let Ok(d) = d else { continue };
+                let decoded = AnyEvent::decode(d.payload());
+                if let Ok(mut s) = seen.lock() {
+                    match decoded {
+                        Ok(ev) => {
+                            *s.by_kind.entry(ev.kind().name().to_owned()).or_insert(0) += 1;
+                            if is_output(d.topic(), &ev) {
+                                s.outputs.push(ev);
+                            }
+                        }
+                        Err(_) => s.undecodable += 1,
+                    }
+                }
+                let _ = d.ack().await;
+            }
+        })
+    };
+
+    // The role processes: the stages, then (once the stages have joined) the sinks.
+    let exe = std::env::current_exe().context("cannot find the auroraq executable to start the roles")?;
+    let mut roles = Vec::new();
+    let mut stage_groups = std::collections::BTreeSet::new();
+    let mut joined = std::collections::BTreeSet::from([watcher_group.clone()]);
+    let sinks_plan = plan.split_off(stages);
+    let mut started = Ok(());
+    for (i, part) in [plan, sinks_plan].into_iter().enumerate() {
+        let before = roles.len();
+        for (name, args, env) in part {
+            roles.push(spawn_role(&exe, &config_path, &logs, name, &args, &env)?);
+        }
+        let n = roles.len() - before;
+        match wait_joined(&*bus, &mut roles, &joined, n, &logs, &stop).await {
+            Ok(new) => {
+                if i == 0 {
+                    stage_groups = new.clone();
+                }
+                joined.extend(new);
+            }
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    info!(roles = roles.len(), stage_groups = ?stage_groups, "every role has joined; publishing");
+    let mut result = match started {
+        Ok(()) => drive(&job, &*bus, &mut roles, &stage_groups, bundled, &stop, progress).await,
+        Err(e) => Err(e),
+    };
+    if result.is_ok() {
+        // The job's own consumer has seen everything too (a delivery lost with a pull comes back).
+        let own = std::collections::BTreeSet::from([watcher_group.clone()]);
+        if let Err(e) = settle(&*bus, &mut roles, &own, "", &stop).await {
+            result = Err(e);
+        }
+    }
+    let stopped_early = result.is_err();
+
+    // Stop the roles (SIGTERM: each drains, acks and prints its counters), then the watcher.
+    let mut reports = Vec::new();
+    for r in &roles {
+        if let Some(pid) = r.child.id() {
+            // SAFETY: kill(2) with a pid of a child this process started and has not reaped.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+    }
+    for mut r in roles {
+        let pid = r.child.id();
+        let status = tokio::time::timeout(Duration::from_secs(30), r.child.wait()).await;
+        let exit_code = match status {
+            Ok(Ok(s)) => s.code(),
+            _ => {
+                warn!(role = r.name, "did not stop within 30 s; killed");
+                let _ = r.child.kill().await;
+                None
+            }
+        };
+        let mut stdout = String::new();
+        if let Some(mut o) = r.child.stdout.take() {
+            use tokio::io::AsyncReadExt;
+            let _ = o.read_to_string(&mut stdout).await;
+        }
+        let stats = stdout.lines().last().and_then(|l| serde_json::from_str(l).ok());
+        reports.push(ProcessReport {
+            role: r.name.to_owned(),
+            pid,
+            exit_code,
+            stats,
+            log: r.log,
+        });
+    }
+    bus.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), watcher).await;
+    let published = result?;
+    let failed: Vec<&ProcessReport> = reports.iter().filter(|r| r.exit_code != Some(0)).collect();
+    if !failed.is_empty() && !stopped_early {
+        warn!(roles = ?failed.iter().map(|r| &r.role).collect::<Vec<_>>(), "some roles did not exit cleanly; see their logs");
+    }
+
+    // The report, from what the stages published.
+    let seen = std::mem::take(
+        &mut *seen
+            .lock()
+            .map_err(|_| anyhow::anyhow!("watcher state poisoned"))?,
+    );
+    let mut outputs = seen.outputs;
+    outputs.sort_by(|a, b| {
+        available_at(a)
+            .cmp(&available_at(b))
+            .then_with(|| a.meta().event_id.cmp(&b.meta().event_id))
+    });
+    let mut h = Sha256::new();
+    let mut by_kind = BTreeMap::new();
+    for e in &outputs {
+        let bytes = e.encode().context("encoding an output for the digest")?;
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+        *by_kind.entry(e.kind().name().to_owned()).or_insert(0u64) += 1;
+    }
+    let interrupted = stop.load(Ordering::SeqCst);
+    let report_dir = out_dir.join("report");
+    let out = RunOutput {
+        fingerprint: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        inputs: published.published,
+        emitted: outputs.len() as u64,
+        by_kind,
+        started: outputs.first().map(available_at),
+        ended: outputs.last().map(available_at),
+        kept: outputs,
+        refused: 0,
+    };
+    let title = "AuroraQ main job on NATS, as separate processes";
+    let notes =
+        format!(
+        "Run {run_id} on {} (stream {}), roles: {}. The same bundled data and settings as the embedded job; \
+         the fingerprint here is a digest of the stages' outputs sorted by time and id.",
+        redact(&cfg.bus.url),
+        job.bus.stream,
+        reports.iter().map(|r| r.role.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let summary = auroraq_backtest::report(&out, title, &notes, Some(&report_dir))
+        .with_context(|| format!("writing the report to {}", report_dir.display()))?;
+    let archived = reports
+        .iter()
+        .find(|r| r.role == "archive")
+        .and_then(|r| r.stats.as_ref())
+        .and_then(|s| s["processed"].as_u64())
+        .unwrap_or(0);
+    Ok(RunSummary {
+        bus: bus.kind().to_owned(),
+        published: published.published,
+        duplicates: published.duplicates,
+        archived,
+        dead_letters: seen.by_kind.get("DeadLetter").copied().unwrap_or(0),
+        by_kind: seen.by_kind,
+        archive,
+        interrupted,
+        backtest: Some(summary),
+        stream: Some(job.bus.stream.clone()),
+        subject_root: Some(job.bus.subject_root.clone()),
+        sinks: sink_names,
+        processes: reports,
+        elapsed_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+#[derive(Default)]
+struct Published {
+    published: u64,
+    duplicates: u64,
+}
+
+/// Publishes the events, paced on the stages (see the module docs).
+async fn drive(
+    job: &Config,
+    bus: &dyn Bus,
+    roles: &mut [Role],
+    stage_groups: &std::collections::BTreeSet<String>,
+    mut events: Vec<AnyEvent>,
+    stop: &AtomicBool,
+    progress: bool,
+) -> Result<Published> {
+    events.sort_by(|a, b| {
+        available_at(a)
+            .cmp(&available_at(b))
+            .then_with(|| a.meta().event_id.cmp(&b.meta().event_id))
+    });
+    let first_article = events
+        .iter()
+        .position(|e| matches!(e, AnyEvent::Article(_)))
+        .unwrap_or(events.len());
+    let bar = if progress {
+        indicatif::ProgressBar::new(events.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "job on the bus {wide_bar} {pos}/{len} events {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let holding = job.fusion.group.clone();
+    let mut out = Published::default();
+    let encode = |batch: &[AnyEvent]| -> Result<Vec<auroraq_bus::OutMessage>> {
+        let mut msgs = Vec::with_capacity(batch.len());
+        for e in batch {
+            msgs.extend(auroraq_stage::to_messages(e).context("encoding a bundled event")?);
+        }
+        Ok(msgs)
+    };
+    // Before the first article: as fast as the bus takes them.
+    for chunk in events[..first_article].chunks(256) {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let r = bus
+            .publish(encode(chunk)?)
+            .await
+            .context("publishing bundled events")?;
+        out.published += r.stored as u64;
+        out.duplicates += r.duplicates as u64;
+        bar.inc(chunk.len() as u64);
+    }
+    // Then one event at a time, each once the stages have settled the one before.
+    for e in &events[first_article..] {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        settle(bus, roles, stage_groups, &holding, stop).await?;
+        let r = bus
+            .publish(encode(std::slice::from_ref(e))?)
+            .await
+            .context("publishing bundled events")?;
+        out.published += r.stored as u64;
+        out.duplicates += r.duplicates as u64;
+        bar.inc(1);
+    }
+    settle(bus, roles, stage_groups, &holding, stop).await?;
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// Waits until no stage's consumer group has anything pending or unacked (the holding group:
+/// nothing pending, its unacked count steady), seen twice in a row.
+async fn settle(
+    bus: &dyn Bus,
+    roles: &mut [Role],
+    stage_groups: &std::collections::BTreeSet<String>,
+    holding: &str,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut held: HashMap<String, u64> = HashMap::new();
+    let mut pause = Duration::from_micros(500);
+    loop {
+        let groups = bus.backlogs().await.context("reading the consumer groups")?;
+        let busy = groups
+            .iter()
+            .filter(|(g, _)| stage_groups.contains(*g))
+            .any(|(g, b)| {
+                b.pending > 0
+                    || if g == holding || g.starts_with(&format!("{holding}-")) {
+                        held.insert(g.clone(), b.unacked)
+                            .is_some_and(|before| before != b.unacked)
+                    } else {
+                        b.unacked > 0
+                    }
+            });
+        quiet = if busy { 0 } else { quiet + 1 };
+        if quiet >= 2 || stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("the stages did not catch up within 300 s: {groups:?}");
+        }
+        if started.elapsed() > Duration::from_secs(1) {
+            check_alive(roles)?;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn check_alive(roles: &mut [Role]) -> Result<()> {
+    for r in roles.iter_mut() {
+        if let Ok(Some(status)) = r.child.try_wait() {
+            let tail = tail_of(&r.log, 5);
+            bail!(
+                "the {} role exited ({status}) while the job ran; its log ({}) ends:\n{tail}",
+                r.name,
+                r.log.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn tail_of(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn spawn_role(
+    exe: &Path,
+    config: &Path,
+    logs: &Path,
+    name: &'static str,
+    args: &[String],
+    env: &[(&'static str, String)],
+) -> Result<Role> {
+    let log = logs.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--log-format", "json"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true);
+    // The written configuration is the whole of it: no overrides from this environment.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AURORAQ_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start the {name} role ({})", exe.display()))?;
+    info!(role = name, pid = child.id(), log = %log.display(), "role started");
+    Ok(Role { name, child, log })
+}
+
+/// Waits until `n` roles have joined: as many consumer groups besides `known`, and the number of
+/// consumers steady for a second (a role with several inputs joins one group per input filter).
+/// Returns the new groups.
+async fn wait_joined(
+    bus: &dyn Bus,
+    roles: &mut [Role],
+    known: &std::collections::BTreeSet<String>,
+    n: usize,
+    logs: &Path,
+    stop: &AtomicBool,
+) -> Result<std::collections::BTreeSet<String>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last: Option<(Vec<String>, Instant)> = None;
+    loop {
+        check_alive(roles)?;
+        let groups: Vec<String> = bus
+            .backlogs()
+            .await
+            .context("reading the consumer groups")?
+            .into_keys()
+            .filter(|g| !known.contains(g))
+            .collect();
+        match &last {
+            Some((g, since)) if *g == groups => {
+                if groups.len() >= n && since.elapsed() > Duration::from_secs(1) {
+                    return Ok(groups.into_iter().collect());
+                }
+            }
+            _ => last = Some((groups.clone(), Instant::now())),
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the roles did not all join the bus within 120 s ({} new groups for {n} roles); see {}",
+                groups.len(),
+                logs.display()
+            );
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Ok(groups.into_iter().collect());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
