@@ -370,6 +370,49 @@ mod tests {
     }
 
     #[test]
+    fn ties_in_time_go_by_event_id_in_order_or_not() {
+        // Trades 1..=4 at one time, trade 9 later.
+        let at = |seq: u64| {
+            let mut t = samples::trade(seq);
+            if seq != 9 {
+                let same = samples::trade(1).meta;
+                (t.meta.ts_event, t.meta.ts_ingest) = (same.ts_event, same.ts_ingest);
+            }
+            AnyEvent::TradeTick(t)
+        };
+        let run = |order: &[u64]| {
+            let mut e = Engine::new(vec![Box::new(Echo {
+                alerts_seen: 0,
+                times: vec![],
+            })])
+            .keep(&["Alert"]);
+            let out = e
+                .run(order.iter().map(|&i| at(i)).collect(), &mut |_, _| {})
+                .expect("runs");
+            let msgs: Vec<String> = out
+                .kept
+                .iter()
+                .map(|e| match e {
+                    AnyEvent::Alert(x) => x.message.clone(),
+                    _ => String::new(),
+                })
+                .collect();
+            (out.fingerprint, msgs)
+        };
+        let first = run(&[1, 2, 3, 4, 9]);
+        let mut by_id: Vec<(String, String)> = (1..=4u64)
+            .map(|i| (at(i).meta().event_id.clone(), i.to_string()))
+            .collect();
+        by_id.sort();
+        let mut want: Vec<String> = by_id.into_iter().map(|(_, m)| m).collect();
+        want.push("9".into());
+        assert_eq!(first.1, want);
+        for order in [[4, 3, 2, 1, 9], [2, 4, 1, 3, 9], [9, 3, 1, 4, 2], [3, 9, 2, 4, 1]] {
+            assert_eq!(run(&order), first, "{order:?}");
+        }
+    }
+
+    #[test]
     fn outputs_come_back_to_subscribers_at_their_time() {
         let inputs: Vec<AnyEvent> = [1u64, 2]
             .iter()
