@@ -208,12 +208,19 @@ pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&entry.fingerprint.to_le_bytes());
-    let writer = GenericDatumWriter::builder(&entry.schema)
-        .build()
-        .map_err(|e| CodecError::Encode {
-            kind,
-            source: Box::new(e),
-        })?;
+    let built;
+    let writer = match current_writer(E::KIND) {
+        Some(w) => w,
+        None => {
+            built = GenericDatumWriter::builder(&entry.schema)
+                .build()
+                .map_err(|e| CodecError::Encode {
+                    kind,
+                    source: Box::new(e),
+                })?;
+            &built
+        }
+    };
     writer
         .write_ser(&mut out, event)
         .map_err(|e| CodecError::Encode {
@@ -221,6 +228,26 @@ pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, CodecError> {
             source: Box::new(e),
         })?;
     Ok(out)
+}
+
+/// The writer of `kind`'s current schema, built once (building one resolves the schema's names,
+/// which costs more than encoding a small event). `None` if it does not build: [`encode`] then
+/// builds it again and reports why.
+fn current_writer(kind: EventKind) -> Option<&'static GenericDatumWriter<'static>> {
+    static WRITERS: OnceLock<Vec<Option<GenericDatumWriter<'static>>>> = OnceLock::new();
+    WRITERS
+        .get_or_init(|| {
+            EventKind::ALL
+                .iter()
+                .map(|&k| {
+                    GenericDatumWriter::builder(&registry().current(k).schema)
+                        .build()
+                        .ok()
+                })
+                .collect()
+        })
+        .get(kind as usize)?
+        .as_ref()
 }
 
 /// Decodes a message into `E`, resolving the writer's schema (found by fingerprint) against `E`'s.
@@ -334,4 +361,17 @@ impl Registry {
 pub fn registry() -> &'static Registry {
     static REG: OnceLock<Registry> = OnceLock::new();
     REG.get_or_init(Registry::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_index_their_cached_writers() {
+        for (i, &k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(k as usize, i, "{k:?}");
+            assert!(current_writer(k).is_some(), "{k:?}");
+        }
+    }
 }

@@ -37,7 +37,7 @@ pub fn event_id(kind: &str, source: &str, native_id: &str) -> String {
 }
 
 /// The header fields shared by every event type (flattened into each record on the wire).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
     /// Deterministic id, see [`event_id`].
     pub event_id: String,
@@ -54,6 +54,53 @@ pub struct Meta {
     /// W3C trace context.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+}
+
+impl Clone for Meta {
+    fn clone(&self) -> Self {
+        let Meta {
+            event_id,
+            source,
+            ts_event,
+            ts_ingest,
+            ts_processed,
+            derived_from,
+            traceparent,
+            tracestate,
+        } = self;
+        Meta {
+            event_id: event_id.clone(),
+            source: source.clone(),
+            ts_event: *ts_event,
+            ts_ingest: *ts_ingest,
+            ts_processed: *ts_processed,
+            derived_from: derived_from.clone(),
+            traceparent: traceparent.clone(),
+            tracestate: tracestate.clone(),
+        }
+    }
+
+    /// Reuses `self`'s buffers (a stage that keeps the last event's header copies it per event).
+    fn clone_from(&mut self, src: &Self) {
+        let Meta {
+            event_id,
+            source,
+            ts_event,
+            ts_ingest,
+            ts_processed,
+            derived_from,
+            traceparent,
+            tracestate,
+        } = src;
+        self.event_id.clone_from(event_id);
+        self.source.clone_from(source);
+        self.ts_event = *ts_event;
+        self.ts_ingest = *ts_ingest;
+        self.ts_processed = *ts_processed;
+        self.derived_from.clone_from(derived_from);
+        self.traceparent.clone_from(traceparent);
+        self.tracestate.clone_from(tracestate);
+    }
 }
 
 impl Meta {

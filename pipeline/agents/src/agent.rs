@@ -87,6 +87,15 @@ struct SymbolState {
     pending: Option<String>,
 }
 
+/// The state of `symbol` (names are upper case; no allocation when `symbol` is already).
+fn state_of<'a>(symbols: &'a mut BTreeMap<String, SymbolState>, symbol: &str) -> Option<&'a mut SymbolState> {
+    if symbol.bytes().any(|c| c.is_ascii_lowercase()) {
+        symbols.get_mut(&symbol.to_ascii_uppercase())
+    } else {
+        symbols.get_mut(symbol)
+    }
+}
+
 /// Remembers the last `cap` ids, to apply each fill once under redelivery.
 #[derive(Debug)]
 struct Seen {
@@ -162,7 +171,7 @@ impl Agent {
     }
 
     fn price(&mut self, symbol: &str, price: Decimal) {
-        if let Some(s) = self.symbols.get_mut(&symbol.to_ascii_uppercase()) {
+        if let Some(s) = state_of(&mut self.symbols, symbol) {
             if price > Decimal::ZERO {
                 s.prev = s.last;
                 s.last = Some(price);
@@ -174,7 +183,7 @@ impl Agent {
         if u.agent != self.cfg.name {
             return;
         }
-        let Some(s) = self.symbols.get_mut(&u.symbol.to_ascii_uppercase()) else {
+        let Some(s) = state_of(&mut self.symbols, &u.symbol) else {
             return;
         };
         if let (Some(q), Some(p)) = (u.last_fill_quantity, u.last_fill_price) {
@@ -334,7 +343,7 @@ impl Processor for Agent {
             AnyEvent::Kline(k) if k.closed => self.price(&k.symbol, k.close.0),
             AnyEvent::OrderUpdate(u) => self.on_update(u),
             AnyEvent::RiskDecision(d) if d.agent == self.cfg.name && d.verdict == Verdict::Rejected => {
-                if let Some(s) = self.symbols.get_mut(&d.symbol.to_ascii_uppercase()) {
+                if let Some(s) = state_of(&mut self.symbols, &d.symbol) {
                     if s.pending.as_deref() == Some(d.intent_id.as_str()) {
                         s.pending = None;
                     }

@@ -2,10 +2,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::BuildHasher;
 
 use auroraq_bus::topics;
-use auroraq_schemas::{AnyEvent, Micros};
-use auroraq_stage::{topic_for, Clock, HandlerError, Processor, SimClock};
+use auroraq_schemas::{AnyEvent, EventKind, Micros};
+use auroraq_stage::{topic_for, topic_key, Clock, HandlerError, Processor, SimClock};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +66,19 @@ impl Ord for Queued {
     }
 }
 
+/// A cached route: the [`topic_key`] it is for and its index in `Engine::routes`.
+type RouteEntry = (EventKind, Box<str>, Box<str>, usize);
+
 /// Runs processors over recorded events (see the crate docs).
 pub struct Engine {
     processors: Vec<Box<dyn Processor>>,
     filters: Vec<Vec<String>>,
-    routes: HashMap<String, std::sync::Arc<[usize]>>,
+    /// The subscribers of each topic met so far.
+    routes: Vec<Box<[usize]>>,
+    /// Route indices by the hash of the [`topic_key`] (keys compared on a hit), so that routing an
+    /// event builds no topic string and allocates nothing once its key has been seen.
+    route_keys: HashMap<u64, Vec<RouteEntry>, foldhash::fast::FixedState>,
+    hasher: foldhash::fast::FixedState,
     clock: SimClock,
     keep: Vec<&'static str>,
 }
@@ -80,7 +89,9 @@ impl Engine {
         Engine {
             processors,
             filters,
-            routes: HashMap::new(),
+            routes: Vec::new(),
+            route_keys: HashMap::default(),
+            hasher: foldhash::fast::FixedState::default(),
             clock: SimClock::new(i64::MIN),
             keep: Vec::new(),
         }
@@ -96,23 +107,43 @@ impl Engine {
         &self.processors
     }
 
-    /// The processors subscribed to `topic` (cached per topic; a shared slice, no allocation).
-    fn route(&mut self, topic: &str) -> std::sync::Arc<[usize]> {
-        if let Some(r) = self.routes.get(topic) {
-            return r.clone();
+    /// The index in `routes` of the processors subscribed to `ev`'s topic: cached by
+    /// [`topic_key`], so the topic is built only the first time a key is met.
+    fn route(&mut self, ev: &AnyEvent) -> usize {
+        let key = topic_key(ev);
+        let h = self.hasher.hash_one(key);
+        if let Some(entries) = self.route_keys.get(&h) {
+            if let Some(e) = entries
+                .iter()
+                .find(|e| e.0 == key.0 && *e.1 == *key.1 && *e.2 == *key.2)
+            {
+                return e.3;
+            }
         }
-        let r: std::sync::Arc<[usize]> = self
+        let topic = topic_for(ev);
+        let r: Box<[usize]> = self
             .filters
             .iter()
             .enumerate()
-            .filter(|(_, fs)| fs.iter().any(|f| topics::matches(f, topic)))
+            .filter(|(_, fs)| fs.iter().any(|f| topics::matches(f, &topic)))
             .map(|(i, _)| i)
             .collect();
-        self.routes.insert(topic.to_owned(), r.clone());
-        r
+        let idx = match self.routes.iter().position(|x| *x == r) {
+            Some(i) => i,
+            None => {
+                self.routes.push(r);
+                self.routes.len() - 1
+            }
+        };
+        self.route_keys
+            .entry(h)
+            .or_default()
+            .push((key.0, key.1.into(), key.2.into(), idx));
+        idx
     }
 
-    /// Feeds `inputs` (in any order: they are sorted by [`available_at`], ties by event id) through the
+    /// Feeds `inputs` (in any order: they are sorted by [`available_at`], ties recorded before derived,
+    /// then by event id) through the
     /// processors, then lets each finish. `progress(done, total)` is called every 10,000 inputs.
     pub fn run(
         &mut self,
@@ -127,15 +158,26 @@ impl Engine {
         // the order the events came in (from a file, from a bus) does not matter.
         let keys: Vec<Micros> = inputs.iter().map(available_at).collect();
         let mut order: Vec<u32> = (0..inputs.len() as u32).collect();
-        if !keys.windows(2).all(|w| w[0] < w[1]) {
-            order.sort_by(|&a, &b| {
-                let (a, b) = (a as usize, b as usize);
-                let (ma, mb) = (inputs[a].meta(), inputs[b].meta());
-                keys[a]
-                    .cmp(&keys[b])
-                    .then_with(|| ma.ts_processed.is_some().cmp(&mb.ts_processed.is_some()))
-                    .then_with(|| ma.event_id.cmp(&mb.event_id))
-            });
+        let tie = |a: &u32, b: &u32| {
+            let (ma, mb) = (inputs[*a as usize].meta(), inputs[*b as usize].meta());
+            ma.ts_processed
+                .is_some()
+                .cmp(&mb.ts_processed.is_some())
+                .then_with(|| ma.event_id.cmp(&mb.event_id))
+        };
+        if keys.windows(2).all(|w| w[0] <= w[1]) {
+            // In time order already: only the runs of equal times need ordering, which is what
+            // the full stable sort below makes of them.
+            let mut start = 0;
+            while start < order.len() {
+                let end = start + keys[start..].iter().take_while(|&&k| k == keys[start]).count();
+                if end - start > 1 {
+                    order[start..end].sort_by(tie);
+                }
+                start = end;
+            }
+        } else {
+            order.sort_by(|a, b| keys[*a as usize].cmp(&keys[*b as usize]).then_with(|| tie(a, b)));
         }
         let mut next_input = 0usize;
         // Emitted events wait here, ordered by (time, emission order); recorded inputs at the same
@@ -190,8 +232,9 @@ impl Engine {
             self.clock.advance_to(at);
             out.started.get_or_insert(at);
             out.ended = Some(self.clock.now());
-            let topic = topic_for(ev);
-            for &i in self.route(&topic).iter() {
+            let route = self.route(ev);
+            for k in 0..self.routes[route].len() {
+                let i = self.routes[route][k];
                 let p = &mut self.processors[i];
                 match p.process(ev, &self.clock) {
                     Ok(emitted) => {
@@ -230,7 +273,12 @@ impl Engine {
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
         out.emitted += 1;
-        *out.by_kind.entry(kind.to_owned()).or_insert(0) += 1;
+        match out.by_kind.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                out.by_kind.insert(kind.to_owned(), 1);
+            }
+        }
         if self.keep.contains(&kind) {
             out.kept.push(ev.clone());
         }
@@ -313,6 +361,49 @@ mod tests {
             .collect();
         assert_eq!(msgs, vec!["1", "2", "3", "4"]);
         assert_ne!(a.fingerprint, run(&[1, 2, 3]).fingerprint);
+    }
+
+    #[test]
+    fn ties_in_time_go_by_event_id_in_order_or_not() {
+        // Trades 1..=4 at one time, trade 9 later.
+        let at = |seq: u64| {
+            let mut t = samples::trade(seq);
+            if seq != 9 {
+                let same = samples::trade(1).meta;
+                (t.meta.ts_event, t.meta.ts_ingest) = (same.ts_event, same.ts_ingest);
+            }
+            AnyEvent::TradeTick(t)
+        };
+        let run = |order: &[u64]| {
+            let mut e = Engine::new(vec![Box::new(Echo {
+                alerts_seen: 0,
+                times: vec![],
+            })])
+            .keep(&["Alert"]);
+            let out = e
+                .run(order.iter().map(|&i| at(i)).collect(), &mut |_, _| {})
+                .expect("runs");
+            let msgs: Vec<String> = out
+                .kept
+                .iter()
+                .map(|e| match e {
+                    AnyEvent::Alert(x) => x.message.clone(),
+                    _ => String::new(),
+                })
+                .collect();
+            (out.fingerprint, msgs)
+        };
+        let first = run(&[1, 2, 3, 4, 9]);
+        let mut by_id: Vec<(String, String)> = (1..=4u64)
+            .map(|i| (at(i).meta().event_id.clone(), i.to_string()))
+            .collect();
+        by_id.sort();
+        let mut want: Vec<String> = by_id.into_iter().map(|(_, m)| m).collect();
+        want.push("9".into());
+        assert_eq!(first.1, want);
+        for order in [[4, 3, 2, 1, 9], [2, 4, 1, 3, 9], [9, 3, 1, 4, 2], [3, 9, 2, 4, 1]] {
+            assert_eq!(run(&order), first, "{order:?}");
+        }
     }
 
     #[test]

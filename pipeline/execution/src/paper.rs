@@ -11,12 +11,12 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use auroraq_bus::{topics, OutMessage};
+use auroraq_schemas::decimal::to_f64;
 use auroraq_schemas::{
     event_id, AnyEvent, CodecError, Meta, Micros, OrderSide, OrderStatus, OrderUpdate, PortfolioSnapshot,
     RiskDecision, Verdict,
 };
 use auroraq_stage::{Clock, HandlerError, Processor};
-use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -313,7 +313,10 @@ impl ExecutionProcessor {
         clock: &dyn Clock,
     ) -> Vec<AnyEvent> {
         let ts = meta.ts_event;
-        self.last_market = Some(meta.clone());
+        match &mut self.last_market {
+            Some(m) => m.clone_from(meta),
+            None => self.last_market = Some(meta.clone()),
+        }
         let mut out = Vec::new();
         let mut filled_any = false;
         if let Some(liq) = liq {
@@ -463,8 +466,8 @@ impl ExecutionProcessor {
     fn record_point(&mut self, ts: Micros) {
         let p = EquityPoint {
             ts,
-            equity: self.portfolio.equity().to_f64().unwrap_or(0.0),
-            exposure: self.portfolio.gross_exposure().to_f64().unwrap_or(0.0),
+            equity: to_f64(self.portfolio.equity()),
+            exposure: to_f64(self.portfolio.gross_exposure()),
         };
         self.tracker.add_point(p);
         self.equity_curve.push(p);

@@ -58,7 +58,12 @@ impl Portfolio {
     /// Records the last price of `symbol` (marks the portfolio).
     pub fn mark(&mut self, symbol: &str, price: Decimal) {
         if price > Decimal::ZERO {
-            self.prices.insert(symbol.to_owned(), price);
+            match self.prices.get_mut(symbol) {
+                Some(p) => *p = price,
+                None => {
+                    self.prices.insert(symbol.to_owned(), price);
+                }
+            }
         }
     }
 

@@ -3,12 +3,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use auroraq_bus::topics;
+use auroraq_schemas::decimal::to_f64;
 use auroraq_schemas::{
     Alert, AnyEvent, Dec, Meta, Micros, OrderIntent, OrderSide, OrderStatus, OrderUpdate, RiskDecision,
     Severity, Verdict,
 };
 use auroraq_stage::{Clock, HandlerError, Processor};
-use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -56,6 +56,8 @@ pub struct RiskProcessor {
     decision_order: VecDeque<String>,
     seen_updates: HashSet<String>,
     seen_order: VecDeque<String>,
+    /// Scratch: the agents holding the symbol being priced.
+    holders: Vec<String>,
 }
 
 /// An alert to raise: kind, severity, discriminator, message, attributes.
@@ -104,6 +106,7 @@ impl RiskProcessor {
             decision_order: VecDeque::new(),
             seen_updates: HashSet::new(),
             seen_order: VecDeque::new(),
+            holders: Vec::new(),
         })
     }
 
@@ -145,11 +148,12 @@ impl RiskProcessor {
     /// assets have in common; `None` when an asset has no series or fewer than
     /// `min_observations` aligned returns. An empty portfolio has no VaR (`None`).
     pub fn portfolio_var_of(&self, exposures: &BTreeMap<String, f64>) -> Option<PortfolioVar> {
-        let held: Vec<(&String, f64)> = exposures
-            .iter()
-            .filter(|(_, w)| **w != 0.0)
-            .map(|(s, w)| (s, *w))
-            .collect();
+        self.portfolio_var_in(exposures.iter().map(|(s, w)| (s.as_str(), *w)))
+    }
+
+    /// [`Self::portfolio_var_of`] of exposures given in symbol order.
+    fn portfolio_var_in<'a>(&self, exposures: impl Iterator<Item = (&'a str, f64)>) -> Option<PortfolioVar> {
+        let held: Vec<(&str, f64)> = exposures.filter(|(_, w)| *w != 0.0).collect();
         if held.is_empty() {
             return None;
         }
@@ -182,7 +186,7 @@ impl RiskProcessor {
         q.into_iter()
             .filter_map(|(s, qty)| {
                 let p = self.prices.get(&s)?;
-                Some((s, (qty * *p).to_f64().unwrap_or(0.0)))
+                Some((s, to_f64(qty * *p)))
             })
             .collect()
     }
@@ -190,7 +194,11 @@ impl RiskProcessor {
     /// Portfolio VaR/ES (money) of one agent's filled positions.
     pub fn agent_var(&self, agent: &str) -> Option<PortfolioVar> {
         let book = self.agents.get(agent)?;
-        self.portfolio_var_of(&self.exposures(book, false))
+        // `exposures(book, false)` without building the map: positions are by symbol already.
+        self.portfolio_var_in(book.positions.iter().filter_map(|(s, h)| {
+            let p = self.prices.get(s)?;
+            Some((s.as_str(), to_f64(h.quantity * *p)))
+        }))
     }
 
     /// Portfolio VaR/ES (money) of all agents' positions together.
@@ -328,11 +336,10 @@ impl RiskProcessor {
         if equity > b.peak_equity {
             b.peak_equity = equity;
         }
-        let dd = b.drawdown();
         let mut alerts: Vec<PendingAlert> = Vec::new();
-        if let Some(max) = limits.max_drawdown {
-            let dd_f = dd.to_f64().unwrap_or(0.0);
-            if b.halted.is_none() && dd_f >= max {
+        if let Some(max) = limits.max_drawdown.filter(|_| b.halted.is_none()) {
+            let dd_f = to_f64(b.drawdown());
+            if dd_f >= max {
                 let why = format!(
                     "drawdown {:.4} >= max_drawdown {max} (equity {}, peak {})",
                     dd_f,
@@ -387,7 +394,7 @@ impl RiskProcessor {
             }
         }
         if let (Some(limit), Some(v)) = (var_limit, var) {
-            let eq = equity.to_f64().unwrap_or(0.0);
+            let eq = to_f64(equity);
             let value = v.estimate.var(var_method);
             if value > limit * eq {
                 if !b.var_breached {
@@ -432,28 +439,42 @@ impl RiskProcessor {
         if price <= Decimal::ZERO {
             return Vec::new();
         }
-        self.prices.insert(symbol.to_owned(), price);
-        let interval = self.cfg.return_interval_secs.saturating_mul(1_000_000);
-        let lookback = self.cfg.lookback;
-        let series = self
-            .series
-            .entry(symbol.to_owned())
-            .or_insert_with(|| ReturnSeries::new(interval, lookback));
-        let p = price.to_f64().unwrap_or(0.0);
-        let completed = match bar {
-            Some((open, close)) => !series.observe_bar(open, close, p).is_empty(),
-            None => series.observe(parent.ts_event, p).is_some(),
-        };
-        let holders: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, b)| b.positions.contains_key(symbol))
-            .map(|(a, _)| a.clone())
-            .collect();
-        let mut out = Vec::new();
-        for a in holders {
-            self.mark(&a, parent, clock, completed, &mut out);
+        match self.prices.get_mut(symbol) {
+            Some(p) => *p = price,
+            None => {
+                self.prices.insert(symbol.to_owned(), price);
+            }
         }
+        if !self.series.contains_key(symbol) {
+            let interval = self.cfg.return_interval_secs.saturating_mul(1_000_000);
+            let series = ReturnSeries::new(interval, self.cfg.lookback);
+            self.series.insert(symbol.to_owned(), series);
+        }
+        let p = to_f64(price);
+        let completed = match self.series.get_mut(symbol) {
+            Some(series) => match bar {
+                Some((open, close)) => !series.observe_bar(open, close, p).is_empty(),
+                None => series.observe(parent.ts_event, p).is_some(),
+            },
+            None => false,
+        };
+        // The holders' names, in a buffer kept between prices (no allocation per price).
+        let mut holders = std::mem::take(&mut self.holders);
+        let mut n = 0;
+        for (a, b) in &self.agents {
+            if b.positions.contains_key(symbol) {
+                match holders.get_mut(n) {
+                    Some(h) => h.clone_from(a),
+                    None => holders.push(a.clone()),
+                }
+                n += 1;
+            }
+        }
+        let mut out = Vec::new();
+        for a in &holders[..n] {
+            self.mark(a, parent, clock, completed, &mut out);
+        }
+        self.holders = holders;
         out
     }
 
@@ -845,13 +866,13 @@ impl RiskProcessor {
         // Portfolio VaR after the trade.
         if let Some(limit) = self.cfg.max_portfolio_var {
             let mut ex = self.exposures(book, true);
-            let w = (sign * q * price).to_f64().unwrap_or(0.0);
+            let w = to_f64(sign * q * price);
             *ex.entry(sym.to_owned()).or_default() += w;
             let increases = reducing_room.is_zero() || q > reducing_room * Decimal::TWO;
             match self.portfolio_var_of(&ex) {
                 Some(v) => {
                     let value = v.estimate.var(self.cfg.var_method);
-                    let cap = limit * equity.to_f64().unwrap_or(0.0);
+                    let cap = limit * to_f64(equity);
                     if value > cap && increases {
                         let why = format!(
                             "portfolio VaR after the order {value:.2} exceeds {cap:.2} ({limit} of equity)"

@@ -135,6 +135,15 @@ pub fn align(series: &[&ReturnSeries], max: usize) -> Vec<Vec<f64>> {
     let Some(first) = series.first() else {
         return Vec::new();
     };
+    if series.len() == 1 {
+        // One series has all its buckets in common (each bucket once, in order): its last `max`.
+        let r = first.keyed();
+        return vec![r
+            .iter()
+            .skip(r.len().saturating_sub(max))
+            .map(|(_, x)| *x)
+            .collect()];
+    }
     let mut common: Vec<i64> = first.keyed().iter().map(|(b, _)| *b).collect();
     for s in &series[1..] {
         let have: std::collections::BTreeSet<i64> = s.keyed().iter().map(|(b, _)| *b).collect();

@@ -168,6 +168,12 @@ pub fn historical_es(returns: &[f64], confidence: f64) -> Option<f64> {
     Some(-v[..k].iter().sum::<f64>() / k as f64)
 }
 
+/// One-period historical VaR and ES together (one selection for both).
+fn historical_var_es(returns: &[f64], confidence: f64) -> Option<(f64, f64)> {
+    let (v, k) = worst(returns, confidence)?;
+    Some((-v[k - 1], -v[..k].iter().sum::<f64>() / k as f64))
+}
+
 /// Parametric (normal) VaR over `horizon` periods: `z * sigma * sqrt(h) - mu * h`.
 pub fn parametric_var(mu: f64, sigma: f64, confidence: f64, horizon: f64) -> f64 {
     normal_quantile(confidence) * sigma * horizon.sqrt() - mu * horizon
@@ -201,14 +207,15 @@ impl VarEstimate {
         let mu = mean(series)?;
         let sd = sample_std(series)?;
         let scale = horizon.sqrt();
+        let (hist_var, hist_es) = historical_var_es(series, confidence)?;
         Some(VarEstimate {
             confidence,
             horizon,
             observations: series.len(),
             mean: mu,
             std_dev: sd,
-            historical_var: historical_var(series, confidence)? * scale,
-            historical_es: historical_es(series, confidence)? * scale,
+            historical_var: hist_var * scale,
+            historical_es: hist_es * scale,
             parametric_var: parametric_var(mu, sd, confidence, horizon),
             parametric_es: parametric_es(mu, sd, confidence, horizon),
         })
@@ -294,14 +301,15 @@ pub fn portfolio_var(w: &[f64], returns: &[Vec<f64>], confidence: f64, horizon: 
     }
     let sd = var.max(0.0).sqrt();
     let scale = horizon.sqrt();
+    let (hist_var, hist_es) = historical_var_es(&pnl, confidence)?;
     let estimate = VarEstimate {
         confidence,
         horizon,
         observations: n,
         mean: mu,
         std_dev: sd,
-        historical_var: historical_var(&pnl, confidence)? * scale,
-        historical_es: historical_es(&pnl, confidence)? * scale,
+        historical_var: hist_var * scale,
+        historical_es: hist_es * scale,
         parametric_var: parametric_var(mu, sd, confidence, horizon),
         parametric_es: parametric_es(mu, sd, confidence, horizon),
     };

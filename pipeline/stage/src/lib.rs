@@ -47,6 +47,29 @@ pub fn topic_for(ev: &AnyEvent) -> String {
     }
 }
 
+/// What [`topic_for`] reads of an event: its kind and the (at most two) fields its topic names,
+/// `""` for the rest. Events with equal keys have the same topic, so a router can cache routes by
+/// key without building the topic (kept next to [`topic_for`]: change the two together).
+pub fn topic_key(ev: &AnyEvent) -> (auroraq_schemas::EventKind, &str, &str) {
+    let (a, b): (&str, &str) = match ev {
+        AnyEvent::TradeTick(e) => (&e.exchange, &e.symbol),
+        AnyEvent::Kline(e) => (&e.exchange, &e.symbol),
+        AnyEvent::BookTicker(e) => (&e.exchange, &e.symbol),
+        AnyEvent::BookUpdate(e) => (&e.exchange, &e.symbol),
+        AnyEvent::Article(e) => (&e.meta.source, ""),
+        AnyEvent::FusedSignal(e) => (&e.asset, ""),
+        AnyEvent::DeadLetter(e) => (&e.stage, ""),
+        AnyEvent::FeedStatus(e) => (&e.feed, ""),
+        AnyEvent::SentimentScore(_)
+        | AnyEvent::OrderIntent(_)
+        | AnyEvent::RiskDecision(_)
+        | AnyEvent::OrderUpdate(_)
+        | AnyEvent::PortfolioSnapshot(_)
+        | AnyEvent::Alert(_) => ("", ""),
+    };
+    (ev.kind(), a, b)
+}
+
 /// The partition key of an event: its symbol or asset, so that per-asset order holds.
 pub fn key_for(ev: &AnyEvent) -> Option<String> {
     match ev {
@@ -396,4 +419,46 @@ pub async fn send_dead_letter(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auroraq_schemas::samples;
+
+    /// Variants of every sample with each field a topic may name changed.
+    fn events() -> Vec<AnyEvent> {
+        let mut out = Vec::new();
+        for ev in samples::all() {
+            for (a, b) in [("x", "y"), ("x", "Y"), ("X", "y"), ("z", "y")] {
+                let mut e = ev.clone();
+                match &mut e {
+                    AnyEvent::TradeTick(e) => (e.exchange, e.symbol) = (a.into(), b.into()),
+                    AnyEvent::Kline(e) => (e.exchange, e.symbol) = (a.into(), b.into()),
+                    AnyEvent::BookTicker(e) => (e.exchange, e.symbol) = (a.into(), b.into()),
+                    AnyEvent::BookUpdate(e) => (e.exchange, e.symbol) = (a.into(), b.into()),
+                    AnyEvent::Article(e) => e.meta.source = a.into(),
+                    AnyEvent::FusedSignal(e) => e.asset = a.into(),
+                    AnyEvent::DeadLetter(e) => e.stage = a.into(),
+                    AnyEvent::FeedStatus(e) => e.feed = a.into(),
+                    _ => {}
+                }
+                out.push(e);
+            }
+            out.push(ev);
+        }
+        out
+    }
+
+    #[test]
+    fn equal_topic_keys_mean_equal_topics() {
+        let evs = events();
+        for a in &evs {
+            for b in &evs {
+                if topic_key(a) == topic_key(b) {
+                    assert_eq!(topic_for(a), topic_for(b), "{:?} {:?}", a.kind(), b.kind());
+                }
+            }
+        }
+    }
 }
