@@ -116,7 +116,8 @@ async fn service(
 }
 
 /// Hides a password in a URL.
-fn redact(url: &str) -> String {
+/// The URL with its password (if any) replaced by `***`.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];

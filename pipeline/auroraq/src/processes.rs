@@ -29,6 +29,7 @@ use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::doctor::redact;
 use crate::run::RunSummary;
 use crate::wiring::connect_bus;
 
@@ -68,13 +69,6 @@ fn is_output(topic: &str, ev: &AnyEvent) -> bool {
         | AnyEvent::PortfolioSnapshot(_)
         | AnyEvent::Alert(_) => true,
         _ => false,
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
     }
 }
 
