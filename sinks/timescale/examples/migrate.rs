@@ -14,7 +14,7 @@
 //! Exits non-zero when a migration fails or, with `require`, when the TimescaleDB objects are
 //! not all there or the data check does not return what it should.
 
-use auroraq_sink_timescale::{connect, migrate_url, TimescaleConfig, TimescaleMode};
+use auroraq_sink_timescale::{connect, migrate, TimescaleConfig, TimescaleMode};
 
 async fn list(
     client: &tokio_postgres::Client,
@@ -55,12 +55,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let check_data = args.iter().any(|a| a == "--check-data");
     let mut cfg = TimescaleConfig::new(url.clone());
     cfg.timescaledb = mode;
-    let first = migrate_url(&url, &cfg).await?;
+    // One connection for everything: pglite-socket serves one client at a time.
+    let (mut client, _task) = connect(&url, &cfg).await?;
+    let first = migrate(&mut client, cfg.timescaledb, cfg.partitions_ahead).await?;
     println!(
         "first run: flavor {:?}, applied {:?}",
         first.flavor, first.applied
     );
-    let again = migrate_url(&url, &cfg).await?;
+    let again = migrate(&mut client, cfg.timescaledb, cfg.partitions_ahead).await?;
     println!(
         "second run: applied {:?} (versions {:?})",
         again.applied, again.versions
@@ -68,7 +70,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !again.applied.is_empty() {
         return Err("migrations are not idempotent".into());
     }
-    let (client, _task) = connect(&url, &cfg).await?;
     list(
         &client,
         "migrations",

@@ -35,8 +35,17 @@ pub use sink::{run, run_subscriptions, subscribe};
 pub async fn migrate_url(url: &str, cfg: &TimescaleConfig) -> Result<MigrationReport, SinkError> {
     let (mut client, task) = connect(url, cfg).await?;
     let r = migrate::migrate(&mut client, cfg.timescaledb, cfg.partitions_ahead).await;
+    // Dropping the client makes the connection task say goodbye (Terminate) and end; give it
+    // a moment, so that a server taking one connection at a time is free for the next.
     drop(client);
-    task.abort();
+    let abort = task.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(2), task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+        tracing::debug!("PostgreSQL connection did not close in 2 s");
+    }
     r
 }
 
