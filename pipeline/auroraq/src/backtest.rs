@@ -194,7 +194,7 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
     fingerprint.update(out.fingerprint.as_bytes());
     out.fingerprint = hex(&fingerprint.finalize());
     out.inputs = n_inputs;
-    out.emitted += scored.emitted + out.by_kind.get("FusedSignal").copied().unwrap_or(0);
+    out.emitted += scored.emitted + fused.stats.signals;
     *out.by_kind.entry("SentimentScore".into()).or_insert(0) += scored.emitted;
     *out.by_kind.entry("FusedSignal".into()).or_insert(0) += fused.stats.signals;
     let summary = report(&out, &plan.title, &plan.notes, plan.out.as_deref())

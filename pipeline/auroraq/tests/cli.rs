@@ -613,6 +613,13 @@ fn the_main_job_reports_and_repeats_its_fingerprint() {
     assert!(bt["emitted_by_kind"]["FusedSignal"].as_u64().unwrap() > 0, "{bt}");
     assert!(bt["trades"].as_u64().unwrap() >= 1, "{bt}");
     assert_eq!(bt["events"], 20_111 + 79);
+    let by_kind: u64 = bt["emitted_by_kind"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(bt["emitted"].as_u64(), Some(by_kind), "{bt}");
     for k in ["total_return", "sharpe", "max_drawdown"] {
         assert!(bt[k].as_f64().is_some_and(f64::is_finite), "{k}: {bt}");
     }
@@ -842,6 +849,12 @@ fn main_job_as_processes_on_nats_with_postgres() {
         "OrderUpdate",
     ] {
         assert_eq!(e[kind], n[kind], "{kind}: embedded {e}, on NATS {n}");
+    }
+    for figure in ["total_return", "sharpe", "max_drawdown"] {
+        assert_eq!(
+            embedded["backtest"][figure], s["backtest"][figure],
+            "{figure}: the same equity curve"
+        );
     }
     assert_eq!(s["published"], 1500 + 79);
 
