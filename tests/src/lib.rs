@@ -3,6 +3,7 @@
 pub mod binance_orders;
 pub mod binance_server;
 pub mod feedly_server;
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -110,6 +111,15 @@ pub fn inproc_bus(partitions: u32, queue_capacity: usize) -> Arc<InProcBus> {
 /// Upcasts for the generic suites.
 pub fn dyn_bus<B: Bus>(b: Arc<B>) -> Arc<dyn Bus> {
     b
+}
+
+/// Polls `f` every 20 ms until it holds; fails the test, naming `what`, after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A free TCP port on loopback.

@@ -13,7 +13,7 @@ use auroraq_binance::{
 use auroraq_bus::{Bus, SubscribeOptions};
 use auroraq_schemas::{event_id, AnyEvent, BookUpdate, FeedState, FeedStatus};
 use auroraq_tests::binance_server::{BinanceServer, ConnPlan, RestCue, ServerConfig, Tape};
-use auroraq_tests::{dyn_bus, inproc_bus, nats_bus, unique};
+use auroraq_tests::{dyn_bus, inproc_bus, nats_bus, unique, wait_until};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -167,14 +167,6 @@ impl Running {
     }
 }
 
-async fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The server drops connection 0 mid-stream and closes connection 1 (as at the 24-hour cut);
 /// each new connection re-sends 40 tape frames. Every trade arrives on the bus exactly once.
 async fn reconnect_loses_and_duplicates_nothing(bus: Arc<dyn Bus>) {
@@ -250,7 +242,7 @@ async fn reconnect_loses_and_duplicates_nothing(bus: Arc<dyn Bus>) {
         conns[0].streams
     );
     assert!(server.rejected().is_empty());
-    wait_until("the client's close frame on stop", || {
+    wait_until("the client's close frame on stop", WAIT, || {
         server.connections()[2].client_close.is_some()
     })
     .await;
@@ -525,7 +517,7 @@ async fn pings_are_answered_with_their_payload() {
         live_cfg(&server, &["btcusdt", "ethusdt", "solusdt"], "trade"),
         bus.clone(),
     );
-    wait_until("8 pongs", || {
+    wait_until("8 pongs", WAIT, || {
         server.connections().first().is_some_and(|c| c.pongs.len() >= 8)
     })
     .await;
@@ -1049,7 +1041,7 @@ async fn a_refused_handshake_is_retried_with_backoff() {
     let mut cfg = live_cfg(&server, &["btcusdt"], "trade");
     cfg.ws_base = format!("{}/ws", server.ws_base());
     let run = start(cfg, bus.clone());
-    wait_until("4 refused handshakes", || server.rejected().len() >= 4).await;
+    wait_until("4 refused handshakes", WAIT, || server.rejected().len() >= 4).await;
     let stats = run.stop().await;
     assert!(
         server

@@ -13,7 +13,7 @@ use auroraq_fusion::{
 };
 use auroraq_schemas::{AnyEvent, Article, DeadLetter, FusedSignal, Meta, SentimentScore, Trend};
 use auroraq_stage::publish_events;
-use auroraq_tests::nats_bus;
+use auroraq_tests::{nats_bus, wait_until};
 use proptest::prelude::*;
 
 const S: i64 = 1_000_000;
@@ -578,14 +578,6 @@ async fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let handle = tokio::spawn(stage.run(stop.clone()));
     (stop, metrics, handle)
-}
-
-async fn wait_until(what: &str, timeout: Duration, f: impl Fn() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Takes `n` events off a subscription (acking them), failing after `timeout`.

@@ -17,8 +17,8 @@ use auroraq_sink_timescale::{
     SinkStats, TimescaleConfig, TimescaleMode,
 };
 use auroraq_stage::to_message;
-use auroraq_tests::{free_port, inproc_bus, nats_bus, unique};
-use tokio::net::{TcpListener, TcpStream};
+use auroraq_tests::proxy::Proxy;
+use auroraq_tests::{free_port, inproc_bus, nats_bus, unique, wait_until};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -107,14 +107,6 @@ async fn start(bus: Arc<dyn Bus>, cfg: TimescaleConfig) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(run_subscriptions(bus, cfg, subs, metrics.clone(), stop.clone()));
     Running { task, metrics, stop }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn publish(bus: &dyn Bus, events: &[AnyEvent], id_suffix: &str) {
@@ -531,50 +523,6 @@ async fn acks_only_after_commit_and_a_killed_sink_loses_nothing() {
         count(&c, "SELECT count(DISTINCT event_id) FROM trades").await,
         800
     );
-}
-
-/// A TCP proxy on loopback that can be taken down (closing every connection) and up again.
-struct Proxy {
-    port: u16,
-    target: SocketAddr,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn new(target: SocketAddr) -> Proxy {
-        let mut p = Proxy {
-            port: free_port(),
-            target,
-            acceptor: None,
-        };
-        p.up().await;
-        p
-    }
-
-    async fn up(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("bind the proxy");
-        let target = self.target;
-        self.acceptor = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Stops listening and cuts every connection.
-    async fn down(&mut self) {
-        if let Some(a) = self.acceptor.take() {
-            a.abort();
-            let _ = a.await;
-        }
-    }
 }
 
 fn pg_target() -> SocketAddr {

@@ -7,16 +7,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auroraq_bus::Bus;
 use auroraq_schemas::*;
 use auroraq_sink_redis::{run_subscriptions, subscribe, Keys, RedisSink, RedisSinkConfig, RedisSinkMetrics};
 use auroraq_stage::to_message;
-use auroraq_tests::{free_port, inproc_bus, unique};
+use auroraq_tests::proxy::Proxy;
+use auroraq_tests::{inproc_bus, unique, wait_until};
 use redis::aio::MultiplexedConnection;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 fn redis_url() -> String {
     std::env::var("AURORAQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -398,55 +397,6 @@ async fn the_stream_is_trimmed_near_its_length() {
         "XLEN {len} after 1000 appends with MAXLEN ~ 100"
     );
     clear(&prefix).await;
-}
-
-/// A TCP proxy on loopback that can be taken down (closing every connection) and up again.
-struct Proxy {
-    port: u16,
-    target: SocketAddr,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn new(target: SocketAddr) -> Proxy {
-        let mut p = Proxy {
-            port: free_port(),
-            target,
-            acceptor: None,
-        };
-        p.up().await;
-        p
-    }
-
-    async fn up(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("bind");
-        let target = self.target;
-        self.acceptor = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    async fn down(&mut self) {
-        if let Some(a) = self.acceptor.take() {
-            a.abort();
-            let _ = a.await;
-        }
-    }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn publish(bus: &dyn Bus, events: &[AnyEvent], suffix: &str) {
