@@ -204,8 +204,12 @@ pub struct VarEstimate {
 impl VarEstimate {
     /// Both methods on `series` (returns, or money P&L); `None` with fewer than two values.
     pub fn from_series(series: &[f64], confidence: f64, horizon: f64) -> Option<VarEstimate> {
-        let mu = mean(series)?;
-        let sd = sample_std(series)?;
+        VarEstimate::with_moments(series, mean(series)?, sample_std(series)?, confidence, horizon)
+    }
+
+    /// Historical figures from `series`, parametric ones from the mean `mu` and deviation `sd`
+    /// given (the series' own, or a covariance matrix's); `None` with fewer than two values.
+    fn with_moments(series: &[f64], mu: f64, sd: f64, confidence: f64, horizon: f64) -> Option<VarEstimate> {
         let scale = horizon.sqrt();
         let (hist_var, hist_es) = historical_var_es(series, confidence)?;
         Some(VarEstimate {
@@ -299,20 +303,7 @@ pub fn portfolio_var(w: &[f64], returns: &[Vec<f64>], confidence: f64, horizon: 
             var += w[i] * w[j] * cov[i][j];
         }
     }
-    let sd = var.max(0.0).sqrt();
-    let scale = horizon.sqrt();
-    let (hist_var, hist_es) = historical_var_es(&pnl, confidence)?;
-    let estimate = VarEstimate {
-        confidence,
-        horizon,
-        observations: n,
-        mean: mu,
-        std_dev: sd,
-        historical_var: hist_var * scale,
-        historical_es: hist_es * scale,
-        parametric_var: parametric_var(mu, sd, confidence, horizon),
-        parametric_es: parametric_es(mu, sd, confidence, horizon),
-    };
+    let estimate = VarEstimate::with_moments(&pnl, mu, var.max(0.0).sqrt(), confidence, horizon)?;
     Some(PortfolioVar {
         gross_exposure: w.iter().map(|x| x.abs()).sum(),
         estimate,
