@@ -331,14 +331,7 @@ impl RedisStore {
         let mut c = self.connection(key).await?;
         match cmd.query_async(&mut c).await {
             Ok(v) => Ok(v),
-            Err(source) => {
-                self.drop_connection_on(&source).await;
-                Err(StoreError::Redis {
-                    op,
-                    key: key.to_owned(),
-                    source,
-                })
-            }
+            Err(source) => Err(self.failed(op, key, source).await),
         }
     }
 
@@ -351,14 +344,17 @@ impl RedisStore {
         let mut c = self.connection(key).await?;
         match pipe.query_async(&mut c).await {
             Ok(v) => Ok(v),
-            Err(source) => {
-                self.drop_connection_on(&source).await;
-                Err(StoreError::Redis {
-                    op,
-                    key: key.to_owned(),
-                    source,
-                })
-            }
+            Err(source) => Err(self.failed(op, key, source).await),
+        }
+    }
+
+    /// The error of a failed command; a broken connection is dropped, to be made again.
+    async fn failed(&self, op: &'static str, key: &str, source: redis::RedisError) -> StoreError {
+        self.drop_connection_on(&source).await;
+        StoreError::Redis {
+            op,
+            key: key.to_owned(),
+            source,
         }
     }
 
