@@ -13,10 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use auroraq_backtest::{available_at, report, Engine, RunOutput, Summary};
+use auroraq_backtest::{available_at, report, Engine, Fingerprint, RunOutput, Summary};
 use auroraq_schemas::{AnyEvent, Micros};
 use auroraq_stage::Processor;
-use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::config::Config;
@@ -59,10 +58,6 @@ pub fn retime_articles(events: &mut [AnyEvent], from: Micros, to: Micros) {
             a.keywords.push("auroraq:retimed".into());
         }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(feature = "sentiment")]
@@ -111,7 +106,7 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
         .into_iter()
         .partition(|e| matches!(e, AnyEvent::Article(_)));
     let n_inputs = (articles.len() + rest.len()) as u64;
-    let mut fingerprint = Sha256::new();
+    let mut fingerprint = Fingerprint::new();
 
     // 1. Sentiment, for the articles that have no recorded score.
     let recorded: std::collections::HashSet<&str> = rest
@@ -133,7 +128,7 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
         "scoring articles without a recorded score"
     );
     let scored = score_articles(cfg, unscored)?;
-    fingerprint.update(scored.fingerprint.as_bytes());
+    fingerprint.add_fingerprint(&scored.fingerprint);
 
     // 2. Fusion, over everything it reads, in the order it could have had it.
     let mut fusion_in: Vec<AnyEvent> = rest
@@ -155,10 +150,7 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
     info!(events = fusion_in.len(), "fusing");
     let fused = auroraq_fusion::fuse_batch(&cfg.fusion, fusion_in).context("fusion")?;
     for s in &fused.signals {
-        let ev = AnyEvent::FusedSignal(s.clone());
-        let bytes = ev.encode().context("encoding a fused signal")?;
-        fingerprint.update((bytes.len() as u64).to_le_bytes());
-        fingerprint.update(&bytes);
+        fingerprint.add(&AnyEvent::FusedSignal(s.clone()))?;
     }
     info!(signals = fused.signals.len(), late = fused.late.len(), "fused");
 
@@ -191,8 +183,8 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
     );
     let mut out = engine.run(inputs, &mut |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
-    fingerprint.update(out.fingerprint.as_bytes());
-    out.fingerprint = hex(&fingerprint.finalize());
+    fingerprint.add_fingerprint(&out.fingerprint);
+    out.fingerprint = fingerprint.hex();
     out.inputs = n_inputs;
     out.emitted += scored.emitted + fused.stats.signals;
     *out.by_kind.entry("SentimentScore".into()).or_insert(0) += scored.emitted;

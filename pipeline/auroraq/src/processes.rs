@@ -20,11 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use auroraq_backtest::{available_at, RunOutput};
+use auroraq_backtest::{available_at, Fingerprint, RunOutput};
 use auroraq_bus::{Bus, SubscribeOptions};
 use auroraq_schemas::AnyEvent;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
@@ -287,18 +286,16 @@ pub async fn run(
             .cmp(&available_at(b))
             .then_with(|| a.meta().event_id.cmp(&b.meta().event_id))
     });
-    let mut h = Sha256::new();
+    let mut digest = Fingerprint::new();
     let mut by_kind = BTreeMap::new();
     for e in &outputs {
-        let bytes = e.encode().context("encoding an output for the digest")?;
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
+        digest.add(e).context("an output for the digest")?;
         *by_kind.entry(e.kind().name().to_owned()).or_insert(0u64) += 1;
     }
     let interrupted = stop.load(Ordering::SeqCst);
     let report_dir = out_dir.join("report");
     let out = RunOutput {
-        fingerprint: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        fingerprint: digest.hex(),
         inputs: published.published,
         emitted: outputs.len() as u64,
         by_kind,

@@ -7,7 +7,8 @@ use std::hash::BuildHasher;
 use auroraq_bus::topics;
 use auroraq_schemas::{AnyEvent, EventKind, Micros};
 use auroraq_stage::{topic_for, topic_key, Clock, HandlerError, Processor, SimClock};
-use sha2::{Digest, Sha256};
+
+use crate::Fingerprint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {
@@ -185,7 +186,7 @@ impl Engine {
         let mut queue: BinaryHeap<Reverse<Queued>> = BinaryHeap::new();
         let mut seq = 0u64;
         let mut out = RunOutput::default();
-        let mut hasher = Sha256::new();
+        let mut hasher = Fingerprint::new();
         let mut finished = false;
         loop {
             let input_at = order.get(next_input).map(|&i| keys[i as usize]);
@@ -260,18 +261,18 @@ impl Engine {
             }
         }
         progress(out.inputs, total);
-        out.fingerprint = hex(&hasher.finalize());
+        out.fingerprint = hasher.hex();
         Ok(out)
     }
 
-    fn record(&self, out: &mut RunOutput, hasher: &mut Sha256, ev: &AnyEvent) -> Result<(), BacktestError> {
+    fn record(
+        &self,
+        out: &mut RunOutput,
+        hasher: &mut Fingerprint,
+        ev: &AnyEvent,
+    ) -> Result<(), BacktestError> {
         let kind = ev.kind().name();
-        let bytes = ev.encode().map_err(|e| BacktestError::Encode {
-            kind,
-            error: e.to_string(),
-        })?;
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
+        hasher.add(ev)?;
         out.emitted += 1;
         match out.by_kind.get_mut(kind) {
             Some(n) => *n += 1,
@@ -284,10 +285,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

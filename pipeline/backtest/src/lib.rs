@@ -8,7 +8,9 @@
 //! the run's fingerprint is a SHA-256 over every emitted event's bytes, in order.
 
 pub mod engine;
+pub mod fingerprint;
 pub mod report;
 
 pub use engine::{available_at, BacktestError, Engine, RunOutput};
+pub use fingerprint::Fingerprint;
 pub use report::{report, Summary, Trade};
