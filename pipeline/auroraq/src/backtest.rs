@@ -172,14 +172,10 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
     ]);
     let mut inputs: Vec<AnyEvent> = rest;
     inputs.extend(fused.signals.into_iter().map(AnyEvent::FusedSignal));
-    let bar = if plan.progress {
-        indicatif::ProgressBar::new(inputs.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("backtest {wide_bar} {pos}/{len} events {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = crate::wiring::progress_bar(
+        plan.progress,
+        inputs.len() as u64,
+        "backtest {wide_bar} {pos}/{len} events {per_sec} eta {eta}",
     );
     let mut out = engine.run(inputs, &mut |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
@@ -482,14 +478,10 @@ pub async fn from_bus(
         );
     }
     let total: u64 = readers.iter().map(|r| r.total()).sum();
-    let bar = if progress {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("reading the bus {wide_bar} {pos}/{len} messages {per_sec}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = crate::wiring::progress_bar(
+        progress,
+        total,
+        "reading the bus {wide_bar} {pos}/{len} messages {per_sec}",
     );
     let mut seen = std::collections::HashSet::new();
     let mut stats = HistoryStats::default();

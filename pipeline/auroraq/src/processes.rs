@@ -281,11 +281,7 @@ pub async fn run(
             .map_err(|_| anyhow::anyhow!("watcher state poisoned"))?,
     );
     let mut outputs = seen.outputs;
-    outputs.sort_by(|a, b| {
-        available_at(a)
-            .cmp(&available_at(b))
-            .then_with(|| a.meta().event_id.cmp(&b.meta().event_id))
-    });
+    in_time_order(&mut outputs);
     let mut digest = Fingerprint::new();
     let mut by_kind = BTreeMap::new();
     for e in &outputs {
@@ -355,25 +351,15 @@ async fn drive(
     stop: &AtomicBool,
     progress: bool,
 ) -> Result<Published> {
-    events.sort_by(|a, b| {
-        available_at(a)
-            .cmp(&available_at(b))
-            .then_with(|| a.meta().event_id.cmp(&b.meta().event_id))
-    });
+    in_time_order(&mut events);
     let first_article = events
         .iter()
         .position(|e| matches!(e, AnyEvent::Article(_)))
         .unwrap_or(events.len());
-    let bar = if progress {
-        indicatif::ProgressBar::new(events.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "job on the bus {wide_bar} {pos}/{len} events {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = crate::wiring::progress_bar(
+        progress,
+        events.len() as u64,
+        "job on the bus {wide_bar} {pos}/{len} events {per_sec} eta {eta}",
     );
     let holding = job.fusion.group.clone();
     let mut out = Published::default();
@@ -470,6 +456,15 @@ fn check_alive(roles: &mut [Role]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// By [`available_at`], then event id: one order for the same events, however they arrived.
+fn in_time_order(events: &mut [AnyEvent]) {
+    events.sort_by(|a, b| {
+        available_at(a)
+            .cmp(&available_at(b))
+            .then_with(|| a.meta().event_id.cmp(&b.meta().event_id))
+    });
 }
 
 fn tail_of(path: &Path, n: usize) -> String {

@@ -207,10 +207,10 @@ pub async fn backfill_binance(
     if let Some(dir) = bc.checkpoint.as_ref().and_then(|p| p.parent()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {wide_bar} {pos}/{len} bars {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = crate::wiring::progress_bar(
+        true,
+        0,
+        "{spinner} {wide_bar} {pos}/{len} bars {per_sec} eta {eta}",
     );
     let cancel = crate::wiring::token_for(stop);
     let mut progress = |p: &auroraq_binance::BackfillProgress| {

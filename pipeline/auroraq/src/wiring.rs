@@ -106,3 +106,18 @@ pub fn token_for(stop: Arc<AtomicBool>) -> tokio_util::sync::CancellationToken {
     });
     token
 }
+
+/// A progress bar on stderr drawn with `template` (hidden unless `shown`; indicatif also hides it
+/// when stderr is not a terminal).
+pub fn progress_bar(shown: bool, len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = if shown {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
