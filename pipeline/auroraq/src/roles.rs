@@ -328,7 +328,7 @@ pub async fn sink_postgres(
         "postgres.url (AURORAQ_POSTGRES_URL)",
     )?;
     let mut sc = auroraq_sink_timescale::TimescaleConfig::new(url);
-    sc.ack_wait = std::time::Duration::from_secs(cfg.bus.ack_wait_secs.max(1)).max(sc.ack_wait);
+    sc.ack_wait = sink_ack_wait(cfg, sc.ack_wait);
     let subs = auroraq_sink_timescale::subscribe(&*bus, &sc).await?;
     let metrics = Arc::new(auroraq_sink_timescale::SinkMetrics::default());
     let task = tokio::spawn(auroraq_sink_timescale::run_subscriptions(
@@ -343,6 +343,12 @@ pub async fn sink_postgres(
     Ok(task.await??)
 }
 
+/// A sink's ack wait: the bus's, but no shorter than the sink's own default (a sink holds a
+/// batch while it writes, and while its store is down).
+fn sink_ack_wait(cfg: &Config, sink_default: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(cfg.bus.ack_wait_secs.max(1)).max(sink_default)
+}
+
 /// `auroraq sink redis`: latest fused signal and price per asset, and the fused-signal stream.
 pub async fn sink_redis(
     cfg: &Config,
@@ -351,7 +357,8 @@ pub async fn sink_redis(
     stop: Arc<AtomicBool>,
 ) -> Result<auroraq_sink_redis::RedisSinkStats> {
     let url = service_url(&cfg.redis.url, url, "Redis", "redis.url (AURORAQ_REDIS_URL)")?;
-    let rc = auroraq_sink_redis::RedisSinkConfig::new(url);
+    let mut rc = auroraq_sink_redis::RedisSinkConfig::new(url);
+    rc.ack_wait = sink_ack_wait(cfg, rc.ack_wait);
     let subs = auroraq_sink_redis::subscribe(&*bus, &rc).await?;
     let metrics = Arc::new(auroraq_sink_redis::RedisSinkMetrics::default());
     let task = tokio::spawn(auroraq_sink_redis::run_subscriptions(
