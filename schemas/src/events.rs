@@ -77,6 +77,44 @@ pub enum Severity {
     Critical,
 }
 
+/// The enums' names as the JSON (serde) form writes them: for sinks, logs and reasons.
+macro_rules! names {
+    ($($ty:ident { $($variant:ident => $name:literal),+ $(,)? })+) => {
+        $(impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        })+
+    };
+}
+
+names! {
+    Side { Buy => "buy", Sell => "sell", Unknown => "unknown" }
+    OrderSide { Buy => "buy", Sell => "sell" }
+    Trend { Rising => "rising", Falling => "falling", Stable => "stable" }
+    Verdict { Approved => "approved", Resized => "resized", Rejected => "rejected" }
+    OrderStatus {
+        New => "new",
+        Accepted => "accepted",
+        PartiallyFilled => "partially_filled",
+        Filled => "filled",
+        Cancelled => "cancelled",
+        Rejected => "rejected",
+    }
+    FeedState {
+        Connected => "connected",
+        Disconnected => "disconnected",
+        Gap => "gap",
+        Resynced => "resynced",
+        Rolled => "rolled",
+        RateLimited => "rate_limited",
+        Unknown => "unknown",
+    }
+    Severity { Info => "info", Warning => "warning", Critical => "critical" }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TradeTick {
     #[serde(flatten)]
@@ -333,5 +371,57 @@ mod serde_bytes_compat {
             }
         }
         d.deserialize_bytes(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_name<T: Serialize>(v: T) -> String {
+        serde_json::to_value(v)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn enum_names_are_their_json_names() {
+        for v in [Side::Buy, Side::Sell, Side::Unknown] {
+            assert_eq!(v.as_str(), json_name(v));
+        }
+        for v in [OrderSide::Buy, OrderSide::Sell] {
+            assert_eq!(v.as_str(), json_name(v));
+        }
+        for v in [Trend::Rising, Trend::Falling, Trend::Stable] {
+            assert_eq!(v.as_str(), json_name(v));
+        }
+        for v in [Verdict::Approved, Verdict::Resized, Verdict::Rejected] {
+            assert_eq!(v.as_str(), json_name(v));
+        }
+        for v in [
+            OrderStatus::New,
+            OrderStatus::Accepted,
+            OrderStatus::PartiallyFilled,
+            OrderStatus::Filled,
+            OrderStatus::Cancelled,
+            OrderStatus::Rejected,
+        ] {
+            assert_eq!(v.as_str(), json_name(v));
+        }
+        for v in [
+            FeedState::Connected,
+            FeedState::Disconnected,
+            FeedState::Gap,
+            FeedState::Resynced,
+            FeedState::Rolled,
+            FeedState::RateLimited,
+            FeedState::Unknown,
+        ] {
+            assert_eq!(v.as_str(), json_name(v));
+        }
+        for v in [Severity::Info, Severity::Warning, Severity::Critical] {
+            assert_eq!(v.as_str(), json_name(v));
+        }
     }
 }

@@ -86,13 +86,6 @@ fn signed(side: OrderSide, q: Decimal) -> Decimal {
     }
 }
 
-fn side_name(side: OrderSide) -> &'static str {
-    match side {
-        OrderSide::Buy => "buy",
-        OrderSide::Sell => "sell",
-    }
-}
-
 impl RiskProcessor {
     /// A risk stage with `cfg` (validated).
     pub fn new(cfg: RiskConfig) -> Result<Self, ConfigError> {
@@ -756,7 +749,7 @@ impl RiskProcessor {
                         let why = format!(
                             "position {pos} is already at the volatility target {} on the {} side",
                             s.quantity,
-                            side_name(it.side)
+                            it.side.as_str()
                         );
                         return reject(checks, breaches, "sizing", why, None);
                     }
@@ -904,7 +897,7 @@ impl RiskProcessor {
         let (verdict, reason) = if resized.is_empty() {
             (
                 Verdict::Approved,
-                format!("approved {} {q} {sym} ({how})", side_name(it.side)),
+                format!("approved {} {q} {sym} ({how})", it.side.as_str()),
             )
         } else {
             (Verdict::Resized, resized.join("; "))

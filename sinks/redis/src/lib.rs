@@ -291,7 +291,7 @@ fn fused_fields(f: &auroraq_schemas::FusedSignal, json: String) -> Fields {
         ("asset", f.asset.clone()),
         ("fused_score", f.fused_score.to_string()),
         ("confidence", f.confidence.to_string()),
-        ("trend", trend_name(f.trend).to_owned()),
+        ("trend", f.trend.as_str().to_owned()),
         ("window_start", f.window_start.to_string()),
         ("window_end", f.window_end.to_string()),
         ("scores_used", f.scores_used.to_string()),
@@ -300,14 +300,6 @@ fn fused_fields(f: &auroraq_schemas::FusedSignal, json: String) -> Fields {
         ("source", f.meta.source.clone()),
         ("json", json),
     ]
-}
-
-fn trend_name(t: auroraq_schemas::Trend) -> &'static str {
-    match t {
-        auroraq_schemas::Trend::Rising => "rising",
-        auroraq_schemas::Trend::Falling => "falling",
-        auroraq_schemas::Trend::Stable => "stable",
-    }
 }
 
 /// The latest-state writes and stream entries of a batch, newest per key.

@@ -30,7 +30,7 @@ use tracing::info;
 use crate::config::{CopyMode, TimescaleConfig};
 use crate::metrics::SinkMetrics;
 use crate::pgtypes::Ts;
-use crate::tables::{side_name, Table};
+use crate::tables::Table;
 use crate::writer::{db_message, Writer};
 use crate::SinkError;
 
@@ -184,7 +184,7 @@ async fn bare_copy(
                 &t.trade_id,
                 &t.price.0,
                 &t.quantity.0,
-                &side_name(t.aggressor),
+                &t.aggressor.as_str(),
                 &t.aggregated,
             ];
             w.as_mut().write(&values).await.map_err(bench_err("COPY row"))?;

@@ -626,68 +626,6 @@ fn opt_dec(d: Option<Dec>) -> Option<Decimal> {
     d.map(|d| d.0)
 }
 
-pub fn side_name(s: Side) -> &'static str {
-    match s {
-        Side::Buy => "buy",
-        Side::Sell => "sell",
-        Side::Unknown => "unknown",
-    }
-}
-
-pub fn order_side_name(s: OrderSide) -> &'static str {
-    match s {
-        OrderSide::Buy => "buy",
-        OrderSide::Sell => "sell",
-    }
-}
-
-fn trend_name(t: Trend) -> &'static str {
-    match t {
-        Trend::Rising => "rising",
-        Trend::Falling => "falling",
-        Trend::Stable => "stable",
-    }
-}
-
-fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Approved => "approved",
-        Verdict::Resized => "resized",
-        Verdict::Rejected => "rejected",
-    }
-}
-
-fn status_name(s: OrderStatus) -> &'static str {
-    match s {
-        OrderStatus::New => "new",
-        OrderStatus::Accepted => "accepted",
-        OrderStatus::PartiallyFilled => "partially_filled",
-        OrderStatus::Filled => "filled",
-        OrderStatus::Cancelled => "cancelled",
-        OrderStatus::Rejected => "rejected",
-    }
-}
-
-fn severity_name(s: Severity) -> &'static str {
-    match s {
-        Severity::Info => "info",
-        Severity::Warning => "warning",
-        Severity::Critical => "critical",
-    }
-}
-
-fn feed_state_name(s: FeedState) -> &'static str {
-    match s {
-        FeedState::Connected => "connected",
-        FeedState::Disconnected => "disconnected",
-        FeedState::Gap => "gap",
-        FeedState::Resynced => "resynced",
-        FeedState::Rolled => "rolled",
-        FeedState::RateLimited => "rate_limited",
-        FeedState::Unknown => "unknown",
-    }
-}
-
 fn json_strings(m: &std::collections::BTreeMap<String, String>) -> Jsonb {
     let o: Map<String, Value> = m
         .iter()
@@ -743,7 +681,7 @@ pub async fn copy_rows(mut w: W<'_>, table: Table, g: &Grouped<'_>) -> PgResult 
             for e in &g.trades {
                 row!(w, MetaRow::of(&e.meta);
                     &clean(&e.exchange), &clean(&e.symbol), &clean(&e.trade_id), &dec(e.price),
-                    &dec(e.quantity), &side_name(e.aggressor), &e.aggregated)?;
+                    &dec(e.quantity), &e.aggressor.as_str(), &e.aggregated)?;
             }
         }
         Table::Klines => {
@@ -812,21 +750,21 @@ pub async fn copy_rows(mut w: W<'_>, table: Table, g: &Grouped<'_>) -> PgResult 
                 row!(w, MetaRow::of(&e.meta);
                     &clean(&e.asset), &Ts(e.window_start), &Ts(e.window_end), &e.fused_score,
                     &e.confidence, &e.scores_used, &e.scores_rejected, &e.sources_used,
-                    &json_numbers(&e.weights_used), &trend_name(e.trend))?;
+                    &json_numbers(&e.weights_used), &e.trend.as_str())?;
             }
         }
         Table::OrderIntents => {
             for e in &g.order_intents {
                 row!(w, MetaRow::of(&e.meta);
-                    &clean(&e.intent_id), &clean(&e.agent), &clean(&e.symbol), &order_side_name(e.side),
+                    &clean(&e.intent_id), &clean(&e.agent), &clean(&e.symbol), &e.side.as_str(),
                     &opt_dec(e.quantity), &opt_dec(e.notional), &opt_dec(e.limit_price), &clean(&e.reason))?;
             }
         }
         Table::RiskDecisions => {
             for e in &g.risk_decisions {
                 row!(w, MetaRow::of(&e.meta);
-                    &clean(&e.intent_id), &clean(&e.agent), &clean(&e.symbol), &order_side_name(e.side),
-                    &verdict_name(e.verdict), &opt_dec(e.approved_quantity), &clean(&e.reason),
+                    &clean(&e.intent_id), &clean(&e.agent), &clean(&e.symbol), &e.side.as_str(),
+                    &e.verdict.as_str(), &opt_dec(e.approved_quantity), &clean(&e.reason),
                     &json_strings(&e.checks))?;
             }
         }
@@ -834,7 +772,7 @@ pub async fn copy_rows(mut w: W<'_>, table: Table, g: &Grouped<'_>) -> PgResult 
             for e in &g.orders {
                 row!(w, MetaRow::of(&e.meta);
                     &clean(&e.client_order_id), &clean_opt(&e.venue_order_id), &clean(&e.venue),
-                    &clean(&e.agent), &clean(&e.symbol), &order_side_name(e.side), &status_name(e.status),
+                    &clean(&e.agent), &clean(&e.symbol), &e.side.as_str(), &e.status.as_str(),
                     &dec(e.quantity), &dec(e.filled_quantity), &opt_dec(e.last_fill_price),
                     &opt_dec(e.last_fill_quantity), &opt_dec(e.fee), &clean_opt(&e.fee_asset),
                     &clean_opt(&e.reason))?;
@@ -856,8 +794,8 @@ pub async fn copy_rows(mut w: W<'_>, table: Table, g: &Grouped<'_>) -> PgResult 
                         &clean(&e.venue),
                         &clean(&e.agent),
                         &clean(&e.symbol),
-                        &order_side_name(e.side),
-                        &status_name(e.status),
+                        &e.side.as_str(),
+                        &e.status.as_str(),
                         &dec(price),
                         &dec(qty),
                         &dec(e.filled_quantity),
@@ -877,7 +815,7 @@ pub async fn copy_rows(mut w: W<'_>, table: Table, g: &Grouped<'_>) -> PgResult 
         Table::Alerts => {
             for e in &g.alerts {
                 row!(w, MetaRow::of(&e.meta);
-                    &severity_name(e.severity), &clean(&e.kind), &clean_opt(&e.subject),
+                    &e.severity.as_str(), &clean(&e.kind), &clean_opt(&e.subject),
                     &clean(&e.message), &json_strings(&e.attributes))?;
             }
         }
@@ -892,7 +830,7 @@ pub async fn copy_rows(mut w: W<'_>, table: Table, g: &Grouped<'_>) -> PgResult 
         Table::FeedStatuses => {
             for e in &g.feed_statuses {
                 row!(w, MetaRow::of(&e.meta);
-                    &clean(&e.feed), &clean(&e.stream), &clean_opt(&e.symbol), &feed_state_name(e.status),
+                    &clean(&e.feed), &clean(&e.stream), &clean_opt(&e.symbol), &e.status.as_str(),
                     &clean(&e.detail), &json_strings(&e.attributes))?;
             }
         }
