@@ -77,7 +77,7 @@ pub fn trades(out: &RunOutput) -> Vec<Trade> {
                     ts: u.meta.ts_event,
                     agent: u.agent.clone(),
                     symbol: u.symbol.clone(),
-                    side: format!("{:?}", u.side).to_lowercase(),
+                    side: u.side.as_str().to_owned(),
                     quantity: u.last_fill_quantity.map(|q| q.to_string()).unwrap_or_default(),
                     price: u.last_fill_price.map(|p| p.to_string()).unwrap_or_default(),
                     fee: u.fee.map(|f| f.to_string()),
