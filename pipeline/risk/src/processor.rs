@@ -573,7 +573,7 @@ impl RiskProcessor {
                 ("symbol".to_owned(), it.symbol.clone()),
                 ("intent_id".to_owned(), it.intent_id.clone()),
                 ("check".to_owned(), check.clone()),
-                ("verdict".to_owned(), format!("{:?}", o.verdict).to_lowercase()),
+                ("verdict".to_owned(), o.verdict.as_str().to_owned()),
             ]);
             let a = self.alert(
                 &it.meta,
