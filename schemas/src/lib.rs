@@ -11,6 +11,7 @@ pub mod events;
 pub mod holding;
 pub mod json;
 pub mod meta;
+#[cfg(any(test, feature = "samples"))]
 pub mod samples;
 
 pub use codec::{

@@ -1,28 +1,16 @@
-//! `auroraq`: runs AuroraQ's roles on a bus, each alone or all in one process.
-
-mod backtest;
-mod bench;
-mod bench_decode;
-mod config;
-mod doctor;
-mod processes;
-mod roles;
-mod run;
-#[cfg(feature = "sentiment")]
-mod sentiment;
-mod wiring;
+//! `auroraq`: parses arguments and dispatches into `auroraq-runtime`, where every job and role
+//! lives. Nothing here but the command line, logging set-up and printing of results.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use auroraq_replay::{BarsOptions, Format, LoadOptions, Pace};
+use anyhow::{bail, Result};
+use auroraq_runtime::replay::{BarsOptions, Format, LoadOptions};
+use auroraq_runtime::wiring::{connect_bus, pace, stop_on_signals};
+use auroraq_runtime::{backtest, bench, bench_decode, doctor, roles, run, Config};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing::info;
-
-use crate::config::Config;
-use crate::wiring::{connect_bus, stop_on_signals};
+use serde::Serialize;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -111,8 +99,23 @@ struct ModelArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu or cuda (default: sentiment.device); cuda falls back to the CPU with a warning.
-    #[arg(long)]
-    device: Option<String>,
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl From<DeviceArg> for auroraq_runtime::config::Device {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => auroraq_runtime::config::Device::Cpu,
+            DeviceArg::Cuda => auroraq_runtime::config::Device::Cuda,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -245,7 +248,39 @@ struct BacktestArgs {
 #[derive(Subcommand, Debug)]
 enum Backfill {
     /// Binance klines over a time range via REST, paginated, with a progress bar.
-    Binance(roles::BackfillArgs),
+    Binance(BackfillArgs),
+}
+
+/// Arguments of `auroraq backfill binance`.
+#[derive(Args, Debug)]
+struct BackfillArgs {
+    /// Symbol, e.g. BTCUSDT.
+    #[arg(long)]
+    symbol: String,
+    /// Kline interval: 1s, 1m, 3m, 5m, 15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d, 3d, 1w, 1M.
+    #[arg(long, default_value = "1m")]
+    interval: String,
+    /// Start (inclusive): 2024-01-01, RFC 3339, or epoch seconds/milliseconds.
+    #[arg(long)]
+    from: String,
+    /// End (exclusive).
+    #[arg(long)]
+    to: String,
+    /// Checkpoint file (default under .auroraq/backfill/); a rerun resumes from it.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+}
+
+impl From<BackfillArgs> for roles::BackfillArgs {
+    fn from(a: BackfillArgs) -> Self {
+        roles::BackfillArgs {
+            symbol: a.symbol,
+            interval: a.interval,
+            from: a.from,
+            to: a.to,
+            checkpoint: a.checkpoint,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -440,217 +475,134 @@ fn not_yet(role: &str, issue: &str) -> Result<ExitCode> {
     )
 }
 
-fn pace(speed: f64) -> Result<Pace> {
-    if !speed.is_finite() || speed < 0.0 {
-        bail!("--speed must be 0 (as fast as possible) or a positive factor, not {speed}");
+/// The result as one JSON line on stdout (the last line of every command's output).
+fn emit<T: Serialize>(result: &T) -> Result<()> {
+    println!("{}", serde_json::to_string(result)?);
+    Ok(())
+}
+
+fn replay_options(a: &ReplayArgs) -> LoadOptions {
+    LoadOptions {
+        bars: BarsOptions {
+            exchange: a.exchange.clone(),
+            symbol: a.symbol.clone(),
+            interval: a.interval.clone(),
+        },
+        instruments: a.instruments.clone(),
+        news_source: a.news_source.clone(),
     }
-    Ok(if speed == 0.0 {
-        Pace::Max
+}
+
+fn backtest_job(a: BacktestArgs, progress: bool) -> backtest::Job {
+    let source = if a.from_bus {
+        backtest::Source::Bus {
+            since: a.since,
+            until: a.until,
+        }
+    } else if a.files.is_empty() {
+        backtest::Source::Bundled
     } else {
-        Pace::Speed(speed)
-    })
+        backtest::Source::Files {
+            files: a.files,
+            format: a.format.map(Format::from),
+            exchange: a.exchange,
+            symbol: a.symbol,
+        }
+    };
+    backtest::Job {
+        source,
+        agents: a.agents,
+        policy: a.policy,
+        out: a.out,
+        via_bus: a.via_bus,
+        progress,
+    }
 }
 
 async fn real_main(cli: Cli) -> Result<ExitCode> {
     let mut cfg = Config::load(cli.config.as_deref(), std::env::vars())?;
     if let Some(bus) = cli.bus {
-        cfg.bus.url = bus;
-        cfg.validate()?;
+        cfg.set_bus_url(&bus)?;
     }
+    let progress = std::io::stderr().is_terminal();
     match cli.command {
         Command::Run(a) => {
-            if !a.bars.is_empty() {
-                cfg.run.bars = a.bars;
-            }
-            if let Some(out) = a.out {
-                cfg.run.out_dir = out;
-            }
-            let stop = stop_on_signals();
-            let progress = std::io::stderr().is_terminal();
-            let summary = run::run(&cfg, pace(a.speed)?, &a.sinks, stop, progress).await?;
-            println!("{}", serde_json::to_string(&summary)?);
+            cfg.run.apply(a.bars, a.out);
+            let summary = run::run(&cfg, pace(a.speed)?, &a.sinks, stop_on_signals(), progress).await?;
+            emit(&summary)?;
         }
         Command::Connect(Connect::Replay(a)) | Command::Replay(a) => {
-            let opts = LoadOptions {
-                bars: BarsOptions {
-                    exchange: a.exchange,
-                    symbol: a.symbol,
-                    interval: a.interval,
-                },
-                instruments: a.instruments,
-                news_source: a.news_source,
-            };
-            let bus = connect_bus(&cfg.bus).await?;
-            let stop = stop_on_signals();
-            let format = a.format.map(Format::from);
+            let (opts, format) = (replay_options(&a), a.format.map(Format::from));
             let stats =
-                roles::connect_replay(bus.clone(), format, &a.files, &opts, pace(a.speed)?, stop).await?;
-            bus.close().await;
-            info!(?stats, "replay done");
+                roles::connect_replay(&cfg, format, &a.files, &opts, pace(a.speed)?, stop_on_signals())
+                    .await?;
             if a.stats {
-                println!("{}", serde_json::to_string(&stats)?);
+                emit(&stats)?;
             }
         }
         Command::Connect(Connect::Binance { symbols, streams }) => {
             let bus = connect_bus(&cfg.bus).await?;
-            let stop = stop_on_signals();
-            let stats = roles::connect_binance(&cfg, bus.clone(), symbols, streams, stop).await?;
-            bus.close().await;
-            println!("{}", serde_json::to_string(&stats)?);
-        }
-        Command::Backtest(a) => {
-            let progress = std::io::stderr().is_terminal();
-            let mut plan = if a.files.is_empty() && !a.from_bus {
-                let inputs = backtest::bundled(&cfg)?;
-                let (demo, plan) = backtest::bundled_plan(&cfg, inputs, Some(&a.out), progress)?;
-                cfg = demo;
-                plan
-            } else {
-                let (inputs, title, notes) = if a.from_bus {
-                    let time = |s: &Option<String>, what: &str| -> Result<Option<i64>> {
-                        s.as_deref()
-                            .map(|t| {
-                                auroraq_replay::time::parse_timestamp(t).with_context(|| {
-                                    format!("{what} {t:?} is not a time (e.g. 2026-11-26T09:00:00Z or epoch seconds)")
-                                })
-                            })
-                            .transpose()
-                    };
-                    let (since, until) = (time(&a.since, "--since")?, time(&a.until, "--until")?);
-                    let (inputs, stats) = backtest::from_bus(&cfg, since, until, progress).await?;
-                    let notes = format!(
-                        "{} stream {} from {} to {}: {} events ({} stored twice, {} undecodable)",
-                        cfg.bus.url,
-                        cfg.bus.stream,
-                        a.since.as_deref().unwrap_or("the oldest kept"),
-                        a.until.as_deref().unwrap_or("the end"),
-                        stats.events,
-                        stats.duplicates,
-                        stats.undecodable
-                    );
-                    (inputs, "AuroraQ backtest from the bus", notes)
-                } else {
-                    let opts = LoadOptions {
-                        bars: BarsOptions {
-                            exchange: a.exchange,
-                            symbol: a.symbol,
-                            interval: None,
-                        },
-                        ..LoadOptions::default()
-                    };
-                    let inputs = auroraq_replay::load(a.format.map(Format::from), &a.files, &opts)?;
-                    let files: Vec<String> = a.files.iter().map(|f| f.display().to_string()).collect();
-                    let notes = format!("{} file(s): {}", files.len(), files.join(", "));
-                    (inputs, "AuroraQ backtest", notes)
-                };
-                let agents = a
-                    .agents
-                    .iter()
-                    .map(|n| roles::agent(&cfg, n, a.policy.as_deref()))
-                    .collect::<Result<Vec<_>>>()?;
-                backtest::Plan {
-                    inputs,
-                    agents,
-                    out: Some(a.out.clone()),
-                    title: title.into(),
-                    notes,
-                    progress,
-                }
-            };
-            if a.via_bus {
-                plan.inputs = backtest::through_bus(&cfg, std::mem::take(&mut plan.inputs)).await?;
-            }
-            let summary = tokio::task::block_in_place(|| backtest::run(&cfg, plan))?;
-            if let Some(r) = &summary.report {
-                eprintln!("report: {}", r.display());
-            }
-            println!("{}", serde_json::to_string(&summary)?);
-        }
-        Command::Backfill(Backfill::Binance(a)) => {
-            let bus = connect_bus(&cfg.bus).await?;
-            let stop = stop_on_signals();
-            let report = roles::backfill_binance(&cfg, bus.clone(), a, stop).await?;
-            bus.close().await;
-            println!("{}", serde_json::to_string(&report)?);
+            emit(&roles::connect_binance(&cfg, bus, symbols, streams, stop_on_signals()).await?)?;
         }
         Command::Connect(Connect::Feedly { stream, once }) => {
             let bus = connect_bus(&cfg.bus).await?;
-            let stop = stop_on_signals();
-            let stats = roles::connect_feedly(&cfg, bus.clone(), stream, once, stop).await?;
-            bus.close().await;
-            println!("{}", serde_json::to_string(&stats)?);
+            emit(&roles::connect_feedly(&cfg, bus, stream, once, stop_on_signals()).await?)?;
+        }
+        Command::Backtest(a) => {
+            let summary = backtest::run_job(&cfg, backtest_job(a, progress)).await?;
+            if let Some(r) = &summary.report {
+                eprintln!("report: {}", r.display());
+            }
+            emit(&summary)?;
+        }
+        Command::Backfill(Backfill::Binance(a)) => {
+            let bus = connect_bus(&cfg.bus).await?;
+            emit(&roles::backfill_binance(&cfg, bus, a.into(), stop_on_signals()).await?)?;
         }
         Command::Sink(Sink::Jsonl { out, filter }) => {
             let bus = connect_bus(&cfg.bus).await?;
-            let stop = stop_on_signals();
-            let stats = roles::sink_jsonl(&cfg, bus, &out, &filter, stop).await?;
-            println!("{}", serde_json::to_string(&stats)?);
+            emit(&roles::sink_jsonl(&cfg, bus, &out, &filter, stop_on_signals()).await?)?;
         }
         Command::Sink(Sink::Postgres { url }) => {
             let bus = connect_bus(&cfg.bus).await?;
-            let stats = roles::sink_postgres(&cfg, bus, url, stop_on_signals()).await?;
-            println!("{}", serde_json::to_string(&stats)?);
+            emit(&roles::sink_postgres(&cfg, bus, url, stop_on_signals()).await?)?;
         }
         Command::Sink(Sink::Redis { url }) => {
             let bus = connect_bus(&cfg.bus).await?;
-            let stats = roles::sink_redis(&cfg, bus, url, stop_on_signals()).await?;
-            println!("{}", serde_json::to_string(&stats)?);
-        }
-        Command::Bench(Bench::Sink { url, rows, rounds }) => {
-            let url = url.unwrap_or_else(|| cfg.postgres.url.clone());
-            if url.is_empty() {
-                anyhow::bail!("no PostgreSQL URL: give --url or set postgres.url");
-            }
-            let mut bc = auroraq_sink_timescale::BenchConfig::new(url);
-            bc.rows = rows;
-            bc.rounds = rounds;
-            let r = auroraq_sink_timescale::bench(&bc).await?;
-            println!("{}", serde_json::to_string(&r)?);
+            emit(&roles::sink_redis(&cfg, bus, url, stop_on_signals()).await?)?;
         }
         Command::Tap(a) => {
             let bus = connect_bus(&cfg.bus).await?;
-            let stop = stop_on_signals();
-            roles::tap(bus, &a.filter, a.count, stop).await?;
+            roles::tap(bus, &a.filter, a.count, stop_on_signals()).await?;
         }
         Command::Doctor(a) => {
             let checks = doctor::run(&cfg).await;
-            let ok = if a.json {
+            if a.json {
                 println!("{}", serde_json::to_string_pretty(&checks)?);
-                checks
-                    .iter()
-                    .all(|c| !c.required || c.status == doctor::Status::Ok)
             } else {
-                doctor::print(&checks)
-            };
-            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
-        }
-        Command::Topics => {
-            for (pattern, events) in auroraq_bus::topics::TABLE {
-                println!("{pattern:<40} {events}");
+                doctor::print(&checks);
             }
+            return Ok(if doctor::all_required_ok(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        Command::Topics => roles::print_topics(),
+        Command::Bench(Bench::Sink { url, rows, rounds }) => {
+            emit(&bench::sink(&cfg, url, rows, rounds).await?)?;
         }
         Command::Bench(Bench::Backtest { events, rounds }) => {
             let r = backtest::bench(&cfg, events.max(1000), rounds)?;
-            eprintln!(
-                "engine (agents, risk, execution) {:>12.0} events/s; plain loop {:>12.0} events/s; ratio {:.3}",
-                r.engine_events_per_s, r.loop_events_per_s, r.ratio
-            );
-            println!("{}", serde_json::to_string(&r)?);
+            r.print();
+            emit(&r)?;
         }
         Command::Bench(Bench::Fusion {
             scores,
             workers,
             rounds,
         }) => {
-            let opts = auroraq_fusion::BenchOptions {
-                config: cfg.fusion.clone(),
-                scores,
-                workers,
-                rounds,
-                ..auroraq_fusion::BenchOptions::default()
-            };
-            let r = tokio::task::block_in_place(|| auroraq_fusion::bench(&opts))?;
-            println!("{}", serde_json::to_string(&r)?);
+            emit(&bench::fusion(&cfg, scores, workers, rounds)?)?;
         }
         Command::Bench(Bench::Decode {
             capture,
@@ -658,18 +610,8 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             rounds,
         }) => {
             let r = bench_decode::run(&capture, frames.max(1), rounds)?;
-            for f in &r.figures {
-                eprintln!(
-                    "{:<6} {:<32} {:>12.0} frames/s{}",
-                    f.frames,
-                    f.path,
-                    f.per_s,
-                    f.levels_per_s
-                        .map(|l| format!(" {l:>12.0} levels/s"))
-                        .unwrap_or_default()
-                );
-            }
-            println!("{}", serde_json::to_string(&r)?);
+            r.print();
+            emit(&r)?;
         }
         Command::Bench(Bench::Bus {
             events,
@@ -679,45 +621,68 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             rounds,
         }) => {
             let r = bench::bus(events, nats_events, nats.as_deref(), batch.max(1), rounds).await?;
-            for f in &r.figures {
-                eprintln!(
-                    "{:<36} {:>10} events {:>8.3} s {:>12.0} events/s",
-                    f.path, f.events, f.seconds, f.events_per_s
-                );
-            }
-            println!("{}", serde_json::to_string(&r)?);
+            r.print();
+            emit(&r)?;
         }
         #[cfg(feature = "sentiment")]
         Command::Score(a) => {
-            let stop = stop_on_signals();
-            let stats = sentiment::role(&cfg, a.model.model, a.model.device, stop).await?;
-            println!("{}", serde_json::to_string(&stats)?);
+            use auroraq_runtime::sentiment;
+            emit(
+                &sentiment::role(
+                    &cfg,
+                    a.model.model,
+                    a.model.device.map(Into::into),
+                    stop_on_signals(),
+                )
+                .await?,
+            )?;
         }
         #[cfg(feature = "sentiment")]
-        Command::Sentiment(SentimentCmd::Score { model, texts }) => {
-            let c = sentiment::load(&cfg, model.model.as_deref(), model.device.as_deref())?;
+        Command::Sentiment(cmd) => return sentiment_command(&cfg, cmd).await,
+        #[cfg(not(feature = "sentiment"))]
+        Command::Score(_) | Command::Sentiment(_) => {
+            return not_yet("sentiment", "`sentiment` cargo feature")
+        }
+        Command::Fuse => {
+            let bus = connect_bus(&cfg.bus).await?;
+            emit(&roles::fuse(&cfg, bus, stop_on_signals()).await?)?;
+        }
+        Command::Risk => emit(&roles::risk(&cfg, stop_on_signals()).await?)?,
+        Command::Execute => emit(&roles::execute(&cfg, stop_on_signals()).await?)?,
+        Command::Agent { name, policy } => {
+            emit(&roles::agent_role(&cfg, &name, policy.as_deref(), stop_on_signals()).await?)?;
+        }
+        Command::Api => return not_yet("api", "API"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "sentiment")]
+async fn sentiment_command(cfg: &Config, cmd: SentimentCmd) -> Result<ExitCode> {
+    use auroraq_runtime::sentiment;
+    match cmd {
+        SentimentCmd::Score { model, texts } => {
+            let c = sentiment::load(cfg, model.model.as_deref(), model.device.map(Into::into))?;
             for line in sentiment::score_texts(&c, &texts)? {
                 println!("{line}");
             }
         }
-        #[cfg(feature = "sentiment")]
-        Command::Sentiment(SentimentCmd::Eval { model, data }) => {
-            let c = sentiment::load(&cfg, model.model.as_deref(), model.device.as_deref())?;
-            let r = sentiment::eval(&c, &data, &sentiment::batching(&cfg))?;
+        SentimentCmd::Eval { model, data } => {
+            let c = sentiment::load(cfg, model.model.as_deref(), model.device.map(Into::into))?;
+            let r = sentiment::eval(&c, &data, &sentiment::batching(cfg))?;
             sentiment::print_report(&r);
-            println!("{}", serde_json::to_string(&r)?);
+            emit(&r)?;
         }
-        #[cfg(feature = "sentiment")]
-        Command::Sentiment(SentimentCmd::Bench {
+        SentimentCmd::Bench {
             model,
             data,
             n,
             batch_sizes,
             python,
             hf_dir,
-        }) => {
+        } => {
             let r = sentiment::bench(
-                &cfg,
+                cfg,
                 model.model.as_deref(),
                 &data,
                 n,
@@ -726,42 +691,9 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 Some(&hf_dir),
             )
             .await?;
-            for f in &r.figures {
-                eprintln!(
-                    "{:<40} {:>9.1} seq/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
-                    f.path, f.sequences_per_s, f.p50_ms, f.p99_ms
-                );
-            }
-            println!("{}", serde_json::to_string(&r)?);
+            r.print();
+            emit(&r)?;
         }
-        #[cfg(not(feature = "sentiment"))]
-        Command::Score(_) | Command::Sentiment(_) => {
-            return not_yet("sentiment", "`sentiment` cargo feature")
-        }
-        Command::Fuse => {
-            let bus = connect_bus(&cfg.bus).await?;
-            let stats = roles::fuse(&cfg, bus, stop_on_signals()).await?;
-            println!("{}", serde_json::to_string(&stats)?);
-        }
-        Command::Risk => {
-            let p = auroraq_risk::RiskProcessor::new(cfg.risk.clone())?;
-            let bus = connect_bus(&cfg.bus).await?;
-            let stats = roles::processor_role(&cfg, bus, p, stop_on_signals()).await?;
-            println!("{}", serde_json::to_string(&stats)?);
-        }
-        Command::Execute => {
-            let p = auroraq_execution::ExecutionProcessor::new(cfg.execution.clone())?;
-            let bus = connect_bus(&cfg.bus).await?;
-            let stats = roles::processor_role(&cfg, bus, p, stop_on_signals()).await?;
-            println!("{}", serde_json::to_string(&stats)?);
-        }
-        Command::Agent { name, policy } => {
-            let a = roles::agent(&cfg, &name, policy.as_deref())?;
-            let bus = connect_bus(&cfg.bus).await?;
-            let stats = roles::processor_role(&cfg, bus, a, stop_on_signals()).await?;
-            println!("{}", serde_json::to_string(&stats)?);
-        }
-        Command::Api => return not_yet("api", "API"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 //!
 //! One trait, [`Bus`], with two implementations: [`inproc::InProcBus`] for the embedded
 //! single-process mode and [`nats::NatsBus`] (JetStream) for distributed runs. Both give the same
-//! contract, which `tests/contract.rs` checks against each:
+//! contract, which the bus contract suite (`tests/tests/bus_contract.rs`) checks against each:
 //!
 //! - **Topics** are dot-separated paths built by [`topics`]; subscriptions take NATS-style
 //!   wildcards.
@@ -28,11 +28,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod inproc;
+mod kind;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod topics;
 
 pub use inproc::{InProcBus, InProcConfig};
+pub use kind::{BusKind, BusUrl};
 #[cfg(feature = "nats")]
 pub use nats::{NatsBus, NatsConfig};
 

@@ -219,7 +219,7 @@ async fn publish_scores(
         let a = &j.article;
         let assets = aliases.link_article(a);
         // On event time (replays), scored when the article was received, as in a backtest.
-        let ts_scored = if cfg.event_clock {
+        let ts_scored = if cfg.clock == auroraq_stage::ClockKind::Event {
             a.meta.ts_event.max(a.meta.ts_ingest)
         } else {
             now

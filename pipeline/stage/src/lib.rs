@@ -179,9 +179,21 @@ pub struct StageConfig {
     pub max_attempts: u32,
     /// First retry delay; doubles per attempt.
     pub retry_delay: Duration,
-    /// Stamp outputs on event time (the latest event time handled) instead of the wall clock: for
-    /// replays of recorded data through the live roles. See [`ProcessorHandler`].
-    pub event_clock: bool,
+    /// The stage's clock: the wall clock (live), or event time (the latest event time handled),
+    /// for replays of recorded data through the live roles. See [`ProcessorHandler`].
+    pub clock: ClockKind,
+}
+
+/// How a stage keeps time (`[stages] clock`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockKind {
+    /// Outputs are stamped with the system clock: live runs.
+    #[default]
+    Wall,
+    /// A stage's time is the latest event time it has handled (as a backtest's simulated clock):
+    /// recorded data replayed through the live roles.
+    Event,
 }
 
 impl StageConfig {
@@ -195,7 +207,7 @@ impl StageConfig {
             ack_wait: Duration::from_secs(30),
             max_attempts: 5,
             retry_delay: Duration::from_millis(200),
-            event_clock: false,
+            clock: ClockKind::Wall,
         }
     }
 

@@ -163,7 +163,7 @@ pub async fn run_processor<P: Processor + 'static>(
     processor: P,
     metrics: Arc<crate::StageMetrics>,
 ) -> Result<crate::StageStats, crate::StageError> {
-    let handler = if cfg.event_clock {
+    let handler = if cfg.clock == crate::ClockKind::Event {
         ProcessorHandler::on_event_time(processor)
     } else {
         ProcessorHandler::live(processor)

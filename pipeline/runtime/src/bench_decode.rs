@@ -157,3 +157,20 @@ pub fn run(capture: &Path, total: usize, rounds: usize) -> Result<DecodeBench> {
         depth_vs_value: d_dec / d_val,
     })
 }
+
+impl DecodeBench {
+    /// One human line per path on stderr.
+    pub fn print(&self) {
+        for f in &self.figures {
+            eprintln!(
+                "{:<6} {:<32} {:>12.0} frames/s{}",
+                f.frames,
+                f.path,
+                f.per_s,
+                f.levels_per_s
+                    .map(|l| format!(" {l:>12.0} levels/s"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}

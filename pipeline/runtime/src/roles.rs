@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -18,7 +18,8 @@ use auroraq_stage::{run_subscription, subscribe_stage, Handler, HandlerError, St
 use tracing::info;
 
 use crate::config::Config;
-use crate::wiring::{stage_config, stopped};
+use crate::wiring::{flag_for, stage_config};
+use auroraq_util::CancellationToken;
 
 /// Reads recorded files into events (`format` unset: detected per file); unreadable records
 /// become dead letters.
@@ -28,18 +29,23 @@ pub fn load_recorded(format: Option<Format>, files: &[PathBuf], opts: &LoadOptio
     Ok(events)
 }
 
-/// `auroraq replay`: publishes recorded files onto the bus.
+/// `auroraq replay`: publishes recorded files onto the configured bus.
 pub async fn connect_replay(
-    bus: Arc<dyn Bus>,
+    cfg: &Config,
     format: Option<Format>,
     files: &[PathBuf],
     opts: &LoadOptions,
     pace: Pace,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<ReplayStats> {
     let events = load_recorded(format, files, opts)?;
-    let stats = replay(&*bus, events, pace, stop).await.context("replay")?;
+    let bus = crate::wiring::connect_bus(&cfg.bus).await?;
+    let stats = replay(&*bus, events, pace, flag_for(&stop))
+        .await
+        .context("replay")?;
     bus.flush().await?;
+    bus.close().await;
+    info!(?stats, "replay done");
     Ok(stats)
 }
 
@@ -67,32 +73,37 @@ pub async fn sink_jsonl(
     bus: Arc<dyn Bus>,
     path: &Path,
     filter: &str,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<StageStats> {
     let sink = JsonlSink::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let scfg = stage_config(cfg, "sink-jsonl", filter);
     let sub = subscribe_stage(&*bus, &scfg).await?;
     let metrics = Arc::new(StageMetrics::default());
     let task = tokio::spawn(run_subscription(bus.clone(), scfg, sub, sink, metrics));
-    stopped(&stop).await;
+    stop.cancelled().await;
     bus.close().await;
     Ok(task.await??)
 }
 
 /// `auroraq tap`: prints events of `filter` as JSON lines on stdout.
-pub async fn tap(bus: Arc<dyn Bus>, filter: &str, count: Option<u64>, stop: Arc<AtomicBool>) -> Result<u64> {
+pub async fn tap(
+    bus: Arc<dyn Bus>,
+    filter: &str,
+    count: Option<u64>,
+    stop: CancellationToken,
+) -> Result<u64> {
     let group = format!("tap-{}", std::process::id());
     let mut sub = bus
         .subscribe(SubscribeOptions::new(group, filter).transient())
         .await?;
     let seen = AtomicU64::new(0);
     loop {
-        if count.is_some_and(|c| seen.load(Ordering::Relaxed) >= c) || stop.load(Ordering::SeqCst) {
+        if count.is_some_and(|c| seen.load(Ordering::Relaxed) >= c) || stop.is_cancelled() {
             break;
         }
         let next = tokio::select! {
             n = sub.next() => n,
-            _ = stopped(&stop) => break,
+            _ = stop.cancelled() => break,
         };
         let Some(d) = next else { break };
         let d = d?;
@@ -118,7 +129,7 @@ pub async fn connect_feedly(
     bus: Arc<dyn Bus>,
     stream: Option<String>,
     once: bool,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<FeedlyStats> {
     let f = &cfg.feedly;
     let stream_id = stream.unwrap_or_else(|| f.stream_id.clone());
@@ -150,7 +161,7 @@ pub async fn connect_feedly(
         )
     };
     let connector = FeedlyConnector::new(fc, store)?;
-    let stats = connector.run(&*bus, stop).await?;
+    let stats = connector.run(&*bus, flag_for(&stop)).await?;
     bus.flush().await?;
     Ok(stats)
 }
@@ -162,7 +173,7 @@ pub async fn connect_binance(
     bus: Arc<dyn Bus>,
     symbols: Option<String>,
     streams: Option<String>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<auroraq_binance::LiveStats> {
     let b = &cfg.binance;
     let symbols = auroraq_binance::parse_symbols(&symbols.unwrap_or_else(|| b.symbols.join(",")))?;
@@ -171,7 +182,7 @@ pub async fn connect_binance(
         .with_endpoints(b.ws_url.clone(), b.rest_url.clone())
         .with_exchange(b.exchange.clone());
     let connector = auroraq_binance::LiveConnector::new(live, bus.clone())?;
-    let stats = connector.run(crate::wiring::token_for(stop)).await?;
+    let stats = connector.run(stop).await?;
     bus.flush().await?;
     Ok(stats)
 }
@@ -182,7 +193,7 @@ pub async fn backfill_binance(
     cfg: &Config,
     bus: Arc<dyn Bus>,
     a: BackfillArgs,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<auroraq_binance::BackfillReport> {
     use auroraq_binance::Interval;
     use auroraq_replay::time::parse_timestamp as parse_time;
@@ -212,7 +223,7 @@ pub async fn backfill_binance(
         0,
         "{spinner} {wide_bar} {pos}/{len} bars {per_sec} eta {eta}",
     );
-    let cancel = crate::wiring::token_for(stop);
+    let cancel = stop;
     let mut progress = |p: &auroraq_binance::BackfillProgress| {
         bar.set_length(p.total.max(p.done));
         bar.set_position(p.done);
@@ -224,23 +235,18 @@ pub async fn backfill_binance(
     Ok(report)
 }
 
-/// Arguments of `auroraq backfill binance`.
-#[derive(clap::Args, Debug)]
+/// What `auroraq backfill binance` fetches.
+#[derive(Clone, Debug)]
 pub struct BackfillArgs {
     /// Symbol, e.g. BTCUSDT.
-    #[arg(long)]
     pub symbol: String,
     /// Kline interval: 1s, 1m, 3m, 5m, 15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d, 3d, 1w, 1M.
-    #[arg(long, default_value = "1m")]
     pub interval: String,
     /// Start (inclusive): 2024-01-01, RFC 3339, or epoch seconds/milliseconds.
-    #[arg(long)]
     pub from: String,
     /// End (exclusive).
-    #[arg(long)]
     pub to: String,
     /// Checkpoint file (default under .auroraq/backfill/); a rerun resumes from it.
-    #[arg(long)]
     pub checkpoint: Option<PathBuf>,
 }
 
@@ -250,7 +256,7 @@ pub async fn processor_role<P: auroraq_stage::Processor + 'static>(
     cfg: &Config,
     bus: Arc<dyn Bus>,
     processor: P,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<StageStats> {
     let name = processor.name().to_owned();
     let inputs = processor.inputs();
@@ -265,7 +271,7 @@ pub async fn processor_role<P: auroraq_stage::Processor + 'static>(
         processor,
         metrics,
     ));
-    stopped(&stop).await;
+    stop.cancelled().await;
     bus.close().await;
     Ok(task.await??)
 }
@@ -274,13 +280,47 @@ pub async fn processor_role<P: auroraq_stage::Processor + 'static>(
 pub async fn fuse(
     cfg: &Config,
     bus: Arc<dyn Bus>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<auroraq_fusion::FusionStats> {
     let mut fc = cfg.fusion.clone();
-    fc.stamp_window_close |= cfg.stages.event_time();
-    let stats = auroraq_fusion::run(bus.clone(), fc, stop).await?;
+    fc.stamp_window_close |= cfg.stages.clock == auroraq_stage::ClockKind::Event;
+    let stats = auroraq_fusion::run(bus.clone(), fc, flag_for(&stop)).await?;
     bus.close().await;
     Ok(stats)
+}
+
+/// `auroraq risk`: the risk stage on the configured bus until stopped.
+pub async fn risk(cfg: &Config, stop: CancellationToken) -> Result<StageStats> {
+    let p = auroraq_risk::RiskProcessor::new(cfg.risk.clone())?;
+    let bus = crate::wiring::connect_bus(&cfg.bus).await?;
+    processor_role(cfg, bus, p, stop).await
+}
+
+/// `auroraq execute`: the paper execution stage on the configured bus until stopped.
+pub async fn execute(cfg: &Config, stop: CancellationToken) -> Result<StageStats> {
+    let p = auroraq_execution::ExecutionProcessor::new(cfg.execution.clone())?;
+    let bus = crate::wiring::connect_bus(&cfg.bus).await?;
+    processor_role(cfg, bus, p, stop).await
+}
+
+/// `auroraq agent`: the agent `name` (with `policy`, see [`agent`]) on the configured bus until
+/// stopped.
+pub async fn agent_role(
+    cfg: &Config,
+    name: &str,
+    policy: Option<&Path>,
+    stop: CancellationToken,
+) -> Result<StageStats> {
+    let a = agent(cfg, name, policy)?;
+    let bus = crate::wiring::connect_bus(&cfg.bus).await?;
+    processor_role(cfg, bus, a, stop).await
+}
+
+/// `auroraq topics`: the topic naming convention on stdout.
+pub fn print_topics() {
+    for (pattern, events) in auroraq_bus::topics::TABLE {
+        println!("{pattern:<40} {events}");
+    }
 }
 
 /// The agent named `name` from the configuration, with its policy: the seed's rule, or an ONNX
@@ -319,7 +359,7 @@ pub async fn sink_postgres(
     cfg: &Config,
     bus: Arc<dyn Bus>,
     url: Option<String>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<auroraq_sink_timescale::SinkStats> {
     let url = service_url(
         &cfg.postgres.url,
@@ -336,9 +376,9 @@ pub async fn sink_postgres(
         sc,
         subs,
         metrics,
-        stop.clone(),
+        flag_for(&stop),
     ));
-    stopped(&stop).await;
+    stop.cancelled().await;
     bus.close().await;
     Ok(task.await??)
 }
@@ -354,7 +394,7 @@ pub async fn sink_redis(
     cfg: &Config,
     bus: Arc<dyn Bus>,
     url: Option<String>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<auroraq_sink_redis::RedisSinkStats> {
     let url = service_url(&cfg.redis.url, url, "Redis", "redis.url (AURORAQ_REDIS_URL)")?;
     let mut rc = auroraq_sink_redis::RedisSinkConfig::new(url);
@@ -366,9 +406,9 @@ pub async fn sink_redis(
         rc,
         subs,
         metrics,
-        stop.clone(),
+        flag_for(&stop),
     ));
-    stopped(&stop).await;
+    stop.cancelled().await;
     bus.close().await;
     Ok(task.await??)
 }

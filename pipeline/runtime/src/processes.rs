@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,7 +73,7 @@ fn is_output(topic: &str, ev: &AnyEvent) -> bool {
 pub async fn run(
     cfg: &Config,
     sinks: &[String],
-    stop: Arc<AtomicBool>,
+    stop: auroraq_util::CancellationToken,
     progress: bool,
 ) -> Result<RunSummary> {
     let t0 = Instant::now();
@@ -88,7 +87,7 @@ pub async fn run(
     let run_id = auroraq_schemas::now_micros() / 1_000_000;
     job.bus.stream = format!("{}_RUN_{run_id}", cfg.bus.stream);
     job.bus.subject_root = format!("{}-run{run_id}", cfg.bus.subject_root);
-    job.stages.clock = "event".into();
+    job.stages.clock = auroraq_stage::ClockKind::Event;
     // Paced one event at a time: no stage should wait for a batch to fill.
     job.fusion.batch_wait_ms = 1;
     job.sentiment.max_wait_ms = 1;
@@ -235,9 +234,12 @@ pub async fn run(
     let mut reports = Vec::new();
     for r in &roles {
         if let Some(pid) = r.child.id() {
-            // SAFETY: kill(2) with a pid of a child this process started and has not reaped.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
+            // A child this process started and has not reaped: the pid is still its own.
+            if let Err(e) = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            ) {
+                warn!(role = r.name, error = %e, "cannot send SIGTERM");
             }
         }
     }
@@ -288,7 +290,7 @@ pub async fn run(
         digest.add(e).context("an output for the digest")?;
         *by_kind.entry(e.kind().name().to_owned()).or_insert(0u64) += 1;
     }
-    let interrupted = stop.load(Ordering::SeqCst);
+    let interrupted = stop.is_cancelled();
     let report_dir = out_dir.join("report");
     let out = RunOutput {
         fingerprint: digest.hex(),
@@ -305,7 +307,7 @@ pub async fn run(
         format!(
         "Run {run_id} on {} (stream {}), roles: {}. The same bundled data and settings as the embedded job; \
          the fingerprint here is a digest of the stages' outputs sorted by time and id.",
-        redact(&cfg.bus.url),
+        redact(cfg.bus.url.as_str()),
         job.bus.stream,
         reports.iter().map(|r| r.role.as_str()).collect::<Vec<_>>().join(", ")
     );
@@ -348,7 +350,7 @@ async fn drive(
     roles: &mut [Role],
     stage_groups: &std::collections::BTreeSet<String>,
     mut events: Vec<AnyEvent>,
-    stop: &AtomicBool,
+    stop: &auroraq_util::CancellationToken,
     progress: bool,
 ) -> Result<Published> {
     in_time_order(&mut events);
@@ -372,7 +374,7 @@ async fn drive(
     };
     // Before the first article: as fast as the bus takes them.
     for chunk in events[..first_article].chunks(256) {
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             break;
         }
         let r = bus
@@ -385,7 +387,7 @@ async fn drive(
     }
     // Then one event at a time, each once the stages have settled the one before.
     for e in &events[first_article..] {
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             break;
         }
         settle(bus, roles, stage_groups, &holding, stop).await?;
@@ -409,7 +411,7 @@ async fn settle(
     roles: &mut [Role],
     stage_groups: &std::collections::BTreeSet<String>,
     holding: &str,
-    stop: &AtomicBool,
+    stop: &auroraq_util::CancellationToken,
 ) -> Result<()> {
     let started = Instant::now();
     let mut quiet = 0;
@@ -430,7 +432,7 @@ async fn settle(
                     }
             });
         quiet = if busy { 0 } else { quiet + 1 };
-        if quiet >= 2 || stop.load(Ordering::SeqCst) {
+        if quiet >= 2 || stop.is_cancelled() {
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(300) {
@@ -517,7 +519,7 @@ async fn wait_joined(
     known: &std::collections::BTreeSet<String>,
     n: usize,
     logs: &Path,
-    stop: &AtomicBool,
+    stop: &auroraq_util::CancellationToken,
 ) -> Result<std::collections::BTreeSet<String>> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last: Option<(Vec<String>, Instant)> = None;
@@ -545,7 +547,7 @@ async fn wait_joined(
                 logs.display()
             );
         }
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             return Ok(groups.into_iter().collect());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,7 +1,6 @@
 //! `auroraq sentiment ...` and the `score` role.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,18 +14,17 @@ use auroraq_sentiment::{runtime, Classifier, Device, ModelOptions};
 use auroraq_stage::{StageMetrics, StageStats};
 
 use crate::config::Config;
-use crate::wiring::{connect_bus, stage_config, stopped};
+use crate::wiring::{connect_bus, stage_config};
 
 /// Loads ONNX Runtime and the configured (or given) model.
-pub fn load(cfg: &Config, model: Option<&Path>, device: Option<&str>) -> Result<Classifier> {
+pub fn load(cfg: &Config, model: Option<&Path>, device: Option<crate::config::Device>) -> Result<Classifier> {
     let lib = runtime::init(Some(&cfg.sentiment.ort_dylib))?;
     let dir = model
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cfg.sentiment.model_dir.clone());
-    let device = match device.unwrap_or(&cfg.sentiment.device) {
-        "cuda" => Device::Cuda,
-        "cpu" => Device::Cpu,
-        other => anyhow::bail!("--device must be cpu or cuda, not {other:?}"),
+    let device = match device.unwrap_or(cfg.sentiment.device) {
+        crate::config::Device::Cuda => Device::Cuda,
+        crate::config::Device::Cpu => Device::Cpu,
     };
     let opts = ModelOptions {
         threads: cfg.sentiment.threads as usize,
@@ -147,10 +145,10 @@ pub fn print_report(r: &Report) {
 pub async fn role(
     cfg: &Config,
     model: Option<PathBuf>,
-    device: Option<String>,
-    stop: Arc<AtomicBool>,
+    device: Option<crate::config::Device>,
+    stop: auroraq_util::CancellationToken,
 ) -> Result<StageStats> {
-    let c = load(cfg, model.as_deref(), device.as_deref())?;
+    let c = load(cfg, model.as_deref(), device)?;
     let bus = connect_bus(&cfg.bus).await?;
     let scfg = stage_config(cfg, "sentiment", auroraq_bus::topics::ALL_ARTICLES);
     let metrics = Arc::new(StageMetrics::default());
@@ -162,7 +160,7 @@ pub async fn role(
         batching(cfg),
         metrics,
     ));
-    stopped(&stop).await;
+    stop.cancelled().await;
     bus.close().await;
     Ok(worker.await??)
 }
@@ -238,7 +236,7 @@ pub async fn bench(
     if cfg.sentiment.threads == 0 {
         cfg.sentiment.threads = 2;
     }
-    let c = load(&cfg, model, Some("cpu"))?;
+    let c = load(&cfg, model, Some(crate::config::Device::Cpu))?;
     let sentences: Vec<String> = read_examples(data)?
         .into_iter()
         .map(|e| e.sentence)
@@ -373,7 +371,7 @@ async fn worker_figure(
 ) -> Result<BenchFigure> {
     use auroraq_bus::{topics, Bus, InProcBus, SubscribeOptions};
     use auroraq_schemas::{AnyEvent, Article, Meta};
-    let c = load(cfg, model, Some("cpu"))?;
+    let c = load(cfg, model, Some(crate::config::Device::Cpu))?;
     let bus: Arc<dyn Bus> = Arc::new(InProcBus::default());
     let mut scores = bus
         .subscribe(SubscribeOptions::new("bench", topics::SENTIMENT_SCORES))
@@ -437,4 +435,16 @@ fn model_shape(cfg: &Config, model: Option<&Path>) -> (f64, f64, f64) {
         g("hidden_size", 768.0),
         g("intermediate_size", 3072.0),
     )
+}
+
+impl SentimentBench {
+    /// One human line per path on stderr.
+    pub fn print(&self) {
+        for f in &self.figures {
+            eprintln!(
+                "{:<40} {:>9.1} seq/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                f.path, f.sequences_per_s, f.p50_ms, f.p99_ms
+            );
+        }
+    }
 }

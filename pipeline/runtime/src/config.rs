@@ -127,7 +127,7 @@ impl Default for FeedlySection {
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     /// `inproc` (embedded, the default) or a NATS URL `nats://host:port`.
-    pub url: String,
+    pub url: auroraq_bus::BusUrl,
     /// Partitions per topic; every process on one bus must agree.
     pub partitions: u32,
     /// JetStream stream name.
@@ -147,7 +147,7 @@ pub struct BusConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
-            url: "inproc".into(),
+            url: auroraq_bus::BusUrl::InProc,
             partitions: 8,
             stream: "AURORAQ".into(),
             subject_root: "aq".into(),
@@ -167,19 +167,25 @@ pub struct StagesConfig {
     /// recorded data replayed through the live roles, a stage's time is the latest event time it
     /// has handled (as a backtest's simulated clock), scores are stamped at their article's receive
     /// time and fused signals at their window's close; `auroraq run` on NATS sets it.
-    pub clock: String,
+    pub clock: auroraq_stage::ClockKind,
 }
 
 impl Default for StagesConfig {
     fn default() -> Self {
-        StagesConfig { clock: "wall".into() }
+        StagesConfig {
+            clock: auroraq_stage::ClockKind::Wall,
+        }
     }
 }
 
-impl StagesConfig {
-    pub fn event_time(&self) -> bool {
-        self.clock == "event"
-    }
+/// `sentiment.device`: where the model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// The CUDA execution provider; falls back to the CPU with a warning when no GPU is there.
+    Cuda,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -200,7 +206,7 @@ pub struct SentimentConfig {
     pub ort_dylib: PathBuf,
     pub required: bool,
     /// `cpu` or `cuda` (falls back to the CPU with a warning when no GPU is there).
-    pub device: String,
+    pub device: Device,
     /// Inference threads; 0: all cores.
     pub threads: u64,
     /// Padded tokens per batch.
@@ -225,7 +231,7 @@ impl Default for SentimentConfig {
             model_dir: PathBuf::from("models/auroraq-minilm-fpb"),
             ort_dylib: PathBuf::from(".auroraq/onnxruntime/libonnxruntime.so"),
             required: false,
-            device: "cpu".into(),
+            device: Device::Cpu,
             threads: 0,
             max_batch_tokens: 4096,
             max_batch_size: 64,
@@ -321,9 +327,6 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         let b = &self.bus;
-        if b.url != "inproc" && !b.url.starts_with("nats://") {
-            bail!("bus.url must be \"inproc\" or nats://host:port, not {:?}", b.url);
-        }
         if b.partitions == 0 || b.partitions > 1024 {
             bail!("bus.partitions must be in 1..=1024, not {}", b.partitions);
         }
@@ -347,18 +350,6 @@ impl Config {
                 self.postgres.url
             );
         }
-        if !matches!(self.stages.clock.as_str(), "wall" | "event") {
-            bail!(
-                "stages.clock must be \"wall\" or \"event\", not {:?}",
-                self.stages.clock
-            );
-        }
-        if !matches!(self.sentiment.device.as_str(), "cpu" | "cuda") {
-            bail!(
-                "sentiment.device must be \"cpu\" or \"cuda\", not {:?}",
-                self.sentiment.device
-            );
-        }
         if self.sentiment.max_batch_size == 0
             || self.sentiment.max_batch_tokens == 0
             || self.sentiment.queue == 0
@@ -369,6 +360,26 @@ impl Config {
             bail!("redis.url must be a redis:// URL, not {:?}", self.redis.url);
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Points the configuration at another bus (`--bus`).
+    pub fn set_bus_url(&mut self, url: &str) -> Result<()> {
+        self.bus.url = auroraq_bus::BusUrl::parse(url).map_err(anyhow::Error::msg)?;
+        self.validate()
+    }
+}
+
+impl RunConfig {
+    /// The main job's command-line overrides: bar files (none: keep `run.bars`) and the output folder.
+    pub fn apply(&mut self, bars: Vec<PathBuf>, out: Option<PathBuf>) {
+        if !bars.is_empty() {
+            self.bars = bars;
+        }
+        if let Some(out) = out {
+            self.out_dir = out;
+        }
     }
 }
 
@@ -404,7 +415,7 @@ mod tests {
     #[test]
     fn defaults_are_embedded() {
         let c = Config::load(None, env(&[])).unwrap();
-        assert_eq!(c.bus.url, "inproc");
+        assert_eq!(c.bus.url, auroraq_bus::BusUrl::InProc);
         assert_eq!(c.bus.partitions, 8);
     }
 
@@ -421,7 +432,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.bus.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.bus.url.as_str(), "nats://127.0.0.1:4222");
         assert_eq!(c.bus.partitions, 16);
         assert!(c.postgres.required);
         assert_eq!(c.bus.max_in_flight, 256, "unset keys keep defaults");

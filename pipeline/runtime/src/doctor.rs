@@ -54,7 +54,12 @@ fn check(component: &'static str, target: String, required: bool, r: Result<Stri
 
 pub async fn run(cfg: &Config) -> Vec<Check> {
     let mut out = Vec::new();
-    out.push(check("bus", cfg.bus.url.clone(), true, check_bus(cfg).await));
+    out.push(check(
+        "bus",
+        redact(cfg.bus.url.as_str()),
+        true,
+        check_bus(cfg).await,
+    ));
     out.push(
         service(
             "postgres",
@@ -265,6 +270,11 @@ fn check_library(lib: &Path) -> Result<String, String> {
 }
 
 /// Prints the table; returns whether every required check passed.
+/// Whether every required check passed (the exit status of `auroraq doctor`).
+pub fn all_required_ok(checks: &[Check]) -> bool {
+    checks.iter().all(|c| !c.required || c.status == Status::Ok)
+}
+
 pub fn print(checks: &[Check]) -> bool {
     let w = checks
         .iter()

@@ -535,7 +535,7 @@ pub async fn through_bus(cfg: &Config, events: Vec<AnyEvent>) -> Result<Vec<AnyE
         .await?;
     let publisher = {
         let bus = bus.clone();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)); // never stopped
         tokio::spawn(
             async move { auroraq_replay::replay(&*bus, events, auroraq_replay::Pace::Max, stop).await },
         )
@@ -564,4 +564,125 @@ pub async fn through_bus(cfg: &Config, events: Vec<AnyEvent>) -> Result<Vec<AnyE
     info!(?stats, received = out.len(), bus = %bus.kind(), "events went through the bus");
     bus.close().await;
     Ok(out)
+}
+
+/// Where a backtest's input comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// The main job's bundled data (`run.bars`, `run.news`) with its demo settings.
+    Bundled,
+    /// Recorded files, in `format` (detected per file when `None`).
+    Files {
+        files: Vec<PathBuf>,
+        format: Option<auroraq_replay::Format>,
+        /// Exchange of bar files.
+        exchange: String,
+        /// Symbol of bar files without a symbol column.
+        symbol: Option<String>,
+    },
+    /// What the configured bus kept between `since` and `until` (as typed by the user: RFC 3339,
+    /// `2026-11-26 09:00` or epoch seconds; `None`: the oldest kept / the end).
+    Bus {
+        since: Option<String>,
+        until: Option<String>,
+    },
+}
+
+/// `auroraq backtest`: what to run and where the report goes.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub source: Source,
+    /// Agents to run (names in `[agents]`); not used with [`Source::Bundled`] (the demo agent).
+    pub agents: Vec<String>,
+    /// An ONNX policy for the agents instead of the seed's rule.
+    pub policy: Option<PathBuf>,
+    /// Report folder.
+    pub out: PathBuf,
+    /// Send the input through the configured bus and back first.
+    pub via_bus: bool,
+    /// Progress bars on stderr.
+    pub progress: bool,
+}
+
+fn parse_time(s: &Option<String>, what: &str) -> Result<Option<Micros>> {
+    s.as_deref()
+        .map(|t| {
+            auroraq_replay::time::parse_timestamp(t).with_context(|| {
+                format!("{what} {t:?} is not a time (e.g. 2026-11-26T09:00:00Z or epoch seconds)")
+            })
+        })
+        .transpose()
+}
+
+/// Turns a [`Job`] into the configuration to run with and its [`Plan`] (reading files or the bus).
+pub async fn plan(cfg: &Config, job: &Job) -> Result<(Config, Plan)> {
+    let (inputs, title, notes) = match &job.source {
+        Source::Bundled => {
+            let inputs = bundled(cfg)?;
+            return bundled_plan(cfg, inputs, Some(&job.out), job.progress);
+        }
+        Source::Bus { since, until } => {
+            let (s, u) = (parse_time(since, "--since")?, parse_time(until, "--until")?);
+            let (inputs, stats) = from_bus(cfg, s, u, job.progress).await?;
+            let notes = format!(
+                "{} stream {} from {} to {}: {} events ({} stored twice, {} undecodable)",
+                crate::doctor::redact(cfg.bus.url.as_str()),
+                cfg.bus.stream,
+                since.as_deref().unwrap_or("the oldest kept"),
+                until.as_deref().unwrap_or("the end"),
+                stats.events,
+                stats.duplicates,
+                stats.undecodable
+            );
+            (inputs, "AuroraQ backtest from the bus", notes)
+        }
+        Source::Files {
+            files,
+            format,
+            exchange,
+            symbol,
+        } => {
+            let mut opts = auroraq_replay::LoadOptions::default();
+            opts.bars.exchange = exchange.clone();
+            opts.bars.symbol = symbol.clone();
+            let inputs = auroraq_replay::load(*format, files, &opts)?;
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            let notes = format!("{} file(s): {}", names.len(), names.join(", "));
+            (inputs, "AuroraQ backtest", notes)
+        }
+    };
+    let agents = job
+        .agents
+        .iter()
+        .map(|n| crate::roles::agent(cfg, n, job.policy.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = Plan {
+        inputs,
+        agents,
+        out: Some(job.out.clone()),
+        title: title.into(),
+        notes,
+        progress: job.progress,
+    };
+    Ok((cfg.clone(), plan))
+}
+
+/// `auroraq backtest`: plans the [`Job`], sends the input through the bus when asked, runs it and
+/// writes the report.
+pub async fn run_job(cfg: &Config, job: Job) -> Result<Summary> {
+    let (cfg, mut plan) = plan(cfg, &job).await?;
+    if job.via_bus {
+        plan.inputs = through_bus(&cfg, std::mem::take(&mut plan.inputs)).await?;
+    }
+    tokio::task::block_in_place(|| run(&cfg, plan))
+}
+
+impl BacktestBench {
+    /// One human line on stderr.
+    pub fn print(&self) {
+        eprintln!(
+            "engine (agents, risk, execution) {:>12.0} events/s; plain loop {:>12.0} events/s; ratio {:.3}",
+            self.engine_events_per_s, self.loop_events_per_s, self.ratio
+        );
+    }
 }

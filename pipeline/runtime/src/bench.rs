@@ -301,3 +301,50 @@ pub async fn bus(
         nats_vs_bare,
     })
 }
+
+impl BusBench {
+    /// One human line per path on stderr.
+    pub fn print(&self) {
+        for f in &self.figures {
+            eprintln!(
+                "{:<36} {:>10} events {:>8.3} s {:>12.0} events/s",
+                f.path, f.events, f.seconds, f.events_per_s
+            );
+        }
+    }
+}
+
+/// `auroraq bench sink`: PostgreSQL sink rows/s beside a bare COPY loop (`url`: default
+/// `postgres.url`; the bench creates and drops its own database).
+pub async fn sink(
+    cfg: &crate::Config,
+    url: Option<String>,
+    rows: usize,
+    rounds: usize,
+) -> Result<auroraq_sink_timescale::BenchReport> {
+    let url = url.unwrap_or_else(|| cfg.postgres.url.clone());
+    if url.is_empty() {
+        anyhow::bail!("no PostgreSQL URL: give --url or set postgres.url");
+    }
+    let mut bc = auroraq_sink_timescale::BenchConfig::new(url);
+    bc.rows = rows;
+    bc.rounds = rounds;
+    Ok(auroraq_sink_timescale::bench(&bc).await?)
+}
+
+/// `auroraq bench fusion`: fusion on timely with each worker count beside a plain per-asset loop.
+pub fn fusion(
+    cfg: &crate::Config,
+    scores: usize,
+    workers: Vec<usize>,
+    rounds: usize,
+) -> Result<auroraq_fusion::BenchReport> {
+    let opts = auroraq_fusion::BenchOptions {
+        config: cfg.fusion.clone(),
+        scores,
+        workers,
+        rounds,
+        ..auroraq_fusion::BenchOptions::default()
+    };
+    Ok(tokio::task::block_in_place(|| auroraq_fusion::bench(&opts))?)
+}

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,6 +26,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::roles::Counting;
 use crate::wiring::connect_bus;
+use auroraq_util::CancellationToken;
 
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
@@ -60,10 +60,10 @@ pub async fn run(
     cfg: &Config,
     pace: Pace,
     sinks: &[String],
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     progress: bool,
 ) -> Result<RunSummary> {
-    if cfg.bus.url == "inproc" {
+    if cfg.bus.url == auroraq_bus::BusUrl::InProc {
         if !sinks.is_empty() {
             anyhow::bail!(
                 "--sink needs the job's roles on a shared bus: add --bus nats://host:4222 (embedded, the job \
@@ -79,7 +79,7 @@ pub async fn run(
     crate::processes::run(cfg, sinks, stop, progress).await
 }
 
-async fn embedded(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>, progress: bool) -> Result<RunSummary> {
+async fn embedded(cfg: &Config, pace: Pace, stop: CancellationToken, progress: bool) -> Result<RunSummary> {
     let t0 = Instant::now();
     let bus = connect_bus(&cfg.bus).await?;
     info!(bus = %cfg.bus.url, "starting every role in one process");
@@ -115,14 +115,14 @@ async fn embedded(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>, progress: boo
         .cloned()
         .collect();
     info!(events = events.len(), "replaying bundled data");
-    let stats = replay(&*bus, events, pace, stop.clone())
+    let stats = replay(&*bus, events, pace, crate::wiring::flag_for(&stop))
         .await
         .context("replay")?;
 
     // Intake done (or interrupted): let the stages catch up with what was published, then close
     // the bus, which drains them and stops. (A bus with durable history, like JetStream, would
     // otherwise keep the rest for the next run.)
-    if !stop.load(std::sync::atomic::Ordering::SeqCst) {
+    if !stop.is_cancelled() {
         let expected = stats.published;
         let caught_up = async {
             while metrics.received.load(std::sync::atomic::Ordering::Relaxed) < expected {
@@ -131,13 +131,13 @@ async fn embedded(cfg: &Config, pace: Pace, stop: Arc<AtomicBool>, progress: boo
         };
         tokio::select! {
             _ = caught_up => {}
-            _ = crate::wiring::stopped(&stop) => {}
+            _ = stop.cancelled() => {}
         }
     }
     bus.close().await;
     let stage_stats = archive_task.await.context("archive stage panicked")??;
     let by_kind = by_kind.lock().map(|m| m.clone()).unwrap_or_default();
-    let interrupted = stop.load(std::sync::atomic::Ordering::SeqCst);
+    let interrupted = stop.is_cancelled();
     let backtest = if interrupted || !cfg.run.backtest {
         None
     } else {

@@ -1,0 +1,29 @@
+//! AuroraQ's jobs and roles as a library, under the thin `auroraq` command.
+//!
+//! - [`config`]: the typed configuration (TOML, `AURORAQ_<SECTION>_<KEY>` overrides, validation).
+//! - [`wiring`]: configuration into running parts: the bus, stage settings, the shutdown token.
+//! - [`roles`]: every role of the pipeline on a bus (connectors, stages, sinks, tap).
+//! - [`run`]: the main job, embedded (one process, in-process bus) or as processes ([`processes`]).
+//! - [`backtest`]: backtest plans (files, the bundled data, a bus's history) and their reports.
+//! - [`sentiment`]: the score role and the model tools (score, eval, bench).
+//! - [`doctor`]: checks of every configured dependency.
+//! - [`bench`], [`bench_decode`]: throughput measurements with their baselines.
+//!
+//! Every long-running function takes a [`CancellationToken`]: cancel it to stop intake, drain and
+//! return.
+
+pub mod backtest;
+pub mod bench;
+pub mod bench_decode;
+pub mod config;
+pub mod doctor;
+pub mod processes;
+pub mod roles;
+pub mod run;
+#[cfg(feature = "sentiment")]
+pub mod sentiment;
+pub mod wiring;
+
+pub use auroraq_replay as replay;
+pub use auroraq_util::CancellationToken;
+pub use config::Config;

@@ -1,0 +1,14 @@
+//! Small pieces every networked part of AuroraQ needs, in one place: exponential backoff with
+//! jitter, `Retry-After` parsing, redaction of secrets in URLs and connection strings, and sleeps
+//! that end on cancellation.
+
+pub mod backoff;
+pub mod cancel;
+pub mod redact;
+pub mod retry_after;
+
+pub use backoff::{jitter_up, Backoff};
+pub use cancel::{sleep_or_cancel, until_cancelled};
+pub use redact::redact;
+pub use retry_after::parse_retry_after;
+pub use tokio_util::sync::CancellationToken;
