@@ -60,15 +60,25 @@ pub enum CodecError {
 macro_rules! event_kinds {
     ($( $variant:ident => $file:literal ),+ $(,)?) => {
         /// Every event type AuroraQ knows, one per `.avsc` file.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        ///
+        /// Its name ([`EventKind::as_str`], the Avro record name, e.g. `"TradeTick"`) is what JSON,
+        /// summaries and event ids use: it serialises as that string, and kinds order by it, so a map
+        /// keyed by kind lists (and serialises) its keys in the same order as one keyed by name.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum EventKind { $( $variant ),+ }
 
         impl EventKind {
+            /// Every kind, in declaration order (`ALL[k as usize] == k`).
             pub const ALL: &'static [EventKind] = &[ $( EventKind::$variant ),+ ];
 
-            /// The record name, e.g. `TradeTick`.
-            pub fn name(self) -> &'static str {
+            /// The record name, e.g. `"TradeTick"`: the kind's name in JSON, summaries and event ids.
+            pub const fn as_str(self) -> &'static str {
                 match self { $( EventKind::$variant => stringify!($variant) ),+ }
+            }
+
+            /// The record name, e.g. `TradeTick` (the same as [`EventKind::as_str`]).
+            pub const fn name(self) -> &'static str {
+                self.as_str()
             }
 
             /// The schema file's text (the current version).
@@ -142,6 +152,55 @@ event_kinds! {
     Alert => "alert.avsc",
     DeadLetter => "dead_letter.avsc",
     FeedStatus => "feed_status.avsc",
+}
+
+impl PartialOrd for EventKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// By name, so that maps keyed by kind keep the key order that maps keyed by name had.
+impl Ord for EventKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is no [`EventKind`]'s.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown event kind {0:?}")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for EventKind {
+    type Err = UnknownKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownKind(s.to_owned()))
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EventKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl EventKind {
@@ -366,6 +425,36 @@ pub fn registry() -> &'static Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_order_serialise_and_parse_by_name() {
+        let mut by_kind: Vec<EventKind> = EventKind::ALL.to_vec();
+        by_kind.sort();
+        let mut by_name: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        by_name.sort();
+        assert_eq!(by_kind.iter().map(|k| k.as_str()).collect::<Vec<_>>(), by_name);
+        for &k in EventKind::ALL {
+            assert_eq!(k.as_str(), k.name());
+            assert_eq!(k.as_str().parse::<EventKind>().unwrap(), k);
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), k);
+        }
+        assert!("tradetick".parse::<EventKind>().is_err());
+        // As map keys: the same JSON as a map keyed by name.
+        let kinds: std::collections::BTreeMap<EventKind, u64> =
+            EventKind::ALL.iter().map(|&k| (k, k as u64)).collect();
+        let names: std::collections::BTreeMap<String, u64> = EventKind::ALL
+            .iter()
+            .map(|&k| (k.as_str().to_owned(), k as u64))
+            .collect();
+        let json = serde_json::to_string(&kinds).unwrap();
+        assert_eq!(json, serde_json::to_string(&names).unwrap());
+        assert_eq!(
+            serde_json::from_str::<std::collections::BTreeMap<EventKind, u64>>(&json).unwrap(),
+            kinds
+        );
+    }
 
     #[test]
     fn kinds_index_their_cached_writers() {

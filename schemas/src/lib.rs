@@ -11,14 +11,16 @@ pub mod events;
 pub mod holding;
 pub mod json;
 pub mod meta;
+pub mod routing;
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;
 
 pub use codec::{
     decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind, Incoming,
-    Registry, HEADER_LEN, MAGIC,
+    Registry, UnknownKind, HEADER_LEN, MAGIC,
 };
 pub use decimal::{Dec, DecError};
 pub use events::*;
 pub use holding::Holding;
 pub use meta::{event_id, now_micros, Meta, Micros};
+pub use routing::FillClass;

@@ -5,6 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::codec::EventKind;
+
 /// Microseconds since the Unix epoch, UTC. All AuroraQ timestamps use this unit.
 pub type Micros = i64;
 
@@ -20,7 +22,8 @@ pub fn now_micros() -> Micros {
 ///
 /// The id is the first 16 bytes of SHA-256 over the three parts (length-prefixed so that
 /// `("ab", "c")` and `("a", "bc")` differ), in hex: the same input always gives the same id, so a
-/// re-sent or replayed event de-duplicates on the bus and in the sinks.
+/// re-sent or replayed event de-duplicates on the bus and in the sinks. [`Meta::raw`] and
+/// [`Meta::derived`] pass the kind's name ([`EventKind::as_str`], e.g. `"TradeTick"`).
 pub fn event_id(kind: &str, source: &str, native_id: &str) -> String {
     let mut h = Sha256::new();
     for part in [kind, source, native_id] {
@@ -105,9 +108,9 @@ impl Clone for Meta {
 
 impl Meta {
     /// Header of a raw event from `source`, identified there by `native_id`.
-    pub fn raw(kind: &str, source: &str, native_id: &str, ts_event: Micros, ts_ingest: Micros) -> Self {
+    pub fn raw(kind: EventKind, source: &str, native_id: &str, ts_event: Micros, ts_ingest: Micros) -> Self {
         Meta {
-            event_id: event_id(kind, source, native_id),
+            event_id: event_id(kind.as_str(), source, native_id),
             source: source.to_owned(),
             ts_event,
             ts_ingest,
@@ -121,7 +124,7 @@ impl Meta {
     /// for a stage that derives several events from the same parents), so that reprocessing the
     /// same input yields the same id. The trace context is inherited from the first parent.
     pub fn derived(
-        kind: &str,
+        kind: EventKind,
         source: &str,
         parents: &[&Meta],
         discriminator: &str,
@@ -136,7 +139,7 @@ impl Meta {
         native.push_str(discriminator);
         let ts_ingest = parents.iter().map(|p| p.ts_ingest).max().unwrap_or(ts_processed);
         Meta {
-            event_id: event_id(kind, source, &native),
+            event_id: event_id(kind.as_str(), source, &native),
             source: source.to_owned(),
             ts_event,
             ts_ingest,
@@ -163,15 +166,33 @@ mod tests {
         assert_ne!(event_id("k", "ab", "c"), event_id("k", "a", "bc"));
     }
 
+    /// The ids are pinned: they are computed over the kind's name, as before kinds were typed.
+    #[test]
+    fn typed_kinds_give_the_ids_of_their_names() {
+        assert_eq!(
+            Meta::raw(EventKind::TradeTick, "binance", "BTCUSDT:1", 1, 2).event_id,
+            event_id("TradeTick", "binance", "BTCUSDT:1")
+        );
+        assert_eq!(
+            event_id("TradeTick", "binance", "12345"),
+            "73bbfb3f089009c54e454a818a1db0d1"
+        );
+        let p = Meta::raw(EventKind::Article, "feedly", "a1", 10, 20);
+        assert_eq!(
+            Meta::derived(EventKind::SentimentScore, "sentiment", &[&p], "", 11, 30).event_id,
+            event_id("SentimentScore", "sentiment", &format!("{},", p.event_id))
+        );
+    }
+
     #[test]
     fn derived_meta_names_parents() {
-        let p1 = Meta::raw("Article", "feedly", "a1", 10, 20);
-        let p2 = Meta::raw("Article", "feedly", "a2", 11, 25);
-        let d = Meta::derived("SentimentScore", "sentiment", &[&p1, &p2], "", 11, 30);
+        let p1 = Meta::raw(EventKind::Article, "feedly", "a1", 10, 20);
+        let p2 = Meta::raw(EventKind::Article, "feedly", "a2", 11, 25);
+        let d = Meta::derived(EventKind::SentimentScore, "sentiment", &[&p1, &p2], "", 11, 30);
         assert_eq!(d.derived_from, vec![p1.event_id.clone(), p2.event_id.clone()]);
         assert_eq!(d.ts_ingest, 25);
         assert_eq!(d.ts_processed, Some(30));
-        let again = Meta::derived("SentimentScore", "sentiment", &[&p1, &p2], "", 11, 99);
+        let again = Meta::derived(EventKind::SentimentScore, "sentiment", &[&p1, &p2], "", 11, 99);
         assert_eq!(d.event_id, again.event_id, "reprocessing gives the same id");
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::codec::EventKind;
 use crate::decimal::Dec;
 use crate::events::*;
 use crate::meta::Meta;
@@ -16,7 +17,13 @@ fn d(s: &str) -> Dec {
 pub fn trade(seq: u64) -> TradeTick {
     let ts = 1_700_000_000_000_000 + seq as i64 * 1000;
     TradeTick {
-        meta: Meta::raw("TradeTick", "binance", &format!("BTCUSDT:{seq}"), ts, ts + 350),
+        meta: Meta::raw(
+            EventKind::TradeTick,
+            "binance",
+            &format!("BTCUSDT:{seq}"),
+            ts,
+            ts + 350,
+        ),
         exchange: "binance".into(),
         symbol: "BTCUSDT".into(),
         trade_id: seq.to_string(),
@@ -31,14 +38,14 @@ pub fn trade(seq: u64) -> TradeTick {
 pub fn all() -> Vec<AnyEvent> {
     let t = trade(1);
     let art_meta = Meta::raw(
-        "Article",
+        EventKind::Article,
         "feedly",
         "feed/1/entry/9",
         1_700_000_000_000_000,
         1_700_000_001_000_000,
     );
     let score_meta = Meta::derived(
-        "SentimentScore",
+        EventKind::SentimentScore,
         "sentiment",
         &[&art_meta],
         "",
@@ -46,7 +53,7 @@ pub fn all() -> Vec<AnyEvent> {
         art_meta.ts_ingest + 9000,
     );
     let fused_meta = Meta::derived(
-        "FusedSignal",
+        EventKind::FusedSignal,
         "fusion",
         &[&score_meta],
         "BTC",
@@ -54,7 +61,7 @@ pub fn all() -> Vec<AnyEvent> {
         1_700_000_300_100_000,
     );
     let intent_meta = Meta::derived(
-        "OrderIntent",
+        EventKind::OrderIntent,
         "agent.auroraq",
         &[&fused_meta],
         "",
@@ -62,7 +69,7 @@ pub fn all() -> Vec<AnyEvent> {
         fused_meta.ts_event + 10,
     );
     let risk_meta = Meta::derived(
-        "RiskDecision",
+        EventKind::RiskDecision,
         "risk",
         &[&intent_meta],
         "",
@@ -70,7 +77,7 @@ pub fn all() -> Vec<AnyEvent> {
         intent_meta.ts_event + 20,
     );
     let order_meta = Meta::derived(
-        "OrderUpdate",
+        EventKind::OrderUpdate,
         "execution.paper",
         &[&risk_meta],
         "filled",
@@ -87,7 +94,7 @@ pub fn all() -> Vec<AnyEvent> {
         AnyEvent::TradeTick(t.clone()),
         AnyEvent::Kline(Kline {
             meta: Meta::raw(
-                "Kline",
+                EventKind::Kline,
                 "binance",
                 "BTCUSDT:1m:1700000000000",
                 1_700_000_059_999_000,
@@ -109,7 +116,7 @@ pub fn all() -> Vec<AnyEvent> {
         }),
         AnyEvent::BookTicker(BookTicker {
             meta: Meta::raw(
-                "BookTicker",
+                EventKind::BookTicker,
                 "binance",
                 "BTCUSDT:400900217",
                 t.meta.ts_event,
@@ -125,7 +132,7 @@ pub fn all() -> Vec<AnyEvent> {
         }),
         AnyEvent::BookUpdate(BookUpdate {
             meta: Meta::raw(
-                "BookUpdate",
+                EventKind::BookUpdate,
                 "binance",
                 "BTCUSDT:157:160",
                 t.meta.ts_event,
@@ -224,7 +231,7 @@ pub fn all() -> Vec<AnyEvent> {
         }),
         AnyEvent::PortfolioSnapshot(PortfolioSnapshot {
             meta: Meta::derived(
-                "PortfolioSnapshot",
+                EventKind::PortfolioSnapshot,
                 "execution.paper",
                 &[&order_meta],
                 "",
@@ -247,7 +254,7 @@ pub fn all() -> Vec<AnyEvent> {
         }),
         AnyEvent::Alert(Alert {
             meta: Meta::derived(
-                "Alert",
+                EventKind::Alert,
                 "risk",
                 &[&order_meta],
                 "drawdown",
@@ -262,7 +269,7 @@ pub fn all() -> Vec<AnyEvent> {
         }),
         AnyEvent::FeedStatus(FeedStatus {
             meta: Meta::raw(
-                "FeedStatus",
+                EventKind::FeedStatus,
                 "binance",
                 "btcusdt@depth:gap:1027024",
                 1_700_000_000_500_000,
@@ -279,7 +286,7 @@ pub fn all() -> Vec<AnyEvent> {
             ]),
         }),
         AnyEvent::DeadLetter(DeadLetter {
-            meta: Meta::derived("DeadLetter", "sentiment", &[], "x", 1, 2),
+            meta: Meta::derived(EventKind::DeadLetter, "sentiment", &[], "x", 1, 2),
             stage: "sentiment".into(),
             reason: "decode_error".into(),
             error: "bad magic bytes".into(),

@@ -4,8 +4,15 @@
 Prints one JSON object: for each path, sequences/s and p50/p99 latency (ms) per call.
   ort_b1       Python onnxruntime, one sentence per call
   ort_bN       Python onnxruntime, N sentences per call (padded to the longest), N = --batch
+  ort_plan_1x2 text in, label out over the batch plan Rust used (--plan: lists of sentence indexes,
+               length-sorted by the worker's planner): tokenise, pad, run, argmax; one session with
+               two intra-op threads (a typical Python service)
+  ort_plan_2x1 the same plan with two single-threaded sessions on two Python threads taking
+               batches in turn (onnxruntime releases the GIL while it runs)
   hf_pipeline  the seed's way: a transformers text-classification pipeline over the fine-tuned
                PyTorch weights, one text at a time (skipped when --hf-dir is missing)
+  fp32_gemm    numpy float32 matrix product (OpenBLAS, --threads): the machine's dense peak, for
+               the roofline
 Threads: --threads for both onnxruntime and torch (the machine has 2 cores).
 """
 import argparse, csv, json, os, statistics, sys, time
@@ -39,6 +46,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--plan", default="", help="JSON list of batches (lists of sentence indexes)")
     a = ap.parse_args()
 
     with open(a.sentences, newline="", encoding="utf-8") as f:
@@ -58,7 +66,14 @@ def main():
     sess = ort.InferenceSession(os.path.join(a.model_dir, "model.onnx"), so, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
 
-    def run(batch):
+    def session(threads):
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = threads
+        o.inter_op_num_threads = 1
+        o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(os.path.join(a.model_dir, "model.onnx"), o, providers=["CPUExecutionProvider"])
+
+    def run(batch, s=None):
         encs = tok.encode_batch(batch)
         n, L = len(encs), max(len(e.ids) for e in encs)
         ids = np.zeros((n, L), dtype=np.int64)
@@ -71,7 +86,7 @@ def main():
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in names:
             feed["token_type_ids"] = types
-        return sess.run(None, feed)[0]
+        return (s or sess).run(None, feed)[0]
 
     out = {"onnxruntime": ort.__version__, "threads": a.threads, "batch": a.batch, "n": len(sents)}
     run(sents[:8])  # warm-up
@@ -90,6 +105,52 @@ def main():
         run(sents[i : i + a.batch])
         lat.append(time.perf_counter() - t)
     out["ort_bN"] = figures(lat, len(sents), time.perf_counter() - t0)
+
+    if a.plan:
+        import threading
+
+        with open(a.plan) as f:
+            plan = json.load(f)
+        for name, sessions, threads in [("ort_plan_1x2", 1, 2), ("ort_plan_2x1", 2, 1)]:
+            pool = [session(threads) for _ in range(sessions)]
+            for p in pool:
+                run(sents[:8], p)
+            labels = [None] * len(sents)
+            lat, nxt, lock = [], [0], threading.Lock()
+
+            def work(p):
+                while True:
+                    with lock:
+                        i = nxt[0]
+                        nxt[0] += 1
+                    if i >= len(plan):
+                        return
+                    t = time.perf_counter()
+                    batch = plan[i]
+                    logits = run([sents[j] for j in batch], p)
+                    for j, k in zip(batch, logits.argmax(axis=1)):
+                        labels[j] = int(k)
+                    with lock:
+                        lat.append(time.perf_counter() - t)
+
+            t0 = time.perf_counter()
+            ts = [threading.Thread(target=work, args=(p,)) for p in pool]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            out[name] = figures(lat, len(sents), time.perf_counter() - t0)
+            assert all(x is not None for x in labels), "a sentence got no label"
+
+    import numpy as np
+
+    m = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+    m @ m
+    t0 = time.perf_counter()
+    reps = 20
+    for _ in range(reps):
+        m @ m
+    out["fp32_gemm_gflops"] = reps * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
 
     if a.hf_dir and os.path.isdir(a.hf_dir):
         import torch

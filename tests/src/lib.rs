@@ -122,6 +122,20 @@ pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bo
     }
 }
 
+/// [`wait_until`] for a condition that has to await (a query, a bus call): polls `f` every 20 ms
+/// until it holds; fails the test, naming `what`, after `timeout`.
+pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while !f().await {
+        assert!(t0.elapsed() < timeout, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -65,6 +65,16 @@ impl Collector {
         }
     }
 
+    /// Waits until the collector holds all `stored` messages the bus kept (a connector's
+    /// `published`, final once it has stopped): nothing more can arrive after them, so what did
+    /// not arrive by then never will, and absence (of a duplicate, of a status) can be asserted.
+    async fn wait_for_all(&self, stored: u64) {
+        let n = stored as usize;
+        self.wait_for(&format!("the {n} messages the bus stored"), |evs| evs.len() >= n)
+            .await;
+        assert_eq!(self.events().len(), n, "no more deliveries than messages stored");
+    }
+
     fn trade_ids(&self) -> Vec<String> {
         trade_ids(&self.events())
     }
@@ -213,7 +223,7 @@ async fn reconnect_loses_and_duplicates_nothing(bus: Arc<dyn Bus>) {
             .any(|(_, s)| s.status == FeedState::Disconnected && s.detail == "stopped")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    col.wait_for_all(stats.published).await;
 
     let ids = col.trade_ids();
     let distinct: BTreeSet<String> = ids.iter().cloned().collect();
@@ -652,7 +662,7 @@ async fn server_shutdown_rolls_to_a_new_connection_first() {
     let stats = run.stop().await;
     col.wait_for("the stop", |evs| count_status(evs, FeedState::Disconnected) == 1)
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    col.wait_for_all(stats.published).await;
     assert_eq!(stats.rolls, 1, "{stats:?}");
     assert_eq!(server.connections().len(), 2);
     assert_rolled_cleanly(&server, &col, &expected, &stats);
@@ -683,7 +693,7 @@ async fn roll_after_replaces_the_connection_before_the_cut() {
     let stats = run.stop().await;
     col.wait_for("the stop", |evs| count_status(evs, FeedState::Disconnected) == 1)
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    col.wait_for_all(stats.published).await;
     assert!(stats.rolls >= 1, "{stats:?}");
     let conns = server.connections();
     assert!(
@@ -1005,7 +1015,11 @@ async fn backfill_paginates_and_resumes_from_its_checkpoint() {
 
     col.wait_for("451 klines", |evs| kline_ids(evs).len() >= 451)
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = [&report, &report2, &report3]
+        .iter()
+        .map(|r| r.published - r.duplicates + r.rate_limited)
+        .sum();
+    col.wait_for_all(stored).await;
     let ks = kline_ids(&col.events());
     let distinct: BTreeSet<&String> = ks.iter().map(|(id, _)| id).collect();
     assert_eq!((ks.len(), distinct.len()), (451, 451), "every bar exactly once");

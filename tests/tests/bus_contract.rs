@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use auroraq_bus::{Bus, BusError, Delivery, OutMessage, SubscribeOptions, Subscription};
-use auroraq_schemas::{decode, encode, samples, AnyEvent, Article, DeadLetter, Meta};
-use auroraq_stage::{run_stage, Handler, HandlerError, StageConfig, StageMetrics};
+use auroraq_schemas::{decode, encode, samples, AnyEvent, Article, DeadLetter, EventKind, Meta};
+use auroraq_stage::{run_subscription, subscribe_stage, Handler, HandlerError, StageConfig, StageMetrics};
 use auroraq_tests::*;
 use bytes::Bytes;
 
@@ -260,7 +260,7 @@ fn article(id: &str, title: &str) -> Article {
     else {
         unreachable!()
     };
-    a.meta = Meta::raw("Article", "feedly", id, 1, 2);
+    a.meta = Meta::raw(EventKind::Article, "feedly", id, 1, 2);
     a.article_id = id.to_owned();
     a.title = Some(title.to_owned());
     a
@@ -276,14 +276,17 @@ async fn dead_letters(bus: Arc<dyn Bus>) {
     let mut cfg = StageConfig::new("deadtest", "news.articles.>");
     cfg.max_attempts = 3;
     cfg.retry_delay = Duration::from_millis(20);
-    // Subscribe the stage before publishing, as a deployment would.
-    let stage = tokio::spawn(run_stage(
+    // Join the stage's group before publishing, as a deployment would: once `subscribe_stage`
+    // returns the group exists and keeps everything published after (the in-process bus keeps
+    // messages only for existing groups), however late the stage task gets to run.
+    let sub = subscribe_stage(&*bus, &cfg).await.unwrap();
+    let stage = tokio::spawn(run_subscription(
         bus.clone(),
         cfg,
+        sub,
         ArticleCounter(counter.clone()),
         metrics.clone(),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let good = encode(&article("a1", "fine")).unwrap();
     let truncated = good[..good.len() / 2].to_vec();

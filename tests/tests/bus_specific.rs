@@ -2,6 +2,8 @@
 //! surviving a server restart, and JetStream's history read from a start time.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use auroraq_bus::{Bus, BusError, HistoryOptions, NatsBus, OutMessage, SubscribeOptions};
@@ -25,18 +27,31 @@ async fn inproc_slow_consumer_slows_the_producer() {
         .subscribe(SubscribeOptions::new("slow", "contract.>").max_in_flight(4))
         .await
         .unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
     let producer = {
         let bus = bus.clone();
+        let sent = sent.clone();
         tokio::spawn(async move {
             for i in 0..500 {
                 bus.publish(vec![msg(i)]).await.unwrap();
+                sent.fetch_add(1, Ordering::SeqCst);
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The consumer takes nothing, so the queue fills; once it is full (500 messages do not fit
+    // in 32) the producer can only be waiting, however slowly it got there.
+    wait_until("the queue fills up", Duration::from_secs(30), || {
+        bus.group_depth("slow", "contract.>") >= capacity && sent.load(Ordering::SeqCst) >= capacity
+    })
+    .await;
     assert!(
         !producer.is_finished(),
         "the producer must wait while the consumer is stalled"
+    );
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        capacity,
+        "no publish returns while the queue is full"
     );
     let depth = bus.group_depth("slow", "contract.>");
     assert!(
@@ -104,7 +119,16 @@ async fn nats_keeps_acked_state_across_a_server_restart() {
         d.ack().await.unwrap();
     }
     bus.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server has applied the 20 acks when the group has exactly the other 20 left to settle
+    // (not yet delivered, or delivered and unacked): only then is the restart a test of them.
+    wait_until_async("the server applied the acks", Duration::from_secs(30), || async {
+        bus.backlogs()
+            .await
+            .ok()
+            .and_then(|b| b.get("restart").map(|g| g.pending + g.unacked))
+            == Some(20)
+    })
+    .await;
 
     server.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -12,8 +12,8 @@ use auroraq_execution::{
     NewOrder, OrderType, PerformanceConfig, TradeRecord, TESTNET_BASE_URL,
 };
 use auroraq_schemas::{
-    AnyEvent, BookTicker, Dec, Kline, Meta, Micros, OrderSide, OrderStatus, OrderUpdate, PortfolioSnapshot,
-    RiskDecision, Side, TradeTick, Verdict,
+    AnyEvent, BookTicker, Dec, EventKind, Kline, Meta, Micros, OrderSide, OrderStatus, OrderUpdate,
+    PortfolioSnapshot, RiskDecision, Side, TradeTick, Verdict,
 };
 use auroraq_stage::{Handler, Processor, SimClock};
 use auroraq_tests::binance_orders::{BinanceOrderServer, OrderCue, OrderServerConfig};
@@ -33,7 +33,7 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 
 fn decision(intent: &str, side: OrderSide, qty: &str, ts: Micros) -> RiskDecision {
     RiskDecision {
-        meta: Meta::raw("RiskDecision", "risk", intent, ts, ts),
+        meta: Meta::raw(EventKind::RiskDecision, "risk", intent, ts, ts),
         intent_id: intent.into(),
         agent: "a1".into(),
         symbol: "BTCUSD".into(),
@@ -47,7 +47,7 @@ fn decision(intent: &str, side: OrderSide, qty: &str, ts: Micros) -> RiskDecisio
 
 fn trade(ts: Micros, price: &str, qty: &str) -> AnyEvent {
     AnyEvent::TradeTick(TradeTick {
-        meta: Meta::raw("TradeTick", "test", &format!("t{ts}"), ts, ts),
+        meta: Meta::raw(EventKind::TradeTick, "test", &format!("t{ts}"), ts, ts),
         exchange: "test".into(),
         symbol: "BTCUSD".into(),
         trade_id: ts.to_string(),
@@ -60,7 +60,7 @@ fn trade(ts: Micros, price: &str, qty: &str) -> AnyEvent {
 
 fn ticker(ts: Micros, bid: &str, ask: &str) -> AnyEvent {
     AnyEvent::BookTicker(BookTicker {
-        meta: Meta::raw("BookTicker", "test", &format!("q{ts}"), ts, ts),
+        meta: Meta::raw(EventKind::BookTicker, "test", &format!("q{ts}"), ts, ts),
         exchange: "test".into(),
         symbol: "BTCUSD".into(),
         update_id: None,
@@ -75,7 +75,7 @@ fn bar(i: i64, open: &str, close: &str) -> AnyEvent {
     let open_time = T0 + i * H;
     let close_time = open_time + H - 1;
     AnyEvent::Kline(Kline {
-        meta: Meta::raw("Kline", "test", &format!("k{i}"), close_time, close_time),
+        meta: Meta::raw(EventKind::Kline, "test", &format!("k{i}"), close_time, close_time),
         exchange: "test".into(),
         symbol: "BTCUSD".into(),
         interval: "1h".into(),
@@ -346,7 +346,7 @@ fn duplicate_decisions_make_one_order() {
     assert!(run(&mut p, &clock, &dec_event(d1.clone())).is_empty());
     // ...or a second decision for the same intent (another event id, another quantity).
     let mut d2 = decision("i1", OrderSide::Buy, "3", T0 + 2);
-    d2.meta = Meta::raw("RiskDecision", "risk", "i1-again", T0 + 2, T0 + 2);
+    d2.meta = Meta::raw(EventKind::RiskDecision, "risk", "i1-again", T0 + 2, T0 + 2);
     d2.verdict = Verdict::Resized;
     assert!(run(&mut p, &clock, &dec_event(d2)).is_empty());
     assert_eq!(p.open_orders().len(), 1);

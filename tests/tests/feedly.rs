@@ -5,7 +5,6 @@
 //! Every test uses its own Redis key prefix and deletes its keys at the end.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +17,7 @@ use auroraq_schemas::{event_id, AnyEvent, Article, DeadLetter, FeedState, FeedSt
 use auroraq_tests::feedly_server::{data_dir, recorded_items, Fault, FeedlyServer};
 use auroraq_tests::{free_port, inproc_bus, nats_bus, unique};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "test-token-7f3a9c";
 /// The stream of the recorded `global.all` files.
@@ -141,13 +141,10 @@ async fn drain(sub: &mut Box<dyn Subscription>, idle: Duration) -> Got {
 
 async fn run_once(bus: &dyn Bus, store: Arc<dyn FeedlyStore>, cfg: FeedlyConfig) -> FeedlyStats {
     let c = FeedlyConnector::new(cfg, store).unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        c.run(bus, Arc::new(AtomicBool::new(false))),
-    )
-    .await
-    .expect("the poll must finish")
-    .unwrap()
+    tokio::time::timeout(Duration::from_secs(60), c.run(bus, CancellationToken::new()))
+        .await
+        .expect("the poll must finish")
+        .unwrap()
 }
 
 fn recorded_by_id() -> HashMap<String, Value> {
@@ -548,10 +545,10 @@ async fn a_malformed_page_is_dead_lettered_and_polling_goes_on() {
     cfg.once = false;
     cfg.poll_interval = Duration::from_millis(200);
     let connector = Arc::new(FeedlyConnector::new(cfg, store).unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
+    let cancel = CancellationToken::new();
     let task = {
-        let (c, bus, stop) = (connector.clone(), bus.clone(), stop.clone());
-        tokio::spawn(async move { c.run(&*bus, stop).await })
+        let (c, bus, cancel) = (connector.clone(), bus.clone(), cancel.clone());
+        tokio::spawn(async move { c.run(&*bus, cancel).await })
     };
     // Let it poll a few more times after the bad page.
     let t0 = Instant::now();
@@ -563,7 +560,7 @@ async fn a_malformed_page_is_dead_lettered_and_polling_goes_on() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::SeqCst);
+    cancel.cancel();
     let stats = tokio::time::timeout(Duration::from_secs(10), task)
         .await
         .expect("stops promptly")
@@ -660,7 +657,7 @@ async fn a_missing_token_is_a_clear_error() {
         &*bus,
         Arc::new(MemoryStore::default()),
         cfg,
-        Arc::new(AtomicBool::new(false)),
+        CancellationToken::new(),
     )
     .await
     .unwrap_err();
@@ -677,13 +674,10 @@ async fn a_wrong_token_stops_with_401_and_is_never_shown() {
     let mut sub = subscribe_all(&*bus, "all").await;
     let c = FeedlyConnector::new(cfg, Arc::new(MemoryStore::default())).unwrap();
     assert!(!format!("{c:?}").contains("wrong-secret-token"));
-    let err = tokio::time::timeout(
-        Duration::from_secs(10),
-        c.run(&*bus, Arc::new(AtomicBool::new(false))),
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(10), c.run(&*bus, CancellationToken::new()))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(
         matches!(err, FeedlyError::Unauthorized { status: 401, .. }),
         "{err:?}"

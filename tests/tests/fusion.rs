@@ -2,7 +2,7 @@
 //! trend, arrival-order independence, multi-worker equivalence, and end to end on NATS.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +11,11 @@ use auroraq_fusion::{
     fuse_baseline, fuse_batch, synth, FusionConfig, FusionError, FusionMetrics, FusionOutput, FusionStage,
     FusionStats, WindowSpec,
 };
-use auroraq_schemas::{AnyEvent, Article, DeadLetter, FusedSignal, Meta, SentimentScore, Trend};
+use auroraq_schemas::{AnyEvent, Article, DeadLetter, EventKind, FusedSignal, Meta, SentimentScore, Trend};
 use auroraq_stage::publish_events;
 use auroraq_tests::{nats_bus, wait_until};
 use proptest::prelude::*;
+use tokio_util::sync::CancellationToken;
 
 const S: i64 = 1_000_000;
 /// Aligned to 60 s, 300 s and 600 s.
@@ -40,7 +41,7 @@ fn score(a: &Article, assets: &[&str], value: f64, confidence: f64) -> Sentiment
 fn rescored(a: &Article, assets: &[&str], value: f64, model: &str) -> SentimentScore {
     let mut s = score(a, assets, value, 0.9);
     s.meta = Meta::derived(
-        "SentimentScore",
+        EventKind::SentimentScore,
         "sentiment",
         &[&a.meta],
         model,
@@ -505,7 +506,7 @@ fn order_scenario(draws: &[Draw], shuffled: bool, tick_ties: &[u64]) -> Vec<AnyE
         }
         let mut s = score(&a, &[assets[asset as usize % 3]], value, conf);
         s.meta = Meta::derived(
-            "SentimentScore",
+            EventKind::SentimentScore,
             "sentiment",
             &[&a.meta],
             &format!("m{model}"),
@@ -569,15 +570,15 @@ async fn start(
     bus: Arc<dyn Bus>,
     cfg: FusionConfig,
 ) -> (
-    Arc<AtomicBool>,
+    CancellationToken,
     Arc<FusionMetrics>,
     tokio::task::JoinHandle<Result<FusionStats, FusionError>>,
 ) {
     let stage = FusionStage::subscribe(bus, cfg).await.expect("fusion subscribes");
     let metrics = stage.metrics();
-    let stop = Arc::new(AtomicBool::new(false));
-    let handle = tokio::spawn(stage.run(stop.clone()));
-    (stop, metrics, handle)
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(stage.run(cancel.clone()));
+    (cancel, metrics, handle)
 }
 
 /// Takes `n` events off a subscription (acking them), failing after `timeout`.
@@ -660,7 +661,7 @@ async fn nats_scenario() -> (Vec<FusedSignal>, Vec<DeadLetter>, FusionStats) {
         .subscribe(SubscribeOptions::new("taplate", "sentiment.late").transient())
         .await
         .expect("tap");
-    let (stop, metrics, handle) = start(bus.clone(), bus_cfg()).await;
+    let (cancel, metrics, handle) = start(bus.clone(), bus_cfg()).await;
     let (news, n) = bus_news();
     publish_events(&*bus, &news).await.expect("publish news");
     wait_until("scores to reach fusion", Duration::from_secs(20), || {
@@ -690,7 +691,7 @@ async fn nats_scenario() -> (Vec<FusedSignal>, Vec<DeadLetter>, FusionStats) {
     assert_eq!(dls.len(), 1);
     assert_eq!(dls[0].reason, "late");
     assert_eq!(dls[0].original_id.as_deref(), Some(late_s.meta.event_id.as_str()));
-    stop.store(true, Ordering::Relaxed);
+    cancel.cancel();
     let stats = tokio::time::timeout(Duration::from_secs(20), handle)
         .await
         .expect("fusion stops")
@@ -749,14 +750,14 @@ async fn held_scores_survive_a_restart_on_nats() {
         ..bus_cfg()
     };
     // First run: scores arrive, no market data, so no window closes; stop.
-    let (stop, metrics, handle) = start(bus.clone(), cfg.clone()).await;
+    let (cancel, metrics, handle) = start(bus.clone(), cfg.clone()).await;
     let (news, n) = bus_news();
     publish_events(&*bus, &news).await.expect("publish news");
     wait_until("scores", Duration::from_secs(20), || {
         metrics.scores_in.load(Ordering::Relaxed) as usize >= n
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
+    cancel.cancel();
     let stats = handle.await.expect("task").expect("first run");
     assert_eq!(
         (stats.signals, stats.acked),
@@ -765,7 +766,7 @@ async fn held_scores_survive_a_restart_on_nats() {
     );
 
     // Second run, same group: the unacked scores come back and the windows close.
-    let (stop, metrics, handle) = start(bus.clone(), cfg).await;
+    let (cancel, metrics, handle) = start(bus.clone(), cfg).await;
     wait_until("redelivered scores", Duration::from_secs(30), || {
         metrics.scores_in.load(Ordering::Relaxed) as usize >= n
     })
@@ -788,6 +789,6 @@ async fn held_scores_survive_a_restart_on_nats() {
         .into_iter()
         .collect()
     );
-    stop.store(true, Ordering::Relaxed);
+    cancel.cancel();
     handle.await.expect("task").expect("second run");
 }

@@ -3,13 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use auroraq_bus::{Bus, SubscribeOptions};
 use auroraq_replay::{load, replay, Format, LoadOptions, Pace};
-use auroraq_schemas::{AnyEvent, FeedState};
+use auroraq_schemas::{AnyEvent, EventKind, FeedState};
+use tokio_util::sync::CancellationToken;
 
 fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
@@ -19,10 +18,10 @@ fn capture() -> PathBuf {
     repo("tests/data/binance/cryptofeed/BINANCE.ws.1.0")
 }
 
-fn by_kind(events: &[AnyEvent]) -> BTreeMap<&'static str, usize> {
+fn by_kind(events: &[AnyEvent]) -> BTreeMap<EventKind, usize> {
     let mut m = BTreeMap::new();
     for e in events {
-        *m.entry(e.kind().name()).or_insert(0) += 1;
+        *m.entry(e.kind()).or_insert(0) += 1;
     }
     m
 }
@@ -31,11 +30,11 @@ fn by_kind(events: &[AnyEvent]) -> BTreeMap<&'static str, usize> {
 fn cryptofeed_capture_follows_the_book_sync_rules() {
     let events = load(Some(Format::Cryptofeed), &[capture()], &LoadOptions::default()).unwrap();
     let kinds = by_kind(&events);
-    assert_eq!(kinds.get("BookUpdate"), Some(&176), "{kinds:?}");
-    assert_eq!(kinds.get("BookTicker"), Some(&84));
-    assert_eq!(kinds.get("TradeTick"), Some(&2));
-    assert_eq!(kinds.get("Kline"), Some(&2));
-    assert_eq!(kinds.get("DeadLetter"), None);
+    assert_eq!(kinds.get(&EventKind::BookUpdate), Some(&176), "{kinds:?}");
+    assert_eq!(kinds.get(&EventKind::BookTicker), Some(&84));
+    assert_eq!(kinds.get(&EventKind::TradeTick), Some(&2));
+    assert_eq!(kinds.get(&EventKind::Kline), Some(&2));
+    assert_eq!(kinds.get(&EventKind::DeadLetter), None);
     assert!(!events
         .iter()
         .any(|e| matches!(e, AnyEvent::FeedStatus(s) if s.status == FeedState::Gap)));
@@ -96,7 +95,7 @@ fn every_format_reads_its_real_files() {
     .unwrap();
     let k = by_kind(&barter);
     assert_eq!(
-        (k.get("TradeTick"), k.get("FeedStatus")),
+        (k.get(&EventKind::TradeTick), k.get(&EventKind::FeedStatus)),
         (Some(&21), Some(&3)),
         "{k:?}"
     );
@@ -122,7 +121,7 @@ fn every_format_reads_its_real_files() {
     .collect();
     let articles = load(Some(Format::Feedly), &feedly, &opts).unwrap();
     assert_eq!(
-        by_kind(&articles).get("Article"),
+        by_kind(&articles).get(&EventKind::Article),
         Some(&23),
         "{:?}",
         by_kind(&articles)
@@ -130,7 +129,7 @@ fn every_format_reads_its_real_files() {
     assert!(articles.iter().all(|e| e.meta().ts_ingest > 0));
 
     let news = load(None, &[repo("data/news/reuters21578.jsonl")], &opts).unwrap();
-    assert_eq!(by_kind(&news).get("Article"), Some(&79));
+    assert_eq!(by_kind(&news).get(&EventKind::Article), Some(&79));
     let AnyEvent::Article(first) = &news[0] else {
         panic!("not an article")
     };
@@ -149,7 +148,7 @@ fn every_format_reads_its_real_files() {
     );
     // The shared data is not in every checkout; when it is, the gzip bars read.
     if let Ok(bars) = bars {
-        assert_eq!(by_kind(&bars).get("Kline"), Some(&12_154));
+        assert_eq!(by_kind(&bars).get(&EventKind::Kline), Some(&12_154));
     }
 }
 
@@ -183,7 +182,7 @@ fn bad_records_become_dead_letters_and_the_rest_goes_on() {
     assert!(letters.iter().any(|d| d.reason == "bad_record"));
     assert!(letters.iter().any(|d| d.error.contains("not a finite decimal")));
     assert_eq!(
-        by_kind(&events).get("BookUpdate"),
+        by_kind(&events).get(&EventKind::BookUpdate),
         Some(&176),
         "the rest is read as before"
     );
@@ -198,7 +197,7 @@ async fn replayed_events_arrive_on_their_topics() {
         .unwrap();
     let events = load(Some(Format::Cryptofeed), &[capture()], &LoadOptions::default()).unwrap();
     let n = events.len() - 1; // the connected status goes to feeds.status.binance
-    let stats = replay(&*bus, events, Pace::Max, Arc::new(AtomicBool::new(false)))
+    let stats = replay(&*bus, events, Pace::Max, CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(stats.book_updates, 176);

@@ -10,7 +10,7 @@ use auroraq_risk::{
     RiskConfig, RiskProcessor, SizingConfig, VarEstimate, RESET_KIND,
 };
 use auroraq_schemas::{
-    Alert, AnyEvent, Dec, Kline, Meta, Micros, OrderIntent, OrderSide, OrderStatus, OrderUpdate,
+    Alert, AnyEvent, Dec, EventKind, Kline, Meta, Micros, OrderIntent, OrderSide, OrderStatus, OrderUpdate,
     RiskDecision, Severity, TradeTick, Verdict,
 };
 use auroraq_stage::{Processor, SimClock};
@@ -33,7 +33,13 @@ fn bar(symbol: &str, i: i64, close: Decimal) -> AnyEvent {
     let open_time = T0 + i * H;
     let close_time = open_time + H - 1;
     AnyEvent::Kline(Kline {
-        meta: Meta::raw("Kline", "test", &format!("{symbol}:{i}"), close_time, close_time),
+        meta: Meta::raw(
+            EventKind::Kline,
+            "test",
+            &format!("{symbol}:{i}"),
+            close_time,
+            close_time,
+        ),
         exchange: "test".into(),
         symbol: symbol.into(),
         interval: "1h".into(),
@@ -52,7 +58,7 @@ fn bar(symbol: &str, i: i64, close: Decimal) -> AnyEvent {
 
 fn tick(symbol: &str, ts: Micros, price: &str) -> AnyEvent {
     AnyEvent::TradeTick(TradeTick {
-        meta: Meta::raw("TradeTick", "test", &format!("{symbol}:{ts}"), ts, ts),
+        meta: Meta::raw(EventKind::TradeTick, "test", &format!("{symbol}:{ts}"), ts, ts),
         exchange: "test".into(),
         symbol: symbol.into(),
         trade_id: ts.to_string(),
@@ -72,7 +78,7 @@ fn intent(
     ts: Micros,
 ) -> OrderIntent {
     OrderIntent {
-        meta: Meta::raw("OrderIntent", agent, id, ts, ts),
+        meta: Meta::raw(EventKind::OrderIntent, agent, id, ts, ts),
         intent_id: id.into(),
         agent: agent.into(),
         symbol: symbol.into(),
@@ -87,7 +93,7 @@ fn intent(
 fn fill(agent: &str, symbol: &str, side: OrderSide, qty: &str, price: &str, ts: Micros) -> AnyEvent {
     AnyEvent::OrderUpdate(OrderUpdate {
         meta: Meta::raw(
-            "OrderUpdate",
+            EventKind::OrderUpdate,
             "execution",
             &format!("fill:{agent}:{symbol}:{ts}"),
             ts,
@@ -741,7 +747,7 @@ fn drawdown_halts_the_agent_until_an_explicit_reset() {
     // A reset for someone else, or our own kind of alert, lifts nothing.
     let reset = |subject: &str, source: &str, ts: Micros| {
         AnyEvent::Alert(Alert {
-            meta: Meta::raw("Alert", source, &format!("reset-{subject}-{ts}"), ts, ts),
+            meta: Meta::raw(EventKind::Alert, source, &format!("reset-{subject}-{ts}"), ts, ts),
             severity: Severity::Info,
             kind: RESET_KIND.into(),
             subject: Some(subject.into()),

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,10 @@ use auroraq_sink_timescale::{
 };
 use auroraq_stage::to_message;
 use auroraq_tests::proxy::Proxy;
-use auroraq_tests::{free_port, inproc_bus, nats_bus, unique, wait_until};
+use auroraq_tests::{free_port, inproc_bus, nats_bus, unique, wait_until, wait_until_async};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 fn admin_url() -> String {
     std::env::var("AURORAQ_TEST_POSTGRES_URL")
@@ -89,7 +90,7 @@ fn sink_cfg(url: &str) -> TimescaleConfig {
 struct Running {
     task: JoinHandle<Result<SinkStats, SinkError>>,
     metrics: Arc<SinkMetrics>,
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
 }
 
 fn logs() {
@@ -104,9 +105,13 @@ async fn start(bus: Arc<dyn Bus>, cfg: TimescaleConfig) -> Running {
     logs();
     let subs = subscribe(&*bus, &cfg).await.expect("subscribe");
     let metrics = Arc::new(SinkMetrics::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(run_subscriptions(bus, cfg, subs, metrics.clone(), stop.clone()));
-    Running { task, metrics, stop }
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run_subscriptions(bus, cfg, subs, metrics.clone(), cancel.clone()));
+    Running {
+        task,
+        metrics,
+        cancel,
+    }
 }
 
 async fn publish(bus: &dyn Bus, events: &[AnyEvent], id_suffix: &str) {
@@ -138,7 +143,13 @@ async fn text(c: &Client, sql: &str) -> String {
 
 fn trade_at(seq: u64, ts: Micros) -> AnyEvent {
     let mut t = samples::trade(seq);
-    t.meta = Meta::raw("TradeTick", "binance", &format!("BTCUSDT:{seq}"), ts, ts + 350);
+    t.meta = Meta::raw(
+        EventKind::TradeTick,
+        "binance",
+        &format!("BTCUSDT:{seq}"),
+        ts,
+        ts + 350,
+    );
     AnyEvent::TradeTick(t)
 }
 
@@ -458,6 +469,13 @@ async fn acks_only_after_commit_and_a_killed_sink_loses_nothing() {
     // Room for all 500 deliveries of the second wave in flight.
     cfg.batch_rows = 200;
     assert!(cfg.max_in_flight() >= 500);
+    // The sink holds batches, not rows: batches cut by size alone (not by a timer racing the
+    // deliveries, which on a busy machine cuts small ones) are what make the 500 fit.
+    cfg.batch_delay = Duration::from_secs(3);
+    let (app, group) = (
+        cfg.application_name.clone(),
+        auroraq_bus::topics::token(&cfg.group),
+    );
     let first = start(bus.clone(), cfg.clone()).await;
     publish(&*bus, &trades(0..300), "").await;
     let m = first.metrics.clone();
@@ -479,8 +497,30 @@ async fn acks_only_after_commit_and_a_killed_sink_loses_nothing() {
         || m.received.load(Ordering::Relaxed) >= 800,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // And the server has handed every one of them out (so each comes back as a redelivery).
+    wait_until_async(
+        "the server delivered all 500 new messages",
+        Duration::from_secs(60),
+        || async {
+            bus.backlogs()
+                .await
+                .ok()
+                .and_then(|b| b.get(&group).map(|g| (g.pending, g.unacked)))
+                == Some((0, 500))
+        },
+    )
+    .await;
+    // The sink is mid-write once its session waits on the lock: what it holds is not committed.
     let c = db.client().await;
+    let sessions =
+        |what: &str| format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'{what}");
+    let blocked = sessions(" AND wait_event_type = 'Lock'");
+    wait_until_async(
+        "the sink's write waits on the lock",
+        Duration::from_secs(60),
+        || async { count(&c, &blocked).await >= 1 },
+    )
+    .await;
     assert_eq!(count(&c, "SELECT count(*) FROM trades").await, 300);
     assert_eq!(
         m.acked.load(Ordering::Relaxed),
@@ -492,7 +532,14 @@ async fn acks_only_after_commit_and_a_killed_sink_loses_nothing() {
     first.task.abort();
     let _ = first.task.await;
     lock.rollback().await.expect("unlock");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once its sessions are gone the killed sink can commit nothing more.
+    let any = sessions("");
+    wait_until_async(
+        "the killed sink's sessions end",
+        Duration::from_secs(30),
+        || async { count(&c, &any).await == 0 },
+    )
+    .await;
     assert_eq!(
         count(&c, "SELECT count(*) FROM trades").await,
         300,
@@ -509,7 +556,20 @@ async fn acks_only_after_commit_and_a_killed_sink_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everything of the group settled (nothing stored undelivered, nothing delivered unacked):
+    // an acked delivery that was to come back would have had to come by now.
+    wait_until_async(
+        "the group has settled everything",
+        Duration::from_secs(60),
+        || async {
+            bus.backlogs()
+                .await
+                .ok()
+                .and_then(|b| b.get(&group).map(|g| (g.pending, g.unacked)))
+                == Some((0, 0))
+        },
+    )
+    .await;
     bus.close().await;
     let stats = second.task.await.expect("join").expect("sink");
     // Only the unacked deliveries came back (the 300 acked ones did not: no duplicates), all
@@ -570,14 +630,35 @@ async fn postgres_down_then_up_loses_nothing() {
     .await;
     assert_eq!(m.acked.load(Ordering::Relaxed), 300, "nothing acked while down");
     assert_eq!(count(&c, "SELECT count(*) FROM trades").await, 300);
-    let held = m.received.load(Ordering::Relaxed);
+    // Intake stops once the sink's pipeline is full, which may take a while on a busy machine.
+    // Timed by the writer's retries rather than the clock: `held` is what it received once that
+    // stood still across two retries; it must then stay so across three more.
+    let received = || m.received.load(Ordering::Relaxed);
+    let retries = || m.retries.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut held = received();
+    loop {
+        let r = retries();
+        wait_until("the sink retries again", Duration::from_secs(30), || {
+            retries() >= r + 2
+        })
+        .await;
+        if received() == held {
+            break;
+        }
+        held = received();
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the sink never stops consuming while it cannot write"
+        );
+    }
     assert!(held <= 300 + max_in_flight as u64, "received {held} while down");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        m.received.load(Ordering::Relaxed),
-        held,
-        "the sink stops consuming while it cannot write"
-    );
+    let r = retries();
+    wait_until("three more retries", Duration::from_secs(30), || {
+        retries() >= r + 3
+    })
+    .await;
+    assert_eq!(received(), held, "the sink stops consuming while it cannot write");
     assert!(held < 1300);
 
     // Back up: everything lands, once.
@@ -592,14 +673,14 @@ async fn postgres_down_then_up_loses_nothing() {
     // The server ends the sink's session again and again while events flow.
     let killer_db = db.url.clone();
     let app2 = app.clone();
-    let stop_killing = Arc::new(AtomicBool::new(false));
+    let stop_killing = CancellationToken::new();
     let stop_k = stop_killing.clone();
     let killer = tokio::spawn(async move {
         let (k, _t) = connect(&killer_db, &TimescaleConfig::new(killer_db.clone()))
             .await
             .expect("connect");
         let mut killed = 0i64;
-        while !stop_k.load(Ordering::Relaxed) {
+        while !stop_k.is_cancelled() {
             if let Ok(rows) = k
                 .query(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
@@ -609,7 +690,10 @@ async fn postgres_down_then_up_loses_nothing() {
             {
                 killed += rows.len() as i64;
             }
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::select! {
+                _ = stop_k.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+            }
         }
         killed
     });
@@ -618,7 +702,7 @@ async fn postgres_down_then_up_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_killing.store(true, Ordering::Relaxed);
+    stop_killing.cancel();
     let killed = killer.await.expect("killer");
     assert!(killed >= 1, "the test terminated the sink's session");
     wait_until("the third wave is acked", Duration::from_secs(60), || {
@@ -737,7 +821,13 @@ fn price_trade(seq: u64, symbol: &str, ts: Micros, price: &str, qty: &str) -> An
     t.symbol = symbol.to_owned();
     t.price = Dec::parse(price).expect("price");
     t.quantity = Dec::parse(qty).expect("qty");
-    t.meta = Meta::raw("TradeTick", "binance", &format!("{symbol}:{seq}"), ts, ts);
+    t.meta = Meta::raw(
+        EventKind::TradeTick,
+        "binance",
+        &format!("{symbol}:{seq}"),
+        ts,
+        ts,
+    );
     AnyEvent::TradeTick(t)
 }
 
@@ -769,7 +859,7 @@ async fn views_answer_the_dashboards_questions() {
         k.close_time = open_time + 3600 * s - 1;
         k.close = Dec::parse(close).expect("close");
         k.meta = Meta::raw(
-            "Kline",
+            EventKind::Kline,
             "coinbase",
             &format!("BTC-USD:1h:{open_time}"),
             k.close_time,
@@ -801,7 +891,7 @@ async fn views_answer_the_dashboards_questions() {
         x.confidence = conf;
         x.label = label.into();
         x.meta = Meta::raw(
-            "SentimentScore",
+            EventKind::SentimentScore,
             "sentiment",
             &format!("s{i}"),
             h10 + (i as i64 + 1) * 60 * s,
@@ -819,7 +909,13 @@ async fn views_answer_the_dashboards_questions() {
     for (i, (min, score)) in [(30, 0.4), (45, 0.6)].into_iter().enumerate() {
         let mut f = base_fused.clone();
         f.fused_score = score;
-        f.meta = Meta::raw("FusedSignal", "fusion", &format!("f{i}"), h10 + min * 60 * s, h10);
+        f.meta = Meta::raw(
+            EventKind::FusedSignal,
+            "fusion",
+            &format!("f{i}"),
+            h10 + min * 60 * s,
+            h10,
+        );
         events.push(AnyEvent::FusedSignal(f));
     }
     let base_article = match samples::all()
@@ -840,7 +936,13 @@ async fn views_answer_the_dashboards_questions() {
     {
         let mut a = base_article.clone();
         a.origin = Some(origin.into());
-        a.meta = Meta::raw("Article", "feedly", &format!("a{i}"), h10 + min * 60 * s, h10);
+        a.meta = Meta::raw(
+            EventKind::Article,
+            "feedly",
+            &format!("a{i}"),
+            h10 + min * 60 * s,
+            h10,
+        );
         events.push(AnyEvent::Article(a));
     }
     let base_pf = match samples::all()
@@ -856,7 +958,7 @@ async fn views_answer_the_dashboards_questions() {
         p.realized_pnl = Dec::new(i as i64 * 10, 0);
         p.unrealized_pnl = Dec::new(5, 0);
         p.meta = Meta::raw(
-            "PortfolioSnapshot",
+            EventKind::PortfolioSnapshot,
             "execution.paper",
             &format!("p{i}"),
             h10 + i as i64 * 60 * s,
@@ -1067,7 +1169,7 @@ async fn stop_gives_up_waiting_and_leaves_the_batch_unacked() {
         m.retries.load(Ordering::Relaxed) >= 2
     })
     .await;
-    sink.stop.store(true, Ordering::SeqCst);
+    sink.cancel.cancel();
     let stats = tokio::time::timeout(Duration::from_secs(10), sink.task)
         .await
         .expect("stop ends the sink")

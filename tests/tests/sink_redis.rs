@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use auroraq_stage::to_message;
 use auroraq_tests::proxy::Proxy;
 use auroraq_tests::{inproc_bus, unique, wait_until};
 use redis::aio::MultiplexedConnection;
+use tokio_util::sync::CancellationToken;
 
 fn redis_url() -> String {
     std::env::var("AURORAQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -71,7 +72,7 @@ fn fused(asset: &str, ts: Micros, discriminator: &str, score: f64) -> AnyEvent {
     f.fused_score = score;
     f.window_end = ts;
     f.meta = Meta::raw(
-        "FusedSignal",
+        EventKind::FusedSignal,
         "fusion",
         &format!("{asset}:{ts}:{discriminator}"),
         ts,
@@ -84,7 +85,13 @@ fn trade(symbol: &str, seq: u64, ts: Micros, price: &str) -> AnyEvent {
     let mut t = samples::trade(seq);
     t.symbol = symbol.to_owned();
     t.price = Dec::parse(price).expect("price");
-    t.meta = Meta::raw("TradeTick", "binance", &format!("{symbol}:{seq}"), ts, ts);
+    t.meta = Meta::raw(
+        EventKind::TradeTick,
+        "binance",
+        &format!("{symbol}:{seq}"),
+        ts,
+        ts,
+    );
     AnyEvent::TradeTick(t)
 }
 
@@ -95,7 +102,13 @@ fn kline(symbol: &str, ts: Micros, close: &str) -> AnyEvent {
     };
     k.symbol = symbol.to_owned();
     k.close = Dec::parse(close).expect("close");
-    k.meta = Meta::raw("Kline", "binance", &format!("{symbol}:kline:{ts}"), ts, ts);
+    k.meta = Meta::raw(
+        EventKind::Kline,
+        "binance",
+        &format!("{symbol}:kline:{ts}"),
+        ts,
+        ts,
+    );
     AnyEvent::Kline(k)
 }
 
@@ -110,7 +123,13 @@ fn ticker(symbol: &str, ts: Micros, bid: &str, ask: &str) -> AnyEvent {
     b.symbol = symbol.to_owned();
     b.bid_price = Dec::parse(bid).expect("bid");
     b.ask_price = Dec::parse(ask).expect("ask");
-    b.meta = Meta::raw("BookTicker", "binance", &format!("{symbol}:bt:{ts}"), ts, ts);
+    b.meta = Meta::raw(
+        EventKind::BookTicker,
+        "binance",
+        &format!("{symbol}:bt:{ts}"),
+        ts,
+        ts,
+    );
     AnyEvent::BookTicker(b)
 }
 
@@ -429,13 +448,12 @@ async fn on_the_bus_redeliveries_and_an_outage_change_nothing() {
     let bus = inproc_bus(4, 1 << 14);
     let subs = subscribe(&*bus, &c).await.expect("subscribe");
     let metrics = Arc::new(RedisSinkMetrics::default());
-    let stop = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(run_subscriptions(
         bus.clone(),
         c.clone(),
         subs,
         metrics.clone(),
-        stop,
+        CancellationToken::new(),
     ));
 
     let evs = events();

@@ -14,9 +14,9 @@
 //! drive it the same way, feeding diffs and snapshots in arrival order and asking
 //! [`BookSync::needs_snapshot`] when to fetch one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use auroraq_schemas::{BookUpdate, FeedState, FeedStatus, Level, Meta, Micros};
+use auroraq_schemas::{BookUpdate, EventKind, FeedState, FeedStatus, Level, Meta, Micros};
 use rust_decimal::Decimal;
 
 use crate::decode::{DepthDiff, DepthSnapshot};
@@ -188,7 +188,7 @@ impl BookSync {
         let native = format!("{}:snapshot:{}", self.symbol, snap.last_update_id);
         out.push(SyncOutput::Update(BookUpdate {
             meta: Meta::raw(
-                "BookUpdate",
+                EventKind::BookUpdate,
                 &self.exchange,
                 &native,
                 snap.ts_ingest,
@@ -278,7 +278,7 @@ impl BookSync {
         );
         out.push(SyncOutput::Update(BookUpdate {
             meta: Meta::raw(
-                "BookUpdate",
+                EventKind::BookUpdate,
                 &self.exchange,
                 &native,
                 diff.event_time,
@@ -304,7 +304,7 @@ impl BookSync {
     ) -> FeedStatus {
         FeedStatus {
             meta: Meta::raw(
-                "FeedStatus",
+                EventKind::FeedStatus,
                 &self.exchange,
                 &format!("{}:{native}", self.symbol),
                 ts,
@@ -318,15 +318,6 @@ impl BookSync {
             attributes: attrs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         }
     }
-}
-
-/// The symbols of a set of syncs that want a snapshot now.
-pub fn wanting_snapshots<'a>(syncs: impl IntoIterator<Item = &'a BookSync>) -> BTreeSet<String> {
-    syncs
-        .into_iter()
-        .filter(|s| s.needs_snapshot())
-        .map(|s| s.symbol.clone())
-        .collect()
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use auroraq_schemas::Micros;
-use rand::Rng;
+
+/// Exponential backoff with jitter (attempt `n` waits a random time in `[d/2, d]` where
+/// `d = min(max, initial · 2ⁿ)`): the workspace's one [`auroraq_util::Backoff`].
+pub use auroraq_util::Backoff;
 
 /// Binance's public market-data endpoints.
 pub const DEFAULT_WS_BASE: &str = "wss://stream.binance.com:9443";
@@ -157,48 +160,6 @@ impl Interval {
     }
 }
 
-/// Exponential backoff with jitter: attempt `n` waits a random time in `[d/2, d]` where
-/// `d = min(max, min * 2^n)`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-    /// A connection that stayed up this long starts the next backoff from `min` again.
-    pub reset_after: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            reset_after: Duration::from_secs(60),
-        }
-    }
-
-    /// The upper bound of attempt `attempt` (0-based), before jitter.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX);
-        self.min
-            .saturating_mul(factor)
-            .min(self.max)
-            .max(self.min.min(self.max))
-    }
-
-    /// The delay before attempt `attempt` (0-based), jittered.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let d = self.ceiling(attempt);
-        let half = d / 2;
-        let span = (d - half).as_micros() as u64;
-        let jitter = if span == 0 {
-            0
-        } else {
-            rand::rng().random_range(0..=span)
-        };
-        half + Duration::from_micros(jitter)
-    }
-}
-
 /// How the REST client talks to `/api/v3`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RestConfig {
@@ -299,6 +260,9 @@ pub struct LiveConfig {
     pub rest: RestConfig,
     /// Between reconnects after errors, closes and EOFs.
     pub reconnect: Backoff,
+    /// A connection that stayed up this long starts the next reconnect backoff from its initial
+    /// delay again.
+    pub reconnect_reset_after: Duration,
     /// A connection is replaced (new one opened, then the old one closed) after this long,
     /// before Binance's 24-hour cut.
     pub roll_after: Duration,
@@ -333,6 +297,7 @@ impl LiveConfig {
             streams,
             rest: RestConfig::default(),
             reconnect: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            reconnect_reset_after: Duration::from_secs(60),
             roll_after: Duration::from_secs(23 * 3600),
             roll_overlap: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(60),
@@ -378,10 +343,6 @@ impl LiveConfig {
             self.ws_base.trim_end_matches('/'),
             self.stream_names().join("/")
         )
-    }
-
-    pub fn wants_depth(&self) -> bool {
-        self.streams.contains(&StreamKind::Depth)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -546,25 +507,6 @@ mod tests {
         assert_eq!(Interval::parse("1w").expect("1w").millis(), Some(604_800_000));
         assert_eq!(Interval::parse("1M").expect("1M").millis(), None);
         assert!(Interval::parse("2m").is_err());
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_within_bounds() {
-        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        assert_eq!(b.ceiling(0), Duration::from_millis(100));
-        assert_eq!(b.ceiling(3), Duration::from_millis(800));
-        assert_eq!(b.ceiling(10), Duration::from_secs(2));
-        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(2));
-        let mut distinct = std::collections::BTreeSet::new();
-        for _ in 0..50 {
-            let d = b.delay(2);
-            assert!(
-                d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
-                "{d:?}"
-            );
-            distinct.insert(d);
-        }
-        assert!(distinct.len() > 1, "jittered");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use auroraq_bus::Bus;
-use auroraq_schemas::{now_micros, AnyEvent, DeadLetter, FeedState, FeedStatus, Meta, Micros};
+use auroraq_schemas::{now_micros, AnyEvent, DeadLetter, EventKind, FeedState, FeedStatus, Meta, Micros};
 use auroraq_stage::{publish_events, to_message, StageError};
 use futures::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
@@ -246,12 +246,14 @@ impl LiveConnector {
                 ConnEnd::Lost(reason) => {
                     warn!(connection = conn, %reason, "connection lost");
                     s.stats.update(|st| st.reconnects += 1);
+                    metrics::counter!("auroraq_feed_reconnects_total", "exchange" => cfg.exchange.clone())
+                        .increment(1);
                     let st = s.conn_status(FeedState::Disconnected, conn, reason, &[]);
                     s.push_status(st);
                     s.reset_books();
                     s.flush().await?;
                     down_reported = true;
-                    if up_since.elapsed() >= cfg.reconnect.reset_after {
+                    if up_since.elapsed() >= cfg.reconnect_reset_after {
                         attempt = 0;
                     }
                     let d = cfg.reconnect.delay(attempt);
@@ -340,7 +342,7 @@ impl Session {
         attributes.insert("connection".into(), conn.to_string());
         attributes.insert("url".into(), self.cfg.ws_base.clone());
         FeedStatus {
-            meta: Meta::raw("FeedStatus", &self.cfg.exchange, &native, ts, ts),
+            meta: Meta::raw(EventKind::FeedStatus, &self.cfg.exchange, &native, ts, ts),
             feed: self.cfg.exchange.clone(),
             stream: self.label.clone(),
             symbol: None,
@@ -351,6 +353,20 @@ impl Session {
     }
 
     fn push_status(&mut self, st: FeedStatus) {
+        let exchange = self.cfg.exchange.clone();
+        match st.status {
+            FeedState::Connected | FeedState::Resynced => {
+                metrics::gauge!("auroraq_feed_up", "exchange" => exchange).set(1.0)
+            }
+            FeedState::Disconnected => metrics::gauge!("auroraq_feed_up", "exchange" => exchange).set(0.0),
+            FeedState::Gap => metrics::counter!(
+                "auroraq_book_gaps_total",
+                "exchange" => exchange,
+                "symbol" => st.symbol.clone().unwrap_or_default()
+            )
+            .increment(1),
+            _ => {}
+        }
         self.stats.update(|s| {
             s.statuses += 1;
             match st.status {
@@ -388,7 +404,13 @@ impl Session {
         let now = now_micros();
         let stage = &self.cfg.dead_letter_stage;
         let dl = DeadLetter {
-            meta: Meta::raw("DeadLetter", stage, &format!("{origin}|{hex}|{reason}"), now, now),
+            meta: Meta::raw(
+                EventKind::DeadLetter,
+                stage,
+                &format!("{origin}|{hex}|{reason}"),
+                now,
+                now,
+            ),
             stage: stage.clone(),
             reason: reason.to_owned(),
             error: error.to_owned(),
@@ -651,7 +673,7 @@ impl Session {
             if let Some(why) = roll_now {
                 match self.roll(&mut ws, conn, why, cancel).await? {
                     Some((new_ws, new_conn)) => return Ok(ConnEnd::Rolled(Box::new(new_ws), new_conn)),
-                    None => roll_at = Instant::now() + self.cfg.reconnect.max.max(Duration::from_secs(1)),
+                    None => roll_at = Instant::now() + self.cfg.reconnect.max().max(Duration::from_secs(1)),
                 }
             }
         }

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use auroraq_schemas::{BookTicker, Dec, Kline, Level, Meta, Micros, Side, TradeTick};
+use auroraq_schemas::{BookTicker, Dec, EventKind, Kline, Level, Meta, Micros, Side, TradeTick};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -375,7 +375,7 @@ impl Decoder {
                 let ts = ms("E", f.event_time)?;
                 let native = format!("{}:{}:{}:{}", f.symbol, k.interval, k.open_time, f.event_time);
                 MarketEvent::Kline(Kline {
-                    meta: Meta::raw("Kline", ex, &native, ts, ts_ingest),
+                    meta: Meta::raw(EventKind::Kline, ex, &native, ts, ts_ingest),
                     exchange: ex.to_owned(),
                     symbol: f.symbol.to_owned(),
                     interval: k.interval.to_owned(),
@@ -398,7 +398,7 @@ impl Decoder {
                     None => format!("{}:r{ts_ingest}:{}:{}", t.symbol, t.bid, t.ask),
                 };
                 MarketEvent::Ticker(BookTicker {
-                    meta: Meta::raw("BookTicker", ex, &native, ts_ingest, ts_ingest),
+                    meta: Meta::raw(EventKind::BookTicker, ex, &native, ts_ingest, ts_ingest),
                     exchange: ex.to_owned(),
                     symbol: t.symbol.to_owned(),
                     update_id: t.update_id,
@@ -441,7 +441,13 @@ fn trade_tick(
 ) -> Result<TradeTick, DecodeError> {
     let ts = ms("T", time)?;
     Ok(TradeTick {
-        meta: Meta::raw("TradeTick", ex, &format!("{symbol}:{tag}{id}"), ts, ts_ingest),
+        meta: Meta::raw(
+            EventKind::TradeTick,
+            ex,
+            &format!("{symbol}:{tag}{id}"),
+            ts,
+            ts_ingest,
+        ),
         exchange: ex.to_owned(),
         symbol: symbol.to_owned(),
         trade_id: id.to_string(),
@@ -531,7 +537,7 @@ pub fn rest_klines(
             // re-run of the same range de-duplicates.
             let native = format!("{symbol}:{interval}:{}:final", r.0);
             Ok(Kline {
-                meta: Meta::raw("Kline", exchange, &native, close_time, now),
+                meta: Meta::raw(EventKind::Kline, exchange, &native, close_time, now),
                 exchange: exchange.to_owned(),
                 symbol: symbol.clone(),
                 interval: interval.to_owned(),

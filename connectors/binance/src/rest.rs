@@ -10,7 +10,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use auroraq_schemas::{now_micros, FeedState, FeedStatus, Kline, Meta};
+use auroraq_schemas::{now_micros, EventKind, FeedState, FeedStatus, Kline, Meta};
+use auroraq_util::{parse_retry_after, redact};
 use reqwest::StatusCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -108,28 +109,10 @@ fn window_index(window: Duration) -> (i64, Duration) {
     (idx, left)
 }
 
-/// Masks query parameters that could carry secrets (none are sent for market data, but an
-/// error message must never leak one).
-pub fn redact(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("signature") || k.eq_ignore_ascii_case("apikey") => {
-                format!("{k}=***")
-            }
-            _ => kv.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", parts.join("&"))
-}
-
-/// Parses `Retry-After` as seconds.
+/// `Retry-After` as seconds or an HTTP date.
 fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    v.parse::<u64>().ok().map(Duration::from_secs)
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(v, SystemTime::now())
 }
 
 /// Binance's error body `{"code":-1121,"msg":"Invalid symbol."}`, or the start of the body.
@@ -266,7 +249,7 @@ impl RestClient {
         let ts = now_micros();
         FeedStatus {
             meta: Meta::raw(
-                "FeedStatus",
+                EventKind::FeedStatus,
                 &self.exchange,
                 &format!("rest:{path}:{status}:{ts}"),
                 ts,
@@ -332,7 +315,11 @@ impl RestClient {
                 let wait = retry_after(resp.headers()).unwrap_or(self.cfg.default_retry_after);
                 self.count(|c| c.rate_limited += 1);
                 if let Ok(mut g) = self.gate.lock() {
-                    let until = Instant::now() + wait;
+                    // A huge Retry-After saturates (and is refused below): block for a year then.
+                    let now = Instant::now();
+                    let until = now
+                        .checked_add(wait)
+                        .unwrap_or(now + Duration::from_secs(365 * 86_400));
                     g.blocked_until = Some(g.blocked_until.map_or(until, |u| u.max(until)));
                     g.blocked_status = status.as_u16();
                 }
@@ -432,15 +419,6 @@ impl RestClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_secrets() {
-        assert_eq!(
-            redact("https://x/api/v3/order?symbol=A&signature=abc&apiKey=k"),
-            "https://x/api/v3/order?symbol=A&signature=***&apiKey=***"
-        );
-        assert_eq!(redact("https://x/api/v3/depth"), "https://x/api/v3/depth");
-    }
 
     #[test]
     fn binance_error_bodies() {

@@ -14,13 +14,14 @@
 //!
 //! ```no_run
 //! # async fn demo(bus: &dyn auroraq_bus::Bus) -> Result<(), auroraq_feedly::FeedlyError> {
-//! use std::sync::{atomic::AtomicBool, Arc};
+//! use std::sync::Arc;
 //! use auroraq_feedly::{FeedlyConfig, FeedlyConnector, RedisStore, RedisStoreConfig};
+//! use auroraq_util::CancellationToken;
 //!
 //! let store = RedisStore::connect(RedisStoreConfig::new("redis://127.0.0.1:6379")).await?;
 //! let cfg = FeedlyConfig::new("user/<id>/category/global.all"); // token from $FEEDLY_TOKEN
 //! let connector = FeedlyConnector::new(cfg, Arc::new(store))?;
-//! let stats = connector.run(bus, Arc::new(AtomicBool::new(false))).await?;
+//! let stats = connector.run(bus, CancellationToken::new()).await?;
 //! println!("{} articles", stats.articles);
 //! # Ok(()) }
 //! ```
@@ -28,16 +29,15 @@
 pub mod config;
 pub mod parse;
 pub mod poller;
-pub mod retry;
 pub mod store;
 
 use auroraq_bus::BusError;
 use auroraq_schemas::CodecError;
 
+pub use auroraq_util::parse_retry_after;
 pub use config::{FeedlyConfig, Token, DEFAULT_BASE_URL, TOKEN_ENV};
 pub use parse::{parse_item, parse_page, parse_page_with, ItemError, ParseOptions, ParsedPage};
 pub use poller::{run, FeedlyConnector, FeedlyStats};
-pub use retry::parse_retry_after;
 pub use store::{FeedlyStore, MemoryStore, RedisStore, RedisStoreConfig, SeenLimits, StoreError};
 
 /// The events' source: topics `news.articles.feedly`, `dlq.feedly`, `feeds.status.feedly`.

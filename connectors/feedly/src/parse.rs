@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 
 use auroraq_bus::topics;
-use auroraq_schemas::{Article, DeadLetter, Meta, Micros};
+use auroraq_schemas::{Article, DeadLetter, EventKind, Meta, Micros};
 use auroraq_text::{normalise_whitespace, strip_html, truncate_chars};
 use serde::Deserialize;
 use serde_json::Value;
@@ -242,7 +242,7 @@ pub fn parse_item(
         .filter(|k| !k.is_empty() && seen.insert(k.clone()))
         .collect();
     Ok(Article {
-        meta: Meta::raw("Article", &opts.source, &id, ts_event, ts_ingest),
+        meta: Meta::raw(EventKind::Article, &opts.source, &id, ts_event, ts_ingest),
         article_id: id,
         feed,
         title,
@@ -310,7 +310,7 @@ fn dead_letter(
     }
     DeadLetter {
         meta: Meta::derived(
-            "DeadLetter",
+            EventKind::DeadLetter,
             &opts.source,
             &[],
             discriminator,

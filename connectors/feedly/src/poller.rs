@@ -1,13 +1,15 @@
 //! The poll loop: fetch pages, follow continuations, drop what was seen, publish the rest.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use auroraq_bus::{Bus, OutMessage, PublishReport};
-use auroraq_schemas::{now_micros, AnyEvent, FeedState, FeedStatus, Meta};
+use auroraq_schemas::{now_micros, AnyEvent, EventKind, FeedState, FeedStatus, Meta};
 use auroraq_stage::to_message;
+use auroraq_util::{
+    jitter_up, parse_retry_after, sleep_or_cancel, until_cancelled, Backoff, CancellationToken,
+};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -15,7 +17,6 @@ use tracing::{debug, info, warn};
 
 use crate::config::FeedlyConfig;
 use crate::parse::{parse_page_with, ParsedPage};
-use crate::retry::{jitter_up, parse_retry_after, sleep_or_stop, until_stopped, Backoff};
 use crate::store::FeedlyStore;
 use crate::FeedlyError;
 
@@ -72,7 +73,7 @@ enum Link {
     Down,
 }
 
-/// A Feedly connector for one stream. Cheap to share; [`FeedlyConnector::run`] polls until stopped.
+/// A Feedly connector for one stream. Cheap to share; [`FeedlyConnector::run`] polls until cancelled.
 pub struct FeedlyConnector {
     cfg: FeedlyConfig,
     store: Arc<dyn FeedlyStore>,
@@ -139,12 +140,12 @@ impl FeedlyConnector {
         Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max)
     }
 
-    /// Polls the stream every `poll_interval` (once, with `once`) until `stop` is set, publishing
+    /// Polls the stream every `poll_interval` (once, with `once`) until `cancel` fires, publishing
     /// articles on `news.articles.feedly`, dead letters on `dlq.feedly` and link changes on
     /// `feeds.status.feedly`. Transient failures are retried with backoff; what cannot be retried
     /// (a rejected token, a refused request, an unreadable store at start) ends it with an error.
     /// Returns the counts.
-    pub async fn run(&self, bus: &dyn Bus, stop: Arc<AtomicBool>) -> Result<FeedlyStats, FeedlyError> {
+    pub async fn run(&self, bus: &dyn Bus, cancel: CancellationToken) -> Result<FeedlyStats, FeedlyError> {
         let stream = self.cfg.stream_id.as_str();
         info!(
             stream,
@@ -156,12 +157,12 @@ impl FeedlyConnector {
         );
         let mut cursor = self.store.cursor(stream).await?;
         debug!(stream, ?cursor, "cursor loaded");
-        while !stop.load(Ordering::SeqCst) {
-            if !self.poll(bus, &stop, &mut cursor).await? {
+        while !cancel.is_cancelled() {
+            if !self.poll(bus, &cancel, &mut cursor).await? {
                 break;
             }
             self.bump(|s| s.polls += 1);
-            if self.cfg.once || !sleep_or_stop(self.cfg.poll_interval, &stop).await {
+            if self.cfg.once || !sleep_or_cancel(self.cfg.poll_interval, &cancel).await {
                 break;
             }
         }
@@ -171,11 +172,11 @@ impl FeedlyConnector {
         Ok(stats)
     }
 
-    /// One poll: every page from the cursor on. Returns false when stopped midway.
+    /// One poll: every page from the cursor on. Returns false when cancelled midway.
     async fn poll(
         &self,
         bus: &dyn Bus,
-        stop: &AtomicBool,
+        cancel: &CancellationToken,
         cursor: &mut Option<i64>,
     ) -> Result<bool, FeedlyError> {
         let stream = self.cfg.stream_id.as_str();
@@ -194,7 +195,7 @@ impl FeedlyConnector {
         let mut pages = 0u32;
         loop {
             let Some(page) = self
-                .fetch_page(bus, stop, newer_than, continuation.as_deref())
+                .fetch_page(bus, cancel, newer_than, continuation.as_deref())
                 .await?
             else {
                 return Ok(false);
@@ -202,7 +203,7 @@ impl FeedlyConnector {
             pages += 1;
             newest = newest.max(page.newest_crawled_ms);
             let next = page.continuation.clone();
-            if !self.deliver(bus, stop, page).await? {
+            if !self.deliver(bus, cancel, page).await? {
                 return Ok(false);
             }
             match next {
@@ -235,7 +236,7 @@ impl FeedlyConnector {
         }
         if let Some(n) = newest.filter(|n| Some(*n) > *cursor) {
             let saved = self
-                .retrying(stop, "saving the cursor", || self.store.set_cursor(stream, n))
+                .retrying(cancel, "saving the cursor", || self.store.set_cursor(stream, n))
                 .await;
             if saved.is_none() {
                 return Ok(false);
@@ -246,23 +247,23 @@ impl FeedlyConnector {
         Ok(true)
     }
 
-    /// Fetches one page, retrying until it is well-formed. `None` when stopped.
+    /// Fetches one page, retrying until it is well-formed. `None` when cancelled.
     async fn fetch_page(
         &self,
         bus: &dyn Bus,
-        stop: &AtomicBool,
+        cancel: &CancellationToken,
         newer_than: Option<i64>,
         continuation: Option<&str>,
     ) -> Result<Option<ParsedPage>, FeedlyError> {
         let stream = self.cfg.stream_id.as_str();
         let mut backoff = self.backoff();
         loop {
-            if stop.load(Ordering::SeqCst) {
+            if cancel.is_cancelled() {
                 return Ok(None);
             }
             self.bump(|s| s.requests += 1);
             debug!(stream, ?newer_than, continuation, "GET streams/contents");
-            let Some(reply) = until_stopped(stop, self.request(newer_than, continuation)).await else {
+            let Some(reply) = until_cancelled(cancel, self.request(newer_than, continuation)).await else {
                 return Ok(None);
             };
             let wait = match reply {
@@ -280,7 +281,7 @@ impl FeedlyConnector {
                     self.bump(|s| s.malformed_pages += 1);
                     let letters: Vec<AnyEvent> =
                         page.dead_letters.into_iter().map(AnyEvent::DeadLetter).collect();
-                    if self.publish(bus, stop, &letters).await?.is_none() {
+                    if self.publish(bus, cancel, &letters).await?.is_none() {
                         return Ok(None);
                     }
                     self.bump(|s| s.dead_letters += letters.len() as u64);
@@ -321,7 +322,7 @@ impl FeedlyConnector {
                 }
             };
             self.bump(|s| s.retries += 1);
-            if !sleep_or_stop(wait, stop).await {
+            if !sleep_or_cancel(wait, cancel).await {
                 return Ok(None);
             }
         }
@@ -418,8 +419,13 @@ impl FeedlyConnector {
         }
     }
 
-    /// Publishes a page's new articles and dead letters, and remembers them. False when stopped.
-    async fn deliver(&self, bus: &dyn Bus, stop: &AtomicBool, page: ParsedPage) -> Result<bool, FeedlyError> {
+    /// Publishes a page's new articles and dead letters, and remembers them. False when cancelled.
+    async fn deliver(
+        &self,
+        bus: &dyn Bus,
+        cancel: &CancellationToken,
+        page: ParsedPage,
+    ) -> Result<bool, FeedlyError> {
         let mut keys = Vec::with_capacity(page.articles.len() + page.dead_letters.len());
         keys.extend(page.articles.iter().map(|a| a.article_id.clone()));
         keys.extend(
@@ -431,7 +437,7 @@ impl FeedlyConnector {
             return Ok(true);
         }
         let Some(seen) = self
-            .retrying(stop, "checking seen ids", || self.store.seen(&keys))
+            .retrying(cancel, "checking seen ids", || self.store.seen(&keys))
             .await
         else {
             return Ok(false);
@@ -461,11 +467,11 @@ impl FeedlyConnector {
                 events.push(ev);
             }
         }
-        let Some(report) = self.publish(bus, stop, &events).await? else {
+        let Some(report) = self.publish(bus, cancel, &events).await? else {
             return Ok(false);
         };
         if self
-            .retrying(stop, "marking ids seen", || self.store.mark_seen(&fresh_keys))
+            .retrying(cancel, "marking ids seen", || self.store.mark_seen(&fresh_keys))
             .await
             .is_none()
         {
@@ -487,11 +493,11 @@ impl FeedlyConnector {
         Ok(true)
     }
 
-    /// Encodes and publishes, retrying bus failures. `None` when stopped.
+    /// Encodes and publishes, retrying bus failures. `None` when cancelled.
     async fn publish(
         &self,
         bus: &dyn Bus,
-        stop: &AtomicBool,
+        cancel: &CancellationToken,
         events: &[AnyEvent],
     ) -> Result<Option<PublishReport>, FeedlyError> {
         if events.is_empty() {
@@ -503,12 +509,12 @@ impl FeedlyConnector {
             .collect::<Result<Vec<OutMessage>, _>>()
             .map_err(FeedlyError::Encode)?;
         Ok(self
-            .retrying(stop, "publishing", || bus.publish(msgs.clone()))
+            .retrying(cancel, "publishing", || bus.publish(msgs.clone()))
             .await)
     }
 
-    /// Runs `op` until it succeeds, backing off between tries. `None` when stopped.
-    async fn retrying<T, E, F, Fut>(&self, stop: &AtomicBool, what: &str, mut op: F) -> Option<T>
+    /// Runs `op` until it succeeds, backing off between tries. `None` when cancelled.
+    async fn retrying<T, E, F, Fut>(&self, cancel: &CancellationToken, what: &str, mut op: F) -> Option<T>
     where
         E: std::fmt::Display,
         F: FnMut() -> Fut,
@@ -516,13 +522,13 @@ impl FeedlyConnector {
     {
         let mut backoff = self.backoff();
         loop {
-            match until_stopped(stop, op()).await? {
+            match until_cancelled(cancel, op()).await? {
                 Ok(v) => return Some(v),
                 Err(e) => {
                     let wait = backoff.next_delay();
                     warn!(stream = %self.cfg.stream_id, error = %e, wait_s = wait.as_secs_f64(), "{what} failed; retrying");
                     self.bump(|s| s.retries += 1);
-                    if !sleep_or_stop(wait, stop).await {
+                    if !sleep_or_cancel(wait, cancel).await {
                         return None;
                     }
                 }
@@ -573,7 +579,7 @@ impl FeedlyConnector {
         let source = self.cfg.parse.source.as_str();
         let native = format!("{}:{state:?}:{now}", self.cfg.stream_id);
         let ev = AnyEvent::FeedStatus(FeedStatus {
-            meta: Meta::raw("FeedStatus", source, &native, now, now),
+            meta: Meta::raw(EventKind::FeedStatus, source, &native, now, now),
             feed: source.to_owned(),
             stream: self.cfg.stream_id.clone(),
             symbol: None,
@@ -591,14 +597,14 @@ impl FeedlyConnector {
     }
 }
 
-/// Polls with a new [`FeedlyConnector`] until `stop` is set (see [`FeedlyConnector::run`]).
+/// Polls with a new [`FeedlyConnector`] until `cancel` fires (see [`FeedlyConnector::run`]).
 pub async fn run(
     bus: &dyn Bus,
     store: Arc<dyn FeedlyStore>,
     cfg: FeedlyConfig,
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
 ) -> Result<FeedlyStats, FeedlyError> {
-    FeedlyConnector::new(cfg, store)?.run(bus, stop).await
+    FeedlyConnector::new(cfg, store)?.run(bus, cancel).await
 }
 
 /// A reqwest error with its causes (reqwest's own message hides them), never with a token: the
@@ -647,8 +653,9 @@ mod tests {
         cfg.token = Some(crate::Token::new("t"));
         let c = FeedlyConnector::new(cfg, Arc::new(MemoryStore::default())).unwrap();
         let bus = auroraq_bus::InProcBus::new(auroraq_bus::InProcConfig::default());
-        let stop = Arc::new(AtomicBool::new(true));
-        let fut = c.run(&bus, stop);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let fut = c.run(&bus, cancel);
         assert_send(&fut);
     }
 

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use auroraq_util::redact;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
@@ -181,7 +182,7 @@ pub struct RedisStoreConfig {
 impl std::fmt::Debug for RedisStoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStoreConfig")
-            .field("url", &redacted_url(&self.url))
+            .field("url", &redact(&self.url))
             .field("key_prefix", &self.key_prefix)
             .field("limits", &self.limits)
             .field("timeout", &self.timeout)
@@ -231,7 +232,7 @@ impl RedisStore {
             ));
         }
         let client = redis::Client::open(cfg.url.as_str()).map_err(|source| StoreError::Connect {
-            url: redacted_url(&cfg.url),
+            url: redact(&cfg.url),
             source,
         })?;
         let store = RedisStore {
@@ -243,7 +244,7 @@ impl RedisStore {
         match store.call::<String>("PING", &key, redis::cmd("PING")).await {
             Ok(_) => Ok(store),
             Err(StoreError::Redis { source, .. }) => Err(StoreError::Connect {
-                url: redacted_url(&store.cfg.url),
+                url: redact(&store.cfg.url),
                 source,
             }),
             Err(e) => Err(e),
@@ -453,14 +454,6 @@ fn escape_glob(s: &str) -> String {
     out
 }
 
-/// A Redis URL without its password, for messages.
-fn redacted_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://<redacted>@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,11 +503,8 @@ mod tests {
 
     #[test]
     fn urls_and_globs() {
-        assert_eq!(
-            redacted_url("redis://:pw@h:6379/0"),
-            "redis://<redacted>@h:6379/0"
-        );
-        assert_eq!(redacted_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
         assert_eq!(escape_glob("a*b?[c]"), "a\\*b\\?\\[c\\]");
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use auroraq_schemas::{Dec, Kline, Meta, Micros};
+use auroraq_schemas::{Dec, EventKind, Kline, Meta, Micros};
 
 use crate::time::parse_timestamp;
 
@@ -293,7 +293,7 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
             // Recorded bars have no receive time: ingest is taken as the bar's close, so that a
             // replay is the same every time.
             meta: Meta::raw(
-                "Kline",
+                EventKind::Kline,
                 &opts.exchange,
                 &format!("{}:{}:{}", r.symbol, interval, r.time),
                 close_time,

@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use auroraq_schemas::{AnyEvent, BookTicker, Dec, FeedState, FeedStatus, Meta, Micros, Side, TradeTick};
+use auroraq_schemas::{
+    AnyEvent, BookTicker, Dec, EventKind, FeedState, FeedStatus, Meta, Micros, Side, TradeTick,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -138,7 +140,7 @@ fn item(text: &str, origin: &str, line: u64, instruments: &[String]) -> Result<O
         // No time on the record: the line number keeps the id unique and stable.
         return Ok(Some(AnyEvent::FeedStatus(FeedStatus {
             meta: Meta::raw(
-                "FeedStatus",
+                EventKind::FeedStatus,
                 &feed,
                 &format!("{origin}:{line}:reconnecting"),
                 0,
@@ -201,7 +203,7 @@ fn item(text: &str, origin: &str, line: u64, instruments: &[String]) -> Result<O
             side,
         } => AnyEvent::TradeTick(TradeTick {
             meta: Meta::raw(
-                "TradeTick",
+                EventKind::TradeTick,
                 &exchange,
                 &format!("{symbol}:t{id}"),
                 ts_event,
@@ -224,7 +226,7 @@ fn item(text: &str, origin: &str, line: u64, instruments: &[String]) -> Result<O
             let ask = number(best_ask.price).ok_or_else(|| bad("best_ask.price", best_ask.price))?;
             let native = format!("{symbol}:l1:{ts_event}:{bid}:{ask}");
             AnyEvent::BookTicker(BookTicker {
-                meta: Meta::raw("BookTicker", &exchange, &native, ts_event, ts_ingest),
+                meta: Meta::raw(EventKind::BookTicker, &exchange, &native, ts_event, ts_ingest),
                 exchange,
                 symbol: symbol.clone(),
                 update_id: None,

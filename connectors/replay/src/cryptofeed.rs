@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use auroraq_binance::{BookSync, Decoder, MarketEvent, SyncOutput};
-use auroraq_schemas::{AnyEvent, FeedState, FeedStatus, Meta, Micros};
+use auroraq_schemas::{AnyEvent, EventKind, FeedState, FeedStatus, Meta, Micros};
 
 use crate::recorded::{letter, ReadError};
 
@@ -153,7 +153,7 @@ pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
                 }
                 events.push(AnyEvent::FeedStatus(FeedStatus {
                     meta: Meta::raw(
-                        "FeedStatus",
+                        EventKind::FeedStatus,
                         &exchange,
                         &format!("connected:{}", l.ts),
                         l.ts,

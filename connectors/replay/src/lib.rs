@@ -17,13 +17,12 @@ pub mod recorded;
 pub mod reuters;
 pub mod time;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use auroraq_bus::{Bus, OutMessage};
 use auroraq_schemas::{AnyEvent, FeedState, Micros};
 use auroraq_stage::{to_message, StageError};
+use auroraq_util::{until_cancelled, CancellationToken};
 use tracing::info;
 
 pub use bars::{read_bars, BadRow, Bars, BarsError, BarsOptions};
@@ -86,13 +85,14 @@ impl ReplayStats {
 }
 
 /// Publishes `events` (sorted by receive time here, stably: the order AuroraQ first saw them) in
-/// batches, paced as asked by their receive times, until done or `stop` is set. Dead letters in
-/// the list go to `dlq.replay`.
+/// batches, paced as asked by their receive times, until done or `cancel` fires (a paced wait
+/// ends at once; what was batched is still published). Dead letters in the list go to
+/// `dlq.replay`.
 pub async fn replay(
     bus: &dyn Bus,
     mut events: Vec<AnyEvent>,
     pace: Pace,
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
 ) -> Result<ReplayStats, StageError> {
     events.sort_by_key(|e| e.meta().ts_ingest);
     let mut stats = ReplayStats::default();
@@ -101,7 +101,7 @@ pub async fn replay(
     let mut batch: Vec<OutMessage> = Vec::with_capacity(256);
     let total = events.len();
     for (i, ev) in events.iter().enumerate() {
-        if stop.load(Ordering::Relaxed) {
+        if cancel.is_cancelled() {
             break;
         }
         if let (Pace::Speed(speed), Some(t0)) = (pace, t0) {
@@ -109,7 +109,12 @@ pub async fn replay(
                 Duration::from_secs_f64(((ev.meta().ts_ingest - t0).max(0) as f64 / 1e6) / speed.max(1e-9));
             if started + due > tokio::time::Instant::now() {
                 flush(bus, &mut batch, &mut stats).await?;
-                tokio::time::sleep_until(started + due).await;
+                if until_cancelled(&cancel, tokio::time::sleep_until(started + due))
+                    .await
+                    .is_none()
+                {
+                    break;
+                }
             }
         }
         stats.count(ev);

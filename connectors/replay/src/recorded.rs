@@ -1,7 +1,7 @@
 //! What the readers of recorded files share: their errors and the dead letter for a record that
 //! could not be read.
 
-use auroraq_schemas::{DeadLetter, Meta, Micros};
+use auroraq_schemas::{DeadLetter, EventKind, Meta, Micros};
 
 /// Why a whole file could not be read (a bad record inside a readable file is a dead letter).
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,14 @@ pub enum ReadError {
 /// unknown), so a replay produces the same dead letter every time.
 pub fn letter(origin: &str, line: u64, reason: &str, error: &str, raw: &[u8], ts: Micros) -> DeadLetter {
     DeadLetter {
-        meta: Meta::derived("DeadLetter", "replay", &[], &format!("{origin}:{line}"), ts, ts),
+        meta: Meta::derived(
+            EventKind::DeadLetter,
+            "replay",
+            &[],
+            &format!("{origin}:{line}"),
+            ts,
+            ts,
+        ),
         stage: "replay".into(),
         reason: reason.into(),
         error: format!("{origin} line {line}: {error}"),

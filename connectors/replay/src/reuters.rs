@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use auroraq_schemas::{AnyEvent, Article, Meta};
+use auroraq_schemas::{AnyEvent, Article, EventKind, Meta};
 use serde::Deserialize;
 
 use crate::recorded::{letter, ReadError};
@@ -68,7 +68,7 @@ pub fn read_news_jsonl(path: &Path, source: &str) -> Result<Vec<AnyEvent>, ReadE
             .or_else(|| row.id.starts_with("reuters").then(|| "Reuters".to_owned()));
         out.push(AnyEvent::Article(Article {
             // A recorded article has no receive time: ingest is its publication time.
-            meta: Meta::raw("Article", source, &row.id, ts, ts),
+            meta: Meta::raw(EventKind::Article, source, &row.id, ts, ts),
             article_id: row.id,
             feed: source.to_owned(),
             title,

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use auroraq_schemas::{
-    AnyEvent, Dec, FusedSignal, Holding, Meta, OrderIntent, OrderSide, OrderStatus, OrderUpdate, Trend,
-    Verdict,
+    AnyEvent, Dec, EventKind, FusedSignal, Holding, Meta, OrderIntent, OrderSide, OrderStatus, OrderUpdate,
+    Trend, Verdict,
 };
 use auroraq_stage::{Clock, HandlerError, Processor};
 use rust_decimal::prelude::ToPrimitive;
@@ -282,7 +282,7 @@ impl Agent {
             }
         };
         let meta = Meta::derived(
-            "OrderIntent",
+            EventKind::OrderIntent,
             &self.cfg.name,
             &[&f.meta],
             &symbol,
@@ -368,7 +368,7 @@ mod tests {
 
     fn bar(symbol: &str, t: i64, close: &str) -> AnyEvent {
         AnyEvent::Kline(Kline {
-            meta: Meta::raw("Kline", "test", &format!("{symbol}{t}"), t, t),
+            meta: Meta::raw(EventKind::Kline, "test", &format!("{symbol}{t}"), t, t),
             exchange: "test".into(),
             symbol: symbol.into(),
             interval: "1h".into(),
@@ -387,7 +387,14 @@ mod tests {
 
     fn fused(asset: &str, t: i64, score: f64, conf: f64) -> AnyEvent {
         AnyEvent::FusedSignal(FusedSignal {
-            meta: Meta::derived("FusedSignal", "fusion", &[], &format!("{asset}{t}"), t, t),
+            meta: Meta::derived(
+                EventKind::FusedSignal,
+                "fusion",
+                &[],
+                &format!("{asset}{t}"),
+                t,
+                t,
+            ),
             asset: asset.into(),
             window_start: t - 300_000_000,
             window_end: t,
@@ -403,7 +410,7 @@ mod tests {
 
     fn fill(agent: &str, symbol: &str, side: OrderSide, q: &str, p: &str, id: &str) -> AnyEvent {
         AnyEvent::OrderUpdate(OrderUpdate {
-            meta: Meta::raw("OrderUpdate", "paper", id, 1, 1),
+            meta: Meta::raw(EventKind::OrderUpdate, "paper", id, 1, 1),
             client_order_id: id.into(),
             venue_order_id: None,
             venue: "paper".into(),
@@ -483,7 +490,7 @@ mod tests {
             panic!("intent")
         };
         let rejected = AnyEvent::RiskDecision(auroraq_schemas::RiskDecision {
-            meta: Meta::derived("RiskDecision", "risk", &[&i.meta], "", 30, 30),
+            meta: Meta::derived(EventKind::RiskDecision, "risk", &[&i.meta], "", 30, 30),
             intent_id: i.intent_id.clone(),
             agent: "auroraq".into(),
             symbol: "BTCUSDT".into(),

@@ -6,7 +6,7 @@
 //! (`scripts/model/make_rule_policy.py`); a trained policy, e.g. PPO exported with
 //! `torch.onnx.export`, drops in the same way.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use ort::session::Session;
@@ -53,11 +53,6 @@ impl OnnxPolicy {
             input,
             name,
         })
-    }
-
-    /// The path of the bundled reference policy (the seed's rule as ONNX), relative to a checkout.
-    pub fn bundled_rule() -> PathBuf {
-        PathBuf::from("models/policy-seed-rule/policy.onnx")
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use auroraq_runtime::replay::{BarsOptions, Format, LoadOptions};
 use auroraq_runtime::wiring::{connect_bus, pace, stop_on_signals};
-use auroraq_runtime::{backtest, bench, bench_decode, doctor, roles, run, Config};
+use auroraq_runtime::{backtest, bench, bench_decode, doctor, roles, run, CancellationToken, Config};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
@@ -25,6 +25,10 @@ struct Cli {
     /// Bus to use: `inproc` or `nats://host:port` (overrides bus.url).
     #[arg(long, global = true)]
     bus: Option<String>,
+    /// Serve Prometheus /metrics, /health and /ready on this address, e.g. 0.0.0.0:9464 (overrides
+    /// metrics.listen).
+    #[arg(long, global = true, env = "AURORAQ_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Log format on stderr; `auto` is human on a terminal and JSON otherwise.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     log_format: LogFormat,
@@ -468,6 +472,34 @@ fn init_logging(format: LogFormat, verbose: u8) {
     }
 }
 
+impl Command {
+    /// The role name on metrics (the `role` label).
+    fn role(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "run",
+            Command::Replay(_) | Command::Connect(Connect::Replay(_)) => "replay",
+            Command::Connect(Connect::Binance { .. }) => "connect-binance",
+            Command::Connect(Connect::Feedly { .. }) => "connect-feedly",
+            Command::Backtest(_) => "backtest",
+            Command::Backfill(_) => "backfill",
+            Command::Sink(Sink::Jsonl { .. }) => "sink-jsonl",
+            Command::Sink(Sink::Postgres { .. }) => "sink-postgres",
+            Command::Sink(Sink::Redis { .. }) => "sink-redis",
+            Command::Tap(_) => "tap",
+            Command::Doctor(_) => "doctor",
+            Command::Topics => "topics",
+            Command::Bench(_) => "bench",
+            Command::Score(_) => "score",
+            Command::Sentiment(_) => "sentiment",
+            Command::Fuse => "fuse",
+            Command::Risk => "risk",
+            Command::Execute => "execute",
+            Command::Agent { .. } => "agent",
+            Command::Api => "api",
+        }
+    }
+}
+
 fn not_yet(role: &str, issue: &str) -> Result<ExitCode> {
     bail!(
         "the {role} role is not in this build yet (it arrives with the {issue} work); \
@@ -524,7 +556,13 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
     if let Some(bus) = cli.bus {
         cfg.set_bus_url(&bus)?;
     }
+    if let Some(listen) = cli.metrics_listen {
+        cfg.metrics.listen = listen;
+        cfg.validate()?;
+    }
     let progress = std::io::stderr().is_terminal();
+    let _telemetry =
+        auroraq_runtime::telemetry::start(&cfg.metrics, cli.command.role(), CancellationToken::new()).await?;
     match cli.command {
         Command::Run(a) => {
             cfg.run.apply(a.bars, a.out);

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use auroraq_tests::{nats_url, unique};
@@ -44,6 +44,42 @@ fn write_bars(dir: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     p
+}
+
+/// The INFO line `auroraq` logs right after installing its SIGINT/SIGTERM handlers.
+const READY: &str = "ready: signal handlers installed";
+
+/// `RUST_LOG` for a child the test signals: warnings, and the [`READY`] line.
+const LOG_READY: &str = "warn,auroraq_runtime::wiring=info";
+
+/// Waits until `child` (run with [`LOG_READY`] and stderr piped) logs [`READY`], so that a signal
+/// sent after this is handled, not fatal. A thread reads the child's stderr and goes on draining
+/// it, so that the child never blocks on a full pipe; it returns all of it once the child closes
+/// it. Fails with what was read if the line does not come within a minute.
+fn await_signal_handlers(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.contains(READY));
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(true) => return reader,
+            Ok(false) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let stderr = reader.join().unwrap_or_default();
+                panic!("no `{READY}` line on the child's stderr within 60 s ({e}); its stderr:\n{stderr}");
+            }
+        }
+    }
 }
 
 /// `auroraq` on its own stream of the shared NATS server (deleted at the end).
@@ -263,10 +299,12 @@ fn sigint_drains_acks_and_exits() {
         .auroraq()
         .args(["sink", "jsonl", "--filter", "market.>", "--out"])
         .arg(&archive)
+        .env("RUST_LOG", LOG_READY)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = await_signal_handlers(&mut sink);
 
     let out = nats.replay(&write_bars(dir.path()));
     assert_eq!(last_json(&out)["events"], 5);
@@ -300,7 +338,11 @@ fn sigint_drains_acks_and_exits() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(status.success(), "clean exit after SIGINT");
+    assert!(
+        status.success(),
+        "clean exit after SIGINT; stderr:\n{}",
+        stderr.join().unwrap_or_default()
+    );
     let stdout = BufReader::new(sink.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)
@@ -309,25 +351,71 @@ fn sigint_drains_acks_and_exits() {
     let stats: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(stats["processed"], 5);
 
-    // Everything was acked: a new sink process in the same group gets nothing more.
+    // Everything was acked: a new sink process in the same group gets nothing more. A bar
+    // published after the five (same symbol, so the same partition, behind them) is the
+    // sentinel: once it is archived, any of the five still owed to the group would have come
+    // before it.
     let again = dir.path().join("again.jsonl");
-    let sink2 = nats
+    let mut sink2 = nats
         .auroraq()
         .args(["sink", "jsonl", "--filter", "market.>", "--out"])
         .arg(&again)
+        .env("RUST_LOG", LOG_READY)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let stderr2 = await_signal_handlers(&mut sink2);
+    let sentinel = dir.path().join("sentinel.csv");
+    std::fs::write(
+        &sentinel,
+        "Banner line,https://example.com\n\
+         date,symbol,open,high,low,close,volume_btc,volume\n\
+         2019-10-17 06-AM,BTCUSD,8005,8020,8000,8015,1,8000\n",
+    )
+    .unwrap();
+    assert_eq!(last_json(&nats.replay(&sentinel))["events"], 1);
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&again)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the second sink did not archive the sentinel bar"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = Command::new("kill")
         .arg("-INT")
         .arg(sink2.id().to_string())
         .status();
     let out2 = sink2.wait_with_output().unwrap();
-    assert!(out2.status.success());
+    assert!(
+        out2.status.success(),
+        "clean exit after SIGINT; stderr:\n{}",
+        stderr2.join().unwrap_or_default()
+    );
     let stats2: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out2.stdout).lines().last().unwrap()).unwrap();
-    assert_eq!(stats2["received"], 0, "acked events are not delivered again");
+    assert_eq!(
+        stats2["received"], 1,
+        "acked events are not delivered again: only the sentinel arrives"
+    );
+    let ids = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["meta"]["event_id"].clone())
+            .collect()
+    };
+    let (first_ids, again_ids) = (ids(&archive), ids(&again));
+    assert_eq!(again_ids.len(), 1);
+    assert!(
+        again_ids[0].is_string() && !first_ids.contains(&again_ids[0]),
+        "the second sink archived the sentinel, not an acked bar: {again_ids:?} vs {first_ids:?}"
+    );
 }
 
 #[test]

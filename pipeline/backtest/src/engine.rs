@@ -33,8 +33,8 @@ pub struct RunOutput {
     pub inputs: u64,
     /// Events the processors emitted.
     pub emitted: u64,
-    /// Emitted events by kind.
-    pub by_kind: BTreeMap<String, u64>,
+    /// Emitted events by kind (serialised by the kinds' names).
+    pub by_kind: BTreeMap<EventKind, u64>,
     /// Emitted events of the kinds asked to be kept (see [`Engine::keep`]), in order.
     pub kept: Vec<AnyEvent>,
     /// Events a stage refused (permanently), as the live runner would dead-letter them.
@@ -81,7 +81,7 @@ pub struct Engine {
     route_keys: HashMap<u64, Vec<RouteEntry>, foldhash::fast::FixedState>,
     hasher: foldhash::fast::FixedState,
     clock: SimClock,
-    keep: Vec<&'static str>,
+    keep: Vec<EventKind>,
 }
 
 impl Engine {
@@ -98,8 +98,8 @@ impl Engine {
         }
     }
 
-    /// Keeps emitted events of these kinds (`EventKind::name()`, e.g. `"OrderUpdate"`) in the output.
-    pub fn keep(mut self, kinds: &[&'static str]) -> Self {
+    /// Keeps emitted events of these kinds (e.g. [`EventKind::OrderUpdate`]) in the output.
+    pub fn keep(mut self, kinds: &[EventKind]) -> Self {
         self.keep = kinds.to_vec();
         self
     }
@@ -271,15 +271,10 @@ impl Engine {
         hasher: &mut Fingerprint,
         ev: &AnyEvent,
     ) -> Result<(), BacktestError> {
-        let kind = ev.kind().name();
+        let kind = ev.kind();
         hasher.add(ev)?;
         out.emitted += 1;
-        match out.by_kind.get_mut(kind) {
-            Some(n) => *n += 1,
-            None => {
-                out.by_kind.insert(kind.to_owned(), 1);
-            }
-        }
+        *out.by_kind.entry(kind).or_insert(0) += 1;
         if self.keep.contains(&kind) {
             out.kept.push(ev.clone());
         }
@@ -309,7 +304,14 @@ mod tests {
             self.times.push(clock.now());
             Ok(match ev {
                 AnyEvent::TradeTick(t) => vec![AnyEvent::Alert(Alert {
-                    meta: Meta::derived("Alert", "echo", &[&t.meta], "", t.meta.ts_event, clock.now()),
+                    meta: Meta::derived(
+                        EventKind::Alert,
+                        "echo",
+                        &[&t.meta],
+                        "",
+                        t.meta.ts_event,
+                        clock.now(),
+                    ),
                     severity: Severity::Info,
                     kind: "seen".into(),
                     subject: Some(t.symbol.clone()),
@@ -334,7 +336,7 @@ mod tests {
             alerts_seen: 0,
             times: vec![],
         })])
-        .keep(&["Alert"]);
+        .keep(&[EventKind::Alert]);
         e.run(inputs, &mut |_, _| {}).expect("runs")
     }
 
@@ -376,7 +378,7 @@ mod tests {
                 alerts_seen: 0,
                 times: vec![],
             })])
-            .keep(&["Alert"]);
+            .keep(&[EventKind::Alert]);
             let out = e
                 .run(order.iter().map(|&i| at(i)).collect(), &mut |_, _| {})
                 .expect("runs");
@@ -414,7 +416,7 @@ mod tests {
             times: vec![],
         })]);
         let out = e.run(inputs, &mut |_, _| {}).expect("runs");
-        assert_eq!(out.by_kind.get("Alert"), Some(&2));
+        assert_eq!(out.by_kind.get(&EventKind::Alert), Some(&2));
         // trade 1, its alert, trade 2, its alert: the clock never goes back
         assert_eq!(
             out.started,

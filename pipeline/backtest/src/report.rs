@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use auroraq_schemas::{AnyEvent, Micros, OrderStatus};
+use auroraq_schemas::{AnyEvent, EventKind, Micros, OrderStatus};
 use serde::Serialize;
 
 use crate::engine::RunOutput;
@@ -37,7 +37,8 @@ pub struct Summary {
     pub max_drawdown: f64,
     /// Every figure of the last portfolio snapshot.
     pub performance: BTreeMap<String, f64>,
-    pub emitted_by_kind: BTreeMap<String, u64>,
+    /// Emitted events by kind, keyed by the kinds' names.
+    pub emitted_by_kind: BTreeMap<EventKind, u64>,
     pub start: Option<Micros>,
     pub end: Option<Micros>,
     pub report: Option<PathBuf>,
@@ -64,14 +65,13 @@ pub fn equity_curve(out: &RunOutput) -> Vec<(Micros, f64)> {
         .collect()
 }
 
-/// The fills among the kept order updates.
+/// The fills among the kept order updates (see [`auroraq_schemas::OrderUpdate::is_fill`]).
 pub fn trades(out: &RunOutput) -> Vec<Trade> {
     out.kept
         .iter()
         .filter_map(|e| match e {
             AnyEvent::OrderUpdate(u)
-                if matches!(u.status, OrderStatus::Filled | OrderStatus::PartiallyFilled)
-                    && u.last_fill_quantity.is_some_and(|q| !q.is_zero()) =>
+                if matches!(u.status, OrderStatus::Filled | OrderStatus::PartiallyFilled) && u.is_fill() =>
             {
                 Some(Trade {
                     ts: u.meta.ts_event,

@@ -333,6 +333,34 @@ impl Inner {
 
 #[async_trait]
 impl Bus for InProcBus {
+    async fn partition_backlogs(&self) -> Result<Vec<crate::PartitionBacklog>, BusError> {
+        let groups: Vec<(String, Arc<Group>)> = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((name, _), g)| (name.clone(), g.clone()))
+            .collect();
+        let mut parts = std::collections::BTreeMap::<(String, u32), crate::Backlog>::new();
+        for (name, g) in groups {
+            for (i, q) in g.parts.iter().enumerate() {
+                let st = q.state.lock().unwrap_or_else(|p| p.into_inner());
+                let b = parts.entry((name.clone(), i as u32)).or_default();
+                b.pending += (st.ready.len() + st.delayed) as u64;
+                b.unacked += st.inflight.len() as u64;
+            }
+        }
+        Ok(parts
+            .into_iter()
+            .map(|((group, partition), backlog)| crate::PartitionBacklog {
+                group,
+                partition,
+                backlog,
+            })
+            .collect())
+    }
+
     fn kind(&self) -> &'static str {
         "inproc"
     }

@@ -216,6 +216,15 @@ pub struct Backlog {
     pub unacked: u64,
 }
 
+/// One consumer group's backlog on one partition (see [`Bus::partition_backlogs`]): the lag that
+/// operators scale consumer groups on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionBacklog {
+    pub group: String,
+    pub partition: u32,
+    pub backlog: Backlog,
+}
+
 /// Which stored messages a history read returns (see [`Bus::history`]).
 #[derive(Clone, Debug)]
 pub struct HistoryOptions {
@@ -414,6 +423,14 @@ pub trait Bus: Send + Sync + 'static {
     /// messages on purpose, as fusion holds scores of open windows, keeps its unacked ones). Buses
     /// that cannot tell say so with [`BusError::Unsupported`].
     async fn backlogs(&self) -> Result<std::collections::BTreeMap<String, Backlog>, BusError> {
+        Err(BusError::Unsupported(format!(
+            "the {} bus does not report consumer backlogs",
+            self.kind()
+        )))
+    }
+    /// Every consumer group's backlog per partition (a group that reads several filters is summed
+    /// per partition). Buses that cannot tell say so with [`BusError::Unsupported`].
+    async fn partition_backlogs(&self) -> Result<Vec<PartitionBacklog>, BusError> {
         Err(BusError::Unsupported(format!(
             "the {} bus does not report consumer backlogs",
             self.kind()

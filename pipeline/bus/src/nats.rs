@@ -281,6 +281,16 @@ impl Bus for NatsBus {
     }
 
     async fn backlogs(&self) -> Result<std::collections::BTreeMap<String, crate::Backlog>, BusError> {
+        let mut groups = std::collections::BTreeMap::<String, crate::Backlog>::new();
+        for p in self.partition_backlogs().await? {
+            let b = groups.entry(p.group).or_default();
+            b.pending += p.backlog.pending;
+            b.unacked += p.backlog.unacked;
+        }
+        Ok(groups)
+    }
+
+    async fn partition_backlogs(&self) -> Result<Vec<crate::PartitionBacklog>, BusError> {
         let err = |reason: String| BusError::Connect {
             url: self.cfg.url.clone(),
             reason,
@@ -291,23 +301,30 @@ impl Bus for NatsBus {
             .await
             .map_err(|e| err(format!("JetStream stream {}: {e}", self.cfg.stream)))?;
         let mut consumers = stream.consumers();
-        let mut groups = std::collections::BTreeMap::<String, crate::Backlog>::new();
+        let mut parts = std::collections::BTreeMap::<(String, u32), crate::Backlog>::new();
         while let Some(info) = consumers.next().await {
             let info = info.map_err(|e| err(format!("listing the consumers of {}: {e}", self.cfg.stream)))?;
             // Durable names are <group>-<filter hash>-p<partition>; readers without one are not groups.
-            let Some(group) = info
-                .config
-                .durable_name
-                .as_deref()
-                .and_then(|n| n.rsplitn(3, '-').nth(2))
-            else {
+            let Some((group, partition)) = info.config.durable_name.as_deref().and_then(|n| {
+                let mut it = n.rsplitn(3, '-');
+                let p = it.next()?.strip_prefix('p')?.parse::<u32>().ok()?;
+                let _hash = it.next()?;
+                Some((it.next()?.to_owned(), p))
+            }) else {
                 continue;
             };
-            let b = groups.entry(group.to_owned()).or_default();
+            let b = parts.entry((group, partition)).or_default();
             b.pending += info.num_pending;
             b.unacked += info.num_ack_pending as u64;
         }
-        Ok(groups)
+        Ok(parts
+            .into_iter()
+            .map(|((group, partition), backlog)| crate::PartitionBacklog {
+                group,
+                partition,
+                backlog,
+            })
+            .collect())
     }
 
     async fn history(&self, opts: HistoryOptions) -> Result<Box<dyn History>, BusError> {

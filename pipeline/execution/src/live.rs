@@ -11,7 +11,9 @@
 use std::collections::{HashSet, VecDeque};
 
 use async_trait::async_trait;
-use auroraq_schemas::{now_micros, AnyEvent, Meta, OrderStatus, OrderUpdate, RiskDecision, Verdict};
+use auroraq_schemas::{
+    now_micros, AnyEvent, EventKind, Meta, OrderStatus, OrderUpdate, RiskDecision, Verdict,
+};
 use auroraq_stage::{Handler, HandlerError};
 use rust_decimal::Decimal;
 use tracing::{info, warn};
@@ -56,7 +58,7 @@ impl LiveExecution {
         let now = now_micros();
         OrderUpdate {
             meta: Meta::derived(
-                "OrderUpdate",
+                EventKind::OrderUpdate,
                 &self.name,
                 &[&d.meta],
                 &format!("{disc}|{coid}"),

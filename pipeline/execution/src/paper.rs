@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use auroraq_bus::{topics, OutMessage};
 use auroraq_schemas::decimal::to_f64;
 use auroraq_schemas::{
-    event_id, AnyEvent, CodecError, Meta, Micros, OrderSide, OrderStatus, OrderUpdate, PortfolioSnapshot,
-    RiskDecision, Verdict,
+    event_id, AnyEvent, CodecError, EventKind, Meta, Micros, OrderSide, OrderStatus, OrderUpdate,
+    PortfolioSnapshot, RiskDecision, Verdict,
 };
 use auroraq_stage::{Clock, HandlerError, Processor};
 use rust_decimal::Decimal;
@@ -188,7 +188,7 @@ impl ExecutionProcessor {
     fn update(&self, o: &Order, parents: &[&Meta], disc: &str, ts: Micros, clock: &dyn Clock) -> OrderUpdate {
         OrderUpdate {
             meta: Meta::derived(
-                "OrderUpdate",
+                EventKind::OrderUpdate,
                 &self.cfg.name,
                 parents,
                 &format!("{disc}|{}", o.client_order_id),
@@ -477,7 +477,7 @@ impl ExecutionProcessor {
         let pf = &self.portfolio;
         AnyEvent::PortfolioSnapshot(PortfolioSnapshot {
             meta: Meta::derived(
-                "PortfolioSnapshot",
+                EventKind::PortfolioSnapshot,
                 &self.cfg.name,
                 &[parent],
                 &format!("{kind}|{}", self.cfg.account),

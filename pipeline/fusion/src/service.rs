@@ -9,13 +9,13 @@
 //! the window), so a window fused again publishes the same id and the bus drops the duplicate.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use auroraq_bus::{topics, Bus, BusError, Delivery, OutMessage, SubscribeOptions, Subscription};
 use auroraq_schemas::{AnyEvent, Article, Incoming, Micros, SentimentScore};
 use auroraq_stage::{publish_events, send_dead_letter, to_message, StageError, StageMetrics};
+use auroraq_util::{sleep_or_cancel, CancellationToken};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -42,13 +42,13 @@ pub struct FusionStage {
     metrics: Arc<FusionMetrics>,
 }
 
-/// Subscribes and runs until `stop` is set or the bus closes; see [`FusionStage::run`].
+/// Subscribes and runs until `cancel` fires or the bus closes; see [`FusionStage::run`].
 pub async fn run(
     bus: Arc<dyn Bus>,
     cfg: FusionConfig,
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
 ) -> Result<FusionStats, FusionError> {
-    FusionStage::subscribe(bus, cfg).await?.run(stop).await
+    FusionStage::subscribe(bus, cfg).await?.run(cancel).await
 }
 
 /// Scores fed to the dataflow and not yet released by every asset they name.
@@ -91,10 +91,10 @@ impl FusionStage {
         self.metrics.clone()
     }
 
-    /// Runs until `stop` is set or every subscription has ended (the bus was closed). On stop,
+    /// Runs until `cancel` fires or every subscription has ended (the bus was closed). On cancel,
     /// the current epoch is finished, published and acked; scores of windows still open are left
     /// unacked, to be redelivered to the next run.
-    pub async fn run(self, stop: Arc<AtomicBool>) -> Result<FusionStats, FusionError> {
+    pub async fn run(self, cancel: CancellationToken) -> Result<FusionStats, FusionError> {
         let FusionStage {
             bus,
             cfg,
@@ -149,7 +149,7 @@ impl FusionStage {
             article_seq: 0,
             pruned_to: None,
         };
-        let result = driver.run(engine, rx, &stop).await;
+        let result = driver.run(engine, rx, &cancel).await;
         // Leave the group first, so that the deliveries released below are not handed back to
         // this member's pulls; then release them (dropped unsettled: the bus delivers them
         // again, to the next member or run).
@@ -194,9 +194,9 @@ impl Driver {
         &mut self,
         mut engine: Engine,
         mut rx: mpsc::Receiver<(Source, Result<Delivery, BusError>)>,
-        stop: &AtomicBool,
+        cancel: &CancellationToken,
     ) -> Result<(), FusionError> {
-        let result = self.main_loop(&mut engine, &mut rx, stop).await;
+        let result = self.main_loop(&mut engine, &mut rx, cancel).await;
         let finished = tokio::task::spawn_blocking(move || engine.finish())
             .await
             .map_err(|e| FusionError::Dataflow(format!("joining the dataflow: {e}")))?;
@@ -207,15 +207,17 @@ impl Driver {
         &mut self,
         engine: &mut Engine,
         rx: &mut mpsc::Receiver<(Source, Result<Delivery, BusError>)>,
-        stop: &AtomicBool,
+        cancel: &CancellationToken,
     ) -> Result<(), FusionError> {
         let wait = Duration::from_millis(self.cfg.batch_wait_ms.max(1));
         let retention = self.cfg.article_retention() as i64 * MICROS;
         let mut open = true;
-        while open && !stop.load(Ordering::Relaxed) {
+        while open && !cancel.is_cancelled() {
             let deadline = tokio::time::Instant::now() + wait;
-            while self.feeder.len() < self.cfg.batch_max && !stop.load(Ordering::Relaxed) {
+            while self.feeder.len() < self.cfg.batch_max {
                 let next = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break,
                     m = rx.recv() => m,
                     _ = tokio::time::sleep_until(deadline) => break,
                 };
@@ -235,7 +237,7 @@ impl Driver {
                     self.pruned_to = Some(before);
                 }
             }
-            if !self.epoch(engine, stop).await? {
+            if !self.epoch(engine, cancel).await? {
                 break;
             }
         }
@@ -305,8 +307,8 @@ impl Driver {
     }
 
     /// Runs the waiting records as one epoch, publishes its outputs and settles what they made
-    /// durable. Returns false if stopped before the outputs could be published.
-    async fn epoch(&mut self, engine: &mut Engine, stop: &AtomicBool) -> Result<bool, FusionError> {
+    /// durable. Returns false if cancelled before the outputs could be published.
+    async fn epoch(&mut self, engine: &mut Engine, cancel: &CancellationToken) -> Result<bool, FusionError> {
         let (items, control) = self.feeder.take();
         let mut signals = Vec::new();
         let mut late = Vec::new();
@@ -338,7 +340,7 @@ impl Driver {
             m.key = key;
             late_msgs.push(m);
         }
-        if !self.publish(&signals, late_msgs, stop).await? {
+        if !self.publish(&signals, late_msgs, cancel).await? {
             return Ok(false);
         }
         let mut settle = std::mem::take(&mut self.epoch_acks);
@@ -366,12 +368,12 @@ impl Driver {
     }
 
     /// Publishes until it succeeds (outputs have deterministic ids, so a retry that had in fact
-    /// gone through de-duplicates). Returns false if stopped first.
+    /// gone through de-duplicates). Returns false if cancelled first.
     async fn publish(
         &self,
         signals: &[AnyEvent],
         late: Vec<OutMessage>,
-        stop: &AtomicBool,
+        cancel: &CancellationToken,
     ) -> Result<bool, FusionError> {
         if signals.is_empty() && late.is_empty() {
             return Ok(true);
@@ -398,10 +400,9 @@ impl Driver {
                 Err(StageError::Encode(e)) => return Err(StageError::Encode(e).into()),
                 Err(e) => {
                     warn!(error = %e, retry_in = ?delay, "publishing fused signals failed");
-                    if stop.load(Ordering::Relaxed) {
+                    if !sleep_or_cancel(delay, cancel).await {
                         return Ok(false);
                     }
-                    tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use auroraq_bus::topics;
-use auroraq_schemas::{now_micros, DeadLetter, FusedSignal, Meta, Micros, SentimentScore};
+use auroraq_schemas::{now_micros, DeadLetter, EventKind, FusedSignal, Meta, Micros, SentimentScore};
 
 use crate::fuse::{fuse_window, ScoreView};
 use crate::model::{add, key_of, ArticleInfo, Control, Item, Out, Settings, Stamp, ARTICLE_NS};
@@ -177,6 +177,8 @@ impl AssetState {
             match self.next[j] {
                 Some(next) if first < next => {
                     add(&ctx.metrics.late, 1);
+                    metrics::counter!("auroraq_fusion_late_scores_total", "asset" => asset.to_owned())
+                        .increment(1);
                     out(Out::Late(late_letter(ctx, asset, &score, j, first, self.clock)));
                 }
                 _ => mask |= 1 << j,
@@ -189,6 +191,29 @@ impl AssetState {
         }
         let key = article_key(&score);
         self.scores.insert((ts, id), Stored { score, mask, key });
+        self.report_open(asset, ctx);
+    }
+
+    /// The `auroraq_fusion_windows_open{asset}` gauge: windows (of every family) that hold a score
+    /// and have not closed yet. Updated when a score arrives and when windows close (not per tick).
+    fn report_open(&self, asset: &str, ctx: &Ctx) {
+        let mut windows = std::collections::BTreeSet::new();
+        for (j, spec) in ctx.s.specs.iter().enumerate() {
+            let bit = 1u64 << j;
+            let closed_below = self.next.get(j).copied().flatten().unwrap_or(i64::MIN);
+            for ((t, _), st) in &self.scores {
+                if st.mask & bit == 0 {
+                    continue;
+                }
+                let mut k = spec.first_index(*t).max(closed_below);
+                while spec.start(k) <= *t && windows.len() < 1_000_000 {
+                    windows.insert((j, k));
+                    k += 1;
+                }
+            }
+        }
+        let open = windows.len();
+        metrics::gauge!("auroraq_fusion_windows_open", "asset" => asset.to_owned()).set(open as f64);
     }
 
     fn on_tick(&mut self, asset: &str, ts: Micros, ctx: &Ctx, out: &mut dyn FnMut(Out)) {
@@ -196,10 +221,15 @@ impl AssetState {
             return;
         }
         self.clock = Some(ts);
+        let held = self.scores.len();
+        let next = (held > 0).then(|| self.next.clone());
         for (j, spec) in ctx.s.specs.iter().enumerate() {
             self.close_until(asset, j, spec.last_closed(ts, ctx.s.grace), ctx, out);
         }
         self.prune(ctx, out);
+        if next.is_some_and(|n| self.scores.len() != held || self.next != n) {
+            self.report_open(asset, ctx);
+        }
     }
 
     /// Closes, in order, every window of family `j` up to index `last` that holds a score.
@@ -274,7 +304,7 @@ impl AssetState {
             .map(|st| &st.score.meta)
             .collect();
         let meta = Meta::derived(
-            "FusedSignal",
+            EventKind::FusedSignal,
             &s.name,
             &parents,
             &format!("{asset}|{}|{}|{start}", spec.size, spec.slide),
@@ -360,7 +390,7 @@ fn late_letter(
     let spec = s.specs[j];
     let (start, end) = (spec.start(first), spec.end(first));
     let meta = Meta::derived(
-        "DeadLetter",
+        EventKind::DeadLetter,
         &s.name,
         &[&score.meta],
         &format!("late|{asset}|{}|{}", spec.size, spec.slide),

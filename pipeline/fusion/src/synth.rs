@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use auroraq_schemas::{AnyEvent, Article, BookTicker, Dec, Meta, Micros, SentimentScore, Side, TradeTick};
+use auroraq_schemas::{
+    AnyEvent, Article, BookTicker, Dec, EventKind, Meta, Micros, SentimentScore, Side, TradeTick,
+};
 
 /// An article as a news connector publishes it (`source` is the connector, `feed` the feed,
 /// `origin` the publisher).
@@ -17,7 +19,7 @@ pub fn article(
     text: &str,
 ) -> Article {
     Article {
-        meta: Meta::raw("Article", source, native_id, ts, ts),
+        meta: Meta::raw(EventKind::Article, source, native_id, ts, ts),
         article_id: native_id.to_owned(),
         feed: feed.to_owned(),
         title: Some(title.to_owned()),
@@ -48,7 +50,7 @@ pub fn score(
     .collect();
     SentimentScore {
         meta: Meta::derived(
-            "SentimentScore",
+            EventKind::SentimentScore,
             "sentiment",
             &[&article.meta],
             "synth-model",
@@ -71,7 +73,7 @@ pub fn score(
 /// A trade on `exchange` at event time `ts`.
 pub fn trade(exchange: &str, symbol: &str, seq: u64, ts: Micros) -> TradeTick {
     TradeTick {
-        meta: Meta::raw("TradeTick", exchange, &format!("{symbol}:{seq}"), ts, ts),
+        meta: Meta::raw(EventKind::TradeTick, exchange, &format!("{symbol}:{seq}"), ts, ts),
         exchange: exchange.to_owned(),
         symbol: symbol.to_owned(),
         trade_id: seq.to_string(),
@@ -85,7 +87,13 @@ pub fn trade(exchange: &str, symbol: &str, seq: u64, ts: Micros) -> TradeTick {
 /// A best bid/ask update at event time `ts`.
 pub fn ticker(exchange: &str, symbol: &str, seq: u64, ts: Micros) -> BookTicker {
     BookTicker {
-        meta: Meta::raw("BookTicker", exchange, &format!("{symbol}:{seq}"), ts, ts),
+        meta: Meta::raw(
+            EventKind::BookTicker,
+            exchange,
+            &format!("{symbol}:{seq}"),
+            ts,
+            ts,
+        ),
         exchange: exchange.to_owned(),
         symbol: symbol.to_owned(),
         update_id: Some(seq as i64),

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use auroraq_bus::topics;
 use auroraq_schemas::decimal::to_f64;
 use auroraq_schemas::{
-    Alert, AnyEvent, Dec, Meta, Micros, OrderIntent, OrderSide, OrderStatus, OrderUpdate, RiskDecision,
-    Severity, Verdict,
+    Alert, AnyEvent, Dec, EventKind, Meta, Micros, OrderIntent, OrderSide, OrderStatus, OrderUpdate,
+    RiskDecision, Severity, Verdict,
 };
 use auroraq_stage::{Clock, HandlerError, Processor};
 use rust_decimal::Decimal;
@@ -194,17 +194,6 @@ impl RiskProcessor {
         }))
     }
 
-    /// Portfolio VaR/ES (money) of all agents' positions together.
-    pub fn total_var(&self) -> Option<PortfolioVar> {
-        let mut all: BTreeMap<String, f64> = BTreeMap::new();
-        for book in self.agents.values() {
-            for (s, w) in self.exposures(book, false) {
-                *all.entry(s).or_default() += w;
-            }
-        }
-        self.portfolio_var_of(&all)
-    }
-
     /// An agent's state; `None` if risk has not heard of it.
     pub fn agent(&self, agent: &str) -> Option<AgentStatus> {
         let b = self.agents.get(agent)?;
@@ -274,7 +263,7 @@ impl RiskProcessor {
         attributes: BTreeMap<String, String>,
     ) -> AnyEvent {
         let meta = Meta::derived(
-            "Alert",
+            EventKind::Alert,
             &self.cfg.name,
             &[parent],
             &format!("{kind}|{subject}|{discriminator}"),
@@ -546,7 +535,7 @@ impl RiskProcessor {
         }
         let decision = RiskDecision {
             meta: Meta::derived(
-                "RiskDecision",
+                EventKind::RiskDecision,
                 &self.cfg.name,
                 &[&it.meta],
                 "",
@@ -928,6 +917,18 @@ impl Processor for RiskProcessor {
             "market.klines.>".to_owned(),
             topics::ALERTS.to_owned(),
         ]
+    }
+
+    /// Each agent's gross exposure and portfolio VaR (quote currency) as gauges.
+    fn observe(&self) {
+        for (agent, book) in &self.agents {
+            let gross: f64 = self.exposures(book, false).values().map(|w| w.abs()).sum();
+            metrics::gauge!("auroraq_risk_exposure", "agent" => agent.clone()).set(gross);
+            if let Some(v) = self.agent_var(agent) {
+                metrics::gauge!("auroraq_risk_var", "agent" => agent.clone())
+                    .set(v.estimate.var(self.cfg.var_method));
+            }
+        }
     }
 
     fn process(&mut self, event: &AnyEvent, clock: &dyn Clock) -> Result<Vec<AnyEvent>, HandlerError> {

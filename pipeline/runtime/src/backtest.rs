@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use auroraq_backtest::{available_at, report, Engine, Fingerprint, RunOutput, Summary};
-use auroraq_schemas::{AnyEvent, Micros};
+use auroraq_schemas::{AnyEvent, EventKind, Micros};
 use auroraq_stage::Processor;
 use tracing::info;
 
@@ -64,7 +64,7 @@ pub fn retime_articles(events: &mut [AnyEvent], from: Micros, to: Micros) {
 fn score_articles(cfg: &Config, articles: Vec<AnyEvent>) -> Result<RunOutput> {
     let classifier = crate::sentiment::load(cfg, None, None)?;
     let p = auroraq_sentiment::processor::ScoreProcessor::new(classifier, crate::sentiment::aliases(cfg));
-    let mut engine = Engine::new(vec![Box::new(p)]).keep(&["SentimentScore"]);
+    let mut engine = Engine::new(vec![Box::new(p)]).keep(&[EventKind::SentimentScore]);
     Ok(engine.run(articles, &mut |_, _| {})?)
 }
 
@@ -164,11 +164,11 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
         cfg.execution.clone(),
     )?));
     let mut engine = Engine::new(processors).keep(&[
-        "OrderUpdate",
-        "PortfolioSnapshot",
-        "RiskDecision",
-        "OrderIntent",
-        "Alert",
+        EventKind::OrderUpdate,
+        EventKind::PortfolioSnapshot,
+        EventKind::RiskDecision,
+        EventKind::OrderIntent,
+        EventKind::Alert,
     ]);
     let mut inputs: Vec<AnyEvent> = rest;
     inputs.extend(fused.signals.into_iter().map(AnyEvent::FusedSignal));
@@ -183,8 +183,8 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
     out.fingerprint = fingerprint.hex();
     out.inputs = n_inputs;
     out.emitted += scored.emitted + fused.stats.signals;
-    *out.by_kind.entry("SentimentScore".into()).or_insert(0) += scored.emitted;
-    *out.by_kind.entry("FusedSignal".into()).or_insert(0) += fused.stats.signals;
+    *out.by_kind.entry(EventKind::SentimentScore).or_insert(0) += scored.emitted;
+    *out.by_kind.entry(EventKind::FusedSignal).or_insert(0) += fused.stats.signals;
     let summary = report(&out, &plan.title, &plan.notes, plan.out.as_deref())
         .with_context(|| format!("writing the report to {:?}", plan.out))?;
     Ok(summary)
@@ -317,7 +317,13 @@ pub fn synthetic(n: usize, every: usize) -> Vec<AnyEvent> {
         let close_time = t0 + (i as i64 + 1) * 60_000_000;
         let d = |c: i64| Dec::new(c, 2);
         out.push(AnyEvent::Kline(Kline {
-            meta: Meta::raw("Kline", "bench", &format!("BTCUSDT:{i}"), close_time, close_time),
+            meta: Meta::raw(
+                EventKind::Kline,
+                "bench",
+                &format!("BTCUSDT:{i}"),
+                close_time,
+                close_time,
+            ),
             exchange: "bench".into(),
             symbol: "BTCUSDT".into(),
             interval: "1m".into(),
@@ -336,7 +342,7 @@ pub fn synthetic(n: usize, every: usize) -> Vec<AnyEvent> {
             let bull = (i / every).is_multiple_of(2);
             out.push(AnyEvent::FusedSignal(FusedSignal {
                 meta: Meta::derived(
-                    "FusedSignal",
+                    EventKind::FusedSignal,
                     "fusion",
                     &[],
                     &format!("BTC:{i}"),
@@ -421,7 +427,7 @@ pub fn bench(cfg: &Config, n: usize, rounds: usize) -> Result<BacktestBench> {
         ];
         let out = Engine::new(processors).run(input, &mut |_, _| {})?;
         let engine_s = t.elapsed().as_secs_f64();
-        trades = out.by_kind.get("OrderUpdate").copied().unwrap_or(0);
+        trades = out.by_kind.get(&EventKind::OrderUpdate).copied().unwrap_or(0);
         results.push((events.len() as f64 / engine_s, events.len() as f64 / loop_s));
     }
     let mut e: Vec<f64> = results.iter().map(|r| r.0).collect();
@@ -535,7 +541,7 @@ pub async fn through_bus(cfg: &Config, events: Vec<AnyEvent>) -> Result<Vec<AnyE
         .await?;
     let publisher = {
         let bus = bus.clone();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)); // never stopped
+        let stop = auroraq_util::CancellationToken::new(); // never cancelled
         tokio::spawn(
             async move { auroraq_replay::replay(&*bus, events, auroraq_replay::Pace::Max, stop).await },
         )

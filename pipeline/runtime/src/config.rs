@@ -26,6 +26,8 @@ pub struct Config {
     pub execution: auroraq_execution::ExecutionConfig,
     /// `[agents.<name>]`: the trading agents; `auroraq` (crypto) and `macroq` (stocks) by default.
     pub agents: std::collections::BTreeMap<String, auroraq_agents::AgentConfig>,
+    /// `[metrics]`: `/metrics`, `/health`, `/ready` of a role.
+    pub metrics: crate::telemetry::MetricsConfig,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             .into_iter()
             .map(|a| (a.name.clone(), a))
             .collect(),
+            metrics: crate::telemetry::MetricsConfig::default(),
         }
     }
 }
@@ -207,8 +210,10 @@ pub struct SentimentConfig {
     pub required: bool,
     /// `cpu` or `cuda` (falls back to the CPU with a warning when no GPU is there).
     pub device: Device,
-    /// Inference threads; 0: all cores.
+    /// Intra-op threads per session; 0: all cores.
     pub threads: u64,
+    /// Sessions over the model: batches that run at once (each with `threads` threads).
+    pub sessions: u64,
     /// Padded tokens per batch.
     pub max_batch_tokens: u64,
     /// Sequences per batch.
@@ -233,6 +238,7 @@ impl Default for SentimentConfig {
             required: false,
             device: Device::Cpu,
             threads: 0,
+            sessions: 1,
             max_batch_tokens: 4096,
             max_batch_size: 64,
             max_wait_ms: 10,
@@ -356,6 +362,7 @@ impl Config {
         {
             bail!("sentiment.max_batch_size, max_batch_tokens and queue must be at least 1");
         }
+        self.metrics.validate()?;
         if !self.redis.url.is_empty() && !self.redis.url.starts_with("redis://") {
             bail!("redis.url must be a redis:// URL, not {:?}", self.redis.url);
         }

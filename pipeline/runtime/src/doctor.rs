@@ -120,20 +120,9 @@ async fn service(
     check(component, redact(url), required, f.await)
 }
 
-/// Hides a password in a URL.
-/// The URL with its password (if any) replaced by `***`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+/// Hides secrets (a URL's password, secret query parameters, a libpq `password=`): the
+/// workspace's one redaction, re-exported for the runtime's other modules.
+pub use auroraq_util::redact;
 
 async fn check_bus(cfg: &Config) -> Result<String, String> {
     let bus = tokio::time::timeout(TIMEOUT * 2, crate::wiring::connect_bus(&cfg.bus))
@@ -298,18 +287,4 @@ pub fn print(checks: &[Check]) -> bool {
         );
     }
     checks.iter().all(|c| !c.required || c.status == Status::Ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
 }

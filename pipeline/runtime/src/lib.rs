@@ -22,6 +22,7 @@ pub mod roles;
 pub mod run;
 #[cfg(feature = "sentiment")]
 pub mod sentiment;
+pub mod telemetry;
 pub mod wiring;
 
 pub use auroraq_replay as replay;

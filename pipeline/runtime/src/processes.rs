@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use auroraq_backtest::{available_at, Fingerprint, RunOutput};
 use auroraq_bus::{Bus, SubscribeOptions};
-use auroraq_schemas::AnyEvent;
+use auroraq_schemas::{AnyEvent, EventKind};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
@@ -51,7 +51,7 @@ struct Role {
 /// Events the stages published, as the job's own transient consumer saw them.
 #[derive(Default)]
 struct Seen {
-    by_kind: BTreeMap<String, u64>,
+    by_kind: BTreeMap<EventKind, u64>,
     outputs: Vec<AnyEvent>,
     undecodable: u64,
 }
@@ -177,7 +177,7 @@ pub async fn run(
                 if let Ok(mut s) = seen.lock() {
                     match decoded {
                         Ok(ev) => {
-                            *s.by_kind.entry(ev.kind().name().to_owned()).or_insert(0) += 1;
+                            *s.by_kind.entry(ev.kind()).or_insert(0) += 1;
                             if is_output(d.topic(), &ev) {
                                 s.outputs.push(ev);
                             }
@@ -288,7 +288,7 @@ pub async fn run(
     let mut by_kind = BTreeMap::new();
     for e in &outputs {
         digest.add(e).context("an output for the digest")?;
-        *by_kind.entry(e.kind().name().to_owned()).or_insert(0u64) += 1;
+        *by_kind.entry(e.kind()).or_insert(0u64) += 1;
     }
     let interrupted = stop.is_cancelled();
     let report_dir = out_dir.join("report");
@@ -324,7 +324,7 @@ pub async fn run(
         published: published.published,
         duplicates: published.duplicates,
         archived,
-        dead_letters: seen.by_kind.get("DeadLetter").copied().unwrap_or(0),
+        dead_letters: seen.by_kind.get(&EventKind::DeadLetter).copied().unwrap_or(0),
         by_kind: seen.by_kind,
         archive,
         interrupted,

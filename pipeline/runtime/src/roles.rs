@@ -12,13 +12,13 @@ use auroraq_feedly::{
     FeedlyConfig, FeedlyConnector, FeedlyStats, FeedlyStore, MemoryStore, RedisStore, RedisStoreConfig, Token,
 };
 use auroraq_replay::{load, replay, Format, LoadOptions, Pace, ReplayStats};
-use auroraq_schemas::AnyEvent;
+use auroraq_schemas::{AnyEvent, EventKind};
 use auroraq_sink_jsonl::JsonlSink;
 use auroraq_stage::{run_subscription, subscribe_stage, Handler, HandlerError, StageMetrics, StageStats};
 use tracing::info;
 
 use crate::config::Config;
-use crate::wiring::{flag_for, stage_config};
+use crate::wiring::stage_config;
 use auroraq_util::CancellationToken;
 
 /// Reads recorded files into events (`format` unset: detected per file); unreadable records
@@ -40,9 +40,7 @@ pub async fn connect_replay(
 ) -> Result<ReplayStats> {
     let events = load_recorded(format, files, opts)?;
     let bus = crate::wiring::connect_bus(&cfg.bus).await?;
-    let stats = replay(&*bus, events, pace, flag_for(&stop))
-        .await
-        .context("replay")?;
+    let stats = replay(&*bus, events, pace, stop).await.context("replay")?;
     bus.flush().await?;
     bus.close().await;
     info!(?stats, "replay done");
@@ -52,16 +50,16 @@ pub async fn connect_replay(
 /// Counts what passes by kind, and forwards to an inner handler.
 pub struct Counting<H> {
     pub inner: H,
-    pub by_kind: Arc<Mutex<BTreeMap<String, u64>>>,
+    pub by_kind: Arc<Mutex<BTreeMap<EventKind, u64>>>,
 }
 
 #[async_trait]
 impl<H: Handler<AnyEvent>> Handler<AnyEvent> for Counting<H> {
     async fn handle(&mut self, ev: AnyEvent) -> Result<Vec<AnyEvent>, HandlerError> {
-        let kind = ev.kind().name();
+        let kind = ev.kind();
         let out = self.inner.handle(ev).await?;
         if let Ok(mut m) = self.by_kind.lock() {
-            *m.entry(kind.to_owned()).or_default() += 1;
+            *m.entry(kind).or_default() += 1;
         }
         Ok(out)
     }
@@ -161,7 +159,7 @@ pub async fn connect_feedly(
         )
     };
     let connector = FeedlyConnector::new(fc, store)?;
-    let stats = connector.run(&*bus, flag_for(&stop)).await?;
+    let stats = connector.run(&*bus, stop).await?;
     bus.flush().await?;
     Ok(stats)
 }
@@ -284,7 +282,7 @@ pub async fn fuse(
 ) -> Result<auroraq_fusion::FusionStats> {
     let mut fc = cfg.fusion.clone();
     fc.stamp_window_close |= cfg.stages.clock == auroraq_stage::ClockKind::Event;
-    let stats = auroraq_fusion::run(bus.clone(), fc, flag_for(&stop)).await?;
+    let stats = auroraq_fusion::run(bus.clone(), fc, stop).await?;
     bus.close().await;
     Ok(stats)
 }
@@ -376,7 +374,7 @@ pub async fn sink_postgres(
         sc,
         subs,
         metrics,
-        flag_for(&stop),
+        stop.clone(),
     ));
     stop.cancelled().await;
     bus.close().await;
@@ -406,7 +404,7 @@ pub async fn sink_redis(
         rc,
         subs,
         metrics,
-        flag_for(&stop),
+        stop.clone(),
     ));
     stop.cancelled().await;
     bus.close().await;

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use auroraq_replay::{replay, Pace};
-use auroraq_schemas::AnyEvent;
+use auroraq_schemas::{AnyEvent, EventKind};
 use auroraq_sink_jsonl::JsonlSink;
 use auroraq_stage::{run_subscription, subscribe_stage, StageMetrics};
 use serde::Serialize;
@@ -35,7 +35,7 @@ pub struct RunSummary {
     pub duplicates: u64,
     pub archived: u64,
     pub dead_letters: u64,
-    pub by_kind: BTreeMap<String, u64>,
+    pub by_kind: BTreeMap<EventKind, u64>,
     pub archive: PathBuf,
     pub interrupted: bool,
     /// The backtest of the bundled data through sentiment, fusion, agents, risk and execution
@@ -115,7 +115,7 @@ async fn embedded(cfg: &Config, pace: Pace, stop: CancellationToken, progress: b
         .cloned()
         .collect();
     info!(events = events.len(), "replaying bundled data");
-    let stats = replay(&*bus, events, pace, crate::wiring::flag_for(&stop))
+    let stats = replay(&*bus, events, pace, stop.clone())
         .await
         .context("replay")?;
 
@@ -150,7 +150,7 @@ async fn embedded(cfg: &Config, pace: Pace, stop: CancellationToken, progress: b
         published: stats.published,
         duplicates: stats.duplicates,
         archived: stage_stats.processed,
-        dead_letters: by_kind.get("DeadLetter").copied().unwrap_or(0) + stage_stats.dead_letters,
+        dead_letters: by_kind.get(&EventKind::DeadLetter).copied().unwrap_or(0) + stage_stats.dead_letters,
         by_kind,
         archive,
         interrupted,

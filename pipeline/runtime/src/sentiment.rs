@@ -30,6 +30,7 @@ pub fn load(cfg: &Config, model: Option<&Path>, device: Option<crate::config::De
         threads: cfg.sentiment.threads as usize,
         device,
         max_length: None,
+        sessions: cfg.sentiment.sessions.max(1) as usize,
     };
     let c =
         Classifier::load(&dir, &opts).with_context(|| format!("loading the model in {}", dir.display()))?;
@@ -281,6 +282,35 @@ pub async fn bench(
         figures.push(f);
     }
 
+    // Text in, label out (tokenising counted), on one batch plan that the Python baselines get too:
+    // the worker's length-sorted plan at the best batch size.
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let lengths: Vec<usize> = enc.iter().map(|e| e.ids.len()).collect();
+    let plan = auroraq_sentiment::batcher::plan(
+        &lengths,
+        &BatchConfig {
+            max_batch_size: best.0.max(1),
+            max_batch_tokens: best.0.max(1) * c.max_length,
+            ..BatchConfig::default()
+        },
+    );
+    let mut text_paths = BTreeMap::new();
+    for (sessions, threads) in [(1usize, 2u64), (2, 1)] {
+        let mut tcfg = cfg.clone();
+        tcfg.sentiment.sessions = sessions as u64;
+        tcfg.sentiment.threads = threads;
+        let tc = load(&tcfg, model, Some(crate::config::Device::Cpu))?;
+        tc.classify(&texts[..texts.len().min(8)])?; // warm-up
+        let path = format!(
+            "rust text->label, batch {} length-sorted, {sessions} session(s) x {threads} thread(s)",
+            best.0
+        );
+        let f = text_to_label(&tc, &texts, &plan, sessions, &path)?;
+        text_paths.insert(format!("{sessions}x{threads}"), f.sequences_per_s);
+        figures.push(f);
+    }
+    let rust_text_best = text_paths.values().copied().fold(0.0, f64::max);
+
     // The whole worker on the in-process bus: articles published at once, timed to the last score.
     figures.push(worker_figure(&cfg, model, &sentences, best.0.max(1)).await?);
 
@@ -297,7 +327,12 @@ pub async fn bench(
             let model_dir = model
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| cfg.sentiment.model_dir.clone());
+            let plan_file =
+                std::env::temp_dir().join(format!("auroraq-bench-plan-{}.json", std::process::id()));
+            std::fs::write(&plan_file, serde_json::to_string(&plan)?)
+                .with_context(|| format!("writing {}", plan_file.display()))?;
             let mut cmd = std::process::Command::new(py);
+            cmd.arg("--plan").arg(&plan_file);
             cmd.arg("scripts/bench/sentiment_baselines.py")
                 .arg("--model-dir")
                 .arg(&model_dir)
@@ -348,7 +383,37 @@ pub async fn bench(
             }
             if let Some(hf) = sps("hf_pipeline") {
                 ratios.insert("rust_best_vs_seed_pipeline".into(), best.1 / hf);
+                ratios.insert("rust_text_to_label_vs_seed_pipeline".into(), rust_text_best / hf);
             }
+            let py_text: Vec<f64> = ["ort_plan_1x2", "ort_plan_2x1"]
+                .iter()
+                .filter_map(|k| sps(k))
+                .collect();
+            if let Some(p12) = sps("ort_plan_1x2") {
+                if let Some(r) = text_paths.get("1x2") {
+                    ratios.insert("rust_text_to_label_1x2_vs_python_1x2_same_plan".into(), r / p12);
+                }
+            }
+            if let Some(p21) = sps("ort_plan_2x1") {
+                if let Some(r) = text_paths.get("2x1") {
+                    ratios.insert("rust_text_to_label_2x1_vs_python_2x1_same_plan".into(), r / p21);
+                }
+            }
+            if let Some(py_best) = py_text.iter().copied().reduce(f64::max) {
+                ratios.insert(
+                    "rust_text_to_label_best_vs_python_best_same_plan".into(),
+                    rust_text_best / py_best,
+                );
+            }
+            if let Some(peak) = v.get("fp32_gemm_gflops").and_then(|x| x.as_f64()) {
+                // Achieved model GFLOP/s (the encoder's matrix products, counted as fp32 FLOPs)
+                // against the machine's measured dense fp32 peak: the distance to the roofline.
+                ratios.insert(
+                    "rust_text_to_label_gflops_vs_fp32_gemm_peak".into(),
+                    rust_text_best * gflop / peak,
+                );
+            }
+            let _ = std::fs::remove_file(&plan_file);
             Some(v)
         }
     };
@@ -363,6 +428,44 @@ pub async fn bench(
     })
 }
 
+/// Text in, label out over `plan`: each batch tokenised, run and labelled; with several sessions,
+/// that many threads take batches in turn.
+fn text_to_label(
+    c: &Classifier,
+    texts: &[&str],
+    plan: &[Vec<usize>],
+    workers: usize,
+    path: &str,
+) -> Result<BenchFigure> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t0 = std::time::Instant::now();
+    let lat: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<f64>> {
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(b) = plan.get(i) else { break };
+                        let t = std::time::Instant::now();
+                        let batch: Vec<&str> = b.iter().map(|&i| texts[i]).collect();
+                        let labelled = c.classify(&batch)?;
+                        anyhow::ensure!(labelled.len() == b.len(), "a text got no label");
+                        lat.push(t.elapsed().as_secs_f64());
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??);
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    Ok(figure(path, texts.len(), t0.elapsed(), lat))
+}
+
 async fn worker_figure(
     cfg: &Config,
     model: Option<&Path>,
@@ -370,7 +473,7 @@ async fn worker_figure(
     batch: usize,
 ) -> Result<BenchFigure> {
     use auroraq_bus::{topics, Bus, InProcBus, SubscribeOptions};
-    use auroraq_schemas::{AnyEvent, Article, Meta};
+    use auroraq_schemas::{AnyEvent, Article, EventKind, Meta};
     let c = load(cfg, model, Some(crate::config::Device::Cpu))?;
     let bus: Arc<dyn Bus> = Arc::new(InProcBus::default());
     let mut scores = bus
@@ -388,7 +491,7 @@ async fn worker_figure(
         .enumerate()
         .map(|(i, s)| {
             AnyEvent::Article(Article {
-                meta: Meta::raw("Article", "bench", &i.to_string(), i as i64, i as i64),
+                meta: Meta::raw(EventKind::Article, "bench", &i.to_string(), i as i64, i as i64),
                 article_id: i.to_string(),
                 feed: "bench".into(),
                 title: None,

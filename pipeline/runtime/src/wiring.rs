@@ -1,6 +1,5 @@
 //! Turns configuration into running parts: the bus, stage settings, shutdown signals.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +11,16 @@ use tracing::{info, warn};
 
 use crate::config::{BusConfig, Config};
 
-/// Connects to the configured bus.
+/// Connects to the configured bus; with metrics on, the role is then ready and its bus's consumer
+/// lag is exported.
 pub async fn connect_bus(cfg: &BusConfig) -> Result<Arc<dyn Bus>> {
+    let bus = open_bus(cfg).await?;
+    crate::telemetry::watch_lag(bus.clone());
+    crate::telemetry::set_ready(true);
+    Ok(bus)
+}
+
+async fn open_bus(cfg: &BusConfig) -> Result<Arc<dyn Bus>> {
     if cfg.url == auroraq_bus::BusUrl::InProc {
         return Ok(Arc::new(InProcBus::new(InProcConfig {
             partitions: cfg.partitions,
@@ -54,6 +61,7 @@ pub fn stop_on_signals() -> CancellationToken {
     let token = cancel.clone();
     match Signals::install() {
         Ok(mut signals) => {
+            info!("ready: signal handlers installed (SIGINT or SIGTERM stops intake and drains)");
             tokio::spawn(async move {
                 let mut count = 0;
                 loop {
@@ -104,17 +112,6 @@ impl Signals {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// A stop flag set when `cancel` fires, for the library calls that still poll a flag.
-pub fn flag_for(cancel: &CancellationToken) -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(cancel.is_cancelled()));
-    let (f, c) = (flag.clone(), cancel.clone());
-    tokio::spawn(async move {
-        c.cancelled().await;
-        f.store(true, Ordering::SeqCst);
-    });
-    flag
 }
 
 /// Replay pace from `--speed`: 0 is as fast as possible, a positive factor is event time sped up.

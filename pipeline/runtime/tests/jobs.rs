@@ -48,22 +48,46 @@ fn config(dir: &Path, bar_rows: usize, articles: usize) -> Config {
 async fn the_embedded_main_job_archives_everything_and_repeats_its_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 300, 6);
-    let first = run::run(&cfg, wiring::pace(0.0).unwrap(), &[], CancellationToken::new(), false)
-        .await
-        .unwrap();
+    let first = run::run(
+        &cfg,
+        wiring::pace(0.0).unwrap(),
+        &[],
+        CancellationToken::new(),
+        false,
+    )
+    .await
+    .unwrap();
     assert!(!first.interrupted);
     assert_eq!(first.published, 300, "every bar published once");
-    assert_eq!(first.archived, first.published, "the archive sink kept every event");
+    assert_eq!(
+        first.archived, first.published,
+        "the archive sink kept every event"
+    );
     assert_eq!(first.dead_letters, 0);
     let bt = first.backtest.as_ref().expect("the job ran its backtest");
-    assert_eq!(bt.emitted_by_kind.get(&auroraq_schemas::EventKind::SentimentScore), Some(&6), "{:?}", bt.emitted_by_kind);
+    assert_eq!(
+        bt.emitted_by_kind
+            .get(&auroraq_schemas::EventKind::SentimentScore),
+        Some(&6),
+        "{:?}",
+        bt.emitted_by_kind
+    );
     assert!(cfg.run.out_dir.join("report/summary.json").exists());
-    let lines = std::fs::read_to_string(cfg.run.out_dir.join("events.jsonl")).unwrap().lines().count();
+    let lines = std::fs::read_to_string(cfg.run.out_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(lines as u64, first.archived);
 
-    let again = run::run(&cfg, wiring::pace(0.0).unwrap(), &[], CancellationToken::new(), false)
-        .await
-        .unwrap();
+    let again = run::run(
+        &cfg,
+        wiring::pace(0.0).unwrap(),
+        &[],
+        CancellationToken::new(),
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         again.backtest.as_ref().map(|b| &b.fingerprint),
         Some(&bt.fingerprint),
@@ -77,7 +101,9 @@ async fn a_cancelled_main_job_stops_before_its_backtest() {
     let cfg = config(dir.path(), 300, 0);
     let cancel = CancellationToken::new();
     cancel.cancel();
-    let s = run::run(&cfg, wiring::pace(0.0).unwrap(), &[], cancel, false).await.unwrap();
+    let s = run::run(&cfg, wiring::pace(0.0).unwrap(), &[], cancel, false)
+        .await
+        .unwrap();
     assert!(s.interrupted);
     assert!(s.backtest.is_none(), "interrupted: no backtest");
     assert!(s.published < 300, "intake stopped: {} published", s.published);
@@ -120,7 +146,15 @@ async fn a_backtest_of_files_reads_them_and_writes_its_report() {
     assert_eq!(s.events, 200, "every bar, through the in-process bus and back");
     assert_eq!(s.trades, 0, "no news, no signal, no trade");
     assert!(dir.path().join("bt/report.html").exists());
-    let direct = backtest::run_job(&cfg, Job { via_bus: false, ..job }).await.unwrap();
+    let direct = backtest::run_job(
+        &cfg,
+        Job {
+            via_bus: false,
+            ..job
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(direct.fingerprint, s.fingerprint, "the bus changes nothing");
 }
 
@@ -177,7 +211,10 @@ async fn a_backtest_names_what_it_cannot_read() {
         .await
         .unwrap_err()
     );
-    assert!(e.contains("nobody") && e.contains("auroraq"), "names the agents it has: {e}");
+    assert!(
+        e.contains("nobody") && e.contains("auroraq"),
+        "names the agents it has: {e}"
+    );
 }
 
 #[test]
@@ -198,7 +235,10 @@ fn the_demo_config_trades_the_bars_asset_on_daily_windows() {
 #[test]
 fn pace_takes_zero_or_a_positive_factor() {
     assert_eq!(wiring::pace(0.0).unwrap(), auroraq_runtime::replay::Pace::Max);
-    assert_eq!(wiring::pace(60.0).unwrap(), auroraq_runtime::replay::Pace::Speed(60.0));
+    assert_eq!(
+        wiring::pace(60.0).unwrap(),
+        auroraq_runtime::replay::Pace::Speed(60.0)
+    );
     for bad in [-1.0, f64::NAN, f64::INFINITY] {
         assert!(wiring::pace(bad).unwrap_err().to_string().contains("--speed"));
     }
@@ -227,7 +267,10 @@ fn choices_in_the_configuration_are_typed() {
     c.stages.clock = auroraq_stage::ClockKind::Event;
     c.set_bus_url("nats://127.0.0.1:4222").unwrap();
     let text = toml::to_string(&c).unwrap();
-    assert!(text.contains("clock = \"event\"") && text.contains("url = \"nats://127.0.0.1:4222\""), "{text}");
+    assert!(
+        text.contains("clock = \"event\"") && text.contains("url = \"nats://127.0.0.1:4222\""),
+        "{text}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");
     std::fs::write(&p, text).unwrap();

@@ -27,6 +27,10 @@ pub struct ModelOptions {
     pub device: Device,
     /// Overrides the model's maximum sequence length (tokens).
     pub max_length: Option<usize>,
+    /// Sessions over the same model, each with `threads` intra-op threads, so that this many
+    /// batches run at once (0 or 1: one). On a few cores, two single-threaded sessions keep the
+    /// cores busier with small batches than one session with two threads.
+    pub sessions: usize,
 }
 
 impl Default for ModelOptions {
@@ -35,6 +39,7 @@ impl Default for ModelOptions {
             threads: 0,
             device: Device::Cpu,
             max_length: None,
+            sessions: 1,
         }
     }
 }
@@ -62,8 +67,10 @@ pub struct Prediction {
 
 /// A loaded model.
 pub struct Classifier {
-    /// `Session::run` needs exclusive access; tokenising does not.
-    session: std::sync::Mutex<Session>,
+    /// `Session::run` needs exclusive access; tokenising does not. One or more sessions over the
+    /// same model; a batch takes a free one.
+    sessions: Vec<std::sync::Mutex<Session>>,
+    next_session: std::sync::atomic::AtomicUsize,
     tokenizer: Tokenizer,
     /// Labels by output index, from `config.json`'s `id2label`.
     pub labels: Vec<String>,
@@ -170,8 +177,20 @@ impl Classifier {
 
         let (session, device) = Self::session(&model_path, opts)?;
         let uses_token_types = session.inputs().iter().any(|i| i.name() == "token_type_ids");
+        let mut sessions = vec![std::sync::Mutex::new(session)];
+        for _ in 1..opts.sessions.max(1) {
+            let (s, _) = Self::session(
+                &model_path,
+                &ModelOptions {
+                    device,
+                    ..opts.clone()
+                },
+            )?;
+            sessions.push(std::sync::Mutex::new(s));
+        }
         Ok(Classifier {
-            session: std::sync::Mutex::new(session),
+            sessions,
+            next_session: std::sync::atomic::AtomicUsize::new(0),
             tokenizer,
             labels,
             max_length,
@@ -257,7 +276,7 @@ impl Classifier {
         let t = |v: Vec<i64>| {
             Tensor::from_array(([n, len], v)).map_err(|e| SentimentError::Inference(e.to_string()))
         };
-        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut session = self.free_session();
         let outputs = if self.uses_token_types {
             session.run(ort::inputs!["input_ids" => t(ids)?, "attention_mask" => t(mask)?, "token_type_ids" => t(types)?])
         } else {
@@ -275,6 +294,25 @@ impl Classifier {
             )));
         }
         Ok(data.chunks(classes).map(<[f32]>::to_vec).collect())
+    }
+
+    /// How many batches can run at once (sessions loaded).
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A free session if there is one, else the next in turn (waiting for it).
+    fn free_session(&self) -> std::sync::MutexGuard<'_, Session> {
+        for s in &self.sessions {
+            if let Ok(g) = s.try_lock() {
+                return g;
+            }
+        }
+        let i = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.sessions.len();
+        self.sessions[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Turns logits into a prediction with this model's labels.

@@ -11,10 +11,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use auroraq_bus::{topics, Bus, Delivery, OutMessage};
-use auroraq_schemas::{decode, now_micros, AnyEvent, Article, Meta, SentimentScore};
+use auroraq_schemas::{decode, now_micros, AnyEvent, Article, EventKind, Meta, SentimentScore};
 use auroraq_stage::{
     send_dead_letter, subscribe_stage, to_message, StageConfig, StageError, StageMetrics, StageStats,
 };
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -42,7 +43,7 @@ pub fn score_event(
 ) -> SentimentScore {
     SentimentScore {
         meta: Meta::derived(
-            "SentimentScore",
+            EventKind::SentimentScore,
             "sentiment",
             &[&article.meta],
             &classifier.model_sha256,
@@ -91,6 +92,7 @@ pub async fn run_worker(
                     }
                 };
                 metrics.received.fetch_add(1, Ordering::Relaxed);
+                auroraq_stage::count_consumed(&stage, d.topic());
                 if d.attempt > 1 {
                     metrics.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
@@ -150,9 +152,16 @@ pub async fn run_worker(
         let lengths: Vec<usize> = pending.iter().map(|j| j.encoded.ids.len()).collect();
         let batches = plan(&lengths, &batching);
         let mut slots: Vec<Option<Job>> = pending.drain(..).map(Some).collect();
-        for idx in batches {
-            let jobs: Vec<Job> = idx.iter().filter_map(|&i| slots[i].take()).collect();
-            let (jobs, result) = infer(classifier.clone(), jobs).await;
+        let groups: Vec<Vec<Job>> = batches
+            .iter()
+            .map(|idx| idx.iter().filter_map(|&i| slots[i].take()).collect())
+            .collect();
+        // As many batches in flight as the classifier has sessions; results in batch order, so
+        // that scores are published in the same order whatever the concurrency.
+        let mut results =
+            futures::stream::iter(groups.into_iter().map(|jobs| infer(classifier.clone(), jobs)))
+                .buffered(classifier.sessions().max(1));
+        while let Some((jobs, result)) = results.next().await {
             match result {
                 Ok(preds) => {
                     publish_scores(&*bus, &cfg, &classifier, &aliases, jobs, preds, &metrics).await?
@@ -187,9 +196,17 @@ async fn infer(
 ) -> (Vec<Job>, Result<Vec<Prediction>, crate::SentimentError>) {
     let handle = tokio::task::spawn_blocking(move || {
         let refs: Vec<&Encoded> = jobs.iter().map(|j| &j.encoded).collect();
+        let real: usize = refs.iter().map(|e| e.ids.len()).sum();
+        let padded = refs.iter().map(|e| e.ids.len()).max().unwrap_or(0) * refs.len();
+        metrics::histogram!("auroraq_sentiment_batch_size").record(refs.len() as f64);
+        if padded > 0 {
+            metrics::gauge!("auroraq_sentiment_padding_efficiency").set(real as f64 / padded as f64);
+        }
+        let t = std::time::Instant::now();
         let r = c
             .logits(&refs)
             .map(|ls| ls.into_iter().map(|l| c.predict(l)).collect());
+        metrics::histogram!("auroraq_sentiment_inference_seconds").record(t.elapsed().as_secs_f64());
         (jobs, r)
     });
     match handle.await {
@@ -246,6 +263,8 @@ async fn publish_scores(
         return Ok(());
     }
     metrics.published.fetch_add(n, Ordering::Relaxed);
+    metrics::counter!("auroraq_events_published_total", "stage" => cfg.name.clone(), "topic" => topics::SENTIMENT_SCORES)
+        .increment(n);
     for j in jobs {
         j.delivery.ack().await?;
         metrics.processed.fetch_add(1, Ordering::Relaxed);

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auroraq_bus::{topics, Bus, OutMessage, SubscribeOptions};
-use auroraq_schemas::{decode, encode, Article, DeadLetter, Meta, SentimentScore};
+use auroraq_schemas::{decode, encode, Article, DeadLetter, EventKind, Meta, SentimentScore};
 use auroraq_sentiment::assets::AliasTable;
 use auroraq_sentiment::batcher::BatchConfig;
 use auroraq_sentiment::eval::read_examples;
 use auroraq_sentiment::worker::run_worker;
 use auroraq_sentiment::{runtime, Classifier, ModelOptions};
-use auroraq_stage::{publish_events, StageConfig, StageMetrics};
+use auroraq_stage::{publish_events, subscribe_stage, StageConfig, StageMetrics};
 use auroraq_tests::{dyn_bus, inproc_bus, nats_bus};
 use bytes::Bytes;
 
@@ -40,7 +40,7 @@ fn articles(n: usize) -> Vec<Article> {
         .enumerate()
         .map(|(i, e)| Article {
             meta: Meta::raw(
-                "Article",
+                EventKind::Article,
                 "test",
                 &format!("a{i}"),
                 1_000_000 + i as i64,
@@ -63,6 +63,18 @@ fn articles(n: usize) -> Vec<Article> {
         .collect()
 }
 
+/// Makes the worker's consumer group exist before anything is published, so that publishing never
+/// races the worker task's own `subscribe` (which `run_worker` makes when it first runs). The
+/// in-process bus keeps messages only for groups that exist, and a group, once made, outlives its
+/// first member: join and leave at once. A JetStream group starts at the oldest message kept (its
+/// durable sees everything published before it), so it needs no head start; there, leaving at
+/// once could strand the pull a member had already asked for, so this does nothing.
+async fn create_group_before_publishing(bus: &dyn Bus, cfg: &StageConfig) {
+    if bus.kind() == "inproc" {
+        drop(subscribe_stage(bus, cfg).await.unwrap());
+    }
+}
+
 async fn articles_in_scores_out(bus: Arc<dyn Bus>) {
     let mut scores = bus
         .subscribe(SubscribeOptions::new("scores", topics::SENTIMENT_SCORES))
@@ -80,6 +92,7 @@ async fn articles_in_scores_out(bus: Arc<dyn Bus>) {
         max_batch_tokens: 1024,
         ..BatchConfig::default()
     };
+    create_group_before_publishing(&*bus, &cfg).await;
     let worker = tokio::spawn(run_worker(
         bus.clone(),
         cfg,
@@ -88,7 +101,6 @@ async fn articles_in_scores_out(bus: Arc<dyn Bus>) {
         batching,
         metrics.clone(),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let arts = articles(40);
     let events: Vec<_> = arts
@@ -99,7 +111,7 @@ async fn articles_in_scores_out(bus: Arc<dyn Bus>) {
     publish_events(&*bus, &events).await.unwrap();
     // Bad input: bytes that are no event, and an article with nothing to read.
     let mut empty = arts[0].clone();
-    empty.meta = Meta::raw("Article", "test", "empty", 1, 2);
+    empty.meta = Meta::raw(EventKind::Article, "test", "empty", 1, 2);
     empty.article_id = "empty".into();
     empty.title = None;
     empty.text = " <p> </p> ".into();
@@ -216,6 +228,7 @@ async fn nats_nothing_lost_when_a_worker_dies() {
         .map(auroraq_schemas::AnyEvent::Article)
         .collect();
 
+    create_group_before_publishing(&*bus, &cfg).await;
     let first = tokio::spawn(run_worker(
         bus.clone(),
         cfg.clone(),
@@ -224,7 +237,6 @@ async fn nats_nothing_lost_when_a_worker_dies() {
         batching.clone(),
         Arc::new(StageMetrics::default()),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
     publish_events(&*bus, &events).await.unwrap();
 
     let mut seen = HashSet::new();

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use auroraq_bus::{
     topics, Bus, BusError, Delivery, OutMessage, PublishReport, SubscribeOptions, Subscription,
 };
-use auroraq_schemas::{now_micros, AnyEvent, CodecError, DeadLetter, Incoming, Meta};
+use auroraq_schemas::{now_micros, AnyEvent, CodecError, DeadLetter, EventKind, Incoming, Meta};
 use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -100,14 +100,15 @@ pub fn to_message(ev: &AnyEvent) -> Result<OutMessage, CodecError> {
     })
 }
 
-/// The copy of a fill on `exec.fills`: an order update that filled something also goes there (every
-/// update goes to `exec.orders`). The copy has its own bus id, `<event_id>@exec.fills`, since buses
-/// de-duplicate ids across topics; its payload, event id included, is the same.
+/// The copy of a fill on `exec.fills`: an order update that is a fill also goes there (every update
+/// goes to `exec.orders`). A fill is what [`OrderUpdate::is_fill`](auroraq_schemas::OrderUpdate::is_fill)
+/// says (`auroraq_schemas::routing`: a last fill quantity > 0 at a last fill price > 0), the rule
+/// the sinks' fill rows follow too; an update with a quantity but no price is not copied. The copy
+/// has its own bus id, `<event_id>@exec.fills`, since buses de-duplicate ids across topics; its
+/// payload, event id included, is the same.
 pub fn fill_copy(ev: &AnyEvent) -> Option<Result<OutMessage, CodecError>> {
     let AnyEvent::OrderUpdate(u) = ev else { return None };
-    if u.last_fill_quantity
-        .is_none_or(|q| q.0 <= rust_decimal::Decimal::ZERO)
-    {
+    if !u.is_fill() {
         return None;
     }
     Some(to_message(ev).map(|mut m| {
@@ -261,7 +262,9 @@ impl StageMetrics {
         }
     }
 
-    fn count_dead_letter(&self, reason: &str) {
+    fn count_dead_letter(&self, stage: &str, reason: &str) {
+        metrics::counter!("auroraq_dead_letters_total", "stage" => stage.to_owned(), "reason" => reason.to_owned())
+            .increment(1);
         self.dead_letters.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.dead_letter_reasons.lock() {
             *m.entry(reason.to_owned()).or_default() += 1;
@@ -285,7 +288,7 @@ pub fn dead_letter(stage: &str, d: &Delivery, reason: &str, error: &str) -> Dead
     };
     let now = now_micros();
     let mut meta = Meta::derived(
-        "DeadLetter",
+        EventKind::DeadLetter,
         stage,
         &[],
         &format!("{}|{original}|{reason}", d.topic()),
@@ -343,9 +346,11 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
             }
         };
         metrics.received.fetch_add(1, Ordering::Relaxed);
+        count_consumed(&cfg.name, d.topic());
         if d.attempt > 1 {
             metrics.redelivered.fetch_add(1, Ordering::Relaxed);
         }
+        let started = std::time::Instant::now();
         let outcome = match E::decode_message(d.payload()) {
             Err(e) => Err(("decode_error", e.to_string())),
             Ok(event) => match handler.handle(event).await {
@@ -380,16 +385,22 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
                 }
                 let n = batch.len() as u64;
                 if n > 0 {
+                    let topics: Vec<String> = batch.iter().map(|m| m.topic.clone()).collect();
                     if let Err(e) = bus.publish(batch).await {
                         // Not acked: it comes back and is processed again (outputs de-duplicate).
                         warn!(stage = %cfg.name, error = %e, "publishing outputs failed; will retry");
                         d.nack(Some(cfg.retry_delay)).await?;
                         continue;
                     }
+                    for t in topics {
+                        count_published(&cfg.name, t);
+                    }
                 }
                 metrics.published.fetch_add(n, Ordering::Relaxed);
                 metrics.processed.fetch_add(1, Ordering::Relaxed);
                 d.ack().await?;
+                metrics::histogram!("auroraq_handler_seconds", "stage" => cfg.name.clone())
+                    .record(started.elapsed().as_secs_f64());
             }
             Err((reason, why)) => {
                 send_dead_letter(&*bus, &cfg.name, d, reason, &why, &metrics).await?;
@@ -398,6 +409,18 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
     }
     bus.flush().await?;
     Ok(metrics.snapshot())
+}
+
+/// Counts a consumed delivery on the `auroraq_events_consumed_total{stage,topic}` metric.
+pub fn count_consumed(stage: &str, topic: &str) {
+    metrics::counter!("auroraq_events_consumed_total", "stage" => stage.to_owned(), "topic" => topic.to_owned())
+        .increment(1);
+}
+
+/// Counts a published event on the `auroraq_events_published_total{stage,topic}` metric.
+pub fn count_published(stage: &str, topic: String) {
+    metrics::counter!("auroraq_events_published_total", "stage" => stage.to_owned(), "topic" => topic)
+        .increment(1);
 }
 
 /// Publishes the dead letter of `d` to `dlq.<stage>`, counts it and acks `d`; if the dead letter
@@ -421,7 +444,7 @@ pub async fn send_dead_letter(
     };
     match bus.publish(vec![msg]).await {
         Ok(_) => {
-            metrics.count_dead_letter(reason);
+            metrics.count_dead_letter(stage, reason);
             d.ack().await?;
         }
         Err(e) => {
@@ -460,6 +483,28 @@ mod tests {
             out.push(ev);
         }
         out
+    }
+
+    #[test]
+    fn fills_are_copied_to_exec_fills_by_the_schemas_rule() {
+        for ev in samples::all() {
+            let AnyEvent::OrderUpdate(base) = ev else {
+                assert!(fill_copy(&ev).is_none(), "{:?}", ev.kind());
+                continue;
+            };
+            for (u, class) in auroraq_schemas::routing::fill_edge_cases(&base) {
+                let ev = AnyEvent::OrderUpdate(u);
+                let msgs = to_messages(&ev).expect("encodes");
+                let fill = class == auroraq_schemas::FillClass::Fill;
+                assert_eq!(msgs.len(), if fill { 2 } else { 1 }, "{class:?}");
+                assert_eq!(msgs[0].topic, topics::EXEC_ORDERS);
+                if fill {
+                    assert_eq!(msgs[1].topic, topics::EXEC_FILLS);
+                    assert_eq!(msgs[1].id, format!("{}@exec.fills", ev.meta().event_id));
+                    assert_eq!(msgs[1].payload, msgs[0].payload);
+                }
+            }
+        }
     }
 
     #[test]

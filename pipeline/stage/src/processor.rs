@@ -64,6 +64,39 @@ pub trait Processor: Send {
     fn finish(&mut self, _clock: &dyn Clock) -> Vec<AnyEvent> {
         Vec::new()
     }
+    /// Live runs only: called after an event that produced outputs, to export the processor's
+    /// state as metrics (a risk book's VaR, ...). Backtests never call it.
+    fn observe(&self) {}
+}
+
+/// The metrics an output event stands for: order updates and fills by venue, risk decisions by
+/// agent and verdict.
+fn count_outputs(outs: &[AnyEvent]) {
+    for ev in outs {
+        match ev {
+            AnyEvent::OrderUpdate(u) => {
+                metrics::counter!(
+                    "auroraq_execution_orders_total",
+                    "venue" => u.venue.clone(),
+                    "status" => u.status.as_str()
+                )
+                .increment(1);
+                if u.is_fill() {
+                    metrics::counter!("auroraq_execution_fills_total", "venue" => u.venue.clone())
+                        .increment(1);
+                }
+            }
+            AnyEvent::RiskDecision(d) => {
+                metrics::counter!(
+                    "auroraq_risk_decisions_total",
+                    "agent" => d.agent.clone(),
+                    "verdict" => d.verdict.as_str()
+                )
+                .increment(1);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// When AuroraQ could first have had an event: the latest of its event time, its receive time
@@ -111,7 +144,12 @@ impl<P: Processor> Handler<AnyEvent> for ProcessorHandler<P> {
         if let Some(c) = &self.event_clock {
             c.advance_to(available_at(&event));
         }
-        self.processor.process(&event, &*self.clock)
+        let outs = self.processor.process(&event, &*self.clock)?;
+        if !outs.is_empty() {
+            count_outputs(&outs);
+            self.processor.observe();
+        }
+        Ok(outs)
     }
 }
 

@@ -106,7 +106,21 @@ mod tests {
             assert!(d >= c / 2 && d <= c, "attempt {attempt}: {d:?} vs {c:?}");
         }
         assert_eq!(b.ceiling(0), Duration::from_millis(100));
+        assert_eq!(b.ceiling(3), Duration::from_millis(800));
         assert_eq!(b.ceiling(5), Duration::from_secs(2));
+        assert_eq!(b.ceiling(10), Duration::from_secs(2));
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(2));
+        let mut distinct = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let d = b.delay(2);
+            assert!(
+                d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
+                "{d:?}"
+            );
+            distinct.insert(d);
+        }
+        assert!(distinct.len() > 1, "jittered");
+        assert_eq!(b.failures(), 0, "delay() keeps no state");
     }
 
     #[test]

@@ -152,6 +152,8 @@ mod tests {
             "postgres://u:***@h/db",
             "@ in the password"
         );
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("inproc"), "inproc");
         assert_eq!(redact(""), "");
     }
@@ -175,6 +177,7 @@ mod tests {
             "postgres://h/db?PASSWORD=***"
         );
         assert_eq!(redact("https://h/p?q=1"), "https://h/p?q=1");
+        assert_eq!(redact("https://x/api/v3/depth"), "https://x/api/v3/depth");
     }
 
     #[test]
@@ -187,6 +190,8 @@ mod tests {
             redact("host=h password = 'a b\\' c' dbname=d"),
             "host=h password = *** dbname=d"
         );
+        assert_eq!(redact("host=h password=pw user=u"), "host=h password=*** user=u");
+        assert_eq!(redact("host=h user=u"), "host=h user=u", "no password: unchanged");
         assert_eq!(redact("password="), "password=***");
         assert!(!redact("user=u password='unterminated").contains("unterminated"));
     }

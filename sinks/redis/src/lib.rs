@@ -23,13 +23,14 @@
 //! its batch, stops consuming, backs off and reconnects.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use auroraq_bus::{topics, Bus, Delivery, SubscribeOptions, Subscription};
 use auroraq_schemas::{AnyEvent, Micros};
 use auroraq_stage::{send_dead_letter, StageError, StageMetrics};
+use auroraq_util::{redact, sleep_or_cancel, CancellationToken};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, Value};
 use rust_decimal::Decimal;
@@ -410,21 +411,6 @@ fn mid(bid: Decimal, ask: Decimal) -> String {
         .unwrap_or_default()
 }
 
-/// A URL without its password, for logs and errors.
-pub fn redacted_url(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
-            let userinfo = &rest[..at - scheme.len() - 3];
-            let host = &url[at + 1..];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// Writes batches of events to Redis; holds one multiplexed connection and re-opens it when
 /// it is lost.
 pub struct RedisSink {
@@ -441,7 +427,7 @@ pub struct RedisSink {
 impl std::fmt::Debug for RedisSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSink")
-            .field("url", &redacted_url(&self.cfg.url))
+            .field("url", &redact(&self.cfg.url))
             .field("key_prefix", &self.cfg.key_prefix)
             .finish_non_exhaustive()
     }
@@ -491,9 +477,9 @@ impl RedisSink {
         self.load_scripts(&mut c).await?;
         if self.connected_once {
             self.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
-            info!(url = %redacted_url(&self.cfg.url), "reconnected to Redis");
+            info!(url = %redact(&self.cfg.url), "reconnected to Redis");
         } else {
-            info!(url = %redacted_url(&self.cfg.url), "connected to Redis");
+            info!(url = %redact(&self.cfg.url), "connected to Redis");
         }
         self.connected_once = true;
         self.conn = Some(c.clone());
@@ -630,21 +616,10 @@ pub async fn run(
     bus: Arc<dyn Bus>,
     cfg: RedisSinkConfig,
     metrics: Arc<RedisSinkMetrics>,
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
 ) -> Result<RedisSinkStats, RedisSinkError> {
     let subs = subscribe(&*bus, &cfg).await?;
-    run_subscriptions(bus, cfg, subs, metrics, stop).await
-}
-
-async fn sleep_or_stop(d: Duration, stop: &AtomicBool) -> bool {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        if stop.load(Ordering::SeqCst) {
-            return true;
-        }
-        tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(50))).await;
-    }
-    stop.load(Ordering::SeqCst)
+    run_subscriptions(bus, cfg, subs, metrics, cancel).await
 }
 
 struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
@@ -659,7 +634,7 @@ impl Drop for AbortOnDrop {
 
 /// Runs the sink on subscriptions made by [`subscribe`] until they end (the bus is closed and
 /// drained). Each batch is applied, then its deliveries acked; while Redis is down the batch is
-/// retried with backoff and nothing more is consumed. `stop` ends waiting for Redis: the batch
+/// retried with backoff and nothing more is consumed. `cancel` ends waiting for Redis: the batch
 /// in hand stays unacked (redelivered later) and the sink returns. Undecodable deliveries become
 /// dead letters on `dlq.<group>`.
 pub async fn run_subscriptions(
@@ -667,7 +642,7 @@ pub async fn run_subscriptions(
     cfg: RedisSinkConfig,
     subs: Vec<Box<dyn Subscription>>,
     metrics: Arc<RedisSinkMetrics>,
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
 ) -> Result<RedisSinkStats, RedisSinkError> {
     let mut sink = RedisSink::new(cfg.clone(), metrics.clone())?;
     let stage = topics::token(&cfg.group);
@@ -715,6 +690,7 @@ pub async fn run_subscriptions(
                 }
                 Some(Some(d)) => {
                     metrics.received.fetch_add(1, Ordering::Relaxed);
+                    auroraq_stage::count_consumed("sink-redis", d.topic());
                     if d.attempt > 1 {
                         metrics.redelivered.fetch_add(1, Ordering::Relaxed);
                     }
@@ -780,7 +756,7 @@ pub async fn run_subscriptions(
                     failures += 1;
                     metrics.retries.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, attempt = failures, retry_in = ?backoff, "applying a batch to Redis failed; holding it and retrying");
-                    if sleep_or_stop(backoff, &stop).await {
+                    if !sleep_or_cancel(backoff, &cancel).await {
                         warn!(
                             events = events.len(),
                             "stopping with an unapplied batch: it stays unacked and will be redelivered"
@@ -831,7 +807,13 @@ mod tests {
         };
         f.asset = asset.to_owned();
         f.fused_score = score;
-        f.meta = auroraq_schemas::Meta::raw("FusedSignal", "fusion", &format!("{asset}:{ts}"), ts, ts);
+        f.meta = auroraq_schemas::Meta::raw(
+            auroraq_schemas::EventKind::FusedSignal,
+            "fusion",
+            &format!("{asset}:{ts}"),
+            ts,
+            ts,
+        );
         AnyEvent::FusedSignal(f)
     }
 
@@ -872,11 +854,5 @@ mod tests {
             mid(Decimal::new(6412344, 2), Decimal::new(6412345, 2)),
             "64123.445"
         );
-    }
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(redacted_url("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
-        assert_eq!(redacted_url("redis://h:6379"), "redis://h:6379");
     }
 }

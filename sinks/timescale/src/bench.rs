@@ -16,7 +16,6 @@
 //!   decode, batch, write, commit, ack;
 //! - `avro_decode`: decoding the same payloads alone, without a database (not a ratio).
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -113,7 +112,7 @@ pub fn url_with_dbname(url: &str, dbname: &str) -> Result<String, SinkError> {
     } else {
         Err(SinkError::Config(format!(
             "cannot tell the database of {:?}",
-            crate::redacted_url(url)
+            auroraq_util::redact(url)
         )))
     }
 }
@@ -131,7 +130,7 @@ fn trades(first: u64, n: usize) -> Vec<TradeTick> {
             let sym = SYMBOLS[(seq % 4) as usize];
             t.symbol = sym.to_owned();
             t.meta = auroraq_schemas::Meta::raw(
-                "TradeTick",
+                auroraq_schemas::EventKind::TradeTick,
                 "binance",
                 &format!("{sym}:{seq}"),
                 t.meta.ts_event,
@@ -329,7 +328,7 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
             sink_cfg,
             subs,
             sink_metrics,
-            Arc::new(AtomicBool::new(false)),
+            auroraq_util::CancellationToken::new(),
         )
         .await?;
         figures[4].push(rate(t));

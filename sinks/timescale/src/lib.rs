@@ -22,9 +22,11 @@ mod sink;
 pub mod tables;
 mod writer;
 
+use auroraq_util::redact;
+
 pub use bench::{bench, url_with_dbname, BenchConfig, BenchPath, BenchReport};
 pub use config::{CopyMode, TimescaleConfig, TimescaleMode};
-pub use error::{redacted_url, SinkError};
+pub use error::SinkError;
 pub use metrics::{SinkMetrics, SinkStats, TableStats};
 pub use migrate::{migrate, Flavor, MigrationReport};
 pub use pgtypes::Ts;
@@ -55,7 +57,7 @@ pub async fn connect(
     cfg: &TimescaleConfig,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), SinkError> {
     let mut pg: tokio_postgres::Config = url.parse().map_err(|e| SinkError::Connect {
-        url: redacted_url(url),
+        url: redact(url),
         reason: format!("bad URL: {e}"),
     })?;
     if pg.get_application_name().is_none() {
@@ -66,7 +68,7 @@ pub async fn connect(
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| SinkError::Connect {
-            url: redacted_url(url),
+            url: redact(url),
             reason: writer::db_message(&e),
         })?;
     let task = tokio::spawn(async move {

@@ -9,13 +9,13 @@
 //! sink killed at any point leaves its unacked deliveries to be redelivered, and redelivered rows
 //! de-duplicate on the tables' keys.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use auroraq_bus::{topics, Bus, Delivery, SubscribeOptions, Subscription};
 use auroraq_schemas::AnyEvent;
 use auroraq_stage::{send_dead_letter, StageMetrics};
+use auroraq_util::{sleep_or_cancel, CancellationToken};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -116,19 +116,19 @@ pub async fn run(
     bus: Arc<dyn Bus>,
     cfg: TimescaleConfig,
     metrics: Arc<SinkMetrics>,
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
 ) -> Result<SinkStats, SinkError> {
     let subs = subscribe(&*bus, &cfg).await?;
-    run_subscriptions(bus, cfg, subs, metrics, stop).await
+    run_subscriptions(bus, cfg, subs, metrics, cancel).await
 }
 
 /// Runs the sink on subscriptions made by [`subscribe`] until they end (the bus is closed and
 /// this member's share drained), writing what it holds before returning. Connects (and applies
 /// the migrations when `cfg.migrate`) on the first batch, retrying while PostgreSQL is away.
 ///
-/// `stop` only ends waiting: once it is set, a batch that cannot be written is left unacked (the
+/// `cancel` only ends waiting: once it fires, a batch that cannot be written is left unacked (the
 /// bus redelivers it to the next sink) and the sink returns. To stop the sink, close the bus
-/// (it drains), then set `stop` if PostgreSQL may be down.
+/// (it drains), then cancel if PostgreSQL may be down.
 ///
 /// Undecodable deliveries and events the database rejects become dead letters on
 /// `dlq.<group>`. Returns the counters; fails only when retrying cannot help (bad configuration,
@@ -138,7 +138,7 @@ pub async fn run_subscriptions(
     cfg: TimescaleConfig,
     subs: Vec<Box<dyn Subscription>>,
     metrics: Arc<SinkMetrics>,
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
 ) -> Result<SinkStats, SinkError> {
     cfg.validate().map_err(SinkError::Config)?;
     let writer = Writer::new(cfg.clone(), metrics.clone())?;
@@ -174,7 +174,7 @@ pub async fn run_subscriptions(
         stage.clone(),
         metrics.clone(),
         dl_metrics.clone(),
-        stop.clone(),
+        cancel.clone(),
         cfg.clone(),
     ));
 
@@ -194,7 +194,7 @@ pub async fn run_subscriptions(
         let next = tokio::select! {
             d = drx.recv() => Some(d),
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => None,
-            // The writer gave up (stop) or failed: take nothing more.
+            // The writer gave up (cancelled) or failed: take nothing more.
             _ = btx.closed() => break,
         };
         let d = match next {
@@ -211,6 +211,7 @@ pub async fn run_subscriptions(
             Some(Some(d)) => d,
         };
         metrics.received.fetch_add(1, Ordering::Relaxed);
+        auroraq_stage::count_consumed("sink-postgres", d.topic());
         if d.attempt > 1 {
             metrics.redelivered.fetch_add(1, Ordering::Relaxed);
         }
@@ -277,19 +278,6 @@ async fn dead_letter(
     metrics.dead_letters.fetch_add(after - before, Ordering::Relaxed);
 }
 
-/// Sleeps `d`, waking early when `stop` is set. Returns whether it was.
-async fn sleep_or_stop(d: Duration, stop: &AtomicBool) -> bool {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        if stop.load(Ordering::SeqCst) {
-            return true;
-        }
-        let step = (until - Instant::now()).min(Duration::from_millis(50));
-        tokio::time::sleep(step).await;
-    }
-    stop.load(Ordering::SeqCst)
-}
-
 /// The writer task: writes each batch until it commits (retrying with backoff while the
 /// database is away), then acks its deliveries. Returns the schema flavour.
 #[allow(clippy::too_many_arguments)]
@@ -300,7 +288,7 @@ async fn write_batches(
     stage: String,
     metrics: Arc<SinkMetrics>,
     dl_metrics: Arc<StageMetrics>,
-    stop: Arc<AtomicBool>,
+    cancel: CancellationToken,
     cfg: TimescaleConfig,
 ) -> Result<Option<crate::Flavor>, SinkError> {
     // The next batch, decoding while the current one is written.
@@ -412,7 +400,7 @@ async fn write_batches(
             failures += 1;
             metrics.retries.fetch_add(1, Ordering::Relaxed);
             warn!(error = %failure, attempt = failures, retry_in = ?backoff, rows = batch.events.len(), "writing a batch failed; holding it and retrying");
-            if sleep_or_stop(backoff, &stop).await {
+            if !sleep_or_cancel(backoff, &cancel).await {
                 warn!(
                     rows = batch.events.len(),
                     "stopping with an unwritten batch: it stays unacked and will be redelivered"

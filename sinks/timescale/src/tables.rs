@@ -449,14 +449,6 @@ pub fn check(ev: &AnyEvent) -> Result<(), String> {
     Ok(())
 }
 
-/// An order update that carries a fill: a positive last fill quantity at a known price.
-pub fn is_fill(o: &OrderUpdate) -> bool {
-    matches!(
-        (o.last_fill_price, o.last_fill_quantity),
-        (Some(_), Some(q)) if q.0 > Decimal::ZERO
-    )
-}
-
 /// A batch's events by table, each event once (by key) however often the batch holds it.
 #[derive(Default)]
 pub struct Grouped<'a> {
@@ -476,6 +468,9 @@ pub struct Grouped<'a> {
     pub feed_statuses: Vec<&'a FeedStatus>,
     /// Events left out as repeats within the batch.
     pub repeats: usize,
+    /// Order updates with a last fill quantity but no price ([`FillClass::Priceless`]): in `orders`,
+    /// left out of `fills` (and logged).
+    pub priceless_fills: usize,
 }
 
 impl<'a> Grouped<'a> {
@@ -498,7 +493,19 @@ impl<'a> Grouped<'a> {
                 AnyEvent::FusedSignal(e) => g.fused_signals.push(e),
                 AnyEvent::OrderIntent(e) => g.order_intents.push(e),
                 AnyEvent::RiskDecision(e) => g.risk_decisions.push(e),
-                AnyEvent::OrderUpdate(e) => g.orders.push(e),
+                AnyEvent::OrderUpdate(e) => {
+                    if e.fill_class() == FillClass::Priceless {
+                        g.priceless_fills += 1;
+                        tracing::warn!(
+                            event_id = %e.meta.event_id,
+                            client_order_id = %e.client_order_id,
+                            quantity = ?e.last_fill_quantity.map(|q| q.to_string()),
+                            price = ?e.last_fill_price.map(|p| p.to_string()),
+                            "order update with a fill quantity but no price: written to orders, not to fills"
+                        );
+                    }
+                    g.orders.push(e)
+                }
                 AnyEvent::PortfolioSnapshot(e) => g.portfolio_snapshots.push(e),
                 AnyEvent::Alert(e) => g.alerts.push(e),
                 AnyEvent::DeadLetter(e) => g.dead_letters.push(e),
@@ -530,7 +537,12 @@ impl<'a> Grouped<'a> {
             Table::OrderIntents => ts(&self.order_intents),
             Table::RiskDecisions => ts(&self.risk_decisions),
             Table::Orders => ts(&self.orders),
-            Table::Fills => Box::new(self.orders.iter().filter(|o| is_fill(o)).map(|o| o.meta.ts_event)),
+            Table::Fills => Box::new(
+                self.orders
+                    .iter()
+                    .filter(|o| o.is_fill())
+                    .map(|o| o.meta.ts_event),
+            ),
             Table::PortfolioSnapshots => ts(&self.portfolio_snapshots),
             Table::Alerts => ts(&self.alerts),
             Table::DeadLetters => ts(&self.dead_letters),
@@ -556,7 +568,7 @@ impl<'a> Grouped<'a> {
             Table::OrderIntents => self.order_intents.len(),
             Table::RiskDecisions => self.risk_decisions.len(),
             Table::Orders => self.orders.len(),
-            Table::Fills => self.orders.iter().filter(|o| is_fill(o)).count(),
+            Table::Fills => self.orders.iter().filter(|o| o.is_fill()).count(),
             Table::PortfolioSnapshots => self.portfolio_snapshots.len(),
             Table::Alerts => self.alerts.len(),
             Table::DeadLetters => self.dead_letters.len(),
@@ -779,7 +791,9 @@ pub async fn copy_rows(mut w: W<'_>, table: Table, g: &Grouped<'_>) -> PgResult 
             }
         }
         Table::Fills => {
-            for e in g.orders.iter().filter(|o| is_fill(o)) {
+            // Fills by the rule of `auroraq_schemas::routing` (the one `exec.fills` follows);
+            // priceless ones were counted and logged by `Grouped::of`.
+            for e in g.orders.iter().filter(|o| o.is_fill()) {
                 let (Some(price), Some(qty)) = (e.last_fill_price, e.last_fill_quantity) else {
                     continue;
                 };
@@ -908,6 +922,46 @@ mod tests {
         let mut t = samples::trade(1);
         t.meta.ts_event = i64::MIN;
         assert!(check(&AnyEvent::TradeTick(t)).is_err());
+    }
+
+    /// The `fills` table gets exactly the order updates the stage runner copies to `exec.fills`:
+    /// every sample and every edge of the fill rule routes the same way in both.
+    #[test]
+    fn fill_rows_are_the_exec_fills_copies() {
+        let mut evs = samples::all();
+        for ev in samples::all() {
+            if let AnyEvent::OrderUpdate(u) = ev {
+                evs.extend(
+                    routing::fill_edge_cases(&u)
+                        .into_iter()
+                        .map(|(u, _)| AnyEvent::OrderUpdate(u)),
+                );
+            }
+        }
+        let mut priceless = 0;
+        for ev in &evs {
+            let g = Grouped::of([ev]);
+            let copied = auroraq_stage::fill_copy(ev).is_some();
+            assert_eq!(g.rows(Table::Fills), usize::from(copied), "{ev:?}");
+            assert_eq!(g.times(Table::Fills).count(), usize::from(copied), "{ev:?}");
+            if let AnyEvent::OrderUpdate(u) = ev {
+                assert_eq!(g.rows(Table::Orders), 1);
+                assert_eq!(copied, u.is_fill());
+                assert_eq!(
+                    g.priceless_fills,
+                    usize::from(u.fill_class() == FillClass::Priceless)
+                );
+                priceless += g.priceless_fills;
+            }
+        }
+        assert!(priceless > 0, "the edge cases include priceless fills");
+        let g = Grouped::of(&evs);
+        let copies = evs
+            .iter()
+            .filter(|e| auroraq_stage::fill_copy(e).is_some())
+            .count();
+        assert_eq!(g.rows(Table::Fills), copies);
+        assert_eq!(g.priceless_fills, priceless);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auroraq_schemas::{now_micros, AnyEvent, Micros};
+use auroraq_util::redact;
 use tokio::task::JoinHandle;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -15,7 +16,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tracing::{debug, info, warn};
 
 use crate::config::{CopyMode, TimescaleConfig};
-use crate::error::{is_connection_error, redacted_url};
+use crate::error::is_connection_error;
 use crate::metrics::SinkMetrics;
 use crate::migrate::{self, Flavor};
 use crate::tables::{copy_rows, month_index, month_start, Grouped, Table};
@@ -148,7 +149,7 @@ pub(crate) struct Writer {
 impl Writer {
     pub fn new(cfg: TimescaleConfig, metrics: Arc<SinkMetrics>) -> Result<Self, SinkError> {
         let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| SinkError::Connect {
-            url: redacted_url(&cfg.url),
+            url: redact(&cfg.url),
             reason: format!("bad URL: {e}"),
         })?;
         if pg.get_application_name().is_none() {
@@ -190,7 +191,7 @@ impl Writer {
             }
             self.conn = None;
         }
-        let url = redacted_url(&self.cfg.url);
+        let url = redact(&self.cfg.url);
         let (client, connection) = self
             .pg
             .connect(NoTls)
@@ -452,10 +453,13 @@ impl Writer {
             let copy = stmts
                 .get(&(t, if staged { Stmt::CopyStage } else { Stmt::CopyDirect }))
                 .ok_or_else(|| WriteError::Other(format!("no COPY statement for {}", t.name())))?;
+            let started = Instant::now();
             let sink = tx.copy_in(copy).await.map_err(classify)?;
             let mut w = pin!(BinaryCopyInWriter::new(sink, t.types()));
             copy_rows(w.as_mut(), t, g).await.map_err(classify)?;
             let copied = w.finish().await.map_err(classify)?;
+            metrics::histogram!("auroraq_sink_copy_seconds", "table" => t.name())
+                .record(started.elapsed().as_secs_f64());
             if staged {
                 let merge = stmts
                     .get(&(t, Stmt::Merge))
@@ -469,6 +473,9 @@ impl Writer {
             }
         }
         tx.commit().await.map_err(classify)?;
+        for &(t, written, _) in &outcome.tables {
+            metrics::counter!("auroraq_sink_rows_total", "table" => t.name()).increment(written);
+        }
         Ok(outcome)
     }
 

@@ -1,0 +1,160 @@
+//! A role process's operator surface over the real NATS bus: `auroraq risk --metrics-listen`
+//! answers /health, /ready once its bus is connected, and /metrics with what it consumed and the
+//! consumer lag of its group per partition.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use auroraq_tests::{nats_url, unique};
+
+fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    Some((
+        status,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    ))
+}
+
+/// Sum of the samples of `metric` whose labels contain every one of `labels`.
+fn sum(body: &str, metric: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_role_serves_its_metrics_with_consumer_lag() {
+    let name = unique("metrics");
+    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
+        stream: name.to_uppercase(),
+    };
+    let envs = [
+        ("AURORAQ_BUS_URL", nats_url()),
+        ("AURORAQ_BUS_STREAM", name.to_uppercase()),
+        ("AURORAQ_BUS_SUBJECT_ROOT", name.clone()),
+        ("AURORAQ_METRICS_LAG_INTERVAL_SECS", "1".to_string()),
+    ];
+    let port = auroraq_tests::free_port();
+    let mut role = Command::new(env!("CARGO_BIN_EXE_auroraq"));
+    role.current_dir(repo_root())
+        .env_remove("AURORAQ_CONFIG")
+        .env("RUST_LOG", "warn")
+        .args([
+            "--log-format",
+            "json",
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+            "risk",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in &envs {
+        role.env(k, v);
+    }
+    let mut child = role.spawn().unwrap();
+    let guard = scopeguard(child.id());
+
+    // Ready once its bus is connected and its inputs subscribed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((200, _)) = get(port, "/ready") {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the role exited before it was ready"
+        );
+        assert!(Instant::now() < deadline, "/ready never answered 200");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(port, "/health").map(|r| r.0), Some(200));
+
+    // Five bars for it to consume.
+    let dir = tempfile::tempdir().unwrap();
+    let bars = dir.path().join("bars.csv");
+    std::fs::write(
+        &bars,
+        "Banner line,https://example.com\n\
+         date,symbol,open,high,low,close,volume_btc,volume\n\
+         2019-10-17 04-AM,BTCUSD,7990,8001,7980,8000,2.5,20000\n\
+         2019-10-17 03-AM,BTCUSD,7985,8001,7980,7990,2.5,20000\n\
+         2019-10-17 02-AM,BTCUSD,7980,7995,7970,7985,3,24000\n\
+         2019-10-17 01-AM,BTCUSD,7970,7985,7960,7980,1,8000\n\
+         2019-10-17 12-AM,BTCUSD,7960,7975,7950,7970,4,32000\n",
+    )
+    .unwrap();
+    let mut replay = Command::new(env!("CARGO_BIN_EXE_auroraq"));
+    replay
+        .current_dir(repo_root())
+        .env_remove("AURORAQ_CONFIG")
+        .env("RUST_LOG", "warn")
+        .args(["connect", "replay", "--exchange", "coinbase"])
+        .arg(&bars);
+    for (k, v) in &envs {
+        replay.env(k, v);
+    }
+    let out = replay.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (status, body) = get(port, "/metrics").expect("/metrics answers");
+        assert_eq!(status, 200);
+        let consumed = sum(
+            &body,
+            "auroraq_events_consumed_total",
+            &["stage=\"risk\"", "role=\"risk\""],
+        );
+        let lag_series = body
+            .lines()
+            .filter(|l| l.starts_with("auroraq_bus_pending_messages{") && l.contains("group=\"risk\""))
+            .count();
+        if consumed >= 5.0 && lag_series > 0 {
+            assert_eq!(
+                sum(&body, "auroraq_bus_pending_messages", &["group=\"risk\""]),
+                0.0,
+                "drained"
+            );
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no consumption or lag in /metrics:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        body.contains("auroraq_handler_seconds_bucket{"),
+        "latency histogram:\n{body}"
+    );
+    assert!(body.contains("partition=\""), "lag per partition:\n{body}");
+
+    drop(guard);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the role stops cleanly on SIGTERM: {status:?}");
+}
+
+/// Sends SIGTERM to `pid` when dropped (also on a failed assertion).
+fn scopeguard(pid: u32) -> impl Drop {
+    struct Term(u32);
+    impl Drop for Term {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg("-TERM").arg(self.0.to_string()).status();
+        }
+    }
+    Term(pid)
+}
