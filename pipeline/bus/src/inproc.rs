@@ -351,14 +351,7 @@ impl Bus for InProcBus {
                 b.unacked += st.inflight.len() as u64;
             }
         }
-        Ok(parts
-            .into_iter()
-            .map(|((group, partition), backlog)| crate::PartitionBacklog {
-                group,
-                partition,
-                backlog,
-            })
-            .collect())
+        Ok(crate::PartitionBacklog::from_map(parts))
     }
 
     fn kind(&self) -> &'static str {

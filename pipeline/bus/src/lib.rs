@@ -225,6 +225,20 @@ pub struct PartitionBacklog {
     pub backlog: Backlog,
 }
 
+impl PartitionBacklog {
+    /// From backlogs keyed by (group, partition), in key order.
+    pub fn from_map(parts: std::collections::BTreeMap<(String, u32), Backlog>) -> Vec<PartitionBacklog> {
+        parts
+            .into_iter()
+            .map(|((group, partition), backlog)| PartitionBacklog {
+                group,
+                partition,
+                backlog,
+            })
+            .collect()
+    }
+}
+
 /// Which stored messages a history read returns (see [`Bus::history`]).
 #[derive(Clone, Debug)]
 pub struct HistoryOptions {
@@ -276,6 +290,10 @@ pub trait Acker: Send + Sync {
         false
     }
     async fn ack(self: Box<Self>) -> Result<(), BusError>;
+    /// The redelivery delay asked for when a delivery is dropped unsettled (`None`: at once).
+    fn drop_delay(&self) -> Option<Duration> {
+        None
+    }
     /// Asks for redelivery, after `delay` where the bus supports it.
     async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError>;
 }
@@ -385,8 +403,9 @@ impl Drop for Delivery {
             // Dropped unsettled: the consumer died or gave up. Ask for redelivery at once where we
             // can; buses whose nack needs a runtime fall back on ack_wait.
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let delay = a.drop_delay();
                 handle.spawn(async move {
-                    let _ = a.nack(None).await;
+                    let _ = a.nack(delay).await;
                 });
             }
         }

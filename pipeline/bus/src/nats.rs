@@ -317,14 +317,7 @@ impl Bus for NatsBus {
             b.pending += info.num_pending;
             b.unacked += info.num_ack_pending as u64;
         }
-        Ok(parts
-            .into_iter()
-            .map(|((group, partition), backlog)| crate::PartitionBacklog {
-                group,
-                partition,
-                backlog,
-            })
-            .collect())
+        Ok(crate::PartitionBacklog::from_map(parts))
     }
 
     async fn history(&self, opts: HistoryOptions) -> Result<Box<dyn History>, BusError> {
@@ -556,6 +549,13 @@ struct NatsAcker {
 impl Acker for NatsAcker {
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
         self.acker.ack().await.map_err(|e| BusError::Ack(e.to_string()))
+    }
+
+    /// A dropped delivery comes back after a short delay: NATS (2.9) could hand back a message
+    /// NAKed at once as a first delivery (`num_delivered` 1) when its member's pull was still open,
+    /// hiding the redelivery from the stage's counters.
+    fn drop_delay(&self) -> Option<Duration> {
+        Some(Duration::from_millis(500))
     }
 
     async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError> {

@@ -78,9 +78,7 @@ pub async fn sink_jsonl(
     let sub = subscribe_stage(&*bus, &scfg).await?;
     let metrics = Arc::new(StageMetrics::default());
     let task = tokio::spawn(run_subscription(bus.clone(), scfg, sub, sink, metrics));
-    stop.cancelled().await;
-    bus.close().await;
-    Ok(task.await??)
+    until_stopped(bus, task, stop).await
 }
 
 /// `auroraq tap`: prints events of `filter` as JSON lines on stdout.
@@ -269,9 +267,7 @@ pub async fn processor_role<P: auroraq_stage::Processor + 'static>(
         processor,
         metrics,
     ));
-    stop.cancelled().await;
-    bus.close().await;
-    Ok(task.await??)
+    until_stopped(bus, task, stop).await
 }
 
 /// `auroraq fuse`: the fusion stage on the bus until stopped.
@@ -331,7 +327,7 @@ pub fn agent(cfg: &Config, name: &str, policy: Option<&Path>) -> Result<auroraq_
         )
     })?;
     let policy: Box<dyn auroraq_agents::Policy> = match policy {
-        None => Box::new(auroraq_agents::RulePolicy::default()),
+        None => Box::new(auroraq_agents::RulePolicy { t: ac.rule }),
         #[cfg(feature = "sentiment")]
         Some(p) => Box::new(auroraq_agents::onnx::OnnxPolicy::load(
             p,
@@ -376,6 +372,18 @@ pub async fn sink_postgres(
         metrics,
         stop.clone(),
     ));
+    until_stopped(bus, task, stop).await
+}
+
+/// Waits for `stop`, closes the bus (the role drains and acks) and returns the role's counters.
+async fn until_stopped<T, E>(
+    bus: Arc<dyn Bus>,
+    task: tokio::task::JoinHandle<Result<T, E>>,
+    stop: CancellationToken,
+) -> Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     stop.cancelled().await;
     bus.close().await;
     Ok(task.await??)
@@ -406,7 +414,5 @@ pub async fn sink_redis(
         metrics,
         stop.clone(),
     ));
-    stop.cancelled().await;
-    bus.close().await;
-    Ok(task.await??)
+    until_stopped(bus, task, stop).await
 }

@@ -210,6 +210,11 @@ impl Classifier {
             let mut b = Session::builder(env)
                 .map_err(|e| err(e.to_string()))?
                 .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| err(e.to_string()))?
+                // Idle intra-op threads sleep instead of spinning: on a few shared cores (the
+                // async runtime, the tokenizer, other stages) spinning threads steal the CPU the
+                // others need, and slow everything down under load.
+                .with_intra_op_spinning(false)
                 .map_err(|e| err(e.to_string()))?;
             if opts.threads > 0 {
                 b = b
