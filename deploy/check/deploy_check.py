@@ -71,7 +71,8 @@ def check_compose(path):
         for key, want in [
             ("AURORAQ_BUS_URL", "nats://nats:4222"),
             ("AURORAQ_METRICS_LISTEN", f"0.0.0.0:{METRICS_PORT}"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318"),
+            ("AURORAQ_TRACING_ENABLED", "true"),
         ]:
             if env.get(key) != want:
                 problems.append(f"service {role}: {key}={env.get(key)!r}, want {want!r}")

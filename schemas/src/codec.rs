@@ -103,6 +103,9 @@ macro_rules! event_kinds {
             pub fn meta(&self) -> &Meta {
                 match self { $( AnyEvent::$variant(e) => &e.meta ),+ }
             }
+            pub fn meta_mut(&mut self) -> &mut Meta {
+                match self { $( AnyEvent::$variant(e) => &mut e.meta ),+ }
+            }
             pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
                 match self { $( AnyEvent::$variant(e) => encode(e) ),+ }
             }
@@ -218,17 +221,25 @@ impl EventKind {
 /// Something a stage can take off the bus: one event type, or [`AnyEvent`].
 pub trait Incoming: Sized + Send + 'static {
     fn decode_message(bytes: &[u8]) -> Result<Self, CodecError>;
+    /// The decoded event's header (its id and trace context, for the stage runner's spans).
+    fn incoming_meta(&self) -> &Meta;
 }
 
 impl<E: Event> Incoming for E {
     fn decode_message(bytes: &[u8]) -> Result<Self, CodecError> {
         decode::<E>(bytes)
     }
+    fn incoming_meta(&self) -> &Meta {
+        self.meta()
+    }
 }
 
 impl Incoming for AnyEvent {
     fn decode_message(bytes: &[u8]) -> Result<Self, CodecError> {
         AnyEvent::decode(bytes)
+    }
+    fn incoming_meta(&self) -> &Meta {
+        self.meta()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod meta;
 pub mod routing;
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;
+pub mod trace;
 
 pub use codec::{
     decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind, Incoming,
@@ -24,3 +25,4 @@ pub use events::*;
 pub use holding::Holding;
 pub use meta::{event_id, now_micros, Meta, Micros};
 pub use routing::FillClass;
+pub use trace::TraceContext;

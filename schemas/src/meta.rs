@@ -107,13 +107,18 @@ impl Clone for Meta {
 }
 
 impl Meta {
-    /// Header of a raw event from `source`, identified there by `native_id`.
+    /// Header of a raw event from `source`, identified there by `native_id`, with the trace
+    /// context of its receipt ([`TraceContext::root`](crate::TraceContext::root): deterministic,
+    /// a trace that starts here).
     pub fn raw(kind: EventKind, source: &str, native_id: &str, ts_event: Micros, ts_ingest: Micros) -> Self {
+        let event_id = event_id(kind.as_str(), source, native_id);
+        let traceparent = Some(crate::TraceContext::root_traceparent(&event_id));
         Meta {
-            event_id: event_id(kind.as_str(), source, native_id),
+            event_id,
             source: source.to_owned(),
             ts_event,
             ts_ingest,
+            traceparent,
             ..Meta::default()
         }
     }

@@ -277,6 +277,7 @@ pub async fn backfill(
             None => last.close_time + 1000,
         };
         let events: Vec<AnyEvent> = bars.into_iter().map(AnyEvent::Kline).collect();
+        auroraq_stage::trace::record_receipts("binance-backfill", &events);
         let rep = publish_events(bus, &events)
             .await
             .map_err(BackfillError::Publish)?;

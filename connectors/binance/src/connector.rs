@@ -564,6 +564,8 @@ impl Session {
     /// encoded.
     async fn flush(&mut self) -> Result<(), ConnectorError> {
         let mut tries = 0u32;
+        // The receipt: where each event's trace starts (exported only when traces are on).
+        auroraq_stage::trace::record_receipts("binance", &self.batch);
         while !self.batch.is_empty() {
             match publish_events(&*self.bus, &self.batch).await {
                 Ok(rep) => {

@@ -467,6 +467,8 @@ impl FeedlyConnector {
                 events.push(ev);
             }
         }
+        // The receipt: where each article's trace starts (exported only when traces are on).
+        auroraq_stage::trace::record_receipts("feedly", &events);
         let Some(report) = self.publish(bus, cancel, &events).await? else {
             return Ok(false);
         };

@@ -4,7 +4,8 @@
 //! matched by name, case-insensitively: a time column (`date`, `time`, `timestamp`, `datetime`,
 //! `unix`), `open`, `high`, `low`, `close`, and optionally `symbol`/`ticker` and volumes
 //! (`volume_<base>` or `volume` for the base asset; `volume_usd`/`volume` for the quote when a base
-//! column exists). Rows may come newest first; bars are returned oldest first. Prices are parsed
+//! column exists). A file with no symbol column is named by its volume columns when they say
+//! (`volume_btc` and `volume_usd`: `BTCUSD`), else the symbol must be given. Rows may come newest first; bars are returned oldest first. Prices are parsed
 //! exactly. A row that cannot be read is returned as a [`BadRow`] with its line and reason, never
 //! dropped silently.
 
@@ -66,6 +67,9 @@ struct Columns {
     close: usize,
     volume: Option<usize>,
     quote_volume: Option<usize>,
+    /// The symbol the volume columns name (`volume_btc` + `volume_usd` → `BTCUSD`), for files
+    /// with no symbol column.
+    implied_symbol: Option<String>,
 }
 
 fn find_columns(header: &[String]) -> Option<Columns> {
@@ -80,6 +84,19 @@ fn find_columns(header: &[String]) -> Option<Columns> {
         let h = h.trim().to_ascii_lowercase();
         (h.starts_with("volume_") && !h.ends_with("usd") && !h.ends_with("usdt")).then_some(i)
     });
+    let suffix = |i: usize| {
+        let h = header[i].trim().to_ascii_uppercase();
+        h.strip_prefix("VOLUME_")
+            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()))
+            .map(str::to_owned)
+    };
+    let implied_symbol = base_vol.and_then(|b| {
+        let quote = header.iter().position(|h| {
+            let h = h.trim().to_ascii_lowercase();
+            h == "volume_usd" || h == "volume_usdt"
+        })?;
+        Some(format!("{}{}", suffix(b)?, suffix(quote)?))
+    });
     let (volume, quote_volume) = match base_vol {
         Some(b) => (Some(b), get(&["volume_usd", "volume_usdt", "volume"])),
         None => (get(&["volume", "volumefrom"]), get(&["volumeto", "quote_volume"])),
@@ -93,6 +110,7 @@ fn find_columns(header: &[String]) -> Option<Columns> {
         close: get(&["close"])?,
         volume,
         quote_volume,
+        implied_symbol,
     })
 }
 
@@ -179,7 +197,7 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
     let cols = cols.ok_or_else(|| BarsError::NoHeader {
         path: origin.to_owned(),
     })?;
-    if cols.symbol.is_none() && opts.symbol.is_none() {
+    if cols.symbol.is_none() && opts.symbol.is_none() && cols.implied_symbol.is_none() {
         return Err(BarsError::NoSymbol {
             path: origin.to_owned(),
         });
@@ -241,6 +259,7 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
             .symbol
             .clone()
             .or_else(|| cols.symbol.map(|i| field(i).to_owned()))
+            .or_else(|| cols.implied_symbol.clone())
             .unwrap_or_default();
         if symbol.is_empty() {
             bad_rows.push(bad("empty symbol".into()));
@@ -385,6 +404,24 @@ date,symbol,open,high,low,close,volume_btc,volume
         let b = parse_bars(text, "t", &o).unwrap();
         assert_eq!(b.bars[0].symbol, "MSFT");
         assert_eq!(b.interval, "1d");
+    }
+
+    #[test]
+    fn symbol_from_volume_columns_and_unix_times() {
+        let text = "open_time_utc,unix,open,high,low,close,volume_btc,volume_usd
+2024-08-01T00:00:00Z,1722470400,64617.83,64818.91,64343.12,64628.52,1266.17,81792216.11
+2024-08-01T01:00:00Z,1722474000,64628.52,64785.88,64105.74,64176.11,1308.28,84214100.09
+";
+        let b = parse_bars(text, "t", &opts()).unwrap();
+        assert_eq!(b.interval, "1h");
+        assert_eq!(b.bars.len(), 2);
+        assert_eq!(b.bars[0].symbol, "BTCUSD");
+        assert_eq!(b.bars[0].open_time, 1_722_470_400_000_000);
+        assert_eq!(b.bars[1].close.to_string(), "64176.11");
+        assert_eq!(
+            b.bars[1].quote_volume.map(|d| d.to_string()).as_deref(),
+            Some("84214100.09")
+        );
     }
 
     #[test]

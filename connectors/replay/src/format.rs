@@ -20,10 +20,14 @@ pub enum Format {
     Feedly,
     /// News articles as JSON lines (`{"id","published","title","body",...}`, e.g. Reuters-21578).
     News,
+    /// News headlines as CSV (`published_utc,headline,source,url,categories`; `.csv` or `.csv.gz`),
+    /// told from bars by its header.
+    NewsCsv,
 }
 
 impl Format {
-    pub const NAMES: &'static [&'static str] = &["bars", "cryptofeed", "barter", "feedly", "news"];
+    pub const NAMES: &'static [&'static str] =
+        &["bars", "cryptofeed", "barter", "feedly", "news", "news-csv"];
 
     pub fn parse(name: &str) -> Option<Format> {
         Some(match name.to_ascii_lowercase().as_str() {
@@ -32,18 +36,25 @@ impl Format {
             "barter" => Format::Barter,
             "feedly" => Format::Feedly,
             "news" | "reuters" | "jsonl" => Format::News,
+            "news-csv" | "news_csv" | "newscsv" => Format::NewsCsv,
             _ => return None,
         })
     }
 
-    /// Guesses the format of a file from its name and, for `.json`, its first bytes.
+    /// Guesses the format of a file from its name and, for `.json` and `.csv`, its first bytes (a
+    /// CSV whose header has a time and a headline column is news, any other CSV bars; gzip is read).
     pub fn detect(path: &Path) -> Option<Format> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
         if name.contains(".ws.") || name.contains(".http.") {
             return Some(Format::Cryptofeed);
         }
         if name.ends_with(".csv") || name.ends_with(".csv.gz") {
-            return Some(Format::Bars);
+            let mut head = String::new();
+            if let Ok(f) = crate::news_csv::open(path) {
+                let _ = std::io::Read::read_to_string(&mut std::io::Read::take(f, 4096), &mut head);
+            }
+            let is_news = head.lines().take(20).any(crate::news_csv::is_news_header);
+            return Some(if is_news { Format::NewsCsv } else { Format::Bars });
         }
         if name.ends_with(".jsonl") {
             return Some(Format::News);
@@ -72,6 +83,8 @@ pub struct LoadOptions {
     pub instruments: Vec<String>,
     /// Source name of news JSONL articles (their topic is `news.articles.<source>`).
     pub news_source: String,
+    /// Source name of news CSV articles (the publisher is each row's `source` column).
+    pub news_csv_source: String,
 }
 
 impl Default for LoadOptions {
@@ -87,6 +100,7 @@ impl Default for LoadOptions {
                 .map(|s| s.to_string())
                 .collect(),
             news_source: "reuters".into(),
+            news_csv_source: "cryptonews".into(),
         }
     }
 }
@@ -134,6 +148,7 @@ pub fn load(
             Format::Barter => events.extend(crate::barter::read_barter(f, &opts.instruments)?),
             Format::Feedly => events.extend(crate::feedly::read_feedly_file(f)?),
             Format::News => events.extend(crate::reuters::read_news_jsonl(f, &opts.news_source)?),
+            Format::NewsCsv => events.extend(crate::news_csv::read_news_csv(f, &opts.news_csv_source)?),
         }
     }
     if !captures.is_empty() {

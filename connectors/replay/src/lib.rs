@@ -3,7 +3,7 @@
 //! Readers turn recorded files into AuroraQ events: CSV bars ([`bars`]), cryptofeed's Binance
 //! captures with their depth snapshots ([`cryptofeed`], through the live connector's decoder and
 //! order-book sync), barter's normalised Binance data ([`barter`]), Feedly responses
-//! ([`feedly`]) and news JSON lines ([`reuters`]); [`format::load`] picks the reader. [`replay`]
+//! ([`feedly`]), news JSON lines ([`reuters`]) and news headlines as CSV ([`news_csv`]); [`format::load`] picks the reader. [`replay`]
 //! then publishes the events in the order AuroraQ first received them (receive time, which
 //! recordings keep), at the recorded pace, scaled, or as fast as the bus takes them, the same way
 //! every time. Records that cannot be read become dead letters, counted, never dropped.
@@ -13,6 +13,7 @@ pub mod barter;
 pub mod cryptofeed;
 pub mod feedly;
 pub mod format;
+pub mod news_csv;
 pub mod recorded;
 pub mod reuters;
 pub mod time;
@@ -118,6 +119,8 @@ pub async fn replay(
             }
         }
         stats.count(ev);
+        // The receipt: where the event's trace starts (exported only when traces are on).
+        auroraq_stage::trace::record_receipts("replay", std::slice::from_ref(ev));
         batch.push(to_message(ev).map_err(StageError::Encode)?);
         if batch.len() >= 256 {
             flush(bus, &mut batch, &mut stats).await?;

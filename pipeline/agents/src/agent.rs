@@ -27,6 +27,9 @@ pub struct AgentConfig {
     pub order_notional: Option<Decimal>,
     /// Windows with fewer scores than this are ignored.
     pub min_scores: i32,
+    /// Thresholds of the rule policy (`[agents.<name>.rule]`; the seed's 0.7 / 0.3 / 0.8 by
+    /// default); an ONNX policy ignores them.
+    pub rule: crate::policy::RuleThresholds,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +50,7 @@ impl AgentConfig {
             allow_short: false,
             order_notional: None,
             min_scores: 1,
+            rule: Default::default(),
         }
     }
 

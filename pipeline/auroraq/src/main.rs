@@ -330,6 +330,8 @@ enum ReplayFormat {
     Feedly,
     /// News JSON lines (id, published, title, body, ...), e.g. Reuters-21578.
     News,
+    /// News headlines as CSV (published_utc, headline, source, url, categories; .csv, .csv.gz).
+    NewsCsv,
 }
 
 impl From<ReplayFormat> for Format {
@@ -340,6 +342,7 @@ impl From<ReplayFormat> for Format {
             ReplayFormat::Barter => Format::Barter,
             ReplayFormat::Feedly => Format::Feedly,
             ReplayFormat::News => Format::News,
+            ReplayFormat::NewsCsv => Format::NewsCsv,
         }
     }
 }
@@ -449,8 +452,16 @@ enum Bench {
     },
 }
 
-fn init_logging(format: LogFormat, verbose: u8) {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr and, with `[tracing] enabled`, spans to OTLP: the returned guard flushes them.
+fn init_logging(
+    format: LogFormat,
+    verbose: u8,
+    traces: &auroraq_runtime::telemetry::TracingConfig,
+    role: &str,
+) -> auroraq_runtime::telemetry::TraceGuard {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let default = match verbose {
         0 => "info",
         1 => "debug",
@@ -462,14 +473,21 @@ fn init_logging(format: LogFormat, verbose: u8) {
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
+    let (otel, guard) = match auroraq_runtime::telemetry::tracing_layer(traces, role) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("warning: traces are not exported: {e:#}");
+            (None, Default::default())
+        }
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    guard
 }
 
 impl Command {
@@ -522,6 +540,7 @@ fn replay_options(a: &ReplayArgs) -> LoadOptions {
         },
         instruments: a.instruments.clone(),
         news_source: a.news_source.clone(),
+        ..LoadOptions::default()
     }
 }
 
@@ -738,7 +757,11 @@ async fn sentiment_command(cfg: &Config, cmd: SentimentCmd) -> Result<ExitCode> 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.verbose);
+    // `[tracing]` is read here, before logging starts (real_main reads, and checks, the rest).
+    let traces = Config::load(cli.config.as_deref(), std::env::vars())
+        .map(|c| c.tracing)
+        .unwrap_or_default();
+    let traces_guard = init_logging(cli.log_format, cli.verbose, &traces, cli.command.role());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -746,11 +769,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(real_main(cli)) {
+    let code = match rt.block_on(real_main(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    drop(rt);
+    // The spans still buffered go out before the process ends.
+    traces_guard.shutdown();
+    code
 }

@@ -1,6 +1,7 @@
 //! A run's fingerprint: SHA-256 over events' Avro encodings, each prefixed by its length, in
 //! the order they are added. Equal events in equal order give equal fingerprints, whatever ran
-//! them.
+//! them. The W3C trace context (`traceparent`, `tracestate`) is transport metadata and left out:
+//! an event is hashed as if it carried none.
 
 use auroraq_schemas::AnyEvent;
 use sha2::{Digest, Sha256};
@@ -17,7 +18,16 @@ impl Fingerprint {
 
     /// Adds an event (its encoding).
     pub fn add(&mut self, ev: &AnyEvent) -> Result<(), BacktestError> {
-        let bytes = ev.encode().map_err(|e| BacktestError::Encode {
+        let m = ev.meta();
+        let bytes = if m.traceparent.is_some() || m.tracestate.is_some() {
+            let mut bare = ev.clone();
+            let m = bare.meta_mut();
+            (m.traceparent, m.tracestate) = (None, None);
+            bare.encode()
+        } else {
+            ev.encode()
+        };
+        let bytes = bytes.map_err(|e| BacktestError::Encode {
             kind: ev.kind().name(),
             error: e.to_string(),
         })?;
@@ -34,5 +44,32 @@ impl Fingerprint {
     /// The fingerprint, in lower-case hex.
     pub fn hex(self) -> String {
         self.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_context_is_left_out() {
+        let hex = |evs: &[AnyEvent]| {
+            let mut f = Fingerprint::new();
+            for e in evs {
+                f.add(e).unwrap();
+            }
+            f.hex()
+        };
+        let evs = auroraq_schemas::samples::all();
+        let mut traced = evs.clone();
+        for e in &mut traced {
+            let m = e.meta_mut();
+            m.traceparent = Some(format!("00-{}-{}-01", "ab".repeat(16), "cd".repeat(8)));
+            m.tracestate = Some("k=v".into());
+        }
+        assert_eq!(hex(&evs), hex(&traced));
+        let mut other = evs.clone();
+        other[0].meta_mut().event_id.push('x');
+        assert_ne!(hex(&evs), hex(&other));
     }
 }

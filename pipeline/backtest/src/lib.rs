@@ -7,10 +7,13 @@
 //! way, as the bus would. Nothing reads the wall clock, so the same input gives the same output;
 //! the run's fingerprint is a SHA-256 over every emitted event's bytes, in order.
 
+pub mod analysis;
 pub mod engine;
+pub mod event_study;
 pub mod fingerprint;
 pub mod report;
 
 pub use engine::{available_at, BacktestError, Engine, RunOutput};
 pub use fingerprint::Fingerprint;
-pub use report::{report, Summary, Trade};
+pub use analysis::{ArticlePoint, Extras, SignalPoint};
+pub use report::{report, report_with, Summary, Trade};

@@ -42,6 +42,18 @@ pub struct Summary {
     pub start: Option<Micros>,
     pub end: Option<Micros>,
     pub report: Option<PathBuf>,
+    /// Articles scored, and those that named no configured asset (scored, kept, used by no
+    /// asset's fusion).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub articles: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub articles_unlinked: Option<u64>,
+    /// Buy-and-hold return of the traded symbol over the same span.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buy_and_hold_return: Option<f64>,
+    /// Forward returns after signals by signal quintile (see [`crate::event_study`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_study: Option<crate::event_study::EventStudy>,
 }
 
 /// Equity over time from the kept portfolio snapshots (one account: the first seen).
@@ -112,7 +124,7 @@ pub fn drawdowns(curve: &[(Micros, f64)]) -> Vec<(Micros, f64)> {
         .collect()
 }
 
-fn date(us: Micros) -> String {
+pub(crate) fn date(us: Micros) -> String {
     let secs = us.div_euclid(1_000_000);
     let days = secs.div_euclid(86_400);
     // civil from days (Howard Hinnant's algorithm)
@@ -189,7 +201,7 @@ pub fn svg(curve: &[(Micros, f64)], dd: &[(Micros, f64)], title: &str) -> String
     s
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -199,6 +211,17 @@ fn escape(s: &str) -> String {
 /// Builds the summary and, when `dir` is given, writes `report.html`, `equity.svg`,
 /// `trades.csv` and `summary.json` there.
 pub fn report(out: &RunOutput, title: &str, notes: &str, dir: Option<&Path>) -> std::io::Result<Summary> {
+    report_with(out, &crate::analysis::Extras::default(), title, notes, dir)
+}
+
+/// [`report`], with the analyst's sections when `extras` has prices (see [`crate::analysis`]).
+pub fn report_with(
+    out: &RunOutput,
+    extras: &crate::analysis::Extras,
+    title: &str,
+    notes: &str,
+    dir: Option<&Path>,
+) -> std::io::Result<Summary> {
     let curve = equity_curve(out);
     let dd = drawdowns(&curve);
     let trades = trades(out);
@@ -229,7 +252,18 @@ pub fn report(out: &RunOutput, title: &str, notes: &str, dir: Option<&Path>) -> 
         start: out.started,
         end: out.ended,
         report: None,
+        articles: None,
+        articles_unlinked: None,
+        buy_and_hold_return: None,
+        event_study: None,
     };
+    let analysis = (!extras.prices.is_empty()).then(|| crate::analysis::analyse(extras, &curve, &trades));
+    if let Some(a) = &analysis {
+        summary.articles = Some(extras.articles.len() as u64);
+        summary.articles_unlinked = Some(extras.unlinked);
+        summary.buy_and_hold_return = a.buy_and_hold_return;
+        summary.event_study = Some(a.event_study.clone());
+    }
     let Some(dir) = dir else { return Ok(summary) };
     std::fs::create_dir_all(dir)?;
     let chart = svg(&curve, &dd, title);
@@ -267,6 +301,16 @@ pub fn report(out: &RunOutput, title: &str, notes: &str, dir: Option<&Path>) -> 
             t.quantity,
             t.price
         );
+    }
+    if let Some(a) = &analysis {
+        let page = dir.join("report.html");
+        crate::analysis::write(dir, extras, a, &summary, &curve, &dd, &trades, title, notes)?;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary).unwrap_or_default(),
+        )?;
+        summary.report = Some(page);
+        return Ok(summary);
     }
     let html = format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>body{{font-family:sans-serif;margin:2em;max-width:960px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}code{{font-size:12px}}</style></head><body><h1>{title}</h1><p>{notes}</p><p>fingerprint <code>{fp}</code> &middot; {events} events replayed &middot; {emitted} emitted &middot; {n} trades</p>{chart}<h2>Performance</h2><table>{rows}</table><h2>Trades{more}</h2><table><tr><th>date</th><th>agent</th><th>symbol</th><th>side</th><th>quantity</th><th>price</th></tr>{trade_rows}</table></body></html>"#,

@@ -332,6 +332,24 @@ impl Driver {
                 "epoch done"
             );
         }
+        if !signals.is_empty() {
+            // A fused signal continues the trace of the first score it used (inherited by
+            // `Meta::derived`) with a span of its own; the others are named in its attributes.
+            let start = auroraq_stage::trace::enabled().then(std::time::SystemTime::now);
+            for ev in &mut signals {
+                let root = auroraq_schemas::TraceContext::of(ev.meta());
+                let span = auroraq_stage::trace::stamp(&self.cfg.name, ev.meta_mut(), &root);
+                if let Some(start) = start {
+                    auroraq_stage::trace::record_outputs(
+                        &self.cfg.name,
+                        &[span],
+                        std::slice::from_ref(ev),
+                        None,
+                        start,
+                    );
+                }
+            }
+        }
         let mut late_msgs = Vec::with_capacity(late.len());
         for dl in late {
             let key = dl.original_key.clone();

@@ -13,7 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use auroraq_backtest::{available_at, report, Engine, Fingerprint, RunOutput, Summary};
+use auroraq_backtest::{
+    available_at, report_with, ArticlePoint, Engine, Extras, Fingerprint, RunOutput, SignalPoint, Summary,
+};
 use auroraq_schemas::{AnyEvent, EventKind, Micros};
 use auroraq_stage::Processor;
 use tracing::info;
@@ -31,6 +33,12 @@ pub struct Plan {
     pub title: String,
     pub notes: String,
     pub progress: bool,
+    /// The asset and symbol the report follows (price, fused sentiment, event study); none: the
+    /// first bars' symbol.
+    pub focus: Option<(String, String)>,
+    /// Data files (their SHA-256 goes into the report) and settings shown in the report.
+    pub files: Vec<PathBuf>,
+    pub settings: Vec<(String, String)>,
 }
 
 /// Spreads articles evenly over `[from, to]`, keeping their order, and says so in each article's
@@ -60,16 +68,91 @@ pub fn retime_articles(events: &mut [AnyEvent], from: Micros, to: Micros) {
     }
 }
 
+/// Scores the articles as the sentiment stage on the event-time engine would (each at its receive
+/// time, in the engine's order: time, then event id), the model run on length-sorted batches
+/// (`sentiment.max_batch_size`, `max_batch_tokens`). A progress bar with rate and ETA on a
+/// terminal, a log line every 10 s otherwise.
 #[cfg(feature = "sentiment")]
-fn score_articles(cfg: &Config, articles: Vec<AnyEvent>) -> Result<RunOutput> {
+fn score_articles(cfg: &Config, articles: Vec<AnyEvent>, progress: bool) -> Result<RunOutput> {
+    if articles.is_empty() {
+        return Ok(RunOutput::default());
+    }
     let classifier = crate::sentiment::load(cfg, None, None)?;
-    let p = auroraq_sentiment::processor::ScoreProcessor::new(classifier, crate::sentiment::aliases(cfg));
-    let mut engine = Engine::new(vec![Box::new(p)]).keep(&[EventKind::SentimentScore]);
-    Ok(engine.run(articles, &mut |_, _| {})?)
+    let mut p = auroraq_sentiment::processor::ScoreProcessor::new(classifier, crate::sentiment::aliases(cfg));
+    let mut order: Vec<usize> = (0..articles.len()).collect();
+    order.sort_by(|&a, &b| {
+        available_at(&articles[a])
+            .cmp(&available_at(&articles[b]))
+            .then_with(|| articles[a].meta().event_id.cmp(&articles[b].meta().event_id))
+    });
+    let items: Vec<(&auroraq_schemas::Article, Micros)> = order
+        .iter()
+        .filter_map(|&i| match &articles[i] {
+            AnyEvent::Article(a) => Some((a, available_at(&articles[i]))),
+            _ => None,
+        })
+        .collect();
+    let total = items.len();
+    let bar = crate::wiring::progress_bar(
+        progress,
+        total as u64,
+        "scoring {wide_bar} {pos}/{len} articles {per_sec} eta {eta}",
+    );
+    let t0 = std::time::Instant::now();
+    let mut last_log = t0;
+    let results = p.score_many(
+        &items,
+        cfg.sentiment.max_batch_size as usize,
+        cfg.sentiment.max_batch_tokens as usize,
+        &mut |done| {
+            bar.set_position(done as u64);
+            if !progress && (last_log.elapsed().as_secs() >= 10 || done == total) {
+                last_log = std::time::Instant::now();
+                let rate = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                info!(
+                    done,
+                    total,
+                    per_s = rate.round(),
+                    eta_s = ((total - done) as f64 / rate.max(1e-9)).round(),
+                    "scoring articles"
+                );
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let mut out = RunOutput {
+        inputs: total as u64,
+        ..Default::default()
+    };
+    let mut fp = Fingerprint::new();
+    for r in results {
+        match r {
+            Ok(ev) => {
+                fp.add(&ev)?;
+                out.emitted += 1;
+                out.kept.push(ev);
+            }
+            Err(auroraq_stage::HandlerError::Permanent(why)) => {
+                out.refused += 1;
+                tracing::warn!(%why, "an article could not be scored");
+            }
+            Err(e) => anyhow::bail!("scoring failed: {e}"),
+        }
+    }
+    out.by_kind.insert(EventKind::SentimentScore, out.emitted);
+    out.fingerprint = fp.hex();
+    info!(
+        scored = out.emitted,
+        refused = out.refused,
+        seconds = t0.elapsed().as_secs_f64(),
+        per_s = (out.emitted as f64 / t0.elapsed().as_secs_f64().max(1e-9)).round(),
+        "scored"
+    );
+    Ok(out)
 }
 
 #[cfg(not(feature = "sentiment"))]
-fn score_articles(_: &Config, articles: Vec<AnyEvent>) -> Result<RunOutput> {
+fn score_articles(_: &Config, articles: Vec<AnyEvent>, _: bool) -> Result<RunOutput> {
     if articles.is_empty() {
         return Ok(RunOutput::default());
     }
@@ -127,7 +210,7 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
         to_score = unscored.len(),
         "scoring articles without a recorded score"
     );
-    let scored = score_articles(cfg, unscored)?;
+    let scored = score_articles(cfg, unscored, plan.progress)?;
     fingerprint.add_fingerprint(&scored.fingerprint);
 
     // 2. Fusion, over everything it reads, in the order it could have had it.
@@ -153,6 +236,17 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
         fingerprint.add(&AnyEvent::FusedSignal(s.clone()))?;
     }
     info!(signals = fused.signals.len(), late = fused.late.len(), "fused");
+
+    let extras = extras(
+        cfg,
+        &plan.focus,
+        &plan.files,
+        &plan.settings,
+        &rest,
+        &articles,
+        &scored.kept,
+        &fused.signals,
+    );
 
     // 3. Agents, risk, execution.
     let mut processors: Vec<Box<dyn Processor>> = Vec::new();
@@ -185,16 +279,158 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
     out.emitted += scored.emitted + fused.stats.signals;
     *out.by_kind.entry(EventKind::SentimentScore).or_insert(0) += scored.emitted;
     *out.by_kind.entry(EventKind::FusedSignal).or_insert(0) += fused.stats.signals;
-    let summary = report(&out, &plan.title, &plan.notes, plan.out.as_deref())
+    let summary = report_with(&out, &extras, &plan.title, &plan.notes, plan.out.as_deref())
         .with_context(|| format!("writing the report to {:?}", plan.out))?;
     Ok(summary)
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the report shows beside the run's events: the focus symbol's prices, its asset's fused
+/// signals, every scored article with its headline and publisher, the model and the data files.
+#[allow(clippy::too_many_arguments)]
+fn extras(
+    cfg: &Config,
+    focus: &Option<(String, String)>,
+    files: &[PathBuf],
+    settings: &[(String, String)],
+    market: &[AnyEvent],
+    articles: &[AnyEvent],
+    scores: &[AnyEvent],
+    signals: &[auroraq_schemas::FusedSignal],
+) -> Extras {
+    let (asset, symbol) = focus.clone().unwrap_or_else(|| {
+        let symbol = market
+            .iter()
+            .find_map(|e| match e {
+                AnyEvent::Kline(k) => Some(k.symbol.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let asset = auroraq_fusion::SymbolMap::new(&cfg.fusion.symbols)
+            .asset_of_symbol(&symbol)
+            .unwrap_or_else(|| symbol.clone());
+        (asset, symbol)
+    });
+    let prices = market
+        .iter()
+        .filter_map(|e| match e {
+            AnyEvent::Kline(k) if k.symbol == symbol => k
+                .close
+                .0
+                .to_string()
+                .parse::<f64>()
+                .ok()
+                .map(|c| (k.close_time, c)),
+            _ => None,
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    let mut signals: Vec<SignalPoint> = signals
+        .iter()
+        .filter(|s| s.asset == asset)
+        .map(|s| SignalPoint {
+            at: available_at(&AnyEvent::FusedSignal(s.clone())),
+            window_start: s.window_start,
+            window_end: s.window_end,
+            score: s.fused_score,
+            confidence: s.confidence,
+            scores_used: s.scores_used,
+        })
+        .collect();
+    signals.sort_by_key(|s| (s.at, s.window_start));
+    let by_id: std::collections::HashMap<&str, &auroraq_schemas::Article> = articles
+        .iter()
+        .filter_map(|e| match e {
+            AnyEvent::Article(a) => Some((a.meta.event_id.as_str(), a)),
+            _ => None,
+        })
+        .collect();
+    let mut model = Vec::new();
+    let mut points = Vec::new();
+    let mut unlinked = 0;
+    for e in scores {
+        let AnyEvent::SentimentScore(s) = e else { continue };
+        if model.is_empty() {
+            model.push((format!("{} (model.onnx)", s.model_id), s.model_sha256.clone()));
+            model.push((
+                format!("{} (tokenizer.json)", s.model_id),
+                s.tokenizer_sha256.clone(),
+            ));
+        }
+        if s.assets.is_empty() {
+            unlinked += 1;
+        }
+        let a = s.meta.derived_from.first().and_then(|id| by_id.get(id.as_str()));
+        points.push(ArticlePoint {
+            at: available_at(e),
+            source: a
+                .and_then(|a| a.origin.clone())
+                .or_else(|| a.map(|a| a.feed.clone()))
+                .unwrap_or_else(|| s.meta.source.clone()),
+            headline: a
+                .map(|a| {
+                    a.title
+                        .clone()
+                        .unwrap_or_else(|| a.text.chars().take(160).collect())
+                })
+                .unwrap_or_else(|| s.article_id.clone()),
+            score: s.sentiment_score,
+            label: s.label.clone(),
+            assets: s.assets.clone(),
+        });
+    }
+    if unlinked > 0 {
+        info!(
+            unlinked,
+            "articles named no configured asset: scored, counted, fused for no asset"
+        );
+    }
+    let files = files
+        .iter()
+        .map(|f| {
+            let h = sha256_file(f).unwrap_or_else(|e| format!("unreadable: {e:#}"));
+            (f.display().to_string(), h)
+        })
+        .collect();
+    Extras {
+        symbol,
+        asset,
+        prices,
+        signals,
+        articles: points,
+        unlinked,
+        settings: settings.to_vec(),
+        files,
+        model,
+    }
 }
 
 /// How much of the bars' time span the bundled news is spread over (its end).
 pub const NEWS_SPAN_DAYS: i64 = 180;
 
-/// The bundled data of the main job: the bars of `run.bars` and the news of `run.news`, the news
-/// spread over the last [`NEWS_SPAN_DAYS`] of the bars.
+const DAY: Micros = 86_400_000_000;
+
+/// Days of bars the main job keeps after the last article's day (so that the last signals have
+/// 24-hour forward returns in the event study).
+pub const AFTER_NEWS_DAYS: i64 = 1;
+
+/// The bundled data of the main job: the bars of `run.bars` and the news of `run.news` (format
+/// detected per file: news JSON lines or headline CSV).
+///
+/// News from the bars' own days (the default data: crypto headlines and BTC-USD bars of
+/// 2025) keeps its times; the bars are cut to `run.warmup_days` before the first article (the
+/// agent's and risk's lookbacks fill there) through [`AFTER_NEWS_DAYS`] after the last article's
+/// day. News from other days (the Reuters fixtures of 1987) is spread over the last
+/// [`NEWS_SPAN_DAYS`] of the bars ([`retime_articles`]).
 pub fn bundled(cfg: &Config) -> Result<Vec<AnyEvent>> {
     let mut opts = auroraq_replay::LoadOptions::default();
     opts.bars.exchange = cfg.run.exchange.clone();
@@ -205,13 +441,70 @@ pub fn bundled(cfg: &Config) -> Result<Vec<AnyEvent>> {
         .map(|e| e.meta().ts_event)
         .fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)));
     if !cfg.run.news.is_empty() {
-        let mut news = auroraq_replay::load(Some(auroraq_replay::Format::News), &cfg.run.news, &opts)
-            .context("bundled news")?;
-        retime_articles(&mut news, from.max(to - NEWS_SPAN_DAYS * 86_400_000_000), to);
+        let mut news = auroraq_replay::load(None, &cfg.run.news, &opts).context("bundled news")?;
+        let span = |evs: &[AnyEvent], article: bool| {
+            evs.iter()
+                .filter(|e| {
+                    matches!(e, AnyEvent::Article(_)) == article && !matches!(e, AnyEvent::DeadLetter(_))
+                })
+                .map(|e| e.meta().ts_event)
+                .fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)))
+        };
+        let (bars_from, bars_to) = span(&events, false);
+        let (news_from, news_to) = span(&news, true);
+        if news_from <= news_to && news_from >= bars_from && news_to <= bars_to {
+            let keep_from = news_from - cfg.run.warmup_days as i64 * DAY;
+            let keep_to = (news_to.div_euclid(DAY) + 1 + AFTER_NEWS_DAYS) * DAY;
+            let before = events.len();
+            events.retain(|e| {
+                !matches!(e, AnyEvent::Kline(_)) || (keep_from..keep_to).contains(&e.meta().ts_event)
+            });
+            info!(
+                bars_kept = events.len(),
+                bars_left_out = before - events.len(),
+                articles = news.len(),
+                warmup_days = cfg.run.warmup_days,
+                "news and bars of the same days: bars from the warm-up before the first article"
+            );
+        } else {
+            retime_articles(&mut news, from.max(to - NEWS_SPAN_DAYS * DAY), to);
+        }
         events.extend(news);
     }
     Ok(events)
 }
+
+/// Whether the main job's news was spread over the bars ([`retime_articles`]) rather than read on
+/// its own days.
+pub fn is_retimed(inputs: &[AnyEvent]) -> bool {
+    inputs
+        .iter()
+        .any(|e| matches!(e, AnyEvent::Article(a) if a.keywords.iter().any(|k| k == "auroraq:retimed")))
+}
+
+/// Fusion windows of the main job on news of the bars' own days: one family of hourly tumbling
+/// windows. The default data has about 13 headlines an hour (29,778 over 92 days), so an hour
+/// holds enough scores for a median-robust mean and a confidence near 1 at the default
+/// `evidence_scale` (3), and it matches the hourly bars the agent trades on (a window closes at
+/// the bar after its end: finer windows would wait for the same bar). The default 5-minute and
+/// 1-hour sliding families would emit 12 signals an hour from 1 to 2 headlines each.
+pub const SAME_DAYS_WINDOW_SECS: u64 = 3600;
+
+/// The rule's thresholds in the main job on news of the bars' own days, unless
+/// `[agents.auroraq.rule]` sets others. The seed's (buy above 0.7, sell below 0.3, confidence
+/// above 0.8) never trade on hourly windows of this data: an hour's fused score is a mean of about
+/// 13 headlines (5th..95th percentile 0.39..0.67) and its confidence, which falls when the scores
+/// disagree, has a median of 0.58. These act on about the top and bottom 5% of windows with at
+/// least middling agreement.
+pub const SAME_DAYS_RULE: auroraq_agents::RuleThresholds = auroraq_agents::RuleThresholds {
+    buy_above: 0.65,
+    sell_below: 0.4,
+    min_confidence: 0.5,
+};
+
+/// Publishers weighted down in the main job's fusion on the default data: coinotag, a fifth of
+/// the headlines and often promotional, counts half (every other source 1).
+pub const DOWNWEIGHTED_SOURCES: &[(&str, f64)] = &[("coinotag", 0.5)];
 
 /// The main job's settings over the bundled data (`inputs`, from [`bundled`]): the configuration
 /// with the AuroraQ agent on the bundled bars' symbol, the news attributed to its asset, and
@@ -229,6 +522,29 @@ pub fn demo_config(cfg: &Config, inputs: &[AnyEvent]) -> Result<Config> {
         .asset_of_symbol(&symbol)
         .unwrap_or_else(|| symbol.clone());
     let mut demo = cfg.clone();
+    if !is_retimed(inputs) {
+        // News of the bars' own days: articles link to the assets they name (or are tagged with);
+        // those naming none are counted, not attributed.
+        let mut ac = cfg
+            .agents
+            .get("auroraq")
+            .cloned()
+            .unwrap_or_else(auroraq_agents::AgentConfig::auroraq);
+        ac.assets = [(asset.clone(), symbol.clone())].into_iter().collect();
+        if ac.rule == auroraq_agents::RuleThresholds::default() {
+            ac.rule = SAME_DAYS_RULE;
+        }
+        demo.agents = [("auroraq".to_owned(), ac)].into_iter().collect();
+        demo.fusion.windows = vec![auroraq_fusion::WindowSpec::tumbling(SAME_DAYS_WINDOW_SECS)];
+        for (source, w) in DOWNWEIGHTED_SOURCES {
+            demo.fusion
+                .source_weights
+                .entry((*source).to_owned())
+                .or_insert(*w);
+        }
+        demo.fusion.close_at_end = false;
+        return Ok(demo);
+    }
     let mut ac = cfg
         .agents
         .get("auroraq")
@@ -268,20 +584,109 @@ pub fn bundled_plan(
         .next()
         .map(|(a, s)| (a.clone(), s.clone()))
         .context("the demo agent's asset")?;
-    let agent = auroraq_agents::Agent::new(ac, Box::new(auroraq_agents::RulePolicy::default()));
-    let plan = Plan {
-        inputs,
-        agents: vec![agent],
-        out: out.map(Path::to_path_buf),
-        title: format!("AuroraQ main job: {symbol} with news sentiment"),
-        notes: format!(
+    let retimed = is_retimed(&inputs);
+    let rule = ac.rule;
+    let agent = auroraq_agents::Agent::new(ac, Box::new(auroraq_agents::RulePolicy { t: rule }));
+    let windows: Vec<String> = demo
+        .fusion
+        .windows
+        .iter()
+        .map(|w| format!("{} s every {} s", w.size_secs, w.slide_secs))
+        .collect();
+    let settings: Vec<(String, String)> = [
+        (
+            "run.bars",
+            cfg.run
+                .bars
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        (
+            "run.news",
+            cfg.run
+                .news
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("run.exchange", cfg.run.exchange.clone()),
+        (
+            "run.warmup_days",
+            if retimed {
+                "not used (news retimed)".into()
+            } else {
+                cfg.run.warmup_days.to_string()
+            },
+        ),
+        ("agent", format!("auroraq on {asset} → {symbol}, the rule policy")),
+        (
+            "rule",
+            format!(
+                "buy when fused > {} and confidence > {}, sell when fused < {}",
+                rule.buy_above, rule.min_confidence, rule.sell_below
+            ),
+        ),
+        ("fusion.windows", windows.join("; ")),
+        ("fusion.grace_secs", demo.fusion.grace_secs.to_string()),
+        ("fusion.half_life_secs", demo.fusion.half_life_secs.to_string()),
+        ("fusion.evidence_scale", demo.fusion.evidence_scale.to_string()),
+        (
+            "fusion.source_weights",
+            format!(
+                "{:?} (others {})",
+                demo.fusion.source_weights, demo.fusion.default_source_weight
+            ),
+        ),
+        ("fusion.outlier_k", demo.fusion.outlier_k.to_string()),
+        (
+            "sentiment.model_dir",
+            demo.sentiment.model_dir.display().to_string(),
+        ),
+        (
+            "sentiment.fallback_assets",
+            format!("{:?}", demo.sentiment.fallback_assets),
+        ),
+        ("risk.lookback (returns)", demo.risk.lookback.to_string()),
+        ("risk.initial_equity", demo.risk.initial_equity.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let files = cfg.run.bars.iter().chain(&cfg.run.news).cloned().collect();
+    let notes = if retimed {
+        format!(
             "Real data, but not from the same days: hourly {symbol} bars from {} and Reuters-21578 \
              newswire articles from 1987, spread evenly over the bars' last {NEWS_SPAN_DAYS} days and attributed to \
              {asset}; daily fusion windows. The run shows the pipeline working end to end; it says nothing \
              about a trading edge.",
             cfg.run.bars.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        ),
+        )
+    } else {
+        format!(
+            "Real news and real prices of the same days: hourly {symbol} bars from {} ({} days of warm-up before \
+             the first article, for the risk stage's volatility and VaR lookbacks) and the headlines of {}, each \
+             scored by the model, linked to the assets it names or is tagged with, fused per asset in hourly \
+             event-time windows, and traded by the AuroraQ agent's rule on {asset} (thresholds below, chosen for hourly windows). The event study \
+             below says whether the sentiment was followed by price moves; a backtest of one rule over three \
+             months is no evidence of a trading edge.",
+            cfg.run.bars.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            cfg.run.warmup_days,
+            cfg.run.news.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let plan = Plan {
+        inputs,
+        agents: vec![agent],
+        out: out.map(Path::to_path_buf),
+        title: format!("AuroraQ main job: {symbol} with news sentiment"),
+        notes,
         progress,
+        focus: Some((asset, symbol)),
+        files,
+        settings,
     };
     Ok((demo, plan))
 }
@@ -662,6 +1067,10 @@ pub async fn plan(cfg: &Config, job: &Job) -> Result<(Config, Plan)> {
         .iter()
         .map(|n| crate::roles::agent(cfg, n, job.policy.as_deref()))
         .collect::<Result<Vec<_>>>()?;
+    let files = match &job.source {
+        Source::Files { files, .. } => files.clone(),
+        _ => Vec::new(),
+    };
     let plan = Plan {
         inputs,
         agents,
@@ -669,6 +1078,9 @@ pub async fn plan(cfg: &Config, job: &Job) -> Result<(Config, Plan)> {
         title: title.into(),
         notes,
         progress: job.progress,
+        focus: None,
+        files,
+        settings: Vec::new(),
     };
     Ok((cfg.clone(), plan))
 }

@@ -28,6 +28,8 @@ pub struct Config {
     pub agents: std::collections::BTreeMap<String, auroraq_agents::AgentConfig>,
     /// `[metrics]`: `/metrics`, `/health`, `/ready` of a role.
     pub metrics: crate::telemetry::MetricsConfig,
+    /// `[tracing]`: OpenTelemetry trace export over OTLP/HTTP (off by default).
+    pub tracing: crate::telemetry::TracingConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             .map(|a| (a.name.clone(), a))
             .collect(),
             metrics: crate::telemetry::MetricsConfig::default(),
+            tracing: crate::telemetry::TracingConfig::default(),
         }
     }
 }
@@ -254,7 +257,8 @@ impl Default for SentimentConfig {
 pub struct RunConfig {
     /// Bar files the embedded job replays.
     pub bars: Vec<PathBuf>,
-    /// News (JSON lines) the embedded job scores; spread over the bars' time span.
+    /// News the embedded job scores (headline CSV or JSON lines, detected per file). News of the
+    /// bars' own days keeps its times; news of other days is spread over the bars' last 180 days.
     pub news: Vec<PathBuf>,
     /// Exchange or vendor of those bars.
     pub exchange: String,
@@ -263,16 +267,20 @@ pub struct RunConfig {
     /// Whether the job also runs the backtest of the bundled data (sentiment, fusion, agents, risk,
     /// execution) and writes its report to `<out_dir>/report/`.
     pub backtest: bool,
+    /// Days of bars kept before the first article (news of the bars' own days): the risk stage's
+    /// returns lookback (720 hourly returns: 30 days) fills there before the first signal.
+    pub warmup_days: u64,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
-            bars: vec![PathBuf::from("data/market/Coinbase_BTCUSD_1h.csv")],
-            news: vec![PathBuf::from("data/news/reuters21578.jsonl")],
-            exchange: "coinbase".into(),
+            bars: vec![PathBuf::from("data/crypto/btc_usd_1h_2024-08_2025-11.csv")],
+            news: vec![PathBuf::from("data/crypto/crypto_news_2025-05_2025-08.csv.gz")],
+            exchange: "cryptocompare".into(),
             out_dir: PathBuf::from("out"),
             backtest: true,
+            warmup_days: 45,
         }
     }
 }
@@ -363,6 +371,7 @@ impl Config {
             bail!("sentiment.max_batch_size, max_batch_tokens and queue must be at least 1");
         }
         self.metrics.validate()?;
+        self.tracing.validate()?;
         if !self.redis.url.is_empty() && !self.redis.url.starts_with("redis://") {
             bail!("redis.url must be a redis:// URL, not {:?}", self.redis.url);
         }
@@ -393,6 +402,7 @@ impl RunConfig {
 fn parse_env_value(v: &str, like: &toml::Value) -> Result<toml::Value> {
     Ok(match like {
         toml::Value::Integer(_) => toml::Value::Integer(v.trim().parse().context("expected an integer")?),
+        toml::Value::Float(_) => toml::Value::Float(v.trim().parse().context("expected a number")?),
         toml::Value::Boolean(_) => toml::Value::Boolean(match v.trim().to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => true,
             "0" | "false" | "no" | "off" => false,

@@ -367,6 +367,8 @@ async fn drive(
     let mut out = Published::default();
     let encode = |batch: &[AnyEvent]| -> Result<Vec<auroraq_bus::OutMessage>> {
         let mut msgs = Vec::with_capacity(batch.len());
+        // The job is the replay connector here: its receipt starts each event's trace.
+        auroraq_stage::trace::record_receipts("replay", batch);
         for e in batch {
             msgs.extend(auroraq_stage::to_messages(e).context("encoding a bundled event")?);
         }
@@ -500,6 +502,8 @@ fn spawn_role(
             cmd.env_remove(k);
         }
     }
+    // Traces (when `[tracing]` exports them): one service per role.
+    cmd.env("OTEL_SERVICE_NAME", format!("auroraq-{name}"));
     for (k, v) in env {
         cmd.env(k, v);
     }

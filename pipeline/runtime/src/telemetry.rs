@@ -253,3 +253,216 @@ fn describe() {
         "Order book sequence gaps (resyncs), by exchange and symbol."
     );
 }
+
+/// `[tracing]`: OpenTelemetry traces over OTLP/HTTP (protobuf). Off by default.
+///
+/// Events carry their W3C trace context whether or not this is on (deterministic ids, see
+/// `auroraq_stage::trace`); this only decides whether spans are exported.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Export spans (`AURORAQ_TRACING_ENABLED=true`).
+    pub enabled: bool,
+    /// OTLP/HTTP base URL, e.g. `http://otel-collector:4318` (`/v1/traces` is appended); empty:
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT`, else
+    /// `http://localhost:4318`.
+    pub endpoint: String,
+    /// Fraction of traces exported (0..=1), decided by trace id: every role keeps or drops the
+    /// same traces.
+    pub sample_ratio: f64,
+    /// The `service.name`; empty: `OTEL_SERVICE_NAME`, else `auroraq-<role>`.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            enabled: false,
+            endpoint: String::new(),
+            sample_ratio: 1.0,
+            service_name: String::new(),
+        }
+    }
+}
+
+impl TracingConfig {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.sample_ratio),
+            "tracing.sample_ratio must be in 0..=1, not {}",
+            self.sample_ratio
+        );
+        if !self.endpoint.is_empty() {
+            anyhow::ensure!(
+                self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"),
+                "tracing.endpoint {:?} must be an http:// or https:// URL (OTLP/HTTP)",
+                self.endpoint
+            );
+        }
+        Ok(())
+    }
+
+    /// The service name a role reports: see [`TracingConfig::service_name`].
+    pub fn service_name_for(&self, role: &str) -> String {
+        if !self.service_name.is_empty() {
+            return self.service_name.clone();
+        }
+        match std::env::var("OTEL_SERVICE_NAME") {
+            Ok(s) if !s.is_empty() => s,
+            _ => format!("auroraq-{role}"),
+        }
+    }
+
+    /// The traces URL from `endpoint` (a base URL); `None`: the exporter reads the environment.
+    pub fn traces_url(&self) -> Option<String> {
+        if self.endpoint.is_empty() {
+            return None;
+        }
+        let base = self.endpoint.trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        })
+    }
+}
+
+/// Flushes and stops the trace exporter when dropped (or at [`TraceGuard::shutdown`]). Keep it
+/// until the process is done; drop it outside the async runtime.
+#[derive(Default)]
+pub struct TraceGuard {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl TraceGuard {
+    /// Exports what is buffered and stops the exporter.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(p) = self.provider.take() {
+            auroraq_stage::trace::set_enabled(false);
+            if let Err(e) = p.force_flush() {
+                warn!(error = %e, "cannot flush traces");
+            }
+            let _ = p.shutdown();
+        }
+    }
+}
+
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Ids of the pipeline's spans come from its events (`auroraq_stage::trace`); other spans get
+/// random ones.
+#[cfg(feature = "otel")]
+#[derive(Debug)]
+struct EventIds(opentelemetry_sdk::trace::RandomIdGenerator);
+
+#[cfg(feature = "otel")]
+impl opentelemetry_sdk::trace::IdGenerator for EventIds {
+    fn new_trace_id(&self) -> opentelemetry::trace::TraceId {
+        match auroraq_stage::trace::take_trace_id() {
+            Some(id) => opentelemetry::trace::TraceId::from_bytes(id),
+            None => self.0.new_trace_id(),
+        }
+    }
+    fn new_span_id(&self) -> opentelemetry::trace::SpanId {
+        match auroraq_stage::trace::take_span_id() {
+            Some(id) => opentelemetry::trace::SpanId::from_bytes(id),
+            None => self.0.new_span_id(),
+        }
+    }
+}
+
+/// A boxed layer for the subscriber `init_logging` builds.
+pub type BoxedLayer<S> = Box<dyn tracing_subscriber::Layer<S> + Send + Sync + 'static>;
+
+/// The trace exporter of role `role` as a `tracing_subscriber` layer (the `tracing` spans go to
+/// OpenTelemetry too), and the guard that flushes it. `None` when `cfg.enabled` is false (or
+/// the build has no `otel` feature: then a warning says so). Installs the provider globally and
+/// turns on the pipeline's spans (`auroraq_stage::trace`). Call it outside the async runtime
+/// (the OTLP/HTTP client is a blocking one on the exporter's own thread).
+pub fn tracing_layer<S>(cfg: &TracingConfig, role: &str) -> Result<(Option<BoxedLayer<S>>, TraceGuard)>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+{
+    if !cfg.enabled {
+        return Ok((None, TraceGuard::default()));
+    }
+    cfg.validate()?;
+    #[cfg(feature = "otel")]
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_otlp::WithExportConfig as _;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+        if let Some(url) = cfg.traces_url() {
+            exporter = exporter.with_endpoint(url);
+        }
+        let exporter = exporter
+            .build()
+            .context("cannot build the OTLP/HTTP trace exporter")?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(cfg.service_name_for(role))
+            .build();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(
+                cfg.sample_ratio,
+            ))
+            .with_id_generator(EventIds(opentelemetry_sdk::trace::RandomIdGenerator::default()))
+            .with_resource(resource)
+            .build();
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        auroraq_stage::trace::set_enabled(true);
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(auroraq_stage::trace::TRACER));
+        Ok((
+            Some(Box::new(layer)),
+            TraceGuard {
+                provider: Some(provider),
+            },
+        ))
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = role;
+        eprintln!(
+            "warning: tracing.enabled is set, but this build has no `otel` feature: no traces are exported"
+        );
+        Ok((None, TraceGuard::default()))
+    }
+}
+
+#[cfg(test)]
+mod tracing_config_tests {
+    use super::*;
+
+    #[test]
+    fn tracing_is_off_by_default_and_checked() {
+        let c = crate::config::Config::load(None, Vec::<(String, String)>::new()).unwrap();
+        assert!(!c.tracing.enabled);
+        assert_eq!(
+            c.tracing.traces_url(),
+            None,
+            "the exporter reads OTEL_EXPORTER_OTLP_ENDPOINT"
+        );
+        let env = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        let c = crate::config::Config::load(None, env("AURORAQ_TRACING_ENDPOINT", "http://c:4318/")).unwrap();
+        assert_eq!(c.tracing.traces_url().as_deref(), Some("http://c:4318/v1/traces"));
+        let c = crate::config::Config::load(None, env("AURORAQ_TRACING_SAMPLE_RATIO", "0.25")).unwrap();
+        assert_eq!(c.tracing.sample_ratio, 0.25);
+        assert!(crate::config::Config::load(None, env("AURORAQ_TRACING_SAMPLE_RATIO", "2")).is_err());
+        assert!(crate::config::Config::load(None, env("AURORAQ_TRACING_ENDPOINT", "otel:4317")).is_err());
+        let named = TracingConfig {
+            service_name: "x".into(),
+            ..TracingConfig::default()
+        };
+        assert_eq!(named.service_name_for("score"), "x");
+    }
+}

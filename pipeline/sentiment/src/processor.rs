@@ -49,6 +49,84 @@ impl ScoreProcessor {
     }
 }
 
+impl ScoreProcessor {
+    /// Scores many articles, each as [`Processor::process`] would at its time (`(article, time)`),
+    /// the model run on length-sorted batches (at most `max_batch` sequences and `max_tokens`
+    /// padded tokens; ties in length keep the input order, so the batches are the same every
+    /// run). One result per article, in input order. `progress(done)` after each batch.
+    pub fn score_many(
+        &mut self,
+        articles: &[(&Article, i64)],
+        max_batch: usize,
+        max_tokens: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Vec<Result<AnyEvent, HandlerError>> {
+        let mut out: Vec<Option<Result<AnyEvent, HandlerError>>> =
+            (0..articles.len()).map(|_| None).collect();
+        let mut encoded = Vec::with_capacity(articles.len());
+        for (i, (a, _)) in articles.iter().enumerate() {
+            let prepared = match prepare(a.title.as_deref(), &a.text) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.refused += 1;
+                    out[i] = Some(Err(HandlerError::Permanent(format!("bad_text: {e}"))));
+                    continue;
+                }
+            };
+            match self.classifier.encode(&prepared.text) {
+                Ok(enc) => encoded.push((i, enc, prepared.truncated)),
+                Err(e) => {
+                    self.refused += 1;
+                    out[i] = Some(Err(HandlerError::Permanent(format!("tokenize_error: {e}"))));
+                }
+            }
+        }
+        encoded.sort_by_key(|(i, e, _)| (e.ids.len(), *i));
+        let mut done = articles.len() - encoded.len();
+        let mut start = 0;
+        while start < encoded.len() {
+            let mut end = start + 1;
+            while end < encoded.len()
+                && end - start < max_batch.max(1)
+                && (end - start + 1) * encoded[end].1.ids.len() <= max_tokens.max(1)
+            {
+                end += 1;
+            }
+            let chunk = &encoded[start..end];
+            let refs: Vec<&crate::model::Encoded> = chunk.iter().map(|c| &c.1).collect();
+            match self.classifier.logits(&refs) {
+                Ok(logits) => {
+                    for ((i, enc, text_truncated), l) in chunk.iter().zip(logits) {
+                        let (a, at) = articles[*i];
+                        let pred = self.classifier.predict(l);
+                        let assets = self.aliases.link_article(a);
+                        let score = score_event(
+                            a,
+                            assets,
+                            &pred,
+                            &self.classifier,
+                            *text_truncated || enc.truncated,
+                            at,
+                        );
+                        out[*i] = Some(Ok(AnyEvent::SentimentScore(score)));
+                    }
+                }
+                Err(e) => {
+                    for c in chunk {
+                        out[c.0] = Some(Err(HandlerError::Transient(e.to_string())));
+                    }
+                }
+            }
+            done += chunk.len();
+            progress(done);
+            start = end;
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(HandlerError::Transient("not scored".into()))))
+            .collect()
+    }
+}
+
 impl Processor for ScoreProcessor {
     fn name(&self) -> &str {
         "sentiment"

@@ -231,6 +231,17 @@ async fn publish_scores(
     metrics: &StageMetrics,
 ) -> Result<(), StageError> {
     let now = now_micros();
+    let traced = auroraq_stage::trace::enabled().then(std::time::SystemTime::now);
+    if let Some(start) = traced {
+        // The batch: one span linked to every article it scored.
+        auroraq_stage::trace::record_batch(
+            &cfg.name,
+            "score batch",
+            Vec::new(),
+            jobs.iter().map(|j| &j.article.meta),
+            start,
+        );
+    }
     let mut batch: Vec<OutMessage> = Vec::with_capacity(jobs.len());
     for (j, p) in jobs.iter().zip(&preds) {
         let a = &j.article;
@@ -249,7 +260,24 @@ async fn publish_scores(
             j.text_truncated || j.encoded.truncated,
             ts_scored,
         );
-        let ev = AnyEvent::SentimentScore(score);
+        let mut ev = AnyEvent::SentimentScore(score);
+        // Continues the article's trace: a child span per article (ids from the events).
+        let input = auroraq_schemas::TraceContext::of(&a.meta);
+        let span = auroraq_stage::trace::stamp(&cfg.name, ev.meta_mut(), &input);
+        if let Some(start) = traced {
+            auroraq_stage::trace::record_outputs(
+                &cfg.name,
+                &[span],
+                std::slice::from_ref(&ev),
+                Some((
+                    &a.meta.event_id,
+                    j.delivery.topic(),
+                    Some(j.delivery.partition),
+                    input,
+                )),
+                start,
+            );
+        }
         let mut m = to_message(&ev).map_err(StageError::Encode)?;
         m.topic = topics::SENTIMENT_SCORES.to_owned();
         batch.push(m);

@@ -7,6 +7,7 @@
 //! crashes the stage.
 
 pub mod processor;
+pub mod trace;
 
 pub use processor::{
     available_at, run_processor, subscribe_processor, Clock, Processor, ProcessorHandler, SimClock, WallClock,
@@ -351,25 +352,51 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
             metrics.redelivered.fetch_add(1, Ordering::Relaxed);
         }
         let started = std::time::Instant::now();
+        // The consumed event's trace context (no allocation); its id only when spans are exported.
+        let mut input_cx = None;
+        let mut input_id = None;
         let outcome = match E::decode_message(d.payload()) {
             Err(e) => Err(("decode_error", e.to_string())),
-            Ok(event) => match handler.handle(event).await {
-                Ok(outs) => Ok(outs),
-                Err(HandlerError::Permanent(why)) => Err(("handler_error", why)),
-                Err(HandlerError::Transient(why)) if d.attempt >= cfg.max_attempts => {
-                    Err(("max_attempts", format!("failed {} times, last: {why}", d.attempt)))
+            Ok(event) => {
+                let m = event.incoming_meta();
+                input_cx = Some(auroraq_schemas::TraceContext::of(m));
+                if trace::enabled() {
+                    input_id = Some((m.event_id.clone(), std::time::SystemTime::now()));
                 }
-                Err(HandlerError::Transient(why)) => {
-                    debug!(stage = %cfg.name, attempt = d.attempt, error = %why, "transient failure; retrying");
-                    metrics.retried.fetch_add(1, Ordering::Relaxed);
-                    let delay = cfg.retry_delay.saturating_mul(1 << d.attempt.min(10));
-                    d.nack(Some(delay)).await?;
-                    continue;
+                match handler.handle(event).await {
+                    Ok(outs) => Ok(outs),
+                    Err(HandlerError::Permanent(why)) => Err(("handler_error", why)),
+                    Err(HandlerError::Transient(why)) if d.attempt >= cfg.max_attempts => {
+                        Err(("max_attempts", format!("failed {} times, last: {why}", d.attempt)))
+                    }
+                    Err(HandlerError::Transient(why)) => {
+                        debug!(stage = %cfg.name, attempt = d.attempt, error = %why, "transient failure; retrying");
+                        metrics.retried.fetch_add(1, Ordering::Relaxed);
+                        let delay = cfg.retry_delay.saturating_mul(1 << d.attempt.min(10));
+                        d.nack(Some(delay)).await?;
+                        continue;
+                    }
                 }
-            },
+            }
         };
         match outcome {
-            Ok(outs) => {
+            Ok(mut outs) => {
+                // Each output continues its parent's trace with a span of this stage's own.
+                if let Some(cx) = input_cx.filter(|_| !outs.is_empty()) {
+                    let spans: Vec<_> = outs
+                        .iter_mut()
+                        .map(|ev| trace::stamp(&cfg.name, ev.meta_mut(), &cx))
+                        .collect();
+                    if let Some((id, start)) = &input_id {
+                        trace::record_outputs(
+                            &cfg.name,
+                            &spans,
+                            &outs,
+                            Some((id, d.topic(), Some(d.partition), cx)),
+                            *start,
+                        );
+                    }
+                }
                 let mut batch = Vec::with_capacity(outs.len());
                 let mut encode_error = None;
                 for ev in &outs {

@@ -46,6 +46,11 @@ impl Handler<AnyEvent> for JsonlSink {
         self.out.write_all(b"\n").map_err(io)?;
         self.out.flush().map_err(io)?;
         self.lines += 1;
+        if auroraq_stage::trace::enabled() {
+            let target = self.path.display().to_string();
+            let start = std::time::SystemTime::now();
+            auroraq_stage::trace::record_sink_batch("jsonl", &target, std::iter::once(ev.meta()), start);
+        }
         Ok(Vec::new())
     }
 }

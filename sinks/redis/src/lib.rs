@@ -522,6 +522,7 @@ impl RedisSink {
         let ttl_ms = self.cfg.state_ttl.as_millis() as u64;
         let dedup_ms = self.cfg.dedup_ttl.as_millis() as u64;
         let stream_key = self.keys.fused_stream();
+        let traced = auroraq_stage::trace::enabled().then(std::time::SystemTime::now);
         for attempt in 0..2 {
             let mut c = self.connection().await?;
             let mut pipe = redis::pipe();
@@ -568,6 +569,11 @@ impl RedisSink {
                         } else {
                             out.stream_appended += 1;
                         }
+                    }
+                    if let Some(start) = traced {
+                        // One span per applied batch, linked to every event in it.
+                        let metas = events.iter().map(|e| e.meta());
+                        auroraq_stage::trace::record_sink_batch("redis", "redis", metas, start);
                     }
                     return Ok(out);
                 }

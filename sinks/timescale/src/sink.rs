@@ -334,6 +334,7 @@ async fn write_batches(
         }
         let mut backoff = cfg.backoff_min;
         let mut failures = 0u32;
+        let traced = auroraq_stage::trace::enabled().then(std::time::SystemTime::now);
         loop {
             let res =
                 match tokio::time::timeout(cfg.write_timeout, writer.write(&batch.events, batch.redelivered))
@@ -348,6 +349,15 @@ async fn write_batches(
             let failure = match res {
                 Ok(outcome) => {
                     metrics.record(&outcome);
+                    if let Some(start) = traced {
+                        // One span per committed batch, linked to every row's event.
+                        auroraq_stage::trace::record_sink_batch(
+                            &stage,
+                            "postgres",
+                            batch.events.iter().map(|e| e.meta()),
+                            start,
+                        );
+                    }
                     debug!(
                         rows = batch.events.len(),
                         inserted = outcome.inserted(),

@@ -1,0 +1,236 @@
+//! `auroraq run` on its default data (real crypto headlines and BTC-USD bars of the same days):
+//! the results are pinned, and the report has every section and the data behind it.
+//!
+//! # The pins
+//!
+//! A change that alters the job's results (the data, the sentiment model, text preparation, asset
+//! linking, fusion, the agent, risk, execution, event order) changes the fingerprint: update the
+//! constants below **on purpose**, saying why in the commit. To regenerate them:
+//!
+//! ```sh
+//! export CARGO_TARGET_DIR=$HOME/.cache/auroraq/target
+//! cargo test -p auroraq --test main_job -- --nocapture               # SUBSET: prints the values it got
+//! cargo test --release -p auroraq --test main_job -- --ignored --nocapture   # FULL (about a minute)
+//! ```
+//!
+//! and copy the printed `fingerprint` and `trades` into [`SUBSET`] / [`FULL`]. When the model in
+//! `models/auroraq-minilm-fpb` is replaced, both change.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// What a run is pinned to.
+struct Pin {
+    fingerprint: &'static str,
+    trades: u64,
+    articles: u64,
+}
+
+/// The first [`SUBSET_ROWS`] headlines of the default news (with the default bars, cut to the
+/// warm-up before them): small enough for a debug build.
+const SUBSET: Pin = Pin {
+    fingerprint: "d9e8fbb7df40649d41eff45634887cca79cc0efaf33ecd9cc34ed4d68deedec5",
+    trades: 0,
+    articles: 3000,
+};
+const SUBSET_ROWS: usize = 3000;
+
+/// `auroraq run` with no arguments: all 29,778 headlines (release build; `--ignored`).
+const FULL: Pin = Pin {
+    fingerprint: "cac590f00472acc67905b243d1cc8e97759b7cb70dfc96b22b7f85a9e044124d",
+    trades: 7,
+    articles: 29_778,
+};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn auroraq() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_auroraq"));
+    c.current_dir(repo_root())
+        .env_remove("AURORAQ_CONFIG")
+        .env("RUST_LOG", "warn")
+        .args(["--log-format", "json"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AURORAQ_RUN_")
+            || k.starts_with("AURORAQ_FUSION_")
+            || k.starts_with("AURORAQ_SENTIMENT_")
+        {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap()
+}
+
+fn check(s: &serde_json::Value, pin: &Pin, what: &str) {
+    let bt = &s["backtest"];
+    let (fp, trades) = (
+        bt["fingerprint"].as_str().unwrap_or(""),
+        bt["trades"].as_u64().unwrap_or(0),
+    );
+    println!(
+        "{what}: fingerprint {fp:?}, trades {trades}, articles {}",
+        bt["articles"]
+    );
+    assert_eq!(bt["articles"].as_u64(), Some(pin.articles), "{bt}");
+    assert_eq!(
+        bt["emitted_by_kind"]["SentimentScore"].as_u64(),
+        Some(pin.articles),
+        "{bt}"
+    );
+    assert!(bt["articles_unlinked"].as_u64().is_some(), "{bt}");
+    let study = &bt["event_study"];
+    assert!(
+        study["rows"].as_array().is_some_and(|r| r.len() == 2 * 3 * 7),
+        "fused and article rows, 3 horizons, all + Q1..Q5 + Q5-Q1: {study}"
+    );
+    assert!(
+        study["headline"].as_str().is_some_and(|h| h.contains("24 h")),
+        "{study}"
+    );
+    assert_eq!(
+        (fp, trades),
+        (pin.fingerprint, pin.trades),
+        "{what}: the results changed. If that is intended, update the pins in {} (see its docs)",
+        file!()
+    );
+}
+
+#[test]
+fn the_main_job_on_a_subset_of_the_default_news_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let news = dir.path().join("news.csv");
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(
+            std::fs::File::open(repo_root().join("data/crypto/crypto_news_2025-05_2025-08.csv.gz")).unwrap(),
+        ),
+        &mut text,
+    )
+    .unwrap();
+    // No headline holds a line break: the header and the first rows are the first lines.
+    let rows: Vec<&str> = text.lines().take(SUBSET_ROWS + 1).collect();
+    std::fs::write(&news, rows.join("\n") + "\n").unwrap();
+    let run = || {
+        let out_dir = dir.path().join("out");
+        last_json(
+            &auroraq()
+                .env("AURORAQ_RUN_NEWS", &news)
+                .args(["run", "--out"])
+                .arg(&out_dir)
+                .output()
+                .unwrap(),
+        )
+    };
+    let a = run();
+    let report = dir.path().join("out/report");
+    for f in [
+        "report.html",
+        "prices.csv",
+        "sentiment.csv",
+        "equity.csv",
+        "trades.csv",
+        "event_study.csv",
+        "event_study.json",
+        "sources.csv",
+        "headlines.csv",
+        "labels_weekly.csv",
+        "run.json",
+        "summary.json",
+    ] {
+        assert!(report.join(f).is_file(), "{f}");
+    }
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("same days") && html.contains("sha256"));
+    browser_check(&report.join("report.html"));
+    let b = run();
+    assert_eq!(
+        a["backtest"]["fingerprint"], b["backtest"]["fingerprint"],
+        "same data, same fingerprint"
+    );
+    check(&a, &SUBSET, "subset");
+}
+
+/// Renders the report in Debian's headless chromium (installed by scripts/chromium.sh) and checks
+/// that every chart is there as SVG with data points and that the console shows no error. Skips,
+/// saying so, only when chromium is not installed.
+fn browser_check(page: &Path) {
+    let Some(bin) = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        eprintln!("SKIPPED the browser check: chromium is not installed (scripts/chromium.sh installs it)");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.canonicalize().unwrap().display()))
+        .output()
+        .unwrap();
+    let (dom, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success() && !dom.is_empty(), "chromium failed: {log}");
+    for id in [
+        "price",
+        "sentiment",
+        "article-counts",
+        "equity",
+        "drawdown",
+        "event-study",
+        "labels-weekly",
+    ] {
+        let at = dom
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("chart {id} is not in the rendered page"));
+        let svg_start = dom[..at].rfind("<svg").unwrap();
+        let svg = &dom[svg_start..svg_start + dom[svg_start..].find("</svg>").unwrap()];
+        let points: u64 = svg
+            .split("data-points=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(points > 0, "chart {id} has no data points");
+        assert!(
+            svg.contains("<polyline") || svg.contains("<rect class=\"bar\"") || svg.contains("<rect x="),
+            "chart {id} draws nothing"
+        );
+    }
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("Uncaught") || (l.contains("CONSOLE") && l.to_ascii_lowercase().contains("error"))
+        })
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
+#[test]
+#[ignore = "the full default data: run with --release -- --ignored (about a minute)"]
+fn the_main_job_on_the_default_data_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = last_json(&auroraq().args(["run", "--out"]).arg(dir.path()).output().unwrap());
+    check(&s, &FULL, "full");
+}
