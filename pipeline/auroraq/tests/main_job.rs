@@ -13,8 +13,9 @@
 //! cargo test --release -p auroraq --test main_job -- --ignored --nocapture   # FULL (about a minute)
 //! ```
 //!
-//! and copy the printed `fingerprint` and `trades` into [`SUBSET`] / [`FULL`]. When the model in
-//! `models/auroraq-minilm-fpb` is replaced, both change.
+//! and copy the printed `fingerprint` and `trades` into [`SUBSET`] (its debug value from the first
+//! command; `cargo test --release -p auroraq --test main_job -- --nocapture` prints its release
+//! value) / [`FULL`]. When the model in `models/auroraq-minilm-fpb` is replaced, all of them change.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -27,15 +28,23 @@ struct Pin {
 }
 
 /// The first [`SUBSET_ROWS`] headlines of the default news (with the default bars, cut to the
-/// warm-up before them): small enough for a debug build.
+/// warm-up before them): small enough for a debug build. A debug and a release build of the same
+/// source give different fingerprints here (the same scores, fused signals and trades; some
+/// emitted floating-point figure differs in its last bits between the profiles, not yet traced),
+/// so each profile has its pin; each is the same on every run.
 const SUBSET: Pin = Pin {
-    fingerprint: "d9e8fbb7df40649d41eff45634887cca79cc0efaf33ecd9cc34ed4d68deedec5",
+    fingerprint: if cfg!(debug_assertions) {
+        "d9e8fbb7df40649d41eff45634887cca79cc0efaf33ecd9cc34ed4d68deedec5"
+    } else {
+        "332609e87f9cfbd1c045619d9bcfc6f91b3dd58cb7a0c3ce5652360fd0cd548f"
+    },
     trades: 0,
     articles: 3000,
 };
 const SUBSET_ROWS: usize = 3000;
 
-/// `auroraq run` with no arguments: all 29,778 headlines (release build; `--ignored`).
+/// `auroraq run` with no arguments: all 29,778 headlines (release build; `--ignored`). 7 trades,
+/// -0.32 % against +37.8 % for holding BTC over the same span.
 const FULL: Pin = Pin {
     fingerprint: "cac590f00472acc67905b243d1cc8e97759b7cb70dfc96b22b7f85a9e044124d",
     trades: 7,

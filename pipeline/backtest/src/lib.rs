@@ -13,7 +13,7 @@ pub mod event_study;
 pub mod fingerprint;
 pub mod report;
 
+pub use analysis::{ArticlePoint, Extras, SignalPoint};
 pub use engine::{available_at, BacktestError, Engine, RunOutput};
 pub use fingerprint::Fingerprint;
-pub use analysis::{ArticlePoint, Extras, SignalPoint};
 pub use report::{report, report_with, Summary, Trade};
