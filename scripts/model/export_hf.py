@@ -300,26 +300,48 @@ def load_hf(model_id, revision=None):
     return tokenizer, model
 
 
+# model types whose position ids HF derives from input_ids != pad_token_id (RoBERTa-style: positions start at
+# pad_token_id + 1); the export derives them from attention_mask instead (same values on every real token), so
+# that the graph does not depend on which id a runtime pads with (AuroraQ's Rust runtime pads with the id of
+# "[PAD]", which for MPNet's vocabulary is 4, not its pad_token_id 1)
+MASK_POSITION_TYPES = ("mpnet", "roberta", "xlm-roberta", "camembert")
+
+
+def mask_position_ids(attention_mask, padding_idx):
+    import torch
+
+    mask = attention_mask.to(torch.long)
+    return torch.cumsum(mask, dim=1) * mask + padding_idx
+
+
 class LogitsOnly:
-    """Wraps a HF classifier so that the traced graph takes the three inputs positionally and returns logits."""
+    """Wraps a HF classifier so that the traced graph takes the three inputs positionally and returns logits
+    (for MASK_POSITION_TYPES with position ids computed from attention_mask)."""
 
     def __new__(cls, model, with_token_types):
         import torch
+
+        mask_positions = getattr(model.config, "model_type", None) in MASK_POSITION_TYPES
+        padding_idx = int(getattr(model.config, "pad_token_id", 1) or 0)
 
         class _W(torch.nn.Module):
             def __init__(self, m):
                 super().__init__()
                 self.m = m
 
+            def extra(self, attention_mask):
+                return {"position_ids": mask_position_ids(attention_mask, padding_idx)} if mask_positions else {}
+
             if with_token_types:
 
                 def forward(self, input_ids, attention_mask, token_type_ids):
-                    return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True).logits
+                    return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True,
+                                  **self.extra(attention_mask)).logits
 
             else:
 
                 def forward(self, input_ids, attention_mask):
-                    return self.m(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).logits
+                    return self.m(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **self.extra(attention_mask)).logits
 
         return _W(model).eval()
 
@@ -1025,7 +1047,8 @@ def run(args, golden_texts=None):
         raise SystemExit(f"{out_tok} read by the tokenizers library disagrees with the HF tokenizer on {bad} probe texts")
 
     if args.eval_csv:
-        report["eval"] = evaluate(paths, tokenizer, args.eval_csv, model.config.label2id, args.max_length, args.threads)
+        report["eval"] = evaluate(paths, tokenizer, args.eval_csv, model.config.label2id, args.max_length, args.threads,
+                                  pad_id=int(tokenizer.pad_token_id or 0))
         report["eval"]["csv"] = args.eval_csv
 
     if golden_texts is None and args.golden_texts:
