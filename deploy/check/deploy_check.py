@@ -29,6 +29,7 @@ COMPOSE_ROLES = {
     "execute": ["execute"],
     "sink-postgres": ["sink", "postgres"],
     "sink-redis": ["sink", "redis"],
+    "api": ["api"],
 }
 LAG_QUERY = 'sum(max by (partition) (auroraq_bus_pending_messages{group="sentiment"}))'
 

@@ -1,10 +1,12 @@
 //! Settings of the live connector, the REST client and the klines backfill, with Binance's
-//! defaults; stream and interval names as Binance spells them.
+//! defaults; stream and interval names as Binance spells them. [`BinanceSettings`] is the
+//! `[binance]` configuration section they are built from.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use auroraq_schemas::Micros;
+use serde::{Deserialize, Serialize};
 
 /// Exponential backoff with jitter (attempt `n` waits a random time in `[d/2, d]` where
 /// `d = min(max, initial · 2ⁿ)`): the workspace's one [`auroraq_util::Backoff`].
@@ -70,6 +72,15 @@ impl StreamKind {
         })
     }
 
+    /// The name configurations use (what [`StreamKind::parse`] reads back): `trade`, `aggTrade`,
+    /// `kline_<interval>`, `bookTicker`, `depth`.
+    pub fn name(&self) -> String {
+        match self {
+            StreamKind::Depth => "depth".into(),
+            k => k.suffix(),
+        }
+    }
+
     /// The part of the stream name after `<symbol>@`.
     pub fn suffix(&self) -> String {
         match self {
@@ -79,6 +90,26 @@ impl StreamKind {
             StreamKind::BookTicker => "bookTicker".into(),
             StreamKind::Depth => "depth@100ms".into(),
         }
+    }
+}
+
+impl std::fmt::Display for StreamKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Written as its configuration name (`"kline_1m"`), read with [`StreamKind::parse`].
+impl Serialize for StreamKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        StreamKind::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -401,6 +432,84 @@ impl LiveConfig {
     }
 }
 
+/// `[binance]`: where the Binance connector connects and what it subscribes to. Point it at
+/// Binance.US (`wss://stream.binance.us:9443`, `https://api.binance.us`) or the testnet
+/// (`wss://stream.testnet.binance.vision`, `https://testnet.binance.vision`) by configuration alone.
+///
+/// The configuration section the runtime reads; [`BinanceSettings::live_config`] and
+/// [`BinanceSettings::backfill_config`] turn it into the connector's and the backfill's settings
+/// (Binance's defaults for everything else).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinanceSettings {
+    /// WebSocket base URL (the connector appends `/stream?streams=...`).
+    pub ws_url: String,
+    /// REST base URL (depth snapshots, klines backfill).
+    pub rest_url: String,
+    /// Exchange name on events and topics, e.g. `binance`, `binance_us`, `binance_testnet`.
+    pub exchange: String,
+    /// Symbols, e.g. `["btcusdt", "ethusdt"]`.
+    pub symbols: Vec<String>,
+    /// Streams: trade, aggTrade, kline_<interval>, bookTicker, depth.
+    pub streams: Vec<StreamKind>,
+}
+
+impl Default for BinanceSettings {
+    fn default() -> Self {
+        BinanceSettings {
+            ws_url: DEFAULT_WS_BASE.into(),
+            rest_url: DEFAULT_REST_BASE.into(),
+            exchange: "binance".into(),
+            symbols: vec!["btcusdt".into(), "ethusdt".into()],
+            streams: vec![
+                StreamKind::Trade,
+                StreamKind::Kline(Interval { name: "1m" }),
+                StreamKind::BookTicker,
+                StreamKind::Depth,
+            ],
+        }
+    }
+}
+
+impl BinanceSettings {
+    /// The live connector's settings: these endpoints, exchange, symbols (upper case, checked,
+    /// duplicates dropped) and streams (duplicates dropped), validated.
+    pub fn live_config(&self) -> Result<LiveConfig, ConfigError> {
+        let symbols = parse_symbols(&self.symbols.join(","))?;
+        let mut streams: Vec<StreamKind> = Vec::with_capacity(self.streams.len());
+        for k in &self.streams {
+            if !streams.contains(k) {
+                streams.push(k.clone());
+            }
+        }
+        let live = LiveConfig::new(symbols, streams)
+            .with_endpoints(self.ws_url.clone(), self.rest_url.clone())
+            .with_exchange(self.exchange.clone());
+        live.validate()?;
+        Ok(live)
+    }
+
+    /// The REST client's settings: Binance's defaults at `rest_url`.
+    pub fn rest_config(&self) -> RestConfig {
+        RestConfig::default().with_base_url(self.rest_url.clone())
+    }
+
+    /// A klines backfill of `symbol` at `interval` over `[from, to)` from `rest_url`, its events
+    /// named `exchange` (no checkpoint file: set [`BackfillConfig::checkpoint`] to resume).
+    pub fn backfill_config(
+        &self,
+        symbol: &str,
+        interval: Interval,
+        from: Micros,
+        to: Micros,
+    ) -> BackfillConfig {
+        let mut bc = BackfillConfig::new(symbol, interval, from, to);
+        bc.rest = self.rest_config();
+        bc.exchange = self.exchange.clone();
+        bc
+    }
+}
+
 /// What to backfill: klines of one symbol and interval over `[from, to)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackfillConfig {
@@ -507,6 +616,80 @@ mod tests {
         assert_eq!(Interval::parse("1w").expect("1w").millis(), Some(604_800_000));
         assert_eq!(Interval::parse("1M").expect("1M").millis(), None);
         assert!(Interval::parse("2m").is_err());
+    }
+
+    #[test]
+    fn settings_section() {
+        let d = BinanceSettings::default();
+        assert_eq!(
+            serde_json::to_value(&d).expect("serialises"),
+            serde_json::json!({
+                "ws_url": "wss://stream.binance.com:9443",
+                "rest_url": "https://api.binance.com",
+                "exchange": "binance",
+                "symbols": ["btcusdt", "ethusdt"],
+                "streams": ["trade", "kline_1m", "bookTicker", "depth"],
+            })
+        );
+        let live = d.live_config().expect("the defaults work");
+        assert_eq!(live.symbols, vec!["BTCUSDT", "ETHUSDT"]);
+        assert_eq!(live.ws_base, DEFAULT_WS_BASE);
+        assert_eq!(live.rest.base_url, DEFAULT_REST_BASE);
+        assert_eq!(live.streams.len(), 4);
+
+        let s: BinanceSettings = serde_json::from_value(serde_json::json!({
+            "rest_url": "https://api.binance.us",
+            "exchange": "binance_us",
+            "symbols": ["solusdt", "SOLUSDT"],
+            "streams": ["aggtrade", "kline_1h", "depth@100ms", "aggTrade"],
+        }))
+        .expect("parses");
+        assert_eq!(s.ws_url, DEFAULT_WS_BASE, "unset keys keep defaults");
+        let interval = Interval::parse("1h").expect("1h");
+        assert_eq!(
+            s.streams,
+            vec![
+                StreamKind::AggTrade,
+                StreamKind::Kline(interval.clone()),
+                StreamKind::Depth,
+                StreamKind::AggTrade
+            ]
+        );
+        let live = s.live_config().expect("valid");
+        assert_eq!(live.symbols, vec!["SOLUSDT"]);
+        assert_eq!(live.streams.len(), 3, "duplicates dropped");
+        assert_eq!(live.exchange, "binance_us");
+        assert_eq!(live.rest.base_url, "https://api.binance.us");
+        let bc = s.backfill_config("solusdt", interval, 0, 1);
+        assert_eq!(
+            (
+                bc.symbol.as_str(),
+                bc.exchange.as_str(),
+                bc.rest.base_url.as_str()
+            ),
+            ("SOLUSDT", "binance_us", "https://api.binance.us")
+        );
+        let round: BinanceSettings =
+            serde_json::from_value(serde_json::to_value(&s).expect("serialises")).expect("reads back");
+        assert_eq!(round, s);
+
+        let e = serde_json::from_value::<BinanceSettings>(serde_json::json!({"streams": ["depth20"]}))
+            .expect_err("unknown stream");
+        assert!(e.to_string().contains("depth20"), "{e}");
+        let e = serde_json::from_value::<BinanceSettings>(serde_json::json!({"ws": "x"}))
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("ws"), "{e}");
+        let mut bad = BinanceSettings::default();
+        bad.symbols.clear();
+        assert_eq!(bad.live_config(), Err(ConfigError::NoSymbols));
+        let mut bad = BinanceSettings::default();
+        bad.streams.clear();
+        assert_eq!(bad.live_config(), Err(ConfigError::NoStreams));
+        let bad = BinanceSettings {
+            ws_url: "https://x".into(),
+            ..BinanceSettings::default()
+        };
+        assert!(matches!(bad.live_config(), Err(ConfigError::BadUrl { .. })));
     }
 
     #[test]

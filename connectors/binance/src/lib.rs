@@ -12,7 +12,8 @@
 //! - [`rest`]: the REST client ([`RestClient`]) that keeps to the request-weight budget and
 //!   honours `Retry-After`.
 //! - [`backfill`]: klines over a time range, paginated and resumable ([`backfill()`]).
-//! - [`config`]: the settings of all three, with Binance's defaults.
+//! - [`config`]: the settings of all three, with Binance's defaults, and the `[binance]`
+//!   configuration section they are built from ([`BinanceSettings`]).
 
 pub mod backfill;
 pub mod book;
@@ -25,8 +26,8 @@ pub mod stream;
 pub use backfill::{backfill, BackfillError, BackfillProgress, BackfillReport, Checkpoint};
 pub use book::{BookSync, OrderBook, SyncCounts, SyncOutput};
 pub use config::{
-    parse_streams, parse_symbols, BackfillConfig, Backoff, ConfigError, Interval, LiveConfig, RestConfig,
-    StreamKind, DEFAULT_REST_BASE, DEFAULT_WS_BASE,
+    parse_streams, parse_symbols, BackfillConfig, Backoff, BinanceSettings, ConfigError, Interval,
+    LiveConfig, RestConfig, StreamKind, DEFAULT_REST_BASE, DEFAULT_WS_BASE,
 };
 pub use connector::{run_live, ConnectorError, LiveConnector, LiveStats, StatsHandle};
 pub use decode::{DecodeError, Decoder, DepthDiff, DepthSnapshot, MarketEvent};

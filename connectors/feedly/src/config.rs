@@ -3,7 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::parse::ParseOptions;
+use crate::store::RedisStoreConfig;
 use crate::FeedlyError;
 
 /// Feedly Cloud, where the API lives unless configured otherwise.
@@ -12,8 +15,11 @@ pub const DEFAULT_BASE_URL: &str = "https://cloud.feedly.com";
 pub const TOKEN_ENV: &str = "FEEDLY_TOKEN";
 
 /// A Feedly access token. Never printed: its `Debug` says `Token(<redacted>)`, it has no
-/// `Display`, and the HTTP header that carries it is marked sensitive.
-#[derive(Clone, PartialEq, Eq)]
+/// `Display`, and the HTTP header that carries it is marked sensitive. In a configuration it is a
+/// plain string (empty: none); serialising one writes it out, so clear it first
+/// ([`Token::default`]) where the output is not secret.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
 pub struct Token(String);
 
 impl Token {
@@ -24,6 +30,11 @@ impl Token {
     /// The token itself, for the `Authorization` header. Do not log it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether it is empty or blank (counts as no token).
+    pub fn is_blank(&self) -> bool {
+        self.0.trim().is_empty()
     }
 }
 
@@ -153,6 +164,72 @@ impl FeedlyConfig {
     }
 }
 
+/// `[feedly]`: the Feedly connector. The token comes from `token`, else from the environment
+/// variable named by `token_env` (`FEEDLY_TOKEN`); it is never logged.
+///
+/// The configuration section the runtime reads; [`FeedlySettings::connector_config`] and
+/// [`FeedlySettings::store_config`] turn it into the connector's and its Redis store's settings
+/// (the defaults of [`FeedlyConfig::new`] for everything else).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedlySettings {
+    /// API root; requests go to `{base_url}/v3/streams/contents`.
+    pub base_url: String,
+    /// Stream to poll, e.g. `user/<id>/category/global.all` or `feed/<url>`.
+    pub stream_id: String,
+    /// The access token; empty: read the environment variable `token_env`.
+    pub token: Token,
+    /// Where to look for the token when `token` is empty.
+    pub token_env: String,
+    /// Items per request (1..=1000).
+    pub count: u32,
+    /// Seconds between polls.
+    pub poll_interval_secs: u64,
+    /// How far back the first poll reads, in hours; 0: the whole stream.
+    pub lookback_hours: u64,
+    /// Prefix of the Redis keys holding the cursor and the ids already published.
+    pub store_prefix: String,
+}
+
+impl Default for FeedlySettings {
+    fn default() -> Self {
+        FeedlySettings {
+            base_url: DEFAULT_BASE_URL.into(),
+            stream_id: String::new(),
+            token: Token::default(),
+            token_env: TOKEN_ENV.into(),
+            count: 100,
+            poll_interval_secs: 600,
+            lookback_hours: 24,
+            store_prefix: "auroraq:feedly:".into(),
+        }
+    }
+}
+
+impl FeedlySettings {
+    /// The connector's settings for `stream_id` (the defaults of [`FeedlyConfig::new`] for what
+    /// the section does not name; a poll interval of at least a second). Not validated here:
+    /// [`FeedlyConnector::new`](crate::FeedlyConnector::new) does.
+    pub fn connector_config(&self) -> FeedlyConfig {
+        let mut fc = FeedlyConfig::new(self.stream_id.clone());
+        fc.base_url = self.base_url.clone();
+        fc.token = (!self.token.is_blank()).then(|| self.token.clone());
+        fc.token_env = self.token_env.clone();
+        fc.count = self.count;
+        fc.poll_interval = Duration::from_secs(self.poll_interval_secs.max(1));
+        fc.lookback =
+            (self.lookback_hours > 0).then(|| Duration::from_secs(self.lookback_hours.saturating_mul(3600)));
+        fc
+    }
+
+    /// The Redis store's settings at `url`, its keys under `store_prefix`.
+    pub fn store_config(&self, url: impl Into<String>) -> RedisStoreConfig {
+        let mut rc = RedisStoreConfig::new(url);
+        rc.key_prefix = self.store_prefix.clone();
+        rc
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +258,53 @@ mod tests {
         cfg.token = None;
         cfg.token_env = "PATH".into();
         assert!(cfg.resolve_token().is_ok());
+    }
+
+    #[test]
+    fn settings_section() {
+        let d = FeedlySettings::default();
+        assert_eq!(
+            serde_json::to_value(&d).expect("serialises"),
+            serde_json::json!({
+                "base_url": "https://cloud.feedly.com",
+                "stream_id": "",
+                "token": "",
+                "token_env": "FEEDLY_TOKEN",
+                "count": 100,
+                "poll_interval_secs": 600,
+                "lookback_hours": 24,
+                "store_prefix": "auroraq:feedly:",
+            })
+        );
+        let fc = d.connector_config();
+        assert!(fc.token.is_none(), "an empty token is none");
+        assert_eq!(fc.lookback, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(fc.poll_interval, Duration::from_secs(600));
+        assert_eq!(d.store_config("redis://x").key_prefix, "auroraq:feedly:");
+
+        let s: FeedlySettings = serde_json::from_value(serde_json::json!({
+            "stream_id": "feed/x",
+            "token": "s3cr3t",
+            "count": 7,
+            "poll_interval_secs": 0,
+            "lookback_hours": 0,
+            "store_prefix": "p:",
+        }))
+        .expect("parses");
+        assert_eq!(s.base_url, DEFAULT_BASE_URL, "unset keys keep defaults");
+        assert!(!format!("{s:?}").contains("s3cr3t"), "the token is redacted");
+        let fc = s.connector_config();
+        assert_eq!(fc.stream_id, "feed/x");
+        assert_eq!(fc.token.as_ref().map(Token::expose), Some("s3cr3t"));
+        assert_eq!(fc.count, 7);
+        assert_eq!(fc.poll_interval, Duration::from_secs(1), "at least a second");
+        assert_eq!(fc.lookback, None, "0: the whole stream");
+        assert!(fc.validate().is_ok());
+        assert_eq!(s.store_config("redis://x").key_prefix, "p:");
+
+        let e = serde_json::from_value::<FeedlySettings>(serde_json::json!({"tokn": "x"}))
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("tokn"), "{e}");
     }
 
     #[test]

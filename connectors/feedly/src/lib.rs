@@ -35,7 +35,7 @@ use auroraq_bus::BusError;
 use auroraq_schemas::CodecError;
 
 pub use auroraq_util::parse_retry_after;
-pub use config::{FeedlyConfig, Token, DEFAULT_BASE_URL, TOKEN_ENV};
+pub use config::{FeedlyConfig, FeedlySettings, Token, DEFAULT_BASE_URL, TOKEN_ENV};
 pub use parse::{parse_item, parse_page, parse_page_with, ItemError, ParseOptions, ParsedPage};
 pub use poller::{run, FeedlyConnector, FeedlyStats};
 pub use store::{FeedlyStore, MemoryStore, RedisStore, RedisStoreConfig, SeenLimits, StoreError};

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use auroraq_runtime::replay::{BarsOptions, Format, LoadOptions};
 use auroraq_runtime::wiring::{connect_bus, pace, stop_on_signals};
 use auroraq_runtime::{backtest, bench, bench_decode, doctor, roles, run, CancellationToken, Config};
@@ -93,8 +93,28 @@ enum Command {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
-    /// HTTP API role (coming with the API issue).
-    Api,
+    /// API role: REST under /api/v1, WebSockets, gRPC SentimentService, the status page at /,
+    /// /health, /ready, /metrics ([api]).
+    Api(ApiArgs),
+}
+
+#[derive(Args, Debug, Default)]
+struct ApiArgs {
+    /// REST, WebSockets and the page: host:port (default: api.listen, 127.0.0.1:8001).
+    #[arg(long)]
+    listen: Option<String>,
+    /// gRPC SentimentService: host:port, e.g. 127.0.0.1:50051 (default: api.grpc_listen, none).
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    /// Serve without authentication (local use only; logs a warning).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Model folder (default: sentiment.model_dir).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Serve without a model (the sentiment endpoints answer 503).
+    #[arg(long)]
+    no_model: bool,
 }
 
 #[derive(Args, Debug)]
@@ -183,6 +203,13 @@ struct RunArgs {
     /// (the job then runs as separate processes, one per role). Repeatable.
     #[arg(long = "sink")]
     sinks: Vec<String>,
+    /// Serve the API on host:port during the job and after it until Ctrl-C (embedded only;
+    /// credentials from [api] / AURORAQ_API_KEYS, or --insecure-no-auth).
+    #[arg(long)]
+    api: Option<String>,
+    /// With --api: serve without authentication (local use only).
+    #[arg(long, requires = "api")]
+    insecure_no_auth: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -513,13 +540,14 @@ impl Command {
             Command::Risk => "risk",
             Command::Execute => "execute",
             Command::Agent { .. } => "agent",
-            Command::Api => "api",
+            Command::Api(_) => "api",
         }
     }
 }
 
+#[cfg(any(not(feature = "api"), not(feature = "sentiment")))]
 fn not_yet(role: &str, issue: &str) -> Result<ExitCode> {
-    bail!(
+    anyhow::bail!(
         "the {role} role is not in this build yet (it arrives with the {issue} work); \
          `auroraq --help` lists what is"
     )
@@ -570,6 +598,17 @@ fn backtest_job(a: BacktestArgs, progress: bool) -> backtest::Job {
     }
 }
 
+#[cfg(feature = "api")]
+fn api_options(a: ApiArgs) -> auroraq_runtime::api::ApiOptions {
+    auroraq_runtime::api::ApiOptions {
+        listen: a.listen,
+        grpc_listen: a.grpc_listen,
+        insecure_no_auth: a.insecure_no_auth,
+        model: a.model,
+        no_model: a.no_model,
+    }
+}
+
 async fn real_main(cli: Cli) -> Result<ExitCode> {
     let mut cfg = Config::load(cli.config.as_deref(), std::env::vars())?;
     if let Some(bus) = cli.bus {
@@ -585,6 +624,10 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(a) => {
             cfg.run.apply(a.bars, a.out);
+            if let Some(api) = a.api {
+                cfg.run.api = api;
+                cfg.api.insecure_no_auth |= a.insecure_no_auth;
+            }
             let summary = run::run(&cfg, pace(a.speed)?, &a.sinks, stop_on_signals(), progress).await?;
             emit(&summary)?;
         }
@@ -709,7 +752,10 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Agent { name, policy } => {
             emit(&roles::agent_role(&cfg, &name, policy.as_deref(), stop_on_signals()).await?)?;
         }
-        Command::Api => return not_yet("api", "API"),
+        #[cfg(feature = "api")]
+        Command::Api(a) => auroraq_runtime::api::role(&cfg, &api_options(a), stop_on_signals()).await?,
+        #[cfg(not(feature = "api"))]
+        Command::Api(_) => return not_yet("api", "`api` cargo feature"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,18 +14,7 @@ fn repo_root() -> &'static Path {
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    Some((
-        status,
-        buf.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    ))
+    request(port, "GET", path, &[], "")
 }
 
 /// Sum of the samples of `metric` whose labels contain every one of `labels`.
@@ -157,4 +146,125 @@ fn scopeguard(pid: u32) -> impl Drop {
         }
     }
     Term(pid)
+}
+
+/// One HTTP/1.1 request with headers and a body; `(status, body)`.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    write!(s, "{head}\r\n{body}").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    Some((
+        status,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    ))
+}
+
+/// `auroraq api`: refuses to start without credentials; with a key it serves the model, and its
+/// own `/metrics` counts the requests; SIGTERM stops it cleanly.
+#[test]
+fn the_api_role_serves_the_model_behind_a_key() {
+    let port = auroraq_tests::free_port();
+    let base = |c: &mut Command| {
+        c.current_dir(repo_root())
+            .env_remove("AURORAQ_CONFIG")
+            .env_remove("AURORAQ_API_KEYS")
+            .env("RUST_LOG", "warn")
+            .args([
+                "--log-format",
+                "json",
+                "api",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ]);
+    };
+    let mut open = Command::new(env!("CARGO_BIN_EXE_auroraq"));
+    base(&mut open);
+    let out = open.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("AURORAQ_API_KEYS"), "{err}");
+
+    let key = "cli-key-0123456789abcdef";
+    let mut api = Command::new(env!("CARGO_BIN_EXE_auroraq"));
+    base(&mut api);
+    api.env("AURORAQ_API_KEYS", key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = api.spawn().unwrap();
+    let guard = scopeguard(child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(port, "/ready").map(|r| r.0) != Some(200) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the API exited before it was ready"
+        );
+        assert!(Instant::now() < deadline, "/ready never answered 200");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let auth = format!("Bearer {key}");
+    let json = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let (s, body) = request(
+        port,
+        "POST",
+        "/api/v1/sentiment/analyze",
+        &json,
+        r#"{"text": "Bitcoin ETF inflows hit a record as institutions pile in"}"#,
+    )
+    .expect("analyze");
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["model_version"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("auroraq-minilm"),
+        "{v}"
+    );
+    assert_eq!(
+        request(port, "GET", "/api/v1/status", &[], "").map(|r| r.0),
+        Some(401)
+    );
+    let (s, metrics) = get(port, "/metrics").unwrap();
+    assert_eq!(s, 200);
+    assert!(
+        sum(
+            &metrics,
+            "auroraq_api_requests_total",
+            &["route=\"/api/v1/sentiment/analyze\"", "status=\"200\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    drop(guard);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the API did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
 }

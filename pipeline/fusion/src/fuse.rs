@@ -37,6 +37,27 @@ pub struct FuseParams {
     pub trend_lookback: usize,
 }
 
+impl FuseParams {
+    /// The parameters of a fusion configuration (source names lower-cased, half-life in µs).
+    pub fn from_config(cfg: &crate::FusionConfig) -> FuseParams {
+        FuseParams {
+            source_weights: cfg
+                .source_weights
+                .iter()
+                .map(|(k, v)| (k.trim().to_lowercase(), *v))
+                .collect::<HashMap<_, _>>(),
+            default_source_weight: cfg.default_source_weight,
+            half_life: cfg.half_life_secs * 1_000_000.0,
+            outlier_k: cfg.outlier_k,
+            outlier_min_mad: cfg.outlier_min_mad,
+            outlier_min_scores: cfg.outlier_min_scores,
+            evidence_scale: cfg.evidence_scale,
+            trend_threshold: cfg.trend_threshold,
+            trend_lookback: cfg.trend_lookback,
+        }
+    }
+}
+
 /// One window's result.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fused {

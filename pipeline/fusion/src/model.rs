@@ -1,6 +1,5 @@
 //! What flows into and out of the dataflow, and the settings its operators run with.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use auroraq_schemas::{Article, DeadLetter, FusedSignal, Micros, SentimentScore};
@@ -204,21 +203,7 @@ impl Settings {
                 })
                 .collect(),
             grace: cfg.grace_secs as i64 * MICROS,
-            params: FuseParams {
-                source_weights: cfg
-                    .source_weights
-                    .iter()
-                    .map(|(k, v)| (k.trim().to_lowercase(), *v))
-                    .collect::<HashMap<_, _>>(),
-                default_source_weight: cfg.default_source_weight,
-                half_life: cfg.half_life_secs * MICROS as f64,
-                outlier_k: cfg.outlier_k,
-                outlier_min_mad: cfg.outlier_min_mad,
-                outlier_min_scores: cfg.outlier_min_scores,
-                evidence_scale: cfg.evidence_scale,
-                trend_threshold: cfg.trend_threshold,
-                trend_lookback: cfg.trend_lookback,
-            },
+            params: FuseParams::from_config(cfg),
             unknown_source: cfg.unknown_source.trim().to_lowercase(),
             dedup_horizon: (cfg.max_window_secs() + cfg.grace_secs) as i64 * MICROS,
             stamp,

@@ -15,7 +15,7 @@ pub mod stats;
 
 pub use book::{AgentBook, Holding};
 pub use config::{ConfigError, LimitOverrides, Limits, RiskConfig, SizingConfig};
-pub use processor::{wire, AgentStatus, RiskProcessor, RESET_KIND};
+pub use processor::{wire, AgentStatus, Check, RiskProcessor, RESET_KIND};
 pub use returns::ReturnSeries;
 pub use sizing::{floor_to_lot, vol_target_quantity, Sizing};
 pub use stats::{

@@ -69,6 +69,17 @@ type PendingAlert = (
     BTreeMap<String, String>,
 );
 
+/// The outcome of [`RiskProcessor::check`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Check {
+    pub verdict: Verdict,
+    /// The approved (possibly resized) quantity; `None` when rejected.
+    pub quantity: Option<Decimal>,
+    pub reason: String,
+    /// Each check's result, by name (`pass`, `fail: ...`, or a note).
+    pub checks: BTreeMap<String, String>,
+}
+
 /// The outcome of the checks on one intent.
 struct Outcome {
     verdict: Verdict,
@@ -584,6 +595,20 @@ impl RiskProcessor {
             }
         }
         out
+    }
+
+    /// What risk would decide on `it` now: the same checks as an intent on the bus, but no
+    /// decision is stored, nothing becomes pending and no alert is raised. An agent risk has not
+    /// heard of gets its starting book, as its first intent would give it.
+    pub fn check(&mut self, it: &OrderIntent) -> Check {
+        self.ensure_agent(&it.agent);
+        let o = self.decide(it);
+        Check {
+            verdict: o.verdict,
+            quantity: o.quantity,
+            reason: o.reason,
+            checks: o.checks,
+        }
     }
 
     /// The checks, in order: price, halt, daily loss, quantity (given, from notional, or

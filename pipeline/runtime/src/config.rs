@@ -14,8 +14,11 @@ pub struct Config {
     pub redis: ServiceConfig,
     pub sentiment: SentimentConfig,
     pub run: RunConfig,
-    pub binance: BinanceSection,
-    pub feedly: FeedlySection,
+    /// `[binance]`: endpoints, exchange name, symbols and streams of the Binance connector (see
+    /// connectors/binance).
+    pub binance: auroraq_binance::BinanceSettings,
+    /// `[feedly]`: the Feedly connector's stream, token and pacing (see connectors/feedly).
+    pub feedly: auroraq_feedly::FeedlySettings,
     /// `[stages]`: how stages on the bus keep time.
     pub stages: StagesConfig,
     /// `[fusion]`: windows, grace, weights, outliers (see pipeline/fusion).
@@ -30,6 +33,12 @@ pub struct Config {
     pub metrics: crate::telemetry::MetricsConfig,
     /// `[tracing]`: OpenTelemetry trace export over OTLP/HTTP (off by default).
     pub tracing: crate::telemetry::TracingConfig,
+    /// `[api]`: the API role (see pipeline/api).
+    #[cfg(feature = "api")]
+    pub api: auroraq_api::ApiConfig,
+    /// `[api]` is kept as written in a build without the API.
+    #[cfg(not(feature = "api"))]
+    pub api: toml::Table,
 }
 
 impl Default for Config {
@@ -40,8 +49,8 @@ impl Default for Config {
             redis: ServiceConfig::default(),
             sentiment: SentimentConfig::default(),
             run: RunConfig::default(),
-            binance: BinanceSection::default(),
-            feedly: FeedlySection::default(),
+            binance: auroraq_binance::BinanceSettings::default(),
+            feedly: auroraq_feedly::FeedlySettings::default(),
             stages: StagesConfig::default(),
             fusion: auroraq_fusion::FusionConfig::default(),
             risk: auroraq_risk::RiskConfig::default(),
@@ -55,76 +64,7 @@ impl Default for Config {
             .collect(),
             metrics: crate::telemetry::MetricsConfig::default(),
             tracing: crate::telemetry::TracingConfig::default(),
-        }
-    }
-}
-
-/// `[binance]`: where the Binance connector connects and what it subscribes to. Point it at
-/// Binance.US (`wss://stream.binance.us:9443`, `https://api.binance.us`) or the testnet
-/// (`wss://stream.testnet.binance.vision`, `https://testnet.binance.vision`) by configuration alone.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BinanceSection {
-    /// WebSocket base URL (the connector appends `/stream?streams=...`).
-    pub ws_url: String,
-    /// REST base URL (depth snapshots, klines backfill).
-    pub rest_url: String,
-    /// Exchange name on events and topics, e.g. `binance`, `binance_us`, `binance_testnet`.
-    pub exchange: String,
-    /// Symbols, e.g. `["btcusdt", "ethusdt"]`.
-    pub symbols: Vec<String>,
-    /// Streams: trade, aggTrade, kline_<interval>, bookTicker, depth.
-    pub streams: Vec<String>,
-}
-
-impl Default for BinanceSection {
-    fn default() -> Self {
-        BinanceSection {
-            ws_url: "wss://stream.binance.com:9443".into(),
-            rest_url: "https://api.binance.com".into(),
-            exchange: "binance".into(),
-            symbols: vec!["btcusdt".into(), "ethusdt".into()],
-            streams: vec![
-                "trade".into(),
-                "kline_1m".into(),
-                "bookTicker".into(),
-                "depth".into(),
-            ],
-        }
-    }
-}
-
-/// `[feedly]`: the Feedly connector. The token comes from `token`, else from the environment
-/// variable named by `token_env` (`FEEDLY_TOKEN`); it is never logged.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FeedlySection {
-    pub base_url: String,
-    /// Stream to poll, e.g. `user/<id>/category/global.all` or `feed/<url>`.
-    pub stream_id: String,
-    pub token: String,
-    pub token_env: String,
-    /// Items per request (1..=1000).
-    pub count: u32,
-    /// Seconds between polls.
-    pub poll_interval_secs: u64,
-    /// How far back the first poll reads, in hours; 0: the whole stream.
-    pub lookback_hours: u64,
-    /// Prefix of the Redis keys holding the cursor and the ids already published.
-    pub store_prefix: String,
-}
-
-impl Default for FeedlySection {
-    fn default() -> Self {
-        FeedlySection {
-            base_url: "https://cloud.feedly.com".into(),
-            stream_id: String::new(),
-            token: String::new(),
-            token_env: "FEEDLY_TOKEN".into(),
-            count: 100,
-            poll_interval_secs: 600,
-            lookback_hours: 24,
-            store_prefix: "auroraq:feedly:".into(),
+            api: Default::default(),
         }
     }
 }
@@ -270,6 +210,9 @@ pub struct RunConfig {
     /// Days of bars kept before the first article (news of the bars' own days): the risk stage's
     /// returns lookback (720 hourly returns: 30 days) fills there before the first signal.
     pub warmup_days: u64,
+    /// Serve the API (`[api]`) on this `host:port` during the embedded job, and after it until
+    /// interrupted; empty: no API.
+    pub api: String,
 }
 
 impl Default for RunConfig {
@@ -281,6 +224,7 @@ impl Default for RunConfig {
             out_dir: PathBuf::from("out"),
             backtest: true,
             warmup_days: 45,
+            api: String::new(),
         }
     }
 }
@@ -498,5 +442,73 @@ mod tests {
         assert!(e.contains("missing.toml"), "{e}");
         // Variables of other tools under the prefix are ignored.
         assert!(Config::load(None, env(&[("AURORAQ_TEST_NATS_URL", "x")])).is_ok());
+    }
+
+    #[test]
+    fn connector_sections_file_then_env() {
+        use auroraq_binance::{Interval, StreamKind};
+        let d = Config::load(None, env(&[])).unwrap();
+        assert_eq!(d.binance, auroraq_binance::BinanceSettings::default());
+        assert_eq!(d.feedly, auroraq_feedly::FeedlySettings::default());
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "[binance]\nexchange = \"binance_us\"\nstreams = [\"aggTrade\", \"kline_5m\"]\n\
+             [feedly]\nstream_id = \"feed/x\"\ncount = 50\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("AURORAQ_BINANCE_WS_URL", "ws://127.0.0.1:9"),
+                ("AURORAQ_BINANCE_SYMBOLS", "solusdt,adausdt"),
+                ("AURORAQ_FEEDLY_TOKEN", "s3cr3t"),
+                ("AURORAQ_FEEDLY_LOOKBACK_HOURS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.binance.exchange, "binance_us");
+        assert_eq!(c.binance.ws_url, "ws://127.0.0.1:9");
+        assert_eq!(c.binance.rest_url, auroraq_binance::DEFAULT_REST_BASE);
+        assert_eq!(c.binance.symbols, vec!["solusdt", "adausdt"]);
+        assert_eq!(
+            c.binance.streams,
+            vec![
+                StreamKind::AggTrade,
+                StreamKind::Kline(Interval::parse("5m").unwrap())
+            ]
+        );
+        assert_eq!(c.feedly.stream_id, "feed/x");
+        assert_eq!(c.feedly.count, 50);
+        assert_eq!(c.feedly.token.expose(), "s3cr3t");
+        assert_eq!(c.feedly.lookback_hours, 0);
+        assert!(!format!("{c:?}").contains("s3cr3t"), "the token is redacted");
+        let live = c.binance.live_config().unwrap();
+        assert_eq!(live.symbols, vec!["SOLUSDT", "ADAUSDT"]);
+        assert_eq!(c.feedly.connector_config().lookback, None);
+
+        // Streams from the environment are typed too; an unknown one is named.
+        let c = Config::load(None, env(&[("AURORAQ_BINANCE_STREAMS", "trade, depth")])).unwrap();
+        assert_eq!(c.binance.streams, vec![StreamKind::Trade, StreamKind::Depth]);
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_BINANCE_STREAMS", "trade,depth20")])).unwrap_err()
+        );
+        assert!(e.contains("depth20"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_FEEDLY_TOKN", "x")])).unwrap_err()
+        );
+        assert!(e.contains("AURORAQ_FEEDLY_TOKN") && e.contains("tokn"), "{e}");
+
+        // What `auroraq run` writes for its role processes reads back the same.
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("streams = [\"trade\", \"depth\"]"), "{text}");
+        let back = dir.path().join("run-config.toml");
+        std::fs::write(&back, text).unwrap();
+        let r = Config::load(Some(&back), env(&[])).unwrap();
+        assert_eq!((r.binance, r.feedly), (c.binance, c.feedly));
     }
 }

@@ -6,12 +6,15 @@
 //! - [`run`]: the main job, embedded (one process, in-process bus) or as processes ([`processes`]).
 //! - [`backtest`]: backtest plans (files, the bundled data, a bus's history) and their reports.
 //! - [`sentiment`]: the score role and the model tools (score, eval, bench).
+//! - [`api`]: the API role (feature `api`), standalone or embedded in `run`.
 //! - [`doctor`]: checks of every configured dependency.
 //! - [`bench`], [`bench_decode`]: throughput measurements with their baselines.
 //!
 //! Every long-running function takes a [`CancellationToken`]: cancel it to stop intake, drain and
 //! return.
 
+#[cfg(feature = "api")]
+pub mod api;
 pub mod backtest;
 pub mod bench;
 pub mod bench_decode;

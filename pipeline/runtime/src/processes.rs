@@ -91,7 +91,9 @@ pub async fn run(
     // Paced one event at a time: no stage should wait for a batch to fill.
     job.fusion.batch_wait_ms = 1;
     job.sentiment.max_wait_ms = 1;
-    job.feedly.token = String::new();
+    job.feedly.token = auroraq_feedly::Token::default();
+    #[cfg(feature = "api")]
+    job.api.keys.clear();
     job.postgres.url = String::new();
     job.redis.url = String::new();
     let config_path = out_dir.join("run-config.toml");

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use auroraq_bus::{Bus, SubscribeOptions};
-use auroraq_feedly::{
-    FeedlyConfig, FeedlyConnector, FeedlyStats, FeedlyStore, MemoryStore, RedisStore, RedisStoreConfig, Token,
-};
+use auroraq_feedly::{FeedlyConnector, FeedlyStats, FeedlyStore, MemoryStore, RedisStore};
 use auroraq_replay::{load, replay, Format, LoadOptions, Pace, ReplayStats};
 use auroraq_schemas::{AnyEvent, EventKind};
 use auroraq_sink_jsonl::JsonlSink;
@@ -127,33 +125,22 @@ pub async fn connect_feedly(
     once: bool,
     stop: CancellationToken,
 ) -> Result<FeedlyStats> {
-    let f = &cfg.feedly;
-    let stream_id = stream.unwrap_or_else(|| f.stream_id.clone());
-    if stream_id.is_empty() {
+    let mut fc = cfg.feedly.connector_config();
+    if let Some(stream_id) = stream {
+        fc.stream_id = stream_id;
+    }
+    if fc.stream_id.is_empty() {
         anyhow::bail!("no Feedly stream: give --stream or set feedly.stream_id (AURORAQ_FEEDLY_STREAM_ID)");
     }
-    let mut fc = FeedlyConfig::new(stream_id);
-    fc.base_url = f.base_url.clone();
-    fc.token_env = f.token_env.clone();
-    if !f.token.is_empty() {
-        fc.token = Some(Token::new(f.token.clone()));
-    }
-    fc.count = f.count;
-    fc.poll_interval = std::time::Duration::from_secs(f.poll_interval_secs.max(1));
-    fc.lookback = (f.lookback_hours > 0).then(|| std::time::Duration::from_secs(f.lookback_hours * 3600));
     fc.once = once;
     let store: Arc<dyn FeedlyStore> = if cfg.redis.url.is_empty() {
         tracing::warn!("redis.url is not set: the Feedly cursor and seen ids live in memory and a restart re-reads the lookback window (the bus still drops re-sent ids for 2 minutes)");
         Arc::new(MemoryStore::default())
     } else {
         Arc::new(
-            RedisStore::connect({
-                let mut rc = RedisStoreConfig::new(cfg.redis.url.clone());
-                rc.key_prefix = f.store_prefix.clone();
-                rc
-            })
-            .await
-            .with_context(|| format!("Feedly store at {}", cfg.redis.url))?,
+            RedisStore::connect(cfg.feedly.store_config(cfg.redis.url.clone()))
+                .await
+                .with_context(|| format!("Feedly store at {}", cfg.redis.url))?,
         )
     };
     let connector = FeedlyConnector::new(fc, store)?;
@@ -171,12 +158,14 @@ pub async fn connect_binance(
     streams: Option<String>,
     stop: CancellationToken,
 ) -> Result<auroraq_binance::LiveStats> {
-    let b = &cfg.binance;
-    let symbols = auroraq_binance::parse_symbols(&symbols.unwrap_or_else(|| b.symbols.join(",")))?;
-    let streams = auroraq_binance::parse_streams(&streams.unwrap_or_else(|| b.streams.join(",")))?;
-    let live = auroraq_binance::LiveConfig::new(symbols, streams)
-        .with_endpoints(b.ws_url.clone(), b.rest_url.clone())
-        .with_exchange(b.exchange.clone());
+    let mut b = cfg.binance.clone();
+    if let Some(symbols) = symbols {
+        b.symbols = auroraq_binance::parse_symbols(&symbols)?;
+    }
+    if let Some(streams) = streams {
+        b.streams = auroraq_binance::parse_streams(&streams)?;
+    }
+    let live = b.live_config()?;
     let connector = auroraq_binance::LiveConnector::new(live, bus.clone())?;
     let stats = connector.run(stop).await?;
     bus.flush().await?;
@@ -199,9 +188,7 @@ pub async fn backfill_binance(
         anyhow::bail!("--to must be after --from");
     }
     let interval = Interval::parse(&a.interval)?;
-    let mut bc = auroraq_binance::BackfillConfig::new(&a.symbol, interval, from, to);
-    bc.rest.base_url = cfg.binance.rest_url.clone();
-    bc.exchange = cfg.binance.exchange.clone();
+    let mut bc = cfg.binance.backfill_config(&a.symbol, interval, from, to);
     bc.checkpoint = Some(a.checkpoint.unwrap_or_else(|| {
         PathBuf::from(format!(
             ".auroraq/backfill/{}-{}-{}-{}-{from}-{to}.json",

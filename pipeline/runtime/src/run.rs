@@ -79,10 +79,43 @@ pub async fn run(
     crate::processes::run(cfg, sinks, stop, progress).await
 }
 
+/// Starts the API on the job's bus when `run.api` is set (feature `api`); returns its address.
+#[cfg(feature = "api")]
+async fn start_api(
+    cfg: &Config,
+    bus: std::sync::Arc<dyn auroraq_bus::Bus>,
+    stop: CancellationToken,
+) -> Result<Option<std::net::SocketAddr>> {
+    if cfg.run.api.is_empty() {
+        return Ok(None);
+    }
+    let opts = crate::api::ApiOptions {
+        listen: Some(cfg.run.api.clone()),
+        ..Default::default()
+    };
+    let running = crate::api::start(cfg, bus, &opts, stop).await?;
+    info!(addr = %running.addr, "API serving beside the job");
+    Ok(Some(running.addr))
+}
+
+#[cfg(not(feature = "api"))]
+async fn start_api(
+    cfg: &Config,
+    _bus: std::sync::Arc<dyn auroraq_bus::Bus>,
+    _stop: CancellationToken,
+) -> Result<Option<std::net::SocketAddr>> {
+    anyhow::ensure!(
+        cfg.run.api.is_empty(),
+        "run.api is set but this build has no API (feature `api`)"
+    );
+    Ok(None)
+}
+
 async fn embedded(cfg: &Config, pace: Pace, stop: CancellationToken, progress: bool) -> Result<RunSummary> {
     let t0 = Instant::now();
     let bus = connect_bus(&cfg.bus).await?;
     info!(bus = %cfg.bus.url, "starting every role in one process");
+    let api = start_api(cfg, bus.clone(), stop.clone()).await?;
 
     // Stages first, so that they see everything the connectors publish.
     std::fs::create_dir_all(&cfg.run.out_dir)
@@ -145,6 +178,10 @@ async fn embedded(cfg: &Config, pace: Pace, stop: CancellationToken, progress: b
         let (demo, plan) = crate::backtest::bundled_plan(cfg, bundled, Some(&out), progress)?;
         Some(tokio::task::block_in_place(|| crate::backtest::run(&demo, plan))?)
     };
+    if let Some(api) = api {
+        info!(addr = %api, "the job is done; the API keeps serving until interrupted (Ctrl-C)");
+        stop.cancelled().await;
+    }
     Ok(RunSummary {
         bus: bus.kind().to_owned(),
         published: stats.published,

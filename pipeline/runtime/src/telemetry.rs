@@ -85,27 +85,7 @@ pub async fn start(cfg: &MetricsConfig, role: &str, cancel: CancellationToken) -
     }
     cfg.validate()?;
     let addr: SocketAddr = cfg.listen.parse().context("metrics.listen")?;
-    let state = match STATE.get() {
-        Some(s) => s,
-        None => {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS))
-                .context("histogram buckets")?
-                .add_global_label("role", role)
-                .build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder)
-                .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
-            describe();
-            let _ = STATE.set(State {
-                handle,
-                ready: AtomicBool::new(false),
-                lag_interval: Duration::from_secs(cfg.lag_interval_secs),
-            });
-            STATE.get().context("metrics state")?
-        }
-    };
+    let state = install(role, Duration::from_secs(cfg.lag_interval_secs))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
@@ -135,6 +115,36 @@ pub async fn start(cfg: &MetricsConfig, role: &str, cancel: CancellationToken) -
     });
     info!(%addr, "serving /metrics, /health and /ready");
     Ok(Some(Telemetry { addr }))
+}
+
+/// Installs the Prometheus recorder once per process (labelled with `role`).
+fn install(role: &str, lag_interval: Duration) -> Result<&'static State> {
+    if let Some(s) = STATE.get() {
+        return Ok(s);
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS))
+        .context("histogram buckets")?
+        .add_global_label("role", role)
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    describe();
+    let _ = STATE.set(State {
+        handle,
+        ready: AtomicBool::new(false),
+        lag_interval,
+    });
+    STATE.get().context("metrics state")
+}
+
+/// Installs the recorder (when [`start`] did not) and returns a function rendering every metric
+/// in the Prometheus text format: for a role that serves `/metrics` on its own port (the API).
+pub fn render_fn(role: &str) -> Result<Arc<dyn Fn() -> String + Send + Sync>> {
+    let state = install(role, Duration::from_secs(5))?;
+    Ok(Arc::new(move || state.handle.render()))
 }
 
 /// Marks the role ready (`/ready` answers 200) or not.

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod model;
 pub mod processor;
 pub mod runtime;
+pub mod scorer;
 pub mod text;
 pub mod worker;
 

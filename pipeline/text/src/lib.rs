@@ -8,6 +8,20 @@
 //!
 //! Every function here runs in time linear in its input, whatever the input (a feed item is
 //! external input: a megabyte of `<` or `&` must not take quadratic time).
+//!
+//! Two modules describe a text for the sentiment API (`keywords` and `scenario_tag` of
+//! `POST /api/v1/sentiment/analyze`):
+//!
+//! - [`keywords`]: the salient financial terms of a text (a finance lexicon plus tf-idf against a
+//!   background table of 33,068 news headlines and PhraseBank sentences);
+//! - [`scenario`]: a configurable taxonomy of event tags (`regulation`, `security_incident`,
+//!   `etf_institutional`, ..., `other`) chosen by weighted pattern rules.
+//!
+//! Both are deterministic, `Send + Sync` once built, and linear (or `n log n`) in the text.
+
+pub mod keywords;
+pub mod scenario;
+mod token;
 
 /// The longest character reference looked at, `&` and `;` excluded (`&thetasym;` has 8).
 const MAX_ENTITY_LEN: usize = 10;

@@ -1,11 +1,12 @@
 //! Small pieces every networked part of AuroraQ needs, in one place: exponential backoff with
 //! jitter, `Retry-After` parsing, redaction of secrets in URLs and connection strings, and sleeps
-//! that end on cancellation.
+//! that end on cancellation, and calendar arithmetic on epoch microseconds.
 
 pub mod backoff;
 pub mod cancel;
 pub mod redact;
 pub mod retry_after;
+pub mod time;
 
 pub use backoff::{jitter_up, Backoff};
 pub use cancel::{sleep_or_cancel, until_cancelled};
