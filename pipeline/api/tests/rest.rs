@@ -336,17 +336,27 @@ async fn rate_limits_and_load_shedding() {
         rate_per_key: 1.0,
         burst_per_key: 3.0,
         max_in_flight: 1,
-        order_decision_timeout_ms: 1500,
+        order_decision_timeout_ms: 3000,
         ..config()
     };
     let api = Api::start(cfg, Backends::bus_only(dyn_bus(inproc_bus(4, 1024)))).await;
-    // An order nobody decides holds the one in-flight slot for 1.5 s.
+    // An order nobody decides holds the one in-flight slot for 3 s.
     let slow = api.post(
         "/api/v1/orders/place",
         json!({"agent": "auroraq", "symbol": "BTCUSDT", "side": "buy", "notional": "100"}),
     );
     let slow = tokio::spawn(slow.send());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until it holds the slot (no fixed sleep: a loaded machine may take a while).
+    let state = api.running.state.clone();
+    wait_until_async(
+        "the slow order to take the in-flight slot",
+        Duration::from_secs(10),
+        || {
+            let st = state.clone();
+            async move { st.in_flight.available_permits() == 0 }
+        },
+    )
+    .await;
     let r = api.get("/api/v1/status").send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
