@@ -177,21 +177,29 @@ impl Authenticator {
     }
 }
 
-/// The credential of a request: `Authorization: Bearer`, then `X-API-Key`.
-pub fn credential(headers: &axum::http::HeaderMap) -> Option<String> {
-    if let Some(v) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
-            return Some(t.trim().to_owned());
+/// The credential in an `Authorization` value (`Bearer <key or JWT>`, or the bare key) or else an
+/// `X-API-Key` value: the one rule of HTTP headers and gRPC metadata.
+pub fn credential_from(authorization: Option<&str>, api_key: Option<&str>) -> Option<String> {
+    if let Some(v) = authorization.map(str::trim) {
+        let token = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .unwrap_or(v)
+            .trim();
+        if !token.is_empty() && !token.eq_ignore_ascii_case("bearer") {
+            return Some(token.to_owned());
         }
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_owned())
+    api_key
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// The credential of an HTTP request (see [`credential_from`]).
+pub fn credential(headers: &axum::http::HeaderMap) -> Option<String> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    credential_from(get("authorization"), get("x-api-key"))
 }
 
 #[cfg(test)]

@@ -85,6 +85,15 @@ impl HttpError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).retry(after)
     }
 
+    pub fn rate_limited(wait: Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down",
+        )
+        .retry(wait)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }

@@ -149,35 +149,10 @@ pub fn status_of(e: HttpError) -> Status {
 }
 
 /// The credential of a call: metadata `authorization` (`Bearer <key or JWT>`, or the raw key),
-/// then `x-api-key`.
+/// then `x-api-key` (the same rule as REST's headers).
 pub fn credential(md: &MetadataMap) -> Option<String> {
-    if let Some(v) = md.get("authorization").and_then(|v| v.to_str().ok()) {
-        let v = v.trim();
-        let token = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-            .unwrap_or(v)
-            .trim();
-        if !token.is_empty() && !token.eq_ignore_ascii_case("bearer") {
-            return Some(token.to_owned());
-        }
-    }
-    md.get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
-fn rate_limited(wait: Duration) -> Status {
-    metrics::counter!("auroraq_api_rate_limited_total").increment(1);
-    status_of(
-        HttpError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests; slow down",
-        )
-        .retry(wait),
-    )
+    let get = |name: &str| md.get(name).and_then(|v| v.to_str().ok());
+    crate::auth::credential_from(get("authorization"), get("x-api-key"))
 }
 
 fn record<T>(method: &'static str, result: &Result<T, Status>, t0: Instant) {
@@ -189,23 +164,6 @@ fn record<T>(method: &'static str, result: &Result<T, Status>, t0: Instant) {
         .increment(1);
     metrics::histogram!("auroraq_api_grpc_request_seconds", "method" => method)
         .record(t0.elapsed().as_secs_f64());
-}
-
-fn mode_of(s: &str) -> Result<Mode, HttpError> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "" | "live" => Ok(Mode::Live),
-        "backtest" => Ok(Mode::Backtest),
-        other => Err(HttpError::invalid(format!(
-            "mode {other:?} must be \"live\" or \"backtest\""
-        ))),
-    }
-}
-
-fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Live => "live",
-        Mode::Backtest => "backtest",
-    }
 }
 
 /// REST's default asset for an empty one.
@@ -228,7 +186,7 @@ fn analyze_pb(r: rest::AnalyzeResponse) -> pb::AnalyzeResponse {
         processing_time: r.processing_time,
         model_version: r.model_version,
         asset: r.asset,
-        mode: mode_name(r.mode).to_owned(),
+        mode: r.mode.as_str().to_owned(),
         timestamp: r.timestamp,
         truncated: r.truncated,
         cached: r.cached,
@@ -261,29 +219,17 @@ impl SentimentGrpc {
         SentimentGrpc { st }
     }
 
-    /// REST's guard for one call: rate limit per client IP, authentication, rate limit per
-    /// credential.
+    /// REST's admission for one call ([`AppState::admit`]): rate limit per client IP,
+    /// authentication, rate limit per credential.
     pub fn admit(&self, md: &MetadataMap, remote: Option<SocketAddr>) -> Result<Principal, Status> {
         let ip = remote.map(|a| a.ip().to_string()).unwrap_or_else(|| "-".into());
-        self.st.ip_limits.take(&ip).map_err(rate_limited)?;
-        let who = self.st.auth.check(credential(md).as_deref()).map_err(|e| {
-            metrics::counter!("auroraq_api_auth_failures_total").increment(1);
-            status_of(e)
-        })?;
-        if who != Principal::Anonymous {
-            self.st.key_limits.take(&who.id()).map_err(rate_limited)?;
-        }
-        Ok(who)
+        self.st
+            .admit(&ip, credential(md).as_deref(), false)
+            .map_err(status_of)
     }
 
     fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        self.st.in_flight.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("auroraq_api_shed_total").increment(1);
-            status_of(HttpError::overloaded(
-                "the server is at its limit of requests in flight",
-                Duration::from_secs(1),
-            ))
-        })
+        self.st.permit().map_err(status_of)
     }
 
     /// One unary call: load shedding, [`admit`](Self::admit), the handler within the request
@@ -355,7 +301,7 @@ impl SentimentService for SentimentGrpc {
         request: Request<pb::AnalyzeRequest>,
     ) -> Result<Response<pb::AnalyzeResponse>, Status> {
         self.unary("AnalyzeText", request, |st, r| async move {
-            let mode = mode_of(&r.mode)?;
+            let mode = Mode::parse(&r.mode)?;
             let mut out = rest::analyze_texts(&st, &[r.text.as_str()], or_crypto(&r.asset), mode).await?;
             let mut one = out.pop().ok_or_else(|| HttpError::internal("no result"))?;
             one.timestamp = r.timestamp;
@@ -369,7 +315,7 @@ impl SentimentService for SentimentGrpc {
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
         self.unary("AnalyzeBatch", request, |st, r| async move {
-            let mode = mode_of(&r.mode)?;
+            let mode = Mode::parse(&r.mode)?;
             let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
             let results = rest::analyze_texts(&st, &texts, or_crypto(&r.asset), mode).await?;
             let n = results.len();
@@ -718,9 +664,9 @@ mod tests {
 
     #[test]
     fn modes() {
-        assert_eq!(mode_of("").ok(), Some(Mode::Live));
-        assert_eq!(mode_of("Backtest").ok(), Some(Mode::Backtest));
-        assert!(mode_of("paper").is_err());
+        assert_eq!(Mode::parse("").ok(), Some(Mode::Live));
+        assert_eq!(Mode::parse("Backtest").ok(), Some(Mode::Backtest));
+        assert!(Mode::parse("paper").is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::{info_span, Instrument};
 
-use crate::auth::{credential, Principal};
+use crate::auth::credential;
 use crate::error::HttpError;
 use crate::state::AppState;
 use crate::{openapi, page, routes, ws};
@@ -124,40 +124,24 @@ pub async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next
     let path = req.uri().path().to_owned();
     let mut resp = async move {
         let st = st2;
-        let Ok(_permit) = st.in_flight.clone().try_acquire_owned() else {
-            metrics::counter!("auroraq_api_shed_total").increment(1);
-            return HttpError::overloaded(
-                "the server is at its limit of requests in flight",
-                Duration::from_secs(1),
-            )
-            .into_response();
+        let _permit = match st.permit() {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
         };
-        metrics::gauge!("auroraq_api_in_flight")
-            .set((st.cfg.max_in_flight - st.in_flight.available_permits()) as f64);
-        if let Err(wait) = st.ip_limits.take(&ip) {
-            return rate_limited(wait);
-        }
-        if !is_public(&path) {
-            let cred = credential(req.headers()).or_else(|| {
-                // WebSockets only: browsers cannot set headers on them.
-                path.starts_with("/ws/")
-                    .then(|| query_param(req.uri().query().unwrap_or(""), "access_token"))
-                    .flatten()
-            });
-            let who = match st.auth.check(cred.as_deref()) {
-                Ok(p) => p,
-                Err(e) => {
-                    metrics::counter!("auroraq_api_auth_failures_total").increment(1);
-                    return e.into_response();
-                }
-            };
-            if who != Principal::Anonymous {
-                if let Err(wait) = st.key_limits.take(&who.id()) {
-                    return rate_limited(wait);
-                }
+        let public = is_public(&path);
+        // WebSockets may carry it in the query: browsers cannot set headers on them.
+        let cred = credential(req.headers()).or_else(|| {
+            path.starts_with("/ws/")
+                .then(|| query_param(req.uri(), "access_token"))
+                .flatten()
+        });
+        match st.admit(&ip, cred.as_deref(), public) {
+            Ok(who) if !public => {
+                tracing::Span::current().record("caller", who.id());
+                req.extensions_mut().insert(who);
             }
-            tracing::Span::current().record("caller", who.id());
-            req.extensions_mut().insert(who);
+            Ok(_) => {}
+            Err(e) => return e.into_response(),
         }
         let timeout = Duration::from_secs(st.cfg.request_timeout_secs);
         match tokio::time::timeout(timeout, next.run(req)).await {
@@ -176,8 +160,7 @@ pub async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next
     metrics::counter!("auroraq_api_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!("auroraq_api_request_seconds", "route" => route).record(t0.elapsed().as_secs_f64());
-    metrics::gauge!("auroraq_api_in_flight")
-        .set((st.cfg.max_in_flight - st.in_flight.available_permits()) as f64);
+    metrics::gauge!("auroraq_api_in_flight").set(st.in_flight_now() as f64);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -185,46 +168,11 @@ pub async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next
     resp
 }
 
-fn rate_limited(wait: Duration) -> Response {
-    metrics::counter!("auroraq_api_rate_limited_total").increment(1);
-    HttpError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        "too many requests; slow down",
-    )
-    .retry(wait)
-    .into_response()
-}
-
-/// One query parameter's value (percent-decoding `%XX` and `+`).
-pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// One query parameter of a URI, decoded.
+pub fn query_param(uri: &axum::http::Uri, name: &str) -> Option<String> {
+    axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(uri)
+        .ok()
+        .and_then(|q| q.0.get(name).cloned())
 }
 
 async fn not_found() -> HttpError {
@@ -332,12 +280,14 @@ mod tests {
 
     #[test]
     fn query_params() {
+        let uri = |s: &str| s.parse::<axum::http::Uri>().expect("uri");
         assert_eq!(
-            query_param("a=1&access_token=k%2Bx+y", "access_token").as_deref(),
+            query_param(&uri("/ws?a=1&access_token=k%2Bx+y"), "access_token").as_deref(),
             Some("k+x y")
         );
-        assert_eq!(query_param("a=1", "access_token"), None);
-        assert_eq!(query_param("t=%zz%", "t").as_deref(), Some("%zz%"));
+        assert_eq!(query_param(&uri("/ws?a=1"), "access_token"), None);
+        assert_eq!(query_param(&uri("/ws"), "access_token"), None);
+        assert_eq!(query_param(&uri("/ws?t=%zz%"), "t").as_deref(), Some("%zz%"));
     }
 
     #[test]

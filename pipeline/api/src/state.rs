@@ -6,11 +6,12 @@ use std::time::Instant;
 use auroraq_bus::Bus;
 use auroraq_sentiment::scorer::Scorer;
 use auroraq_util::CancellationToken;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Principal};
 use crate::cache::LocalCache;
 use crate::config::ApiConfig;
+use crate::error::HttpError;
 use crate::limits::RateLimiter;
 use crate::live::Live;
 use crate::stores::{Pg, Redis};
@@ -92,5 +93,46 @@ impl AppState {
             cancel,
             model_version,
         })
+    }
+}
+
+impl AppState {
+    /// Load shedding: one of `api.max_in_flight` slots, held until the permit drops; none free is a
+    /// 503 with `Retry-After`.
+    pub fn permit(&self) -> Result<OwnedSemaphorePermit, HttpError> {
+        let p = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("auroraq_api_shed_total").increment(1);
+            HttpError::overloaded(
+                "the server is at its limit of requests in flight",
+                std::time::Duration::from_secs(1),
+            )
+        })?;
+        metrics::gauge!("auroraq_api_in_flight").set(self.in_flight_now() as f64);
+        Ok(p)
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight_now(&self) -> usize {
+        self.cfg.max_in_flight - self.in_flight.available_permits()
+    }
+
+    /// Who may call, the same for REST, WebSockets and gRPC: the rate limit of the client's IP,
+    /// then authentication of `credential` (unless `public`), then the rate limit of the caller.
+    pub fn admit(&self, ip: &str, credential: Option<&str>, public: bool) -> Result<Principal, HttpError> {
+        let limited = |wait| {
+            metrics::counter!("auroraq_api_rate_limited_total").increment(1);
+            HttpError::rate_limited(wait)
+        };
+        self.ip_limits.take(ip).map_err(limited)?;
+        if public {
+            return Ok(Principal::Anonymous);
+        }
+        let who = self.auth.check(credential).inspect_err(|_| {
+            metrics::counter!("auroraq_api_auth_failures_total").increment(1);
+        })?;
+        if who != Principal::Anonymous {
+            self.key_limits.take(&who.id()).map_err(limited)?;
+        }
+        Ok(who)
     }
 }

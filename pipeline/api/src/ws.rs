@@ -80,7 +80,6 @@ async fn serve(
     mut rx: tokio::sync::broadcast::Receiver<Arc<LiveMessage>>,
     filter: Filter,
 ) {
-    metrics::gauge!("auroraq_api_ws_clients").set(st.live.clients() as f64);
     let close = |reason: &str| {
         Message::Close(Some(CloseFrame {
             code: SLOW_CLOSE,
@@ -128,5 +127,4 @@ async fn serve(
             },
         }
     }
-    metrics::gauge!("auroraq_api_ws_clients").set(st.live.clients().saturating_sub(1) as f64);
 }

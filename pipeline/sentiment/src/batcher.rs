@@ -49,6 +49,69 @@ pub fn plan(lengths: &[usize], cfg: &BatchConfig) -> Vec<Vec<usize>> {
     batches
 }
 
+/// The next batches from a queue: waits for a first item (`None` once the queue is closed and
+/// empty), then up to `max_wait` for company (at most twice `max_batch_size` items), and splits
+/// what came into batches by [`plan`] (`len`: an item's token length). The one batching loop of
+/// the bus worker and of the API's scorer.
+pub async fn next_batches<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    cfg: &BatchConfig,
+    len: impl Fn(&T) -> usize,
+) -> Option<Vec<Vec<T>>> {
+    let mut pending = vec![rx.recv().await?];
+    let deadline = tokio::time::Instant::now() + cfg.max_wait;
+    let want = cfg.max_batch_size.max(1) * 2;
+    while pending.len() < want {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(x)) => pending.push(x),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let lengths: Vec<usize> = pending.iter().map(&len).collect();
+    let batches = plan(&lengths, cfg);
+    let mut slots: Vec<Option<T>> = pending.into_iter().map(Some).collect();
+    Some(
+        batches
+            .iter()
+            .map(|idx| idx.iter().filter_map(|&i| slots[i].take()).collect())
+            .collect(),
+    )
+}
+
+/// Runs one batch of `items` through the model on a blocking thread (`encoded`: an item's
+/// tokens), recording batch size, padding efficiency and inference time. Returns the items with
+/// their predictions in order. If the task is cancelled (the runtime is shutting down) the items
+/// are gone: a bus worker's deliveries were dropped unsettled and come back to the group.
+pub async fn infer<T: Send + 'static>(
+    c: std::sync::Arc<crate::Classifier>,
+    items: Vec<T>,
+    encoded: fn(&T) -> &crate::Encoded,
+) -> (Vec<T>, Result<Vec<crate::Prediction>, crate::SentimentError>) {
+    let handle = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&crate::Encoded> = items.iter().map(encoded).collect();
+        let real: usize = refs.iter().map(|e| e.ids.len()).sum();
+        let padded = refs.iter().map(|e| e.ids.len()).max().unwrap_or(0) * refs.len();
+        metrics::histogram!("auroraq_sentiment_batch_size").record(refs.len() as f64);
+        if padded > 0 {
+            metrics::gauge!("auroraq_sentiment_padding_efficiency").set(real as f64 / padded as f64);
+        }
+        let t = std::time::Instant::now();
+        let r = c
+            .logits(&refs)
+            .map(|ls| ls.into_iter().map(|l| c.predict(l)).collect());
+        metrics::histogram!("auroraq_sentiment_inference_seconds").record(t.elapsed().as_secs_f64());
+        (items, r)
+    });
+    match handle.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => (
+            Vec::new(),
+            Err(crate::SentimentError::Inference(format!("inference task: {e}"))),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

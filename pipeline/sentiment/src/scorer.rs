@@ -9,15 +9,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batcher::{plan, BatchConfig};
+use crate::batcher::{infer, next_batches, BatchConfig};
 use crate::model::{Classifier, Encoded, Prediction};
 use crate::text::{prepare, TextError};
-use crate::SentimentError;
 
 /// Why a text got no prediction.
 #[derive(Debug, thiserror::Error)]
@@ -187,38 +185,18 @@ async fn batch_loop(
     batching: BatchConfig,
     stats: Arc<ScorerStats>,
 ) {
-    let mut pending: Vec<Request> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(r) => pending.push(r),
-                None => return,
-            }
-        }
-        let deadline = tokio::time::Instant::now() + batching.max_wait;
-        let want = batching.max_batch_size.max(1) * 2;
-        while pending.len() < want {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => pending.push(r),
-                Ok(None) | Err(_) => break,
-            }
-        }
+    while let Some(groups) = next_batches(&mut rx, &batching, |r: &Request| r.encoded.ids.len()).await {
         metrics::gauge!("auroraq_api_scorer_queue_depth").set(rx.len() as f64);
-        let lengths: Vec<usize> = pending.iter().map(|r| r.encoded.ids.len()).collect();
-        let batches = plan(&lengths, &batching);
-        let mut slots: Vec<Option<Request>> = pending.drain(..).map(Some).collect();
-        let groups: Vec<Vec<Request>> = batches
-            .iter()
-            .map(|idx| idx.iter().filter_map(|&i| slots[i].take()).collect())
-            .collect();
-        let mut results =
-            futures::stream::iter(groups.into_iter().map(|reqs| infer(classifier.clone(), reqs)))
-                .buffer_unordered(classifier.sessions().max(1));
+        let mut results = futures::stream::iter(
+            groups
+                .into_iter()
+                .map(|reqs| infer(classifier.clone(), reqs, |x: &Request| &x.encoded)),
+        )
+        .buffer_unordered(classifier.sessions().max(1));
         while let Some((reqs, result)) = results.next().await {
             let n = reqs.len();
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.texts.fetch_add(n as u64, Ordering::Relaxed);
-            metrics::histogram!("auroraq_api_batch_size").record(n as f64);
             match result {
                 Ok(preds) => {
                     for (req, prediction) in reqs.into_iter().zip(preds) {
@@ -236,28 +214,5 @@ async fn batch_loop(
                 }
             }
         }
-    }
-}
-
-async fn infer(
-    c: Arc<Classifier>,
-    reqs: Vec<Request>,
-) -> (Vec<Request>, Result<Vec<Prediction>, SentimentError>) {
-    let handle = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&Encoded> = reqs.iter().map(|r| &r.encoded).collect();
-        let t = Instant::now();
-        let r = c
-            .logits(&refs)
-            .map(|ls| ls.into_iter().map(|l| c.predict(l)).collect());
-        metrics::histogram!("auroraq_api_inference_seconds").record(t.elapsed().as_secs_f64());
-        (reqs, r)
-    });
-    match handle.await {
-        Ok(r) => r,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => (
-            Vec::new(),
-            Err(SentimentError::Inference(format!("inference task: {e}"))),
-        ),
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::assets::AliasTable;
-use crate::batcher::{plan, BatchConfig};
+use crate::batcher::{infer, next_batches, BatchConfig};
 use crate::model::{Classifier, Encoded, Prediction};
 use crate::text::prepare;
 
@@ -133,34 +133,15 @@ pub async fn run_worker(
     };
 
     // Batches: collect, plan, infer on a blocking thread, publish, ack.
-    let mut pending: Vec<Job> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(j) => pending.push(j),
-                None => break,
-            }
-        }
-        let deadline = tokio::time::Instant::now() + batching.max_wait;
-        let want = batching.max_batch_size.max(1) * 2;
-        while pending.len() < want {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(j)) => pending.push(j),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let lengths: Vec<usize> = pending.iter().map(|j| j.encoded.ids.len()).collect();
-        let batches = plan(&lengths, &batching);
-        let mut slots: Vec<Option<Job>> = pending.drain(..).map(Some).collect();
-        let groups: Vec<Vec<Job>> = batches
-            .iter()
-            .map(|idx| idx.iter().filter_map(|&i| slots[i].take()).collect())
-            .collect();
+    while let Some(groups) = next_batches(&mut rx, &batching, |j: &Job| j.encoded.ids.len()).await {
         // As many batches in flight as the classifier has sessions; results in batch order, so
         // that scores are published in the same order whatever the concurrency.
-        let mut results =
-            futures::stream::iter(groups.into_iter().map(|jobs| infer(classifier.clone(), jobs)))
-                .buffered(classifier.sessions().max(1));
+        let mut results = futures::stream::iter(
+            groups
+                .into_iter()
+                .map(|jobs| infer(classifier.clone(), jobs, |x: &Job| &x.encoded)),
+        )
+        .buffered(classifier.sessions().max(1));
         while let Some((jobs, result)) = results.next().await {
             match result {
                 Ok(preds) => {
@@ -187,38 +168,6 @@ pub async fn run_worker(
         .map_err(|e| StageError::Task(format!("intake: {e}")))??;
     bus.flush().await?;
     Ok(metrics.snapshot())
-}
-
-/// Runs one batch off the async threads.
-async fn infer(
-    c: Arc<Classifier>,
-    jobs: Vec<Job>,
-) -> (Vec<Job>, Result<Vec<Prediction>, crate::SentimentError>) {
-    let handle = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&Encoded> = jobs.iter().map(|j| &j.encoded).collect();
-        let real: usize = refs.iter().map(|e| e.ids.len()).sum();
-        let padded = refs.iter().map(|e| e.ids.len()).max().unwrap_or(0) * refs.len();
-        metrics::histogram!("auroraq_sentiment_batch_size").record(refs.len() as f64);
-        if padded > 0 {
-            metrics::gauge!("auroraq_sentiment_padding_efficiency").set(real as f64 / padded as f64);
-        }
-        let t = std::time::Instant::now();
-        let r = c
-            .logits(&refs)
-            .map(|ls| ls.into_iter().map(|l| c.predict(l)).collect());
-        metrics::histogram!("auroraq_sentiment_inference_seconds").record(t.elapsed().as_secs_f64());
-        (jobs, r)
-    });
-    match handle.await {
-        Ok(r) => r,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Cancelled (the runtime is shutting down): the jobs are gone, so their deliveries were
-        // dropped unsettled and come back to the group.
-        Err(e) => (
-            Vec::new(),
-            Err(crate::SentimentError::Inference(format!("inference task: {e}"))),
-        ),
-    }
 }
 
 async fn publish_scores(

@@ -66,13 +66,6 @@ pub struct RiskCalcResponse {
     pub assets: BTreeMap<String, AssetRisk>,
 }
 
-fn method_name(m: auroraq_risk::VarMethod) -> String {
-    serde_json::to_value(m)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{m:?}").to_lowercase())
-}
-
 /// VaR and ES of a position set, from the return history risk keeps per symbol.
 #[utoipa::path(post, path = "/api/v1/risk/calculate", request_body = RiskCalcRequest,
     responses((status = 200, body = RiskCalcResponse), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -104,7 +97,9 @@ pub async fn calculate(
                 (None, Some(n)) => to_f64(n),
                 (None, None) => return Err(HttpError::invalid(format!("{sym}: give quantity or notional"))),
             };
-            *exposures.entry(sym.clone()).or_insert(0.0) += exposure;
+            let total = exposures.entry(sym.clone()).or_insert(0.0);
+            *total += exposure;
+            let total = *total;
             let v = risk.asset_var(&sym).ok_or_else(|| {
                 HttpError::new(
                     axum::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -115,15 +110,9 @@ pub async fn calculate(
             assets.insert(
                 sym,
                 AssetRisk {
-                    exposure: exposures
-                        .get(&p.symbol.to_uppercase())
-                        .copied()
-                        .unwrap_or(exposure),
+                    exposure: total,
                     var: v.var(cfg.var_method),
-                    es: match cfg.var_method {
-                        auroraq_risk::VarMethod::Historical => v.historical_es,
-                        auroraq_risk::VarMethod::Parametric => v.parametric_es,
-                    },
+                    es: v.es(cfg.var_method),
                     observations: v.observations,
                 },
             );
@@ -139,13 +128,10 @@ pub async fn calculate(
         Ok(Json(RiskCalcResponse {
             confidence: e.confidence,
             horizon: e.horizon,
-            method: method_name(cfg.var_method),
+            method: format!("{:?}", cfg.var_method).to_lowercase(),
             gross_exposure: pv.gross_exposure,
             var: e.var(cfg.var_method),
-            es: match cfg.var_method {
-                auroraq_risk::VarMethod::Historical => e.historical_es,
-                auroraq_risk::VarMethod::Parametric => e.parametric_es,
-            },
+            es: e.es(cfg.var_method),
             historical_var: e.historical_var,
             historical_es: e.historical_es,
             parametric_var: e.parametric_var,
@@ -328,10 +314,7 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Json<RiskMetricsRespons
                 AgentRisk {
                     status,
                     var: v.as_ref().map(|v| v.estimate.var(method)),
-                    es: v.as_ref().map(|v| match method {
-                        auroraq_risk::VarMethod::Historical => v.estimate.historical_es,
-                        auroraq_risk::VarMethod::Parametric => v.estimate.parametric_es,
-                    }),
+                    es: v.as_ref().map(|v| v.estimate.es(method)),
                     gross_exposure: v.map(|v| v.gross_exposure),
                 },
             );

@@ -38,6 +38,26 @@ pub enum Mode {
     Backtest,
 }
 
+impl Mode {
+    /// `live` or `backtest` (any case); empty is `live`.
+    pub fn parse(s: &str) -> Result<Mode, HttpError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "live" => Ok(Mode::Live),
+            "backtest" => Ok(Mode::Backtest),
+            other => Err(HttpError::invalid(format!(
+                "mode {other:?} must be \"live\" or \"backtest\""
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::Backtest => "backtest",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnalyzeRequest {
