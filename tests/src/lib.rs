@@ -2,6 +2,7 @@
 
 pub mod binance_orders;
 pub mod binance_server;
+pub mod browser;
 pub mod feedly_server;
 pub mod proxy;
 

@@ -69,8 +69,24 @@ pub async fn start(
     backends: Backends,
     cancel: CancellationToken,
 ) -> Result<RunningApi, ApiError> {
+    let auth = preflight(&cfg)?;
+    start_with(cfg, auth, backends, cancel).await
+}
+
+/// Checks the configuration and the credentials (from it and the environment) before anything
+/// costly is loaded: a misconfigured API fails in milliseconds, not after loading its model.
+pub fn preflight(cfg: &ApiConfig) -> Result<auth::Authenticator, ApiError> {
     cfg.validate()?;
-    let auth = auth::Authenticator::from_config(&cfg, |v| std::env::var(v).ok())?;
+    auth::Authenticator::from_config(cfg, |v| std::env::var(v).ok())
+}
+
+/// [`start`] with the authenticator [`preflight`] built.
+pub async fn start_with(
+    cfg: ApiConfig,
+    auth: auth::Authenticator,
+    backends: Backends,
+    cancel: CancellationToken,
+) -> Result<RunningApi, ApiError> {
     let risk = auroraq_risk::RiskProcessor::new(backends.risk.clone())
         .map_err(|e| ApiError::Config(e.to_string()))?;
     let live = Live::new(risk, cfg.ws_buffer);

@@ -69,6 +69,14 @@ impl Api {
         self.http.get(format!("{}{path}", self.base)).bearer_auth(KEY)
     }
 
+    async fn get_json(&self, path: &str) -> (u16, Value) {
+        json_of(self.get(path).send().await.expect("request")).await
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        json_of(self.post(path, body).send().await.expect("request")).await
+    }
+
     fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))
@@ -250,60 +258,44 @@ async fn auth_rejections_and_bad_requests() {
     )
     .await;
     assert_eq!((s, error_code(&v)), (415, "unsupported_media_type"), "{v}");
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/sentiment/fusion",
             json!({"sentiment_scores": {"a": 0.5}, "colour": 1}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 400, "{v}");
     assert!(
         v["error"]["message"].as_str().unwrap_or("").contains("colour"),
         "{v}"
     );
     let big = "x".repeat(8000);
-    let (s, v) = json_of(
-        api.post("/api/v1/sentiment/analyze", json!({"text": big}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api
+        .post_json("/api/v1/sentiment/analyze", json!({"text": big}))
+        .await;
     assert_eq!((s, error_code(&v)), (413, "payload_too_large"), "{v}");
-    let (s, v) = json_of(api.get("/api/v1/nope").send().await.unwrap()).await;
+    let (s, v) = api.get_json("/api/v1/nope").await;
     assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
     // Validation: a score out of range, a NaN-like string, a bad symbol, a bad limit.
-    let (s, _) = json_of(
-        api.post(
+    let (s, _) = api
+        .post_json(
             "/api/v1/sentiment/fusion",
             json!({"sentiment_scores": {"a": 1.5}}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = json_of(api.get("/api/v1/market/BTC%20USDT/ohlcv").send().await.unwrap()).await;
+    let (s, _) = api.get_json("/api/v1/market/BTC%20USDT/ohlcv").await;
     assert_eq!(s, 400);
-    let (s, _) = json_of(api.get("/api/v1/news/BTC/latest?limit=0").send().await.unwrap()).await;
+    let (s, _) = api.get_json("/api/v1/news/BTC/latest?limit=0").await;
     assert_eq!(s, 400);
     // Without a model the sentiment endpoints say so.
-    let (s, v) = json_of(
-        api.post("/api/v1/sentiment/analyze", json!({"text": "Bitcoin rallies"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api
+        .post_json("/api/v1/sentiment/analyze", json!({"text": "Bitcoin rallies"}))
+        .await;
     assert_eq!((s, error_code(&v)), (503, "unavailable"), "{v}");
 
     // OpenAPI: every route, and the security schemes.
-    let (s, doc) = json_of(api.get("/openapi.json").send().await.unwrap()).await;
+    let (s, doc) = api.get_json("/openapi.json").await;
     assert_eq!(s, 200);
     for p in [
         "/api/v1/sentiment/analyze",
@@ -392,13 +384,9 @@ async fn sentiment_through_the_batcher() {
     // Real headlines (data/crypto/crypto_news_2025-05_2025-08.csv.gz).
     let up = "Bitcoin Jumps Above $97K as Traders Optimistic U.S.-China Trade Deal Possible";
     let down = "US Treasury wants to cut off Huione over ties to crypto crime";
-    let (s, v) = json_of(
-        api.post("/api/v1/sentiment/analyze", json!({"text": up, "asset": "btc"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api
+        .post_json("/api/v1/sentiment/analyze", json!({"text": up, "asset": "btc"}))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["label"], "positive", "{v}");
     assert!(v["sentiment_score"].as_f64().unwrap_or(0.0) > 0.5);
@@ -414,72 +402,48 @@ async fn sentiment_through_the_batcher() {
     );
     assert!(v["scenario_tag"].as_str().is_some_and(|t| !t.is_empty()));
     assert_eq!(v["cached"], false);
-    let (_, again) = json_of(
-        api.post("/api/v1/sentiment/analyze", json!({"text": up}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, again) = api
+        .post_json("/api/v1/sentiment/analyze", json!({"text": up}))
+        .await;
     assert_eq!(again["cached"], true);
     assert_eq!(again["sentiment_score"], v["sentiment_score"]);
 
     // Batch: order kept; limits.
     let texts = vec![down, up, "Markets were flat on Tuesday."];
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/sentiment/batch",
             json!({"texts": texts, "mode": "backtest"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["total_processed"], 3);
     assert_eq!(v["results"][1]["label"], "positive");
     assert_eq!(v["results"][0]["mode"], "backtest");
     assert_ne!(v["results"][0]["label"], "positive", "{v}");
     let many: Vec<String> = (0..101).map(|i| format!("headline {i}")).collect();
-    let (s, _) = json_of(
-        api.post("/api/v1/sentiment/batch", json!({"texts": many}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _) = api
+        .post_json("/api/v1/sentiment/batch", json!({"texts": many}))
+        .await;
     assert_eq!(s, 400);
-    let (s, v) = json_of(
-        api.post("/api/v1/sentiment/analyze", json!({"text": "   "}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api
+        .post_json("/api/v1/sentiment/analyze", json!({"text": "   "}))
+        .await;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = json_of(
-        api.post("/api/v1/sentiment/analyze", json!({"text": "é".repeat(10_001)}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api
+        .post_json("/api/v1/sentiment/analyze", json!({"text": "é".repeat(10_001)}))
+        .await;
     assert_eq!(s, 400, "{v}");
     assert!(
         v["error"]["message"].as_str().unwrap_or("").contains("10000"),
         "{v}"
     );
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/sentiment/analyze",
             json!({"text": "ok", "mode": "paper"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 400, "{v}");
 
     // Concurrent requests share batches.
@@ -516,16 +480,12 @@ async fn sentiment_through_the_batcher() {
     );
 
     // Fusion with fusion's own arithmetic: weights are shares, the result lies between.
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/sentiment/fusion",
             json!({"sentiment_scores": {"coindesk": 0.8, "reuters": 0.6}, "symbol": "BTC"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 200, "{v}");
     let f = v["fused_score"].as_f64().unwrap_or(-1.0);
     assert!((0.6..=0.8).contains(&f), "{v}");
@@ -714,35 +674,23 @@ async fn history_live_state_risk_and_orders() {
         },
     )
     .await;
-    let (s, v) = json_of(
-        api.get("/api/v1/market/btcusdt/ohlcv?interval=1h&limit=10")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api
+        .get_json("/api/v1/market/btcusdt/ohlcv?interval=1h&limit=10")
+        .await;
     assert_eq!(s, 200, "{v}");
     let bars = v["bars"].as_array().cloned().unwrap_or_default();
     assert_eq!(bars.len(), 10, "{v}");
     assert!(bars
         .windows(2)
         .all(|w| w[0]["open_time"].as_str() < w[1]["open_time"].as_str()));
-    let (s, v) = json_of(
-        api.get("/api/v1/market/BTCUSDT/ohlcv?start=2024-08-01T00:00:00Z&end=2024-08-01T04:00:00Z")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api
+        .get_json("/api/v1/market/BTCUSDT/ohlcv?start=2024-08-01T00:00:00Z&end=2024-08-01T04:00:00Z")
+        .await;
     assert_eq!((s, v["bars"].as_array().map(Vec::len)), (200, Some(5)), "{v}");
     assert_eq!(v["bars"][0]["open"], "64617.83");
-    let (s, v) = json_of(
-        api.get("/api/v1/market/BTCUSDT/ohlcv?start=2024-13-45T00:00:00Z")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api
+        .get_json("/api/v1/market/BTCUSDT/ohlcv?start=2024-13-45T00:00:00Z")
+        .await;
     assert_eq!(s, 400, "{v}");
 
     wait_until_async(
@@ -769,13 +717,7 @@ async fn history_live_state_risk_and_orders() {
         },
     )
     .await;
-    let (s, v) = json_of(
-        api.get("/api/v1/sentiment/btc/realtime?hours_back=6")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api.get_json("/api/v1/sentiment/btc/realtime?hours_back=6").await;
     assert_eq!(s, 200, "{v}");
     assert!(
         (v["fused_score"].as_f64().unwrap_or(0.0) - 0.58).abs() < 1e-9,
@@ -789,13 +731,9 @@ async fn history_live_state_risk_and_orders() {
         .unwrap_or_default();
     assert!(sources.contains(&"redis") && sources.contains(&"postgres"), "{v}");
 
-    let (s, v) = json_of(
-        api.get("/api/v1/market/multiple?symbols=BTCUSDT,ETHUSDT")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api
+        .get_json("/api/v1/market/multiple?symbols=BTCUSDT,ETHUSDT")
+        .await;
     assert_eq!(s, 200, "{v}");
     assert!(v["prices"]["BTCUSDT"]["price"].is_string(), "{v}");
     assert_eq!(v["missing"], json!(["ETHUSDT"]));
@@ -812,7 +750,7 @@ async fn history_live_state_risk_and_orders() {
         },
     )
     .await;
-    let (s, v) = json_of(api.get("/api/v1/news/BTC/latest?limit=3").send().await.unwrap()).await;
+    let (s, v) = api.get_json("/api/v1/news/BTC/latest?limit=3").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["source"], "postgres");
     let items = v["articles"].as_array().cloned().unwrap_or_default();
@@ -826,103 +764,73 @@ async fn history_live_state_risk_and_orders() {
     );
 
     // Risk: VaR of a position from the bars' returns; an order checked; limits; metrics.
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/risk/calculate",
             json!({"positions": [{"symbol": "BTCUSDT", "notional": "10000"}]}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 200, "{v}");
     assert!(
         v["var"].as_f64().unwrap_or(0.0) > 0.0
             && v["es"].as_f64().unwrap_or(0.0) >= v["var"].as_f64().unwrap_or(1.0),
         "{v}"
     );
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/risk/calculate",
             json!({"positions": [{"symbol": "DOGEUSDT", "quantity": "1"}]}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 422, "{v}");
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/risk/validate-order",
             json!({"agent": "auroraq", "symbol": "BTCUSDT", "side": "buy", "notional": "1000000"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["verdict"], "rejected", "over the order notional limit: {v}");
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/risk/validate-order",
             json!({"agent": "auroraq", "symbol": "BTCUSDT", "side": "buy", "notional": "1000"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_ne!(v["verdict"], "rejected", "{v}");
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/risk/validate-order",
             json!({"agent": "auroraq", "symbol": "BTCUSDT", "side": "buy", "quantity": "-1"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = json_of(api.get("/api/v1/risk/limits/auroraq").send().await.unwrap()).await;
+    let (s, v) = api.get_json("/api/v1/risk/limits/auroraq").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["limits"]["max_order_notional"], "25000");
 
     // An order through risk: the risk stage on the bus decides it.
-    let (s, v) = json_of(
-        api.post(
+    let (s, v) = api
+        .post_json(
             "/api/v1/orders/place",
             json!({"agent": "auroraq", "symbol": "BTCUSDT", "side": "buy", "notional": "1000"}),
         )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "decided");
     assert_eq!(v["decision"]["intent_id"], v["intent_id"]);
     assert!(v["intent_id"].as_str().unwrap_or("").starts_with("api-"));
-    let (s, v) = json_of(api.get("/api/v1/risk/metrics").send().await.unwrap()).await;
+    let (s, v) = api.get_json("/api/v1/risk/metrics").await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = json_of(
-        api.get("/api/v1/orders/history?agent=auroraq")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = api.get_json("/api/v1/orders/history?agent=auroraq").await;
     assert_eq!(s, 200, "{v}");
     assert!(v["orders"].is_array());
-    let (s, _) = json_of(api.get("/api/v1/portfolio/nobody").send().await.unwrap()).await;
+    let (s, _) = api.get_json("/api/v1/portfolio/nobody").await;
     assert_eq!(s, 404);
 
     // The status snapshot has it all.
-    let (s, v) = json_of(api.get("/api/v1/status").send().await.unwrap()).await;
+    let (s, v) = api.get_json("/api/v1/status").await;
     assert_eq!(s, 200);
     assert_eq!(
         v["fused"]["BTC"]["history"].as_array().map(Vec::len),

@@ -4,13 +4,13 @@
 //! JavaScript built. A screenshot is kept as an artifact (`<target>/status-page.png`).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use auroraq_api::{ApiConfig, Backends, Secret};
 use auroraq_schemas::*;
 use auroraq_stage::to_message;
+use auroraq_tests::browser::{chromium, console_errors, headless};
 use auroraq_tests::{dyn_bus, inproc_bus};
 use auroraq_util::CancellationToken;
 
@@ -18,38 +18,14 @@ mod common;
 
 const KEY: &str = "page-key-0123456789abcdef";
 
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|b| {
-        Command::new(b)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
+/// The page at `url` after its scripts ran (5 s of virtual time).
 fn browse(bin: &str, url: &str, extra: &[String]) -> (String, String) {
-    let profile = tempfile::tempdir().expect("profile dir");
-    let out = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--no-first-run",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=5000",
-            "--window-size=1280,1000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut args = vec![
+        "--virtual-time-budget=5000".to_string(),
+        "--window-size=1280,1000".to_string(),
+    ];
+    args.extend_from_slice(extra);
+    headless(bin, url, &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,12 +123,7 @@ async fn status_page_shows_live_data_in_a_browser() {
     }
     assert!(dom.contains("class=\"headline\"") || dom.contains("headline\" data-label"));
     assert!(dom.contains("data-label=\"negative\"") && dom.contains("data-label=\"positive\""));
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            l.contains("Uncaught") || (l.contains("CONSOLE") && l.to_ascii_lowercase().contains("error"))
-        })
-        .collect();
+    let errors = console_errors(&log);
     assert!(errors.is_empty(), "console errors: {errors:?}");
 
     // A wrong key shows the login form, not data.

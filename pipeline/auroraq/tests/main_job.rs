@@ -181,36 +181,13 @@ fn the_main_job_on_a_subset_of_the_default_news_is_pinned() {
 /// that every chart is there as SVG with data points and that the console shows no error. Skips,
 /// saying so, only when chromium is not installed.
 fn browser_check(page: &Path) {
-    let Some(bin) = ["chromium", "chromium-browser"].into_iter().find(|b| {
-        Command::new(b)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }) else {
+    let Some(bin) = auroraq_tests::browser::chromium() else {
         eprintln!("SKIPPED the browser check: chromium is not installed (scripts/chromium.sh installs it)");
         return;
     };
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--no-first-run",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", page.canonicalize().unwrap().display()))
-        .output()
-        .unwrap();
-    let (dom, log) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success() && !dom.is_empty(), "chromium failed: {log}");
+    let url = format!("file://{}", page.canonicalize().unwrap().display());
+    let (dom, log) = auroraq_tests::browser::headless(bin, &url, &["--dump-dom".to_string()]);
+    assert!(!dom.is_empty(), "chromium rendered nothing: {log}");
     for id in [
         "price",
         "sentiment",
@@ -237,12 +214,7 @@ fn browser_check(page: &Path) {
             "chart {id} draws nothing"
         );
     }
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            l.contains("Uncaught") || (l.contains("CONSOLE") && l.to_ascii_lowercase().contains("error"))
-        })
-        .collect();
+    let errors = auroraq_tests::browser::console_errors(&log);
     assert!(errors.is_empty(), "console errors: {errors:?}");
 }
 

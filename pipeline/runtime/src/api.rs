@@ -82,8 +82,10 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<RunningApi> {
     let api_cfg = opts.apply(cfg);
+    // Credentials first: refusing to start must not wait for the model to load.
+    let auth = auroraq_api::preflight(&api_cfg).context("cannot start the API")?;
     let backends = backends(cfg, bus, opts)?;
-    let running = auroraq_api::start(api_cfg, backends, stop)
+    let running = auroraq_api::start_with(api_cfg, auth, backends, stop)
         .await
         .context("cannot start the API")?;
     crate::telemetry::set_ready(true);
