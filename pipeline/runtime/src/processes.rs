@@ -54,6 +54,9 @@ struct Seen {
     by_kind: BTreeMap<EventKind, u64>,
     outputs: Vec<AnyEvent>,
     undecodable: u64,
+    /// Bus message ids already counted: a delivery that comes back (its ack was late under load)
+    /// is the same message, counted once.
+    ids: std::collections::HashSet<String>,
 }
 
 /// Kinds the stages emit (the report's input); `exec.fills` copies are skipped (`exec.orders` has them).
@@ -175,6 +178,14 @@ pub async fn run(
         tokio::spawn(async move {
             while let Some(d) = sub.next().await {
                 let Ok(d) = d else { continue };
+                let fresh = seen
+                    .lock()
+                    .map(|mut s| s.ids.insert(d.id().to_owned()))
+                    .unwrap_or(true);
+                if !fresh {
+                    let _ = d.ack().await;
+                    continue;
+                }
                 let decoded = AnyEvent::decode(d.payload());
                 if let Ok(mut s) = seen.lock() {
                     match decoded {
@@ -408,6 +419,23 @@ async fn drive(
     Ok(out)
 }
 
+/// The consumer groups of the run's stream. The broker may be slow to answer under load: a
+/// request that times out is asked again (7 tries, backing off up to 5 s) before the job fails.
+async fn backlogs(bus: &dyn Bus) -> Result<std::collections::BTreeMap<String, auroraq_bus::Backlog>> {
+    let mut backoff = auroraq_util::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match bus.backlogs().await {
+            Ok(g) => return Ok(g),
+            Err(e) if backoff.failures() < 6 && !matches!(e, auroraq_bus::BusError::Closed) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, ?wait, "reading the consumer groups failed; asking again");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("reading the consumer groups")),
+        }
+    }
+}
+
 /// Waits until no stage's consumer group has anything pending or unacked (the holding group:
 /// nothing pending, its unacked count steady), seen twice in a row.
 async fn settle(
@@ -422,7 +450,7 @@ async fn settle(
     let mut held: HashMap<String, u64> = HashMap::new();
     let mut pause = Duration::from_micros(500);
     loop {
-        let groups = bus.backlogs().await.context("reading the consumer groups")?;
+        let groups = backlogs(bus).await?;
         let busy = groups
             .iter()
             .filter(|(g, _)| stage_groups.contains(*g))
@@ -531,10 +559,8 @@ async fn wait_joined(
     let mut last: Option<(Vec<String>, Instant)> = None;
     loop {
         check_alive(roles)?;
-        let groups: Vec<String> = bus
-            .backlogs()
-            .await
-            .context("reading the consumer groups")?
+        let groups: Vec<String> = backlogs(bus)
+            .await?
             .into_keys()
             .filter(|g| !known.contains(g))
             .collect();
