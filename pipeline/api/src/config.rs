@@ -48,6 +48,10 @@ pub struct ApiConfig {
     pub request_timeout_secs: u64,
     /// Origins allowed by CORS (`*`: any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// How long the first text of a request waits for others to share its model batch, ms. Short:
+    /// under load batches fill while the model runs anyway, and an idle API should not add delay
+    /// (the bus workers wait `sentiment.max_wait_ms`, 10 by default).
+    pub batch_wait_ms: u64,
     /// Predictions kept in the in-process cache (by text hash and model sha); 0: no cache.
     pub cache_entries: usize,
     /// How long `POST /orders/place` waits for the risk decision before answering `pending`.
@@ -79,6 +83,7 @@ impl Default for ApiConfig {
             max_body_bytes: 2 * 1024 * 1024,
             request_timeout_secs: 30,
             cors_origins: Vec::new(),
+            batch_wait_ms: 2,
             cache_entries: 10_000,
             order_decision_timeout_ms: 3_000,
             ws_buffer: 256,

@@ -418,6 +418,18 @@ struct DoctorArgs {
 
 #[derive(Subcommand, Debug)]
 enum Bench {
+    /// POST /api/v1/sentiment/analyze requests/s and p50/p99 at several client counts, this API beside
+    /// a baseline server (scripts/bench/api.sh starts the seed's FastAPI design and runs this).
+    Api {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        /// Seconds per point.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        /// The baseline's analyze URL on loopback, e.g. http://127.0.0.1:18001/api/v1/sentiment/analyze.
+        #[arg(long)]
+        baseline: Option<String>,
+    },
     /// PostgreSQL sink rows/s beside a bare tokio-postgres binary COPY loop of the same rows.
     Sink {
         /// postgres://user@host/db (default: postgres.url); the bench creates and drops its own database.
@@ -689,6 +701,17 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             });
         }
         Command::Topics => roles::print_topics(),
+        #[cfg(feature = "api")]
+        Command::Bench(Bench::Api {
+            clients,
+            duration,
+            baseline,
+        }) => {
+            let d = std::time::Duration::from_secs(duration.max(1));
+            emit(&auroraq_runtime::bench_api::api(&cfg, &clients, d, baseline.as_deref()).await?)?;
+        }
+        #[cfg(not(feature = "api"))]
+        Command::Bench(Bench::Api { .. }) => return not_yet("bench api", "`api` cargo feature"),
         Command::Bench(Bench::Sink { url, rows, rounds }) => {
             emit(&bench::sink(&cfg, url, rows, rounds).await?)?;
         }

@@ -49,7 +49,9 @@ pub fn backends(cfg: &Config, bus: Arc<dyn Bus>, opts: &ApiOptions) -> Result<Ba
         None
     } else {
         let c = crate::sentiment::load(cfg, opts.model.as_deref(), None)?;
-        Some(Scorer::start(Arc::new(c), crate::sentiment::batching(cfg)))
+        let mut batching = crate::sentiment::batching(cfg);
+        batching.max_wait = std::time::Duration::from_millis(cfg.api.batch_wait_ms);
+        Some(Scorer::start(Arc::new(c), batching))
     };
     let postgres = match cfg.postgres.url.as_str() {
         "" => None,

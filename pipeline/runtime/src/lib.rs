@@ -17,6 +17,8 @@
 pub mod api;
 pub mod backtest;
 pub mod bench;
+#[cfg(feature = "api")]
+pub mod bench_api;
 pub mod bench_decode;
 pub mod config;
 pub mod doctor;
