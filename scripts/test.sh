@@ -11,6 +11,7 @@ command -v cargo >/dev/null || { echo "cargo is needed: install Rust (rustup) fi
 scripts/services.sh
 scripts/onnxruntime.sh
 scripts/chromium.sh
+scripts/schemathesis.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -537,19 +537,98 @@ fn redis_url() -> String {
     std::env::var("AURORAQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// A PostgreSQL database of one test's own.
+struct TestDb {
+    name: String,
+    url: String,
+    admin: tokio_postgres::Client,
+}
+
+impl TestDb {
+    async fn new() -> TestDb {
+        let name = unique("aq_api_").to_lowercase().replace('-', "_");
+        let (admin, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let url = auroraq_sink_timescale::url_with_dbname(&admin_url(), &name).expect("url");
+        TestDb { name, url, admin }
+    }
+
+    async fn drop(self) {
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .await;
+    }
+}
+
+/// The OpenAPI document as a property test: schemathesis (installed by scripts/schemathesis.sh)
+/// generates requests for every operation from the document, valid and invalid, and no answer may
+/// be a 5xx. The server has the model, PostgreSQL and the risk shadow, so every route does its work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_property_run_finds_no_server_error() {
+    let st = repo().join(".auroraq/st-venv/bin/schemathesis");
+    if !st.exists() {
+        eprintln!("SKIPPED: schemathesis is not installed (scripts/schemathesis.sh installs it)");
+        return;
+    }
+    let db = TestDb::new().await;
+    let mut b = Backends::bus_only(dyn_bus(inproc_bus(4, 10_000)));
+    b.scorer = Some(scorer());
+    b.postgres = Some(Pg::new(&db.url).expect("pg"));
+    let cfg = ApiConfig {
+        rate_per_key: 1e9,
+        burst_per_key: 1e9,
+        rate_per_ip: 1e9,
+        burst_per_ip: 1e9,
+        order_decision_timeout_ms: 200,
+        ..config()
+    };
+    let api = Api::start(cfg, b).await;
+    let out = tokio::process::Command::new(&st)
+        .args(["run", &format!("{}/openapi.json", api.base)])
+        .args(["-H", &format!("Authorization: Bearer {KEY}")])
+        .args([
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--workers",
+            "2",
+            "--seed",
+            "1",
+        ])
+        .output()
+        .await
+        .expect("run schemathesis");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found failures:\n{report}");
+    assert!(
+        report.contains("16/16"),
+        "not every operation was tested:\n{report}"
+    );
+    assert!(
+        report.contains("passed") && !report.contains(" failed"),
+        "{report}"
+    );
+    drop(api);
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_live_state_risk_and_orders() {
     // A database and a key prefix of this test's own.
-    let db = unique("aq_api_").to_lowercase().replace('-', "_");
-    let (admin, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL at 127.0.0.1:5432");
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .expect("create database");
-    let db_url = auroraq_sink_timescale::url_with_dbname(&admin_url(), &db).expect("url");
+    let db = TestDb::new().await;
+    let db_url = db.url.clone();
     let prefix = format!("{}:", unique("aqapi"));
 
     let bus = dyn_bus(inproc_bus(4, 100_000));
@@ -854,9 +933,7 @@ async fn history_live_state_risk_and_orders() {
     })
     .await;
     drop(api);
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await;
+    db.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
