@@ -268,3 +268,68 @@ fn the_api_role_serves_the_model_behind_a_key() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// `auroraq run --api`: the API serves during the embedded job, and after it shows what the
+/// in-process backtest made (fused signals, scored headlines, the agent's portfolio) until
+/// interrupted; SIGINT then stops it cleanly.
+#[test]
+fn the_embedded_job_shows_its_results_in_the_api() {
+    let port = auroraq_tests::free_port();
+    let out = tempfile::tempdir().unwrap();
+    let mut job = Command::new(env!("CARGO_BIN_EXE_auroraq"));
+    job.current_dir(repo_root())
+        .env_remove("AURORAQ_CONFIG")
+        .env_remove("AURORAQ_API_KEYS")
+        // The earlier bundled fixtures: quick in a debug build.
+        .env("AURORAQ_RUN_BARS", "data/market/Coinbase_BTCUSD_1h.csv")
+        .env("AURORAQ_RUN_NEWS", "data/news/reuters21578.jsonl")
+        .env("AURORAQ_RUN_EXCHANGE", "coinbase")
+        .env("RUST_LOG", "warn")
+        .args(["--log-format", "json", "run", "--out"])
+        .arg(out.path())
+        .args(["--api", &format!("127.0.0.1:{port}"), "--insecure-no-auth"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = job.spawn().unwrap();
+    let guard = scopeguard(child.id());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        assert!(child.try_wait().unwrap().is_none(), "the job exited while it should serve");
+        assert!(Instant::now() < deadline, "the API never showed the job's results");
+        if let Some((200, body)) = get(port, "/api/v1/status") {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let fused = v["fused"].as_object().map(|m| m.len()).unwrap_or(0);
+            let headlines = v["headlines"].as_array().map(Vec::len).unwrap_or(0);
+            let portfolios = v["portfolios"].as_object().map(|m| m.len()).unwrap_or(0);
+            // The job hands its events to the API in time order once the backtest is done; the
+            // agent's orders come last.
+            let agent = get(port, "/api/v1/portfolio/auroraq").map(|r| r.0);
+            if fused > 0 && headlines > 0 && portfolios > 0 && agent == Some(200) {
+                break v;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        status["fused"]["BTC"]["history"].as_array().is_some_and(|h| !h.is_empty()),
+        "{status}"
+    );
+    let (s, body) = get(port, "/api/v1/portfolio/auroraq").unwrap();
+    assert_eq!(s, 200, "{body}");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["risk"]["agent"], "auroraq", "{p}");
+    drop(guard);
+    let t = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the job did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    assert!(summary["backtest"]["trades"].as_u64().is_some(), "{summary}");
+}

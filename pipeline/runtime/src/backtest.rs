@@ -177,6 +177,14 @@ pub fn is_recorded_input(ev: &AnyEvent) -> bool {
 
 /// Runs a plan; returns the summary (and writes the report when `plan.out` is set).
 pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
+    run_observed(cfg, plan, None)
+}
+
+/// [`run`], handing `observe` every event of the run in event-time order once it is done: the
+/// market data, articles and their scores, the fused signals, and what agents, risk and execution
+/// emitted (so that `run --api` can show the job in the API's live view). Events are copied only
+/// when there is an observer.
+pub fn run_observed(cfg: &Config, plan: Plan, observe: Option<&mut dyn FnMut(&AnyEvent)>) -> Result<Summary> {
     let before = plan.inputs.len();
     let inputs: Vec<AnyEvent> = plan.inputs.into_iter().filter(is_recorded_input).collect();
     if inputs.len() < before {
@@ -230,8 +238,16 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
         .chain(scored.kept.iter().cloned())
         .collect();
     fusion_in.sort_by_key(available_at);
+    let mut observed: Vec<AnyEvent> = if observe.is_some() {
+        fusion_in.clone()
+    } else {
+        Vec::new()
+    };
     info!(events = fusion_in.len(), "fusing");
     let fused = auroraq_fusion::fuse_batch(&cfg.fusion, fusion_in).context("fusion")?;
+    if observe.is_some() {
+        observed.extend(fused.signals.iter().cloned().map(AnyEvent::FusedSignal));
+    }
     for s in &fused.signals {
         fingerprint.add(&AnyEvent::FusedSignal(s.clone()))?;
     }
@@ -273,6 +289,11 @@ pub fn run(cfg: &Config, plan: Plan) -> Result<Summary> {
     );
     let mut out = engine.run(inputs, &mut |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
+    if let Some(observe) = observe {
+        observed.extend(out.kept.iter().cloned());
+        observed.sort_by_key(|e| e.meta().ts_event);
+        observed.iter().for_each(observe);
+    }
     fingerprint.add_fingerprint(&out.fingerprint);
     out.fingerprint = fingerprint.hex();
     out.inputs = n_inputs;

@@ -79,13 +79,29 @@ pub async fn run(
     crate::processes::run(cfg, sinks, stop, progress).await
 }
 
-/// Starts the API on the job's bus when `run.api` is set (feature `api`); returns its address.
+/// The API beside the embedded job (`run --api`).
+#[cfg(feature = "api")]
+struct JobApi(auroraq_api::RunningApi);
+
+#[cfg(feature = "api")]
+impl JobApi {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.0.addr
+    }
+
+    /// Shows an event of the in-process backtest in the API's live view.
+    fn show(&self, e: &AnyEvent) {
+        self.0.state.live.apply(e);
+    }
+}
+
+/// Starts the API on the job's bus when `run.api` is set (feature `api`).
 #[cfg(feature = "api")]
 async fn start_api(
     cfg: &Config,
     bus: std::sync::Arc<dyn auroraq_bus::Bus>,
     stop: CancellationToken,
-) -> Result<Option<std::net::SocketAddr>> {
+) -> Result<Option<JobApi>> {
     if cfg.run.api.is_empty() {
         return Ok(None);
     }
@@ -95,7 +111,20 @@ async fn start_api(
     };
     let running = crate::api::start(cfg, bus, &opts, stop).await?;
     info!(addr = %running.addr, "API serving beside the job");
-    Ok(Some(running.addr))
+    Ok(Some(JobApi(running)))
+}
+
+/// Without the API there is nothing to start or show.
+#[cfg(not(feature = "api"))]
+struct JobApi;
+
+#[cfg(not(feature = "api"))]
+impl JobApi {
+    fn addr(&self) -> &'static str {
+        "-"
+    }
+
+    fn show(&self, _e: &AnyEvent) {}
 }
 
 #[cfg(not(feature = "api"))]
@@ -103,7 +132,7 @@ async fn start_api(
     cfg: &Config,
     _bus: std::sync::Arc<dyn auroraq_bus::Bus>,
     _stop: CancellationToken,
-) -> Result<Option<std::net::SocketAddr>> {
+) -> Result<Option<JobApi>> {
     anyhow::ensure!(
         cfg.run.api.is_empty(),
         "run.api is set but this build has no API (feature `api`)"
@@ -176,10 +205,14 @@ async fn embedded(cfg: &Config, pace: Pace, stop: CancellationToken, progress: b
     } else {
         let out = cfg.run.out_dir.join("report");
         let (demo, plan) = crate::backtest::bundled_plan(cfg, bundled, Some(&out), progress)?;
-        Some(tokio::task::block_in_place(|| crate::backtest::run(&demo, plan))?)
+        Some(tokio::task::block_in_place(|| match &api {
+            // The backtest runs in process, off the bus: its events go to the API's live view.
+            Some(api) => crate::backtest::run_observed(&demo, plan, Some(&mut |e| api.show(e))),
+            None => crate::backtest::run(&demo, plan),
+        })?)
     };
     if let Some(api) = api {
-        info!(addr = %api, "the job is done; the API keeps serving until interrupted (Ctrl-C)");
+        info!(addr = %api.addr(), "the job is done; the API keeps serving until interrupted (Ctrl-C)");
         stop.cancelled().await;
     }
     Ok(RunSummary {
