@@ -294,8 +294,14 @@ fn the_embedded_job_shows_its_results_in_the_api() {
     let guard = scopeguard(child.id());
     let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
-        assert!(child.try_wait().unwrap().is_none(), "the job exited while it should serve");
-        assert!(Instant::now() < deadline, "the API never showed the job's results");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job exited while it should serve"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the API never showed the job's results"
+        );
         if let Some((200, body)) = get(port, "/api/v1/status") {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             let fused = v["fused"].as_object().map(|m| m.len()).unwrap_or(0);
@@ -311,7 +317,9 @@ fn the_embedded_job_shows_its_results_in_the_api() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(
-        status["fused"]["BTC"]["history"].as_array().is_some_and(|h| !h.is_empty()),
+        status["fused"]["BTC"]["history"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty()),
         "{status}"
     );
     let (s, body) = get(port, "/api/v1/portfolio/auroraq").unwrap();
@@ -324,7 +332,10 @@ fn the_embedded_job_shows_its_results_in_the_api() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "the job did not stop on SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the job did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "{exit:?}");
