@@ -19,14 +19,18 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::AckKind;
 use async_trait::async_trait;
+use auroraq_util::Backoff;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
+
+/// Times an unacked publish is sent again before it fails (backing off 0.2 s .. 5 s).
+const PUBLISH_RETRIES: u32 = 5;
 
 use crate::{
     partition_of, topics, Acker, Bus, BusError, Delivery, History, HistoryOptions, OutMessage, PublishReport,
@@ -140,6 +144,23 @@ impl NatsBus {
         })
     }
 
+    /// Sends one message (its id is JetStream's `Nats-Msg-Id`); the future is its ack.
+    async fn send(&self, subject: &str, m: &OutMessage) -> Result<PublishAckFuture, BusError> {
+        let mut publish = PublishMessage::build()
+            .payload(m.payload.clone())
+            .message_id(&m.id);
+        if let Some(k) = &m.key {
+            publish = publish.header(KEY_HEADER, k.as_str());
+        }
+        self.js
+            .send_publish(subject.to_owned(), publish)
+            .await
+            .map_err(|e| BusError::Publish {
+                topic: m.topic.clone(),
+                reason: e.to_string(),
+            })
+    }
+
     fn subject(&self, topic: &str, partition: u32) -> String {
         format!("{}.{}.{}", self.cfg.subject_root, partition, topic)
     }
@@ -223,28 +244,31 @@ impl Bus for NatsBus {
         if self.closed.load(Ordering::Acquire) {
             return Err(BusError::Closed);
         }
-        let mut pending: Vec<(String, PublishAckFuture)> = Vec::with_capacity(batch.len());
+        let mut pending: Vec<(OutMessage, String, PublishAckFuture)> = Vec::with_capacity(batch.len());
         for m in batch {
             topics::validate_topic(&m.topic).map_err(BusError::InvalidTopic)?;
-            let part = partition_of(m.key.as_deref(), self.cfg.partitions);
-            let mut publish = PublishMessage::build().payload(m.payload).message_id(&m.id);
-            if let Some(k) = &m.key {
-                publish = publish.header(KEY_HEADER, k.as_str());
-            }
-            let fut = self
-                .js
-                .send_publish(self.subject(&m.topic, part), publish)
-                .await
-                .map_err(|e| BusError::Publish {
-                    topic: m.topic.clone(),
-                    reason: e.to_string(),
-                })?;
-            pending.push((m.topic, fut));
+            let subject = self.subject(&m.topic, partition_of(m.key.as_deref(), self.cfg.partitions));
+            let fut = self.send(&subject, &m).await?;
+            pending.push((m, subject, fut));
         }
         let mut report = PublishReport::default();
-        for (topic, fut) in pending {
-            let ack = fut.await.map_err(|e| BusError::Publish {
-                topic,
+        for (m, subject, fut) in pending {
+            let mut result = fut.await;
+            // An ack that does not come in time (a loaded broker) is asked for again by sending
+            // the message again: JetStream drops the copy by its message id within the stream's
+            // duplicate window, so a retry never stores a message twice.
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+            while let Err(e) = &result {
+                if !matches!(e.kind(), PublishErrorKind::TimedOut) || backoff.failures() >= PUBLISH_RETRIES {
+                    break;
+                }
+                let wait = backoff.next_delay();
+                warn!(topic = %m.topic, error = %e, ?wait, "publish ack timed out; sending again");
+                tokio::time::sleep(wait).await;
+                result = self.send(&subject, &m).await?.await;
+            }
+            let ack = result.map_err(|e| BusError::Publish {
+                topic: m.topic.clone(),
                 reason: e.to_string(),
             })?;
             if ack.duplicate {
