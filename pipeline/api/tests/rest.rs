@@ -978,3 +978,87 @@ async fn slow_websocket_client_is_dropped_and_the_bus_is_not_slowed() {
         "publishing took {publish_time:?}"
     );
 }
+
+/// The Python client in the seed's shapes (`pipeline/api/clients/python/sentiment_client.py`, standard
+/// library only) against the server: every call of the seed's `SentimentClient` works unchanged, and
+/// its answers agree with what the same server tells a Rust client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sentiment_client_works_unchanged() {
+    let bus = dyn_bus(inproc_bus(4, 1024));
+    let mut b = Backends::bus_only(bus.clone());
+    b.scorer = Some(scorer());
+    let api = Api::start(config(), b).await;
+    // A fused history for BTC on the bus, for the realtime call.
+    let t0 = now_micros() - 3 * 3_600_000_000;
+    let sigs: Vec<AnyEvent> = (0..4)
+        .map(|i| AnyEvent::FusedSignal(fused("BTC", t0 + i * 3_600_000_000, 0.55 + i as f64 / 100.0)))
+        .collect();
+    publish(&*bus, &sigs).await;
+    wait_until_async("the live view to hold BTC", Duration::from_secs(20), || async {
+        api.get_json("/api/v1/sentiment/BTC/realtime").await.1["fused_score"].is_number()
+    })
+    .await;
+
+    // Real headlines (data/crypto/crypto_news_2025-05_2025-08.csv.gz).
+    let texts = [
+        "Bitcoin Jumps Above $97K as Traders Optimistic U.S.-China Trade Deal Possible",
+        "US Treasury wants to cut off Huione over ties to crypto crime",
+        "Markets were flat on Tuesday.",
+    ];
+    let out = tokio::process::Command::new("python3")
+        .arg(repo().join("pipeline/api/clients/python/sentiment_client.py"))
+        .args(["--url", &api.base, "--api-key", KEY, "--asset", "BTC", "smoke"])
+        .args(texts)
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "the client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+
+    assert_eq!(v["health"], "ok", "{v}");
+    let a = &v["analyze"];
+    assert_eq!(a["label"], "positive", "{v}");
+    assert_eq!(a["asset"], "BTC");
+    assert_eq!(a["timestamp"], "2025-05-02T10:00:00Z");
+    assert!(a["model_version"].as_str().is_some_and(|m| m.contains("@sha256:")));
+    assert!(a["keywords"].as_array().is_some_and(|k| !k.is_empty()), "{v}");
+    assert!(a["scenario_tag"].as_str().is_some_and(|t| !t.is_empty()));
+    // The batch answers in order, with the scores a Rust client gets for the same texts.
+    assert_eq!(v["batch"]["total_processed"], 3);
+    assert_eq!(v["batch"]["modes"], json!(["backtest"]));
+    for (i, t) in texts.iter().enumerate() {
+        let (s, r) = api
+            .post_json("/api/v1/sentiment/analyze", json!({"text": t, "asset": "BTC"}))
+            .await;
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(v["batch"]["labels"][i], r["label"], "text {i}: {v}");
+        let (x, y) = (
+            v["batch"]["scores"][i].as_f64().unwrap_or(-1.0),
+            r["sentiment_score"].as_f64().unwrap_or(-2.0),
+        );
+        assert!((x - y).abs() < 1e-9, "text {i}: {x} against {y}");
+    }
+    assert_ne!(v["batch"]["labels"][1], "positive", "{v}");
+    // Realtime: the latest fused window of the four.
+    let rt = &v["realtime"];
+    assert!((rt["fused_score"].as_f64().unwrap_or(0.0) - 0.58).abs() < 1e-9, "{v}");
+    assert_eq!(rt["trend"], "rising");
+    assert_eq!(rt["history"].as_array().map(Vec::len), Some(4), "{v}");
+    // Fusion: the same answer the Rust client gets.
+    let (_, f) = api
+        .post_json(
+            "/api/v1/sentiment/fusion",
+            json!({"sentiment_scores": {"coindesk": 0.8, "reuters": 0.6}, "symbol": "BTC"}),
+        )
+        .await;
+    assert_eq!(v["fusion"]["fused_score"], f["fused_score"], "{v}");
+    assert_eq!(v["fusion"]["weights_used"], f["weights_used"], "{v}");
+    // Errors reach the caller as the API's codes.
+    assert_eq!(v["errors"]["empty_text"]["status"], 400, "{v}");
+    assert_eq!(v["errors"]["wrong_key"]["status"], 401, "{v}");
+    assert!(v["errors"]["wrong_key"]["code"].as_str().is_some_and(|c| !c.is_empty()));
+}
