@@ -1024,7 +1024,9 @@ async fn python_sentiment_client_works_unchanged() {
     assert_eq!(a["label"], "positive", "{v}");
     assert_eq!(a["asset"], "BTC");
     assert_eq!(a["timestamp"], "2025-05-02T10:00:00Z");
-    assert!(a["model_version"].as_str().is_some_and(|m| m.contains("@sha256:")));
+    assert!(a["model_version"]
+        .as_str()
+        .is_some_and(|m| m.contains("@sha256:")));
     assert!(a["keywords"].as_array().is_some_and(|k| !k.is_empty()), "{v}");
     assert!(a["scenario_tag"].as_str().is_some_and(|t| !t.is_empty()));
     // The batch answers in order, with the scores a Rust client gets for the same texts.
@@ -1045,7 +1047,10 @@ async fn python_sentiment_client_works_unchanged() {
     assert_ne!(v["batch"]["labels"][1], "positive", "{v}");
     // Realtime: the latest fused window of the four.
     let rt = &v["realtime"];
-    assert!((rt["fused_score"].as_f64().unwrap_or(0.0) - 0.58).abs() < 1e-9, "{v}");
+    assert!(
+        (rt["fused_score"].as_f64().unwrap_or(0.0) - 0.58).abs() < 1e-9,
+        "{v}"
+    );
     assert_eq!(rt["trend"], "rising");
     assert_eq!(rt["history"].as_array().map(Vec::len), Some(4), "{v}");
     // Fusion: the same answer the Rust client gets.
@@ -1060,5 +1065,7 @@ async fn python_sentiment_client_works_unchanged() {
     // Errors reach the caller as the API's codes.
     assert_eq!(v["errors"]["empty_text"]["status"], 400, "{v}");
     assert_eq!(v["errors"]["wrong_key"]["status"], 401, "{v}");
-    assert!(v["errors"]["wrong_key"]["code"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(v["errors"]["wrong_key"]["code"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
 }
