@@ -320,7 +320,9 @@ async fn migrations_apply_from_empty_and_twice() {
 async fn every_kind_lands_once_when_delivered_twice() {
     let db = TestDb::new().await;
     let bus = inproc_bus(4, 1 << 14);
-    let cfg = sink_cfg(&db.url);
+    let mut cfg = sink_cfg(&db.url);
+    // The sample dead letter is dated 1970: no bound on event times here.
+    cfg.max_past_days = 0;
     let sink = start(bus.clone(), cfg).await;
     let mut events = samples::all();
     events.extend(trades(1000..2000));
@@ -724,7 +726,11 @@ async fn postgres_down_then_up_loses_nothing() {
 async fn partitions_are_created_for_new_months() {
     let db = TestDb::new().await;
     let bus = inproc_bus(4, 4096);
-    let cfg = sink_cfg(&db.url);
+    let mut cfg = sink_cfg(&db.url);
+    // No bound on event times here: 1970 and 30 years ahead are written (see
+    // `events_outside_the_time_range_become_dead_letters` for the default bounds).
+    cfg.max_past_days = 0;
+    cfg.max_future_days = 0;
     let sink = start(bus.clone(), cfg).await;
     let m = sink.metrics.clone();
     let c0 = db.client().await;
@@ -1112,6 +1118,72 @@ async fn bad_events_become_dead_letters_and_the_rest_land() {
         )
         .await,
         "decode_error,invalid_event,rejected_by_database"
+    );
+}
+
+#[tokio::test]
+async fn events_outside_the_time_range_become_dead_letters() {
+    let db = TestDb::new().await;
+    let bus = inproc_bus(4, 4096);
+    let mut cfg = sink_cfg(&db.url);
+    cfg.max_past_days = 3650;
+    cfg.max_future_days = 30;
+    let group = cfg.group.clone();
+    let sink = start(bus.clone(), cfg).await;
+    let m = sink.metrics.clone();
+    let now = now_micros();
+    let day = 86_400_000_000i64;
+    // Forty years of monthly events from 1970 (each would make a partition), a day-old one at
+    // the bound's edge, and events of now and 60 days ahead.
+    let mut events: Vec<AnyEvent> = (0..480u64).map(|i| trade_at(i, i as i64 * 31 * day)).collect();
+    events.push(trade_at(1000, now - 3649 * day));
+    events.push(trade_at(1001, now));
+    events.push(trade_at(1002, now + 60 * day));
+    publish(&*bus, &events, "").await;
+    wait_until("all is settled", Duration::from_secs(60), || {
+        m.acked.load(Ordering::Relaxed) + m.dead_letters.load(Ordering::Relaxed) >= 483
+            && m.dead_letters.load(Ordering::Relaxed) >= 481
+    })
+    .await;
+    // The dead letters come back through `dlq.>` and are stored.
+    wait_until("the dead letters are stored", Duration::from_secs(60), || {
+        m.acked.load(Ordering::Relaxed) >= 2 + 481
+    })
+    .await;
+    bus.close().await;
+    let stats = sink.task.await.expect("join").expect("sink");
+    assert_eq!(stats.dead_letters, 481, "{stats:?}");
+    let c = db.client().await;
+    assert_eq!(count(&c, "SELECT count(*) FROM trades").await, 2);
+    assert_eq!(
+        count(
+            &c,
+            &format!(
+                "SELECT count(*) FROM dead_letters WHERE stage = '{group}' AND reason = 'out_of_time_range'"
+            )
+        )
+        .await,
+        481
+    );
+    let why = text(
+        &c,
+        &format!("SELECT error FROM dead_letters WHERE stage = '{group}' ORDER BY error LIMIT 1"),
+    )
+    .await;
+    assert!(
+        why.contains("1970-") && why.contains("3650 days before now"),
+        "{why}"
+    );
+    // No partition of trades before the bound: only the months written and those made ahead.
+    let old_partitions = count(
+        &c,
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent JOIN pg_class k ON k.oid = i.inhrelid
+         WHERE p.relname = 'trades' AND k.relname LIKE 'trades\\_p%' AND k.relname < 'trades_p2000'",
+    )
+    .await;
+    assert_eq!(
+        old_partitions, 0,
+        "partitions for months before the accepted range"
     );
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub bus: BusConfig,
-    pub postgres: ServiceConfig,
+    pub postgres: PostgresConfig,
     pub redis: ServiceConfig,
     pub sentiment: SentimentConfig,
     pub run: RunConfig,
@@ -45,7 +45,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bus: BusConfig::default(),
-            postgres: ServiceConfig::default(),
+            postgres: PostgresConfig::default(),
             redis: ServiceConfig::default(),
             sentiment: SentimentConfig::default(),
             run: RunConfig::default(),
@@ -143,6 +143,33 @@ pub struct ServiceConfig {
     pub required: bool,
 }
 
+/// `[postgres]`: the database the PostgreSQL sink writes and the API reads.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user[:password]@host[:port]/database`, naming its user and database; empty:
+    /// not configured. libpq key/value strings are refused.
+    pub url: String,
+    /// Whether `doctor` (and the roles that use it) must reach it.
+    pub required: bool,
+    /// The sink dead-letters events dated more than this many days before now (reason
+    /// `out_of_time_range`) instead of creating partitions for them; 0: no bound.
+    pub max_past_days: u32,
+    /// Likewise for events dated more than this many days after now; 0: no bound.
+    pub max_future_days: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: String::new(),
+            required: false,
+            max_past_days: auroraq_sink_timescale::DEFAULT_MAX_PAST_DAYS,
+            max_future_days: auroraq_sink_timescale::DEFAULT_MAX_FUTURE_DAYS,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SentimentConfig {
@@ -231,6 +258,11 @@ impl Default for RunConfig {
 
 const ENV_PREFIX: &str = "AURORAQ_";
 
+/// `AURORAQ_*` variables that are not settings: the configuration file (`AURORAQ_CONFIG`, read by
+/// the command line), the tests' servers (`AURORAQ_TEST_*`), the ONNX Runtime download of
+/// `scripts/onnxruntime.sh` (`AURORAQ_ORT_*`). Any other that names no section is refused.
+const NOT_SETTINGS: &[&str] = &["TEST_", "ORT_"];
+
 impl Config {
     /// Loads `path` (if given, it must exist; if not, `auroraq.toml` is used when present), then
     /// applies environment overrides from `env`, then validates.
@@ -249,16 +281,24 @@ impl Config {
             None => toml::Table::new(),
         };
         let defaults = toml::Table::try_from(Config::default()).context("defaults")?;
+        // AURORAQ_* variables that name no section: refused below unless they are not settings.
+        let mut unknown: Vec<String> = Vec::new();
         for (k, v) in env {
             let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = rest.split_once('_') else {
+            if rest == "CONFIG" || NOT_SETTINGS.iter().any(|p| rest.starts_with(p)) {
                 continue;
-            };
-            let Some(toml::Value::Table(sec_defaults)) = defaults.get(section) else {
-                // AURORAQ_* variables that name no section (e.g. AURORAQ_TEST_NATS_URL) are not ours.
+            }
+            let rest = rest.to_ascii_lowercase();
+            let section_defaults =
+                rest.split_once('_')
+                    .and_then(|(section, key)| match defaults.get(section) {
+                        Some(toml::Value::Table(t)) => Some((section, key, t)),
+                        _ => None,
+                    });
+            let Some((section, key, sec_defaults)) = section_defaults else {
+                unknown.push(k);
                 continue;
             };
             let Some(default) = sec_defaults.get(key) else {
@@ -279,6 +319,20 @@ impl Config {
         let cfg: Config = toml::Value::Table(table)
             .try_into()
             .context("invalid configuration")?;
+        // The variables the configuration names for secrets are read where they are used.
+        let named = cfg.secret_env_names();
+        unknown.retain(|k| !named.iter().any(|n| n == k));
+        if let Some(k) = unknown.first() {
+            let sections: Vec<&str> = defaults
+                .iter()
+                .filter(|(_, v)| v.is_table())
+                .map(|(s, _)| s.as_str())
+                .collect();
+            bail!(
+                "environment variable {k}: no such setting; AURORAQ_<SECTION>_<KEY> names one of the sections {}",
+                sections.join(", ")
+            );
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -302,11 +356,9 @@ impl Config {
         }
         auroraq_bus::topics::validate_topic(&b.subject_root)
             .map_err(|e| anyhow::anyhow!("bus.subject_root: {e}"))?;
-        if !self.postgres.url.is_empty() && !self.postgres.url.starts_with("postgres") {
-            bail!(
-                "postgres.url must be a postgres:// URL, not {:?}",
-                self.postgres.url
-            );
+        if !self.postgres.url.is_empty() {
+            auroraq_sink_timescale::postgres_config(&self.postgres.url)
+                .map_err(|e| anyhow::anyhow!("postgres.url: {e}"))?;
         }
         if self.sentiment.max_batch_size == 0
             || self.sentiment.max_batch_tokens == 0
@@ -317,13 +369,31 @@ impl Config {
         self.metrics.validate()?;
         self.tracing.validate()?;
         if !self.redis.url.is_empty() && !self.redis.url.starts_with("redis://") {
-            bail!("redis.url must be a redis:// URL, not {:?}", self.redis.url);
+            bail!(
+                "redis.url must be a redis:// URL, not {:?}",
+                auroraq_util::redact(&self.redis.url)
+            );
         }
         Ok(())
     }
 }
 
 impl Config {
+    /// Environment variables the configuration names for secrets (the API's JWT secret, the
+    /// Feedly token), read by their parts rather than as settings.
+    fn secret_env_names(&self) -> Vec<String> {
+        #[cfg(feature = "api")]
+        let jwt = self.api.jwt_secret_env.clone();
+        #[cfg(not(feature = "api"))]
+        let jwt = self
+            .api
+            .get("jwt_secret_env")
+            .and_then(|v| v.as_str())
+            .unwrap_or("AURORAQ_JWT_SECRET")
+            .to_owned();
+        vec![jwt, self.feedly.token_env.clone()]
+    }
+
     /// Points the configuration at another bus (`--bus`).
     pub fn set_bus_url(&mut self, url: &str) -> Result<()> {
         self.bus.url = auroraq_bus::BusUrl::parse(url).map_err(anyhow::Error::msg)?;
@@ -442,6 +512,81 @@ mod tests {
         assert!(e.contains("missing.toml"), "{e}");
         // Variables of other tools under the prefix are ignored.
         assert!(Config::load(None, env(&[("AURORAQ_TEST_NATS_URL", "x")])).is_ok());
+    }
+
+    #[test]
+    fn unknown_variables_under_the_prefix_are_refused() {
+        // An unknown key of a known section, and a section that does not exist: both refused.
+        for k in [
+            "AURORAQ_BUS_UNKNOWN",
+            "AURORAQ_UNKNOWN_X",
+            "AURORAQ_POSTGRESS_URL",
+            "AURORAQ_NOSECTION",
+        ] {
+            let e = format!("{:#}", Config::load(None, env(&[(k, "1")])).unwrap_err());
+            assert!(e.contains(k), "{k}: {e}");
+        }
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_UNKNOWN_X", "1")])).unwrap_err()
+        );
+        assert!(
+            e.contains("postgres") && e.contains("bus"),
+            "names the sections: {e}"
+        );
+        // Not settings: the file, the tests' servers, the ONNX Runtime download, and the
+        // variables the configuration names for its secrets.
+        let c = Config::load(
+            None,
+            env(&[
+                ("AURORAQ_CONFIG", "x.toml"),
+                ("AURORAQ_TEST_NATS_URL", "nats://x"),
+                ("AURORAQ_ORT_VERSION", "1.2.3"),
+                ("AURORAQ_JWT_SECRET", "s"),
+                ("OTHER_TOOL_X", "1"),
+            ]),
+        );
+        assert!(c.is_ok(), "{c:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[feedly]\ntoken_env = \"AURORAQ_MY_FEEDLY\"\n").unwrap();
+        assert!(Config::load(Some(&p), env(&[("AURORAQ_MY_FEEDLY", "t")])).is_ok());
+        assert!(Config::load(None, env(&[("AURORAQ_MY_FEEDLY", "t")])).is_err());
+    }
+
+    #[test]
+    fn postgres_urls_are_checked_as_the_sink_checks_them_and_never_echoed() {
+        for (url, why) in [
+            ("host=h user=u password=TOPSECRET dbname=d", "key/value"),
+            ("mysql://u:TOPSECRET@h/d", "not a postgres:// URL"),
+            ("postgres://127.0.0.1/d?password=TOPSECRET", "names no user"),
+            ("postgres://u:TOPSECRET@127.0.0.1", "names no database"),
+        ] {
+            let e = format!(
+                "{:#}",
+                Config::load(None, env(&[("AURORAQ_POSTGRES_URL", url)])).unwrap_err()
+            );
+            assert!(e.contains("postgres.url") && e.contains(why), "{url}: {e}");
+            assert!(!e.contains("TOPSECRET"), "{url}: {e}");
+        }
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_REDIS_URL", "http://:TOPSECRET@h")])).unwrap_err()
+        );
+        assert!(e.contains("redis.url") && !e.contains("TOPSECRET"), "{e}");
+        let c = Config::load(
+            None,
+            env(&[
+                ("AURORAQ_POSTGRES_URL", "postgresql://u:pw@127.0.0.1:5432/d"),
+                ("AURORAQ_POSTGRES_MAX_PAST_DAYS", "30"),
+                ("AURORAQ_POSTGRES_MAX_FUTURE_DAYS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((c.postgres.max_past_days, c.postgres.max_future_days), (30, 0));
+        let d = Config::load(None, env(&[])).unwrap();
+        assert_eq!(d.postgres.max_past_days, 7305);
+        assert_eq!(d.postgres.max_future_days, 731);
     }
 
     #[test]

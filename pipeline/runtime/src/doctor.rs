@@ -53,6 +53,20 @@ fn check(component: &'static str, target: String, required: bool, r: Result<Stri
 }
 
 pub async fn run(cfg: &Config) -> Vec<Check> {
+    let mut out = checks(cfg).await;
+    // Whatever a driver's message quotes of a URL (the URL itself, its password), the table and
+    // `--json` show it redacted.
+    let urls = [cfg.bus.url.as_str(), &cfg.postgres.url, &cfg.redis.url];
+    for c in &mut out {
+        for url in urls {
+            c.detail = auroraq_util::scrub(&c.detail, url);
+            c.target = auroraq_util::scrub(&c.target, url);
+        }
+    }
+    out
+}
+
+async fn checks(cfg: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(check(
         "bus",
@@ -135,7 +149,9 @@ async fn check_bus(cfg: &Config) -> Result<String, String> {
 }
 
 async fn check_postgres(url: &str) -> Result<String, String> {
-    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    // The same rules as the sink: a postgres:// URL naming its user and database.
+    let pg = auroraq_sink_timescale::postgres_config(url).map_err(|e| e.to_string())?;
+    let connect = pg.connect(tokio_postgres::NoTls);
     let (client, conn) = tokio::time::timeout(TIMEOUT, connect)
         .await
         .map_err(|_| "timed out".to_string())?

@@ -350,6 +350,8 @@ pub async fn sink_postgres(
     )?;
     let mut sc = auroraq_sink_timescale::TimescaleConfig::new(url);
     sc.ack_wait = sink_ack_wait(cfg, sc.ack_wait);
+    sc.max_past_days = cfg.postgres.max_past_days;
+    sc.max_future_days = cfg.postgres.max_future_days;
     let subs = auroraq_sink_timescale::subscribe(&*bus, &sc).await?;
     let metrics = Arc::new(auroraq_sink_timescale::SinkMetrics::default());
     let task = tokio::spawn(auroraq_sink_timescale::run_subscriptions(
@@ -371,7 +373,16 @@ async fn until_stopped<T, E>(
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    stop.cancelled().await;
+    let mut task = task;
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        // The role ended by itself (it failed: a URL it cannot use, a database that refuses it):
+        // say so now rather than sit idle until a signal.
+        r = &mut task => {
+            bus.close().await;
+            return Ok(r??);
+        }
+    }
     bus.close().await;
     Ok(task.await??)
 }

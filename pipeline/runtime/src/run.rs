@@ -143,7 +143,7 @@ async fn start_api(
 async fn embedded(cfg: &Config, pace: Pace, stop: CancellationToken, progress: bool) -> Result<RunSummary> {
     let t0 = Instant::now();
     let bus = connect_bus(&cfg.bus).await?;
-    info!(bus = %cfg.bus.url, "starting every role in one process");
+    info!(bus = %auroraq_util::redact(cfg.bus.url.as_str()), "starting every role in one process");
     let api = start_api(cfg, bus.clone(), stop.clone()).await?;
 
     // Stages first, so that they see everything the connectors publish.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use auroraq_bus::{Bus, InProcBus, InProcConfig};
 use auroraq_stage::StageConfig;
 use auroraq_util::CancellationToken;
@@ -34,9 +34,15 @@ async fn open_bus(cfg: &BusConfig) -> Result<Arc<dyn Bus>> {
         n.partitions = cfg.partitions;
         n.stream = cfg.stream.clone();
         n.subject_root = cfg.subject_root.clone();
-        let bus = auroraq_bus::NatsBus::connect(n)
-            .await
-            .with_context(|| format!("connecting to the bus at {}", cfg.url))?;
+        let url = cfg.url.as_str();
+        // The bus's errors quote its URL as given: hide its credentials.
+        let bus = auroraq_bus::NatsBus::connect(n).await.map_err(|e| {
+            anyhow::anyhow!(
+                "connecting to the bus at {}: {}",
+                auroraq_util::redact(url),
+                auroraq_util::scrub(&e.to_string(), url)
+            )
+        })?;
         Ok(Arc::new(bus))
     }
     #[cfg(not(feature = "nats"))]

@@ -10,6 +10,6 @@ pub mod time;
 
 pub use backoff::{jitter_up, Backoff};
 pub use cancel::{sleep_or_cancel, until_cancelled};
-pub use redact::redact;
+pub use redact::{redact, scrub};
 pub use retry_after::parse_retry_after;
 pub use tokio_util::sync::CancellationToken;

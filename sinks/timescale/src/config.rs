@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use auroraq_schemas::Micros;
 use serde::{Deserialize, Serialize};
 
 /// Whether to use TimescaleDB.
@@ -57,6 +58,13 @@ impl std::str::FromStr for CopyMode {
     }
 }
 
+/// Default of [`TimescaleConfig::max_past_days`]: 20 years (2006 onwards, as of 2026).
+pub const DEFAULT_MAX_PAST_DAYS: u32 = 7305;
+/// Default of [`TimescaleConfig::max_future_days`]: 2 years.
+pub const DEFAULT_MAX_FUTURE_DAYS: u32 = 731;
+
+const DAY_MICROS: i64 = 86_400_000_000;
+
 /// Settings of the TimescaleDB/PostgreSQL sink.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TimescaleConfig {
@@ -86,6 +94,12 @@ pub struct TimescaleConfig {
     /// Native partitioning: rows further in the future than this many months go to the default
     /// partition instead of creating partitions (a wrong clock should not create hundreds).
     pub max_future_months: u32,
+    /// Events whose `ts_event` is more than this many days before now are not written: they
+    /// become dead letters (reason `out_of_time_range`), so that events dated decades back do not
+    /// make the sink create a partition per month. Zero: no bound.
+    pub max_past_days: u32,
+    /// Likewise for events more than this many days after now. Zero: no bound.
+    pub max_future_days: u32,
     /// First retry delay after a failure; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -116,6 +130,8 @@ impl TimescaleConfig {
             migrate: true,
             partitions_ahead: 2,
             max_future_months: 24,
+            max_past_days: DEFAULT_MAX_PAST_DAYS,
+            max_future_days: DEFAULT_MAX_FUTURE_DAYS,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
@@ -131,10 +147,39 @@ impl TimescaleConfig {
         self.batch_rows.max(1) * (self.pipeline.max(1) + 3)
     }
 
+    /// Whether an event at `ts` (epoch µs) is inside the accepted range around `now`; if not,
+    /// why.
+    pub fn check_time(&self, ts: Micros, now: Micros) -> Result<(), String> {
+        if self.max_past_days > 0 {
+            let min = now.saturating_sub(self.max_past_days as i64 * DAY_MICROS);
+            if ts < min {
+                return Err(format!(
+                    "ts_event {} is more than {} days before now (max_past_days); earliest accepted {}",
+                    auroraq_util::time::rfc3339(ts),
+                    self.max_past_days,
+                    auroraq_util::time::rfc3339(min)
+                ));
+            }
+        }
+        if self.max_future_days > 0 {
+            let max = now.saturating_add(self.max_future_days as i64 * DAY_MICROS);
+            if ts > max {
+                return Err(format!(
+                    "ts_event {} is more than {} days after now (max_future_days); latest accepted {}",
+                    auroraq_util::time::rfc3339(ts),
+                    self.max_future_days,
+                    auroraq_util::time::rfc3339(max)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.url.is_empty() {
             return Err("no PostgreSQL URL".into());
         }
+        crate::postgres_config(&self.url).map_err(|e| e.to_string())?;
         if self.filters.is_empty() {
             return Err("no topic filter".into());
         }

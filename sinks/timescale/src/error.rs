@@ -10,6 +10,10 @@ pub enum SinkError {
     Config(String),
     #[error("cannot connect to PostgreSQL at {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// The URL cannot be used (not `postgres://`, a libpq key/value string, no user or
+    /// database): retrying cannot help. `url` is redacted.
+    #[error("unusable PostgreSQL URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
     #[error("{what}: {source}")]
     Migrate {
         what: String,

@@ -291,6 +291,20 @@ async fn write_batches(
     cancel: CancellationToken,
     cfg: TimescaleConfig,
 ) -> Result<Option<crate::Flavor>, SinkError> {
+    // Connect (and migrate) now rather than on the first batch, so that a refusal (a bad
+    // password, a missing database, a failing migration) stops the sink at once instead of
+    // when events arrive; a server that is away is only noted, and retried on the first batch.
+    tokio::select! {
+        r = writer.ensure_connected() => match r {
+            Ok(()) => {}
+            Err(WriteError::Fatal(e)) => {
+                error!(error = %e, "the timescale sink cannot go on");
+                return Err(e);
+            }
+            Err(e) => warn!(error = %e, "PostgreSQL is not reachable yet; retrying when events arrive"),
+        },
+        _ = cancel.cancelled() => return Ok(writer.flavor()),
+    }
     // The next batch, decoding while the current one is written.
     let mut next: Option<JoinHandle<(Batch, DecodeResults)>> = None;
     loop {
@@ -318,8 +332,12 @@ async fn write_batches(
             events: Vec::with_capacity(raw.len()),
             redelivered: raw.redelivered,
         };
+        let now = auroraq_schemas::now_micros();
         for (d, r) in raw.deliveries.into_iter().zip(decoded) {
-            match r {
+            match r.and_then(|ev| match cfg.check_time(ev.meta().ts_event, now) {
+                Ok(()) => Ok(ev),
+                Err(why) => Err(("out_of_time_range", why)),
+            }) {
                 Ok(ev) => {
                     batch.deliveries.push(d);
                     batch.events.push(ev);

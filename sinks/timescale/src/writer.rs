@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auroraq_schemas::{now_micros, AnyEvent, Micros};
-use auroraq_util::redact;
+use auroraq_util::{redact, scrub};
 use tokio::task::JoinHandle;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -59,6 +59,13 @@ pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
             None => e.to_string(),
         },
     }
+}
+
+/// The server refused us for good: authentication failed (SQLSTATE class 28) or the database
+/// does not exist (3D000). Retrying cannot help; the sink stops and says why.
+fn is_refusal(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("28") || *c == SqlState::INVALID_CATALOG_NAME)
 }
 
 fn classify(e: tokio_postgres::Error) -> WriteError {
@@ -148,10 +155,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub fn new(cfg: TimescaleConfig, metrics: Arc<SinkMetrics>) -> Result<Self, SinkError> {
-        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| SinkError::Connect {
-            url: redact(&cfg.url),
-            reason: format!("bad URL: {e}"),
-        })?;
+        let mut pg = crate::postgres_config(&cfg.url)?;
         if pg.get_application_name().is_none() {
             pg.application_name(&cfg.application_name);
         }
@@ -192,11 +196,17 @@ impl Writer {
             self.conn = None;
         }
         let url = redact(&self.cfg.url);
-        let (client, connection) = self
-            .pg
-            .connect(NoTls)
-            .await
-            .map_err(|e| WriteError::Connection(format!("connect to {url}: {}", db_message(&e))))?;
+        let (client, connection) = self.pg.connect(NoTls).await.map_err(|e| {
+            let reason = scrub(&db_message(&e), &self.cfg.url);
+            if is_refusal(&e) {
+                WriteError::Fatal(SinkError::Connect {
+                    url: url.clone(),
+                    reason,
+                })
+            } else {
+                WriteError::Connection(format!("connect to {url}: {reason}"))
+            }
+        })?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(error = %e, "PostgreSQL connection ended");
