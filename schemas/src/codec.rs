@@ -12,6 +12,7 @@ use std::sync::{OnceLock, RwLock};
 
 use apache_avro::rabin::Rabin;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema::ResolvedSchema;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{from_value, Schema};
 use serde::de::DeserializeOwned;
@@ -24,6 +25,10 @@ use crate::meta::Meta;
 pub const MAGIC: [u8; 2] = [0xC3, 0x01];
 /// Marker plus fingerprint.
 pub const HEADER_LEN: usize = 10;
+/// The largest encoded event AuroraQ publishes: the 1 MiB a NATS message takes by default, less
+/// 16 KiB for the transport's headers. Producers turn larger events into dead letters (which
+/// [`DeadLetter::bounded`] keeps far smaller).
+pub const MAX_EVENT_BYTES: usize = (1 << 20) - (16 << 10);
 
 /// Why bytes could not be turned into an event, or an event into bytes.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,14 @@ pub enum CodecError {
     },
     #[error("{0} bytes of trailing garbage after the Avro body")]
     Trailing(usize),
+    /// The body does not match its writer schema: truncated, an overlong varint, a length or
+    /// block count past the end, a bad union or enum index (see [`crate::strict`]).
+    #[error("malformed {kind} body: {source}")]
+    Malformed {
+        kind: &'static str,
+        #[source]
+        source: crate::strict::Malformed,
+    },
     #[error("cannot encode {kind}: {source}")]
     Encode {
         kind: &'static str,
@@ -338,7 +351,16 @@ pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, CodecError> {
         kind,
         source: Box::new(e),
     };
+    let resolved = ResolvedSchema::try_from(&writer.schema).map_err(body_err)?;
+    // apache-avro reads a body cut short with its last fields defaulted, and trusts lengths:
+    // check the body's structure strictly first (it then decodes exactly these bytes).
+    let used = crate::strict::check(&writer.schema, resolved.get_names(), body)
+        .map_err(|source| CodecError::Malformed { kind, source })?;
+    if used < body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
+    }
     let datum_reader = GenericDatumReader::builder(&writer.schema)
+        .resolved_writer_schemata(resolved)
         .maybe_reader_schema(if same { None } else { Some(reader) })
         .build()
         .map_err(body_err)?;

@@ -6,6 +6,7 @@
 //! writer schemas. It knows no transport: buses carry the bytes it produces.
 
 pub mod codec;
+pub mod dead_letter;
 pub mod decimal;
 pub mod events;
 pub mod holding;
@@ -14,11 +15,12 @@ pub mod meta;
 pub mod routing;
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;
+pub mod strict;
 pub mod trace;
 
 pub use codec::{
     decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind, Incoming,
-    Registry, UnknownKind, HEADER_LEN, MAGIC,
+    Registry, UnknownKind, HEADER_LEN, MAGIC, MAX_EVENT_BYTES,
 };
 pub use decimal::{Dec, DecError};
 pub use events::*;

@@ -18,7 +18,7 @@ use auroraq_schemas::{
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::recorded::{letter, ReadError};
+use crate::recorded::{fit, letter, ReadError};
 use crate::time::parse_timestamp;
 
 /// The instruments of barter's Binance example recordings, in index order.
@@ -118,7 +118,7 @@ pub fn read_barter(path: &Path, instruments: &[String]) -> Result<Vec<AnyEvent>,
 
 fn read_item(text: &str, origin: &str, line: u64, instruments: &[String], out: &mut Vec<AnyEvent>) {
     match item(text, origin, line, instruments) {
-        Ok(Some(ev)) => out.push(ev),
+        Ok(Some(ev)) => out.push(fit(ev, origin, line, text.as_bytes())),
         Ok(None) => {}
         Err((reason, error, ts)) => out.push(AnyEvent::DeadLetter(letter(
             origin,

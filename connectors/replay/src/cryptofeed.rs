@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use auroraq_binance::{BookSync, Decoder, MarketEvent, SyncOutput};
 use auroraq_schemas::{AnyEvent, EventKind, FeedState, FeedStatus, Meta, Micros};
 
-use crate::recorded::{letter, ReadError};
+use crate::recorded::{fit, letter, ReadError};
 
 /// What one capture line is.
 enum Item<'a> {
@@ -145,6 +145,13 @@ pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
     let decoder = Decoder::new(&exchange);
     let mut books: BTreeMap<String, BookSync> = BTreeMap::new();
     for l in lines {
+        // What this line gives; each event too large for a bus message becomes its dead letter.
+        let before = events.len();
+        let raw = match &l.item {
+            Item::Open { url } => *url,
+            Item::Frame { text } => *text,
+            Item::Snapshot { body, .. } => *body,
+        };
         match l.item {
             Item::Open { url } => {
                 // A (re)connect: what a book knew may have missed updates.
@@ -203,6 +210,14 @@ pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
                     l.ts,
                 ))),
             },
+        }
+        if raw.len() > auroraq_schemas::MAX_EVENT_BYTES / 4 {
+            let given = events.split_off(before);
+            events.extend(
+                given
+                    .into_iter()
+                    .map(|e| fit(e, &origins[l.file], l.line, raw.as_bytes())),
+            );
         }
     }
     Ok(events)

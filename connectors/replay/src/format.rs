@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use auroraq_schemas::AnyEvent;
 
 use crate::bars::{read_bars, BarsOptions};
-use crate::recorded::{letter, ReadError};
+use crate::recorded::{letter, reject_if_all_bad, ReadError};
 
 /// A recorded format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +41,23 @@ impl Format {
         })
     }
 
-    /// Guesses the format of a file from its name and, for `.json` and `.csv`, its first bytes (a
-    /// CSV whose header has a time and a headline column is news, any other CSV bars; gzip is read).
+    /// The format's name, as `--format` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Bars => "bars",
+            Format::Cryptofeed => "cryptofeed",
+            Format::Barter => "barter",
+            Format::Feedly => "feedly",
+            Format::News => "news",
+            Format::NewsCsv => "news-csv",
+        }
+    }
+
+    /// Guesses the format of a file from its name and, for JSON (`.json`, `.jsonl`, `.ndjson`)
+    /// and CSV, its content: barter items (`"Item"`, `"Reconnecting"`), a Feedly response (an
+    /// object with `items` or `continuation`), news JSON lines (an object with `published` and a
+    /// `title` or `body`); a CSV whose header has a time and a headline column is news, any other
+    /// CSV bars (gzip is read). `None` when the content matches no format.
     pub fn detect(path: &Path) -> Option<Format> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
         if name.contains(".ws.") || name.contains(".http.") {
@@ -56,23 +71,47 @@ impl Format {
             let is_news = head.lines().take(20).any(crate::news_csv::is_news_header);
             return Some(if is_news { Format::NewsCsv } else { Format::Bars });
         }
-        if name.ends_with(".jsonl") {
-            return Some(Format::News);
-        }
-        if name.ends_with(".json") {
-            let mut head = [0u8; 4096];
-            let n = std::io::Read::read(&mut std::fs::File::open(path).ok()?, &mut head).ok()?;
-            let head = String::from_utf8_lossy(&head[..n]);
-            if head.contains("\"Item\"") || head.contains("\"Reconnecting\"") {
-                return Some(Format::Barter);
-            }
-            if head.contains("\"items\"") || head.contains("\"continuation\"") || head.contains("\"updated\"")
-            {
-                return Some(Format::Feedly);
-            }
+        if name.ends_with(".jsonl") || name.ends_with(".ndjson") || name.ends_with(".json") {
+            let mut head = Vec::with_capacity(64 << 10);
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::fs::File::open(path).ok()?, 64 << 10),
+                &mut head,
+            )
+            .ok()?;
+            return sniff_json(&String::from_utf8_lossy(&head));
         }
         None
     }
+}
+
+/// The JSON format the first bytes of a file (`head`) are in.
+fn sniff_json(head: &str) -> Option<Format> {
+    let head = head.trim_start_matches('\u{feff}').trim_start();
+    if head.contains("\"Item\"") || head.contains("\"Reconnecting\"") {
+        return Some(Format::Barter);
+    }
+    // The first line whole: its keys say what it is.
+    let first = head.lines().next().unwrap_or("");
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(first) {
+        if m.contains_key("items") || m.contains_key("continuation") {
+            return Some(Format::Feedly);
+        }
+        if m.contains_key("published") && (m.contains_key("title") || m.contains_key("body")) {
+            return Some(Format::News);
+        }
+        return None;
+    }
+    if !head.starts_with('{') {
+        return None;
+    }
+    // A pretty-printed document, or a first line longer than the head.
+    if head.contains("\"items\"") || head.contains("\"continuation\"") {
+        return Some(Format::Feedly);
+    }
+    if head.contains("\"published\"") && (head.contains("\"title\"") || head.contains("\"body\"")) {
+        return Some(Format::News);
+    }
+    None
 }
 
 /// How to name what the files hold, where they don't say.
@@ -121,38 +160,51 @@ pub fn load(
                 return Err(ReadError::Unsupported {
                     path: f.display().to_string(),
                     what: format!(
-                        "cannot tell its format; give --format ({})",
+                        "cannot tell its format from its name or content; give --format ({})",
                         Format::NAMES.join(", ")
                     ),
                 })
             }
         };
-        match fmt {
+        let origin = f.display().to_string();
+        let read = match fmt {
             Format::Bars => {
                 let bars = read_bars(f, &opts.bars)?;
-                let origin = f.display().to_string();
-                events.extend(bars.bad_rows.iter().map(|r| {
-                    AnyEvent::DeadLetter(letter(
-                        &origin,
-                        r.line,
-                        "bad_record",
-                        &r.reason,
-                        r.raw.as_bytes(),
-                        0,
-                    ))
-                }));
-                events.extend(bars.bars.into_iter().map(AnyEvent::Kline));
+                let mut read: Vec<AnyEvent> = bars
+                    .bad_rows
+                    .iter()
+                    .map(|r| {
+                        AnyEvent::DeadLetter(letter(
+                            &origin,
+                            r.line,
+                            "bad_record",
+                            &r.reason,
+                            r.raw.as_bytes(),
+                            0,
+                        ))
+                    })
+                    .collect();
+                read.extend(bars.bars.into_iter().map(AnyEvent::Kline));
+                read
             }
             // A capture is read as a whole: its ws and http files are merged by time.
-            Format::Cryptofeed => captures.push(f.clone()),
-            Format::Barter => events.extend(crate::barter::read_barter(f, &opts.instruments)?),
-            Format::Feedly => events.extend(crate::feedly::read_feedly_file(f)?),
-            Format::News => events.extend(crate::reuters::read_news_jsonl(f, &opts.news_source)?),
-            Format::NewsCsv => events.extend(crate::news_csv::read_news_csv(f, &opts.news_csv_source)?),
-        }
+            Format::Cryptofeed => {
+                captures.push(f.clone());
+                continue;
+            }
+            Format::Barter => crate::barter::read_barter(f, &opts.instruments)?,
+            Format::Feedly => crate::feedly::read_feedly_file(f)?,
+            Format::News => crate::reuters::read_news_jsonl(f, &opts.news_source)?,
+            Format::NewsCsv => crate::news_csv::read_news_csv(f, &opts.news_csv_source)?,
+        };
+        reject_if_all_bad(&origin, fmt.name(), &read)?;
+        events.extend(read);
     }
     if !captures.is_empty() {
-        events.extend(crate::cryptofeed::read_cryptofeed(&captures)?);
+        let read = crate::cryptofeed::read_cryptofeed(&captures)?;
+        let names: Vec<String> = captures.iter().map(|p| p.display().to_string()).collect();
+        reject_if_all_bad(&names.join(", "), Format::Cryptofeed.name(), &read)?;
+        events.extend(read);
     }
     Ok(events)
 }

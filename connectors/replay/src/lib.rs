@@ -21,14 +21,14 @@ pub mod time;
 use std::time::Duration;
 
 use auroraq_bus::{Bus, OutMessage};
-use auroraq_schemas::{AnyEvent, FeedState, Micros};
+use auroraq_schemas::{AnyEvent, DeadLetter, EventKind, FeedState, Meta, Micros};
 use auroraq_stage::{to_message, StageError};
 use auroraq_util::{until_cancelled, CancellationToken};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use bars::{read_bars, BadRow, Bars, BarsError, BarsOptions};
 pub use format::{load, Format, LoadOptions};
-pub use recorded::{letter, ReadError};
+pub use recorded::{fit, letter, ReadError};
 
 /// How fast to replay.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,6 +62,22 @@ pub struct ReplayStats {
 }
 
 impl ReplayStats {
+    /// Takes back what [`ReplayStats::count`] counted for `ev`.
+    fn uncount(&mut self, ev: &AnyEvent) {
+        let mut one = ReplayStats::default();
+        one.count(ev);
+        let sub = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
+        sub(&mut self.events, one.events);
+        sub(&mut self.trades, one.trades);
+        sub(&mut self.tickers, one.tickers);
+        sub(&mut self.candles, one.candles);
+        sub(&mut self.book_updates, one.book_updates);
+        sub(&mut self.articles, one.articles);
+        sub(&mut self.gaps, one.gaps);
+        sub(&mut self.statuses, one.statuses);
+        sub(&mut self.dead_letters, one.dead_letters);
+    }
+
     fn count(&mut self, ev: &AnyEvent) {
         match ev {
             AnyEvent::DeadLetter(_) => {
@@ -88,7 +104,9 @@ impl ReplayStats {
 /// Publishes `events` (sorted by receive time here, stably: the order AuroraQ first saw them) in
 /// batches, paced as asked by their receive times, until done or `cancel` fires (a paced wait
 /// ends at once; what was batched is still published). Dead letters in the list go to
-/// `dlq.replay`.
+/// `dlq.replay`. An event the bus refuses (larger than its messages may be) becomes a dead letter
+/// there too and the replay goes on; if its dead letter is refused as well, the bus is failing and
+/// the replay stops with the error.
 pub async fn replay(
     bus: &dyn Bus,
     mut events: Vec<AnyEvent>,
@@ -141,8 +159,69 @@ async fn flush(
     if batch.is_empty() {
         return Ok(());
     }
-    let r = bus.publish(std::mem::take(batch)).await?;
-    stats.published += r.stored as u64;
-    stats.duplicates += r.duplicates as u64;
+    let batch = std::mem::take(batch);
+    let first_error = match bus.publish(batch.clone()).await {
+        Ok(r) => {
+            stats.published += r.stored as u64;
+            stats.duplicates += r.duplicates as u64;
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    // One message may be what the bus refused: publish them one at a time (those stored before
+    // the failure come back as duplicates) and dead-letter those it refuses.
+    warn!(error = %first_error, messages = batch.len(), "publishing a batch failed; publishing its messages one at a time");
+    for m in batch {
+        let err = match bus.publish(vec![m.clone()]).await {
+            Ok(r) => {
+                stats.published += r.stored as u64;
+                stats.duplicates += r.duplicates as u64;
+                continue;
+            }
+            Err(e) => e,
+        };
+        let dl = AnyEvent::DeadLetter(refused(&m, &err.to_string()));
+        match bus
+            .publish(vec![to_message(&dl).map_err(StageError::Encode)?])
+            .await
+        {
+            Ok(r) => {
+                warn!(topic = %m.topic, id = %m.id, bytes = m.payload.len(), error = %err, "the bus refused an event; dead-lettered");
+                // It was counted as what it is when batched: it is a dead letter now.
+                if let Ok(ev) = AnyEvent::decode(&m.payload) {
+                    stats.uncount(&ev);
+                }
+                stats.dead_letters += 1;
+                stats.published += r.stored as u64;
+                stats.duplicates += r.duplicates as u64;
+            }
+            // Even a small dead letter is refused: the bus is failing, not this event.
+            Err(_) => return Err(StageError::Bus(err)),
+        }
+    }
     Ok(())
+}
+
+/// The dead letter of a message the bus refused while replaying ([bounded](DeadLetter::bounded)).
+fn refused(m: &OutMessage, error: &str) -> DeadLetter {
+    let ts = AnyEvent::decode(&m.payload).map_or(0, |e| e.meta().ts_ingest);
+    DeadLetter {
+        meta: Meta::derived(
+            EventKind::DeadLetter,
+            "replay",
+            &[],
+            &format!("refused|{}|{}", m.topic, m.id),
+            ts,
+            ts,
+        ),
+        stage: "replay".into(),
+        reason: "publish_error".into(),
+        error: format!("the bus refused the event ({} bytes): {error}", m.payload.len()),
+        original_topic: m.topic.clone(),
+        original_key: m.key.clone(),
+        original_id: Some(m.id.clone()),
+        original_bytes: m.payload.to_vec(),
+        attempts: 1,
+    }
+    .bounded()
 }

@@ -14,9 +14,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use auroraq_schemas::{AnyEvent, Article, EventKind, Meta};
+use auroraq_schemas::{AnyEvent, Article, EventKind, Meta, MAX_EVENT_BYTES};
 
-use crate::recorded::{letter, ReadError};
+use crate::recorded::{fit, letter, ReadError};
 use crate::time::parse_timestamp;
 
 /// Columns this reader looks for (lower-case names, first match wins).
@@ -130,7 +130,7 @@ pub fn read_news_csv(path: &Path, feed: &str) -> Result<Vec<AnyEvent>, ReadError
         let native = native_id(link, &title);
         // A recorded article has no receive time: ingest is its publication time.
         let meta = Meta::raw(EventKind::Article, feed, &native, ts, ts);
-        out.push(AnyEvent::Article(Article {
+        let article = AnyEvent::Article(Article {
             article_id: meta.event_id.clone(),
             meta,
             feed: feed.to_owned(),
@@ -146,7 +146,14 @@ pub fn read_news_csv(path: &Path, feed: &str) -> Result<Vec<AnyEvent>, ReadError
                 .collect(),
             tickers: Vec::new(),
             ts_crawled: None,
-        }));
+        });
+        // An article too large for a bus message is this row's dead letter.
+        out.push(if rec.as_slice().len() > MAX_EVENT_BYTES / 4 {
+            let raw = rec.iter().collect::<Vec<_>>().join(",");
+            fit(article, &origin, line, raw.as_bytes())
+        } else {
+            article
+        });
     }
     Ok(out)
 }

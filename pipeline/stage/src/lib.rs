@@ -5,6 +5,12 @@
 //! decoded or processed becomes a [`DeadLetter`] on `dlq.<stage>` with the reason and the original
 //! bytes, is counted, and is acked so the stage goes on; nothing is dropped silently and nothing
 //! crashes the stage.
+//!
+//! Bad input never stalls a stage: a dead letter keeps at most
+//! [`DeadLetter::MAX_ORIGINAL_BYTES`] of the original (with its size and SHA-256), so it fits the
+//! bus even when the original barely did; and a message that has been delivered `max_attempts`
+//! times is dead-lettered, or, if even its dead letter cannot be published, acked with an error
+//! log and counted as dropped (`auroraq_dead_letters_dropped_total`, [`StageStats::dropped`]).
 
 pub mod processor;
 pub mod trace;
@@ -207,7 +213,7 @@ impl StageConfig {
             members: 1,
             max_in_flight: 256,
             ack_wait: Duration::from_secs(30),
-            max_attempts: 5,
+            max_attempts: Retries::DEFAULT.max_attempts,
             retry_delay: Duration::from_millis(200),
             clock: ClockKind::Wall,
         }
@@ -230,6 +236,8 @@ pub struct StageMetrics {
     pub redelivered: AtomicU64,
     pub retried: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Messages acked without a dead letter: theirs could not be published after `max_attempts`.
+    pub dropped: AtomicU64,
     dead_letter_reasons: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -242,6 +250,8 @@ pub struct StageStats {
     pub redelivered: u64,
     pub retried: u64,
     pub dead_letters: u64,
+    /// Messages acked without a dead letter (see [`StageMetrics::dropped`]).
+    pub dropped: u64,
     pub dead_letter_reasons: BTreeMap<String, u64>,
 }
 
@@ -255,6 +265,7 @@ impl StageMetrics {
             redelivered: get(&self.redelivered),
             retried: get(&self.retried),
             dead_letters: get(&self.dead_letters),
+            dropped: get(&self.dropped),
             dead_letter_reasons: self
                 .dead_letter_reasons
                 .lock()
@@ -271,11 +282,18 @@ impl StageMetrics {
             *m.entry(reason.to_owned()).or_default() += 1;
         }
     }
+
+    fn count_dropped(&self, stage: &str, reason: &str) {
+        metrics::counter!("auroraq_dead_letters_dropped_total", "stage" => stage.to_owned(), "reason" => reason.to_owned())
+            .increment(1);
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Builds the dead letter for a delivery. Its id is derived from the stage, the original message
 /// (its id, or a hash of its bytes) and the reason, so dead-lettering the same message twice
-/// yields one dead letter after de-duplication.
+/// yields one dead letter after de-duplication. It is [bounded](DeadLetter::bounded): an original
+/// of more than [`DeadLetter::MAX_ORIGINAL_BYTES`] is cut, its size and SHA-256 noted in `error`.
 pub fn dead_letter(stage: &str, d: &Delivery, reason: &str, error: &str) -> DeadLetter {
     let original = if d.id().is_empty() {
         let digest = Sha256::digest(d.payload());
@@ -310,6 +328,7 @@ pub fn dead_letter(stage: &str, d: &Delivery, reason: &str, error: &str) -> Dead
         original_bytes: d.payload().to_vec(),
         attempts: d.attempt as i32,
     }
+    .bounded()
 }
 
 /// Runs `handler` on every event of `E` the stage's filter brings, until the bus closes and the
@@ -338,6 +357,7 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
     mut handler: H,
     metrics: Arc<StageMetrics>,
 ) -> Result<StageStats, StageError> {
+    let retries = Retries::of(&cfg);
     while let Some(next) = sub.next().await {
         let d = match next {
             Ok(d) => d,
@@ -372,7 +392,7 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
                     Err(HandlerError::Transient(why)) => {
                         debug!(stage = %cfg.name, attempt = d.attempt, error = %why, "transient failure; retrying");
                         metrics.retried.fetch_add(1, Ordering::Relaxed);
-                        let delay = cfg.retry_delay.saturating_mul(1 << d.attempt.min(10));
+                        let delay = retry_after(cfg.retry_delay, d.attempt);
                         d.nack(Some(delay)).await?;
                         continue;
                     }
@@ -407,16 +427,33 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
                 }
                 if let Some(why) = encode_error {
                     error!(stage = %cfg.name, error = %why, "stage produced an event that does not encode");
-                    send_dead_letter(&*bus, &cfg.name, d, "encode_error", &why, &metrics).await?;
+                    send_dead_letter_after(&*bus, &cfg.name, d, "encode_error", &why, &metrics, retries)
+                        .await?;
                     continue;
                 }
                 let n = batch.len() as u64;
                 if n > 0 {
                     let topics: Vec<String> = batch.iter().map(|m| m.topic.clone()).collect();
                     if let Err(e) = bus.publish(batch).await {
+                        if d.attempt >= cfg.max_attempts {
+                            // The outputs may never fit (too large for the bus): give up on them.
+                            let why = format!("publishing its outputs failed {} times, last: {e}", d.attempt);
+                            send_dead_letter_after(
+                                &*bus,
+                                &cfg.name,
+                                d,
+                                "publish_error",
+                                &why,
+                                &metrics,
+                                retries,
+                            )
+                            .await?;
+                            continue;
+                        }
                         // Not acked: it comes back and is processed again (outputs de-duplicate).
-                        warn!(stage = %cfg.name, error = %e, "publishing outputs failed; will retry");
-                        d.nack(Some(cfg.retry_delay)).await?;
+                        warn!(stage = %cfg.name, attempt = d.attempt, error = %e, "publishing outputs failed; will retry");
+                        let delay = retry_after(cfg.retry_delay, d.attempt);
+                        d.nack(Some(delay)).await?;
                         continue;
                     }
                     for t in topics {
@@ -430,7 +467,7 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
                     .record(started.elapsed().as_secs_f64());
             }
             Err((reason, why)) => {
-                send_dead_letter(&*bus, &cfg.name, d, reason, &why, &metrics).await?;
+                send_dead_letter_after(&*bus, &cfg.name, d, reason, &why, &metrics, retries).await?;
             }
         }
     }
@@ -450,8 +487,44 @@ pub fn count_published(stage: &str, topic: String) {
         .increment(1);
 }
 
+/// The delay before delivery `attempt + 1` of a message: `first`, doubling per attempt, at most
+/// a minute.
+pub fn retry_after(first: Duration, attempt: u32) -> Duration {
+    first
+        .saturating_mul(1 << attempt.min(10))
+        .min(Duration::from_secs(60))
+}
+
+/// When a message whose dead letter cannot be published is given up (see
+/// [`send_dead_letter_after`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retries {
+    /// Deliveries after which a message whose dead letter fails is acked without one.
+    pub max_attempts: u32,
+    /// First delay before the message comes back for another try; doubles per attempt.
+    pub delay: Duration,
+}
+
+impl Retries {
+    /// What [`send_dead_letter`] uses: [`StageConfig::new`]'s `max_attempts`, retried after a second.
+    pub const DEFAULT: Retries = Retries {
+        max_attempts: 5,
+        delay: Duration::from_secs(1),
+    };
+
+    /// A stage's own: its `max_attempts` and `retry_delay`.
+    pub fn of(cfg: &StageConfig) -> Retries {
+        Retries {
+            max_attempts: cfg.max_attempts,
+            delay: cfg.retry_delay,
+        }
+    }
+}
+
 /// Publishes the dead letter of `d` to `dlq.<stage>`, counts it and acks `d`; if the dead letter
-/// cannot be published, nacks `d` so that nothing is lost.
+/// cannot be published, nacks `d` for another try, until `d` has been delivered
+/// [`Retries::DEFAULT`]`.max_attempts` times: then acks it with an error log and counts it dropped.
+/// See [`send_dead_letter_after`].
 pub async fn send_dead_letter(
     bus: &dyn Bus,
     stage: &str,
@@ -460,24 +533,69 @@ pub async fn send_dead_letter(
     why: &str,
     metrics: &StageMetrics,
 ) -> Result<(), StageError> {
+    send_dead_letter_after(bus, stage, d, reason, why, metrics, Retries::DEFAULT).await
+}
+
+/// Publishes the [bounded](DeadLetter::bounded) dead letter of `d` to `dlq.<stage>`, counts it and
+/// acks `d`. If the dead letter cannot be published (the bus refuses it or is down), `d` is nacked
+/// and comes back after [`retry_after`]; once `d` has been delivered `retries.max_attempts` times
+/// it is acked anyway, with an error log naming it (topic, id, size, SHA-256) and counted on
+/// [`StageMetrics::dropped`] and `auroraq_dead_letters_dropped_total{stage,reason}`: a message
+/// that cannot even be dead-lettered never holds up the stage.
+pub async fn send_dead_letter_after(
+    bus: &dyn Bus,
+    stage: &str,
+    d: Delivery,
+    reason: &str,
+    why: &str,
+    metrics: &StageMetrics,
+    retries: Retries,
+) -> Result<(), StageError> {
     warn!(stage, topic = %d.topic(), reason, error = %why, "dead letter");
     let dl = dead_letter(stage, &d, reason, why);
-    let payload = auroraq_schemas::encode(&dl).map_err(StageError::Encode)?;
-    let msg = OutMessage {
-        topic: topics::dlq(stage),
-        key: Some(stage.to_owned()),
-        id: dl.meta.event_id.clone(),
-        payload: payload.into(),
+    let published = match auroraq_schemas::encode(&dl) {
+        Ok(payload) => {
+            let msg = OutMessage {
+                topic: topics::dlq(stage),
+                key: Some(dl.stage.clone()),
+                id: dl.meta.event_id.clone(),
+                payload: payload.into(),
+            };
+            bus.publish(vec![msg])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(format!("the dead letter does not encode: {e}")),
     };
-    match bus.publish(vec![msg]).await {
-        Ok(_) => {
+    match published {
+        Ok(()) => {
             metrics.count_dead_letter(stage, reason);
+            d.ack().await?;
+        }
+        Err(e) if d.attempt >= retries.max_attempts => {
+            let digest = Sha256::digest(d.payload());
+            let sha256: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            error!(
+                stage,
+                topic = %d.topic(),
+                id = %d.id(),
+                bytes = d.payload().len(),
+                %sha256,
+                attempts = d.attempt,
+                reason,
+                cause = %why,
+                error = %e,
+                "cannot publish dead letter; acking the message without one (dropped)"
+            );
+            metrics.count_dropped(stage, reason);
             d.ack().await?;
         }
         Err(e) => {
             // The dead letter did not make it: keep the original for another try.
-            warn!(stage, error = %e, "cannot publish dead letter; will retry");
-            d.nack(Some(Duration::from_secs(1))).await?;
+            warn!(stage, attempt = d.attempt, error = %e, "cannot publish dead letter; will retry");
+            let delay = retry_after(retries.delay, d.attempt);
+            d.nack(Some(delay)).await?;
         }
     }
     Ok(())
