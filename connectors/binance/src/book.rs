@@ -1,5 +1,7 @@
 //! A local order book per symbol, kept by Binance's documented sync rules.
 //!
+//! Spot (Binance, Binance.US; [`DepthRule::Spot`]):
+//!
 //! 1. Diffs (`depthUpdate`) that arrive before a snapshot are buffered.
 //! 2. A snapshot (`/api/v3/depth`, `lastUpdateId`) is taken. If it is older than the first
 //!    buffered diff (`lastUpdateId + 1 < U`), another one is needed.
@@ -10,6 +12,15 @@
 //!    book is dropped, a `gap` status goes out, and the sync starts again from step 1 with that
 //!    diff; the next snapshot that fits ends it with a `resynced` status.
 //!
+//! USDⓈ-M futures ([`DepthRule::Futures`], "How to manage a local order book correctly" of the
+//! futures API): update ids are not contiguous, each diff names its predecessor instead.
+//!
+//! 1. and 2. as above, but a snapshot is too old when `lastUpdateId < U` of the first buffered diff.
+//! 3. Diffs with `u < lastUpdateId` are dropped; the first one applied must have
+//!    `U <= lastUpdateId <= u`.
+//! 4. Each next diff's `pu` must equal the previous applied diff's `u`; otherwise it is a gap, as
+//!    above. A diff with `u <=` the book's id is old and ignored.
+//!
 //! [`BookSync`] is pure logic (no I/O): the live connector and the replay of recorded captures
 //! drive it the same way, feeding diffs and snapshots in arrival order and asking
 //! [`BookSync::needs_snapshot`] when to fetch one.
@@ -19,6 +30,7 @@ use std::collections::BTreeMap;
 use auroraq_schemas::{BookUpdate, EventKind, FeedState, FeedStatus, Level, Meta, Micros};
 use rust_decimal::Decimal;
 
+pub use crate::config::DepthRule;
 use crate::decode::{DepthDiff, DepthSnapshot};
 
 /// Price levels of one side; quantity zero removes a level.
@@ -94,7 +106,8 @@ pub struct SyncCounts {
 enum State {
     /// No book: diffs are buffered until a snapshot that fits.
     AwaitingSnapshot,
-    /// A snapshot was applied; the next diff must straddle `update_id + 1`.
+    /// A snapshot was applied; the next diff must straddle it (`update_id + 1` on spot,
+    /// `update_id` on futures).
     FirstAfterSnapshot,
     Synced,
 }
@@ -104,6 +117,7 @@ enum State {
 pub struct BookSync {
     exchange: String,
     symbol: String,
+    rule: DepthRule,
     state: State,
     book: OrderBook,
     buffer: Vec<DepthDiff>,
@@ -120,6 +134,7 @@ impl BookSync {
         BookSync {
             exchange: exchange.to_owned(),
             symbol: symbol.to_ascii_uppercase(),
+            rule: DepthRule::Spot,
             state: State::AwaitingSnapshot,
             book: OrderBook::default(),
             buffer: Vec::new(),
@@ -129,8 +144,18 @@ impl BookSync {
         }
     }
 
+    /// Follows `rule` (spot's by default).
+    pub fn with_rule(mut self, rule: DepthRule) -> Self {
+        self.rule = rule;
+        self
+    }
+
     pub fn symbol(&self) -> &str {
         &self.symbol
+    }
+
+    pub fn rule(&self) -> DepthRule {
+        self.rule
     }
 
     /// Whether a snapshot should be fetched now: no book yet and at least one diff buffered
@@ -172,7 +197,11 @@ impl BookSync {
     pub fn on_snapshot(&mut self, snap: DepthSnapshot) -> Vec<SyncOutput> {
         let mut out = Vec::new();
         if let Some(first) = self.buffer.first() {
-            if snap.last_update_id + 1 < first.first_update_id {
+            let too_old = match self.rule {
+                DepthRule::Spot => snap.last_update_id + 1 < first.first_update_id,
+                DepthRule::Futures => snap.last_update_id < first.first_update_id,
+            };
+            if too_old {
                 // Older than the first buffered diff: updates in between are missing.
                 self.counts.stale_snapshots += 1;
                 return out;
@@ -234,31 +263,72 @@ impl BookSync {
 
     fn apply_diff(&mut self, diff: DepthDiff, out: &mut Vec<SyncOutput>) {
         let id = self.book.update_id;
-        if diff.final_update_id <= id {
+        let first = self.state == State::FirstAfterSnapshot;
+        // Spot: `u <= lastUpdateId` is already in the book. Futures: the diff with
+        // `u == lastUpdateId` is the first one to apply (`U <= lastUpdateId <= u`).
+        let stale = match (self.rule, first) {
+            (DepthRule::Futures, true) => diff.final_update_id < id,
+            _ => diff.final_update_id <= id,
+        };
+        if stale {
             self.counts.stale += 1;
             return;
         }
-        let fits = match self.state {
-            State::FirstAfterSnapshot => diff.first_update_id <= id + 1,
-            _ => diff.first_update_id == id + 1 || diff.first_update_id <= id,
+        let fits = match (self.rule, first) {
+            (DepthRule::Spot, true) => diff.first_update_id <= id + 1,
+            (DepthRule::Spot, false) => diff.first_update_id == id + 1 || diff.first_update_id <= id,
+            (DepthRule::Futures, true) => diff.first_update_id <= id,
+            (DepthRule::Futures, false) => diff.prev_final_update_id == Some(id),
         };
         if !fits {
             self.counts.gaps += 1;
             let ts = diff.ts_ingest;
-            let expected = id + 1;
-            let received = diff.first_update_id;
+            let (status_id, detail, attrs) = match (self.rule, first) {
+                (DepthRule::Spot, _) => {
+                    let expected = id + 1;
+                    let received = diff.first_update_id;
+                    (
+                        format!("gap:{expected}:{received}"),
+                        format!(
+                            "depth update {received} does not follow {id}: {} update ids missed; resyncing",
+                            received - expected
+                        ),
+                        [expected.to_string(), received.to_string()],
+                    )
+                }
+                (DepthRule::Futures, true) => {
+                    let received = diff.first_update_id;
+                    (
+                        format!("gap:{id}:{received}"),
+                        format!(
+                            "depth update {received}..{} does not cover snapshot {id}; resyncing",
+                            diff.final_update_id
+                        ),
+                        [id.to_string(), received.to_string()],
+                    )
+                }
+                (DepthRule::Futures, false) => {
+                    let received = diff
+                        .prev_final_update_id
+                        .map_or_else(|| "none".to_owned(), |p| p.to_string());
+                    (
+                        format!("gap:pu:{id}:{received}:{}", diff.final_update_id),
+                        format!(
+                            "depth update {} has pu {received}, not the previous u {id}; resyncing",
+                            diff.final_update_id
+                        ),
+                        [id.to_string(), received],
+                    )
+                }
+            };
+            let [expected, received] = attrs;
+            let attrs = [("expected", expected), ("received", received)];
             out.push(SyncOutput::Status(self.status(
                 FeedState::Gap,
                 ts,
-                &format!("gap:{expected}:{received}"),
-                format!(
-                    "depth update {received} does not follow {id}: {} update ids missed; resyncing",
-                    received - expected
-                ),
-                [
-                    ("expected", expected.to_string()),
-                    ("received", received.to_string()),
-                ],
+                &status_id,
+                detail,
+                attrs,
             )));
             self.resyncing = true;
             self.state = State::AwaitingSnapshot;
@@ -337,6 +407,7 @@ mod tests {
             symbol: "BTCUSDT".into(),
             first_update_id: first,
             final_update_id: last,
+            prev_final_update_id: None,
             event_time: last * 10,
             ts_ingest: last * 10 + 1,
             bids,
@@ -429,6 +500,91 @@ mod tests {
         s.on_snapshot(snap(5));
         let out = s.on_diff(diff(7, 8, vec![]));
         assert!(matches!(&out[..], [SyncOutput::Status(st)] if st.status == FeedState::Gap));
+    }
+
+    /// A futures diff: `pu` chains it to the previous one; ids jump.
+    fn fdiff(first: i64, last: i64, pu: i64, bids: Vec<Level>) -> DepthDiff {
+        DepthDiff {
+            prev_final_update_id: Some(pu),
+            ..diff(first, last, bids)
+        }
+    }
+
+    fn futures() -> BookSync {
+        BookSync::new("binance_futures", "btcusdt", 100).with_rule(DepthRule::Futures)
+    }
+
+    #[test]
+    fn futures_diffs_chain_by_pu_not_by_contiguous_ids() {
+        let mut s = futures();
+        s.on_diff(fdiff(90, 95, 80, vec![]));
+        s.on_diff(fdiff(96, 100, 95, vec![]));
+        s.on_diff(fdiff(107, 130, 100, vec![lv("100", "0")]));
+        // u < lastUpdateId dropped; the first applied has U <= lastUpdateId <= u (u == 100 here).
+        let out = s.on_snapshot(snap(100));
+        assert_eq!(
+            updates(&out),
+            vec![(100, 100, true), (96, 100, false), (107, 130, false)]
+        );
+        assert_eq!(s.counts().stale, 1);
+        // Ids jump (U = 141 is not 131) but pu names the previous u: no gap.
+        let out = s.on_diff(fdiff(141, 150, 130, vec![lv("100.5", "3")]));
+        assert_eq!(updates(&out), vec![(141, 150, false)]);
+        assert_eq!(s.book().best_bid().map(|b| b.0.to_string()), Some("100.5".into()));
+        assert_eq!(s.counts().gaps, 0);
+        // The spot rule on the same input calls the jump a gap.
+        let mut spot = BookSync::new("binance", "btcusdt", 100);
+        spot.on_diff(fdiff(96, 100, 95, vec![]));
+        spot.on_snapshot(snap(100));
+        spot.on_diff(fdiff(107, 130, 100, vec![]));
+        assert_eq!(spot.counts().gaps, 1);
+    }
+
+    #[test]
+    fn a_futures_pu_that_is_not_the_previous_u_is_a_gap_and_a_snapshot_heals_it() {
+        let mut s = futures();
+        s.on_diff(fdiff(95, 105, 90, vec![]));
+        s.on_snapshot(snap(100));
+        let out = s.on_diff(fdiff(120, 140, 115, vec![]));
+        assert!(
+            matches!(&out[..], [SyncOutput::Status(st)] if st.status == FeedState::Gap
+                && st.attributes.get("expected").map(String::as_str) == Some("105")
+                && st.attributes.get("received").map(String::as_str) == Some("115")),
+            "{out:?}"
+        );
+        assert!(s.needs_snapshot());
+        // A snapshot older than the buffered diff's U (lastUpdateId < U) cannot start the book.
+        assert!(s.on_snapshot(snap(119)).is_empty());
+        assert_eq!(s.counts().stale_snapshots, 1);
+        let out = s.on_snapshot(snap(125));
+        assert_eq!(updates(&out), vec![(125, 125, true), (120, 140, false)]);
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, SyncOutput::Status(st) if st.status == FeedState::Resynced)));
+        // Re-sent after a reconnect: old, ignored, not a gap.
+        assert!(s.on_diff(fdiff(120, 140, 115, vec![])).is_empty());
+        // A futures diff without pu cannot be chained: a gap, not a guess.
+        let out = s.on_diff(diff(141, 150, vec![]));
+        assert!(
+            matches!(&out[..], [SyncOutput::Status(st)] if st.status == FeedState::Gap
+            && st.attributes.get("received").map(String::as_str) == Some("none"))
+        );
+    }
+
+    #[test]
+    fn the_first_futures_diff_must_cover_the_snapshot_id() {
+        let mut s = futures();
+        s.on_diff(fdiff(99, 100, 98, vec![]));
+        s.on_snapshot(snap(100));
+        assert_eq!(s.counts().applied, 1, "u == lastUpdateId is applied on futures");
+        let mut s = futures();
+        s.on_diff(fdiff(90, 95, 80, vec![]));
+        s.on_snapshot(snap(100));
+        let out = s.on_diff(fdiff(101, 110, 100, vec![]));
+        assert!(
+            matches!(&out[..], [SyncOutput::Status(st)] if st.status == FeedState::Gap),
+            "U = 101 > lastUpdateId 100 does not cover it: {out:?}"
+        );
     }
 
     #[test]

@@ -15,6 +15,157 @@ pub use auroraq_util::Backoff;
 /// Binance's public market-data endpoints.
 pub const DEFAULT_WS_BASE: &str = "wss://stream.binance.com:9443";
 pub const DEFAULT_REST_BASE: &str = "https://api.binance.com";
+/// Binance.US: the spot protocol on other hosts.
+pub const US_WS_BASE: &str = "wss://stream.binance.us:9443";
+pub const US_REST_BASE: &str = "https://api.binance.us";
+/// Binance USDⓈ-M futures.
+pub const FUTURES_WS_BASE: &str = "wss://fstream.binance.com";
+pub const FUTURES_REST_BASE: &str = "https://fapi.binance.com";
+
+/// Which Binance market a connection speaks to. It decides the default endpoints and exchange
+/// name, the REST paths, the request-weight budget, the depth limits allowed and the order-book
+/// sync rule ([`DepthRule`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Venue {
+    /// Binance spot (`binance`): `stream.binance.com:9443`, `api.binance.com/api/v3`.
+    #[default]
+    #[serde(rename = "binance")]
+    Spot,
+    /// Binance.US (`binance_us`): the spot protocol at `stream.binance.us:9443`,
+    /// `api.binance.us/api/v3`.
+    #[serde(rename = "binance_us", alias = "binance.us")]
+    Us,
+    /// Binance USDⓈ-M futures (`binance_futures`): `fstream.binance.com`,
+    /// `fapi.binance.com/fapi/v1`; depth diffs carry `pu` (the previous diff's `u`).
+    #[serde(rename = "binance_futures", alias = "binance-futures")]
+    UsdmFutures,
+}
+
+/// How depth diffs chain onto each other and onto a snapshot (see [`crate::book`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DepthRule {
+    /// Spot (Binance, Binance.US): update ids are contiguous; the first diff applied straddles
+    /// `lastUpdateId + 1`, each next one starts at the previous `u + 1`.
+    #[default]
+    Spot,
+    /// USDⓈ-M futures: the first diff applied has `U <= lastUpdateId <= u`, each next one has
+    /// `pu` equal to the previous `u`.
+    Futures,
+}
+
+impl Venue {
+    pub const ALL: [Venue; 3] = [Venue::Spot, Venue::Us, Venue::UsdmFutures];
+
+    /// The configuration name, also the default exchange name on events and topics:
+    /// `binance`, `binance_us`, `binance_futures`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Venue::Spot => "binance",
+            Venue::Us => "binance_us",
+            Venue::UsdmFutures => "binance_futures",
+        }
+    }
+
+    /// Reads a configuration name ([`Venue::name`]; also `binance.us`, `binance-futures`; any case).
+    pub fn parse(s: &str) -> Option<Venue> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "binance" => Venue::Spot,
+            "binance_us" | "binance.us" | "binance-us" => Venue::Us,
+            "binance_futures" | "binance-futures" => Venue::UsdmFutures,
+            _ => return None,
+        })
+    }
+
+    /// The documented WebSocket base URL.
+    pub fn ws_base(self) -> &'static str {
+        match self {
+            Venue::Spot => DEFAULT_WS_BASE,
+            Venue::Us => US_WS_BASE,
+            Venue::UsdmFutures => FUTURES_WS_BASE,
+        }
+    }
+
+    /// The documented REST base URL.
+    pub fn rest_base(self) -> &'static str {
+        match self {
+            Venue::Spot => DEFAULT_REST_BASE,
+            Venue::Us => US_REST_BASE,
+            Venue::UsdmFutures => FUTURES_REST_BASE,
+        }
+    }
+
+    /// The order-book snapshot path (`/api/v3/depth`, `/fapi/v1/depth`).
+    pub fn depth_path(self) -> &'static str {
+        match self {
+            Venue::Spot | Venue::Us => "/api/v3/depth",
+            Venue::UsdmFutures => "/fapi/v1/depth",
+        }
+    }
+
+    /// The klines path (`/api/v3/klines`, `/fapi/v1/klines`).
+    pub fn klines_path(self) -> &'static str {
+        match self {
+            Venue::Spot | Venue::Us => "/api/v3/klines",
+            Venue::UsdmFutures => "/fapi/v1/klines",
+        }
+    }
+
+    /// The IP's `REQUEST_WEIGHT` budget per minute (6000 spot, 2400 USDⓈ-M futures).
+    pub fn weight_budget(self) -> u32 {
+        match self {
+            Venue::Spot | Venue::Us => 6000,
+            Venue::UsdmFutures => 2400,
+        }
+    }
+
+    pub fn depth_rule(self) -> DepthRule {
+        match self {
+            Venue::Spot | Venue::Us => DepthRule::Spot,
+            Venue::UsdmFutures => DepthRule::Futures,
+        }
+    }
+
+    /// Whether `limit` is a depth-snapshot size this venue serves (spot: 1..=5000; futures: 5,
+    /// 10, 20, 50, 100, 500 or 1000).
+    pub fn depth_limit_ok(self, limit: u32) -> bool {
+        match self {
+            Venue::Spot | Venue::Us => (1..=5000).contains(&limit),
+            Venue::UsdmFutures => [5, 10, 20, 50, 100, 500, 1000].contains(&limit),
+        }
+    }
+
+    /// The venue of a cryptofeed capture by its exchange id (`BINANCE`, `BINANCE_US`,
+    /// `BINANCE_FUTURES`; any case). cryptofeed's other Binance ids (`BINANCE_DELIVERY`: coin-M
+    /// futures, `BINANCE_TR`) are not these protocols.
+    pub fn from_cryptofeed(id: &str) -> Option<Venue> {
+        Some(match id.to_ascii_uppercase().as_str() {
+            "BINANCE" => Venue::Spot,
+            "BINANCE_US" => Venue::Us,
+            "BINANCE_FUTURES" => Venue::UsdmFutures,
+            _ => return None,
+        })
+    }
+
+    /// The venue whose documented host `url` is on, if any.
+    fn of_url(url: &str) -> Option<Venue> {
+        let host = url.split_once("://").map_or(url, |(_, r)| r);
+        let host = host.split(['/', '?']).next().unwrap_or(host);
+        let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+        Venue::ALL.into_iter().find(|v| {
+            [v.ws_base(), v.rest_base()].iter().any(|b| {
+                b.split_once("://")
+                    .map(|(_, r)| r.split(':').next().unwrap_or(r))
+                    .is_some_and(|h| h == host)
+            })
+        })
+    }
+}
+
+impl std::fmt::Display for Venue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Most streams one combined connection may carry (Binance's limit).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
@@ -38,6 +189,20 @@ pub enum ConfigError {
     Invalid { name: &'static str, rule: &'static str },
     #[error("URL {url:?} must start with {schemes}")]
     BadUrl { url: String, schemes: &'static str },
+    #[error("{name} {url:?} is {other}'s endpoint, but venue is {venue} (its endpoint is {expected})")]
+    WrongVenue {
+        name: &'static str,
+        url: String,
+        other: Venue,
+        venue: Venue,
+        expected: &'static str,
+    },
+    #[error("depth_limit {limit} is not a snapshot size {venue} serves ({allowed})")]
+    DepthLimit {
+        limit: u32,
+        venue: Venue,
+        allowed: &'static str,
+    },
 }
 
 /// One kind of market-data stream, subscribed for every configured symbol.
@@ -191,11 +356,13 @@ impl Interval {
     }
 }
 
-/// How the REST client talks to `/api/v3`.
+/// How the REST client talks to `/api/v3` (spot, Binance.US) or `/fapi/v1` (USDⓈ-M futures).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RestConfig {
     /// `https://api.binance.com` (or `http://127.0.0.1:<port>` for a loopback server).
     pub base_url: String,
+    /// Which API's paths the requests take.
+    pub venue: Venue,
     /// Per request.
     pub timeout: Duration,
     /// The IP's request-weight budget per window (`REQUEST_WEIGHT` 6000 per minute on Binance).
@@ -221,6 +388,7 @@ impl Default for RestConfig {
     fn default() -> Self {
         RestConfig {
             base_url: DEFAULT_REST_BASE.into(),
+            venue: Venue::Spot,
             timeout: Duration::from_secs(10),
             weight_budget: 6000,
             weight_soft_fraction: 0.8,
@@ -241,6 +409,15 @@ impl RestConfig {
         self
     }
 
+    /// `venue`'s REST paths, documented base URL and request-weight budget (call
+    /// [`RestConfig::with_base_url`] after it to point elsewhere).
+    pub fn with_venue(mut self, venue: Venue) -> Self {
+        self.venue = venue;
+        self.base_url = venue.rest_base().into();
+        self.weight_budget = venue.weight_budget();
+        self
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.base_url.starts_with("https://") || self.base_url.starts_with("http://")) {
             return Err(ConfigError::BadUrl {
@@ -248,6 +425,7 @@ impl RestConfig {
                 schemes: "https:// or http://",
             });
         }
+        check_venue("rest_url", &self.base_url, self.venue, self.venue.rest_base())?;
         if !(self.weight_soft_fraction > 0.0 && self.weight_soft_fraction <= 1.0) {
             return Err(ConfigError::Invalid {
                 name: "weight_soft_fraction",
@@ -277,9 +455,31 @@ impl RestConfig {
     }
 }
 
+/// A URL on another venue's documented host is a configuration mistake (a loopback server or any
+/// other host is fine).
+fn check_venue(
+    name: &'static str,
+    url: &str,
+    venue: Venue,
+    expected: &'static str,
+) -> Result<(), ConfigError> {
+    match Venue::of_url(url) {
+        Some(other) if other != venue => Err(ConfigError::WrongVenue {
+            name,
+            url: url.to_owned(),
+            other,
+            venue,
+            expected,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The live connector's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LiveConfig {
+    /// Which Binance market: decides the order-book sync rule and the REST paths.
+    pub venue: Venue,
     /// `wss://stream.binance.com:9443` (or `ws://127.0.0.1:<port>` for a loopback server).
     pub ws_base: String,
     /// The name events carry as `exchange`/`source` and topics use: `binance`, `binance.us`,
@@ -322,6 +522,7 @@ impl LiveConfig {
     /// Binance's endpoints and defaults for `symbols` and `streams`.
     pub fn new(symbols: Vec<String>, streams: Vec<StreamKind>) -> Self {
         LiveConfig {
+            venue: Venue::Spot,
             ws_base: DEFAULT_WS_BASE.into(),
             exchange: "binance".into(),
             symbols: symbols.into_iter().map(|s| s.to_ascii_uppercase()).collect(),
@@ -342,7 +543,18 @@ impl LiveConfig {
         }
     }
 
-    /// Points the connector at other endpoints (a loopback server, binance.us, the testnet).
+    /// Speaks `venue`'s protocol at its documented endpoints, under its name ([`Venue::name`]),
+    /// with its request-weight budget. Call [`LiveConfig::with_endpoints`] and
+    /// [`LiveConfig::with_exchange`] after it to change those.
+    pub fn with_venue(mut self, venue: Venue) -> Self {
+        self.venue = venue;
+        self.ws_base = venue.ws_base().into();
+        self.exchange = venue.name().into();
+        self.rest = self.rest.with_venue(venue);
+        self
+    }
+
+    /// Points the connector at other endpoints (a loopback server, the testnet).
     pub fn with_endpoints(mut self, ws_base: impl Into<String>, rest_base: impl Into<String>) -> Self {
         self.ws_base = ws_base.into();
         self.rest.base_url = rest_base.into();
@@ -422,31 +634,52 @@ impl LiveConfig {
                 rule: "positive",
             });
         }
-        if self.depth_limit == 0 || self.depth_limit > 5000 {
-            return Err(ConfigError::Invalid {
-                name: "depth_limit",
-                rule: "in 1..=5000",
+        if !self.venue.depth_limit_ok(self.depth_limit) {
+            return Err(ConfigError::DepthLimit {
+                limit: self.depth_limit,
+                venue: self.venue,
+                allowed: match self.venue {
+                    Venue::UsdmFutures => "5, 10, 20, 50, 100, 500 or 1000",
+                    Venue::Spot | Venue::Us => "1..=5000",
+                },
             });
         }
+        if self.rest.venue != self.venue {
+            return Err(ConfigError::Invalid {
+                name: "rest.venue",
+                rule: "the connector's venue",
+            });
+        }
+        check_venue("ws_url", &self.ws_base, self.venue, self.venue.ws_base())?;
         self.rest.validate()
     }
 }
 
-/// `[binance]`: where the Binance connector connects and what it subscribes to. Point it at
-/// Binance.US (`wss://stream.binance.us:9443`, `https://api.binance.us`) or the testnet
-/// (`wss://stream.testnet.binance.vision`, `https://testnet.binance.vision`) by configuration alone.
+/// `[binance]`: which Binance market the connector speaks to, where it connects and what it
+/// subscribes to. `venue` picks the protocol and the documented endpoints: `binance` (spot,
+/// `wss://stream.binance.com:9443`, `https://api.binance.com`), `binance_us` (Binance.US,
+/// `wss://stream.binance.us:9443`, `https://api.binance.us`) or `binance_futures` (USDⓈ-M futures,
+/// `wss://fstream.binance.com`, `https://fapi.binance.com`). `ws_url`, `rest_url` and `exchange`
+/// left out take the venue's; set them for a loopback server or the testnet
+/// (`wss://stream.testnet.binance.vision`, `https://testnet.binance.vision`). A URL on another
+/// venue's documented host is refused by [`BinanceSettings::live_config`]. Without `venue`, URLs
+/// on one venue's documented hosts name it (`rest_url = "https://api.binance.us"` alone is
+/// Binance.US, as sections written before `venue` existed say it); otherwise it is `binance`.
 ///
 /// The configuration section the runtime reads; [`BinanceSettings::live_config`] and
 /// [`BinanceSettings::backfill_config`] turn it into the connector's and the backfill's settings
 /// (Binance's defaults for everything else).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "RawSettings")]
 pub struct BinanceSettings {
+    /// `binance`, `binance_us` or `binance_futures`.
+    pub venue: Venue,
     /// WebSocket base URL (the connector appends `/stream?streams=...`).
     pub ws_url: String,
     /// REST base URL (depth snapshots, klines backfill).
     pub rest_url: String,
-    /// Exchange name on events and topics, e.g. `binance`, `binance_us`, `binance_testnet`.
+    /// Exchange name on events and topics, e.g. `binance`, `binance_us`, `binance_futures`,
+    /// `binance_testnet`.
     pub exchange: String,
     /// Symbols, e.g. `["btcusdt", "ethusdt"]`.
     pub symbols: Vec<String>,
@@ -454,12 +687,59 @@ pub struct BinanceSettings {
     pub streams: Vec<StreamKind>,
 }
 
+/// `[binance]` as written: keys left out take the venue's (or the spot defaults).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    venue: Option<Venue>,
+    ws_url: Option<String>,
+    rest_url: Option<String>,
+    exchange: Option<String>,
+    symbols: Option<Vec<String>>,
+    streams: Option<Vec<StreamKind>>,
+}
+
+impl From<RawSettings> for BinanceSettings {
+    fn from(r: RawSettings) -> Self {
+        // Without `venue`, the URLs given say it when they are one venue's documented hosts (a
+        // section written before `venue` existed, pointing at Binance.US); otherwise spot.
+        let venue = r.venue.unwrap_or_else(|| {
+            let named: Vec<Venue> = [&r.ws_url, &r.rest_url]
+                .into_iter()
+                .flatten()
+                .filter_map(|u| Venue::of_url(u))
+                .collect();
+            match named.split_first() {
+                Some((v, rest)) if rest.iter().all(|o| o == v) => *v,
+                _ => Venue::Spot,
+            }
+        });
+        let d = BinanceSettings::for_venue(venue);
+        BinanceSettings {
+            venue,
+            ws_url: r.ws_url.unwrap_or(d.ws_url),
+            rest_url: r.rest_url.unwrap_or(d.rest_url),
+            exchange: r.exchange.unwrap_or(d.exchange),
+            symbols: r.symbols.unwrap_or(d.symbols),
+            streams: r.streams.unwrap_or(d.streams),
+        }
+    }
+}
+
 impl Default for BinanceSettings {
     fn default() -> Self {
+        BinanceSettings::for_venue(Venue::Spot)
+    }
+}
+
+impl BinanceSettings {
+    /// `venue`'s documented endpoints and name, with the default symbols and streams.
+    pub fn for_venue(venue: Venue) -> Self {
         BinanceSettings {
-            ws_url: DEFAULT_WS_BASE.into(),
-            rest_url: DEFAULT_REST_BASE.into(),
-            exchange: "binance".into(),
+            venue,
+            ws_url: venue.ws_base().into(),
+            rest_url: venue.rest_base().into(),
+            exchange: venue.name().into(),
             symbols: vec!["btcusdt".into(), "ethusdt".into()],
             streams: vec![
                 StreamKind::Trade,
@@ -472,8 +752,9 @@ impl Default for BinanceSettings {
 }
 
 impl BinanceSettings {
-    /// The live connector's settings: these endpoints, exchange, symbols (upper case, checked,
-    /// duplicates dropped) and streams (duplicates dropped), validated.
+    /// The live connector's settings: this venue's protocol at these endpoints, exchange,
+    /// symbols (upper case, checked, duplicates dropped) and streams (duplicates dropped),
+    /// validated.
     pub fn live_config(&self) -> Result<LiveConfig, ConfigError> {
         let symbols = parse_symbols(&self.symbols.join(","))?;
         let mut streams: Vec<StreamKind> = Vec::with_capacity(self.streams.len());
@@ -483,15 +764,18 @@ impl BinanceSettings {
             }
         }
         let live = LiveConfig::new(symbols, streams)
+            .with_venue(self.venue)
             .with_endpoints(self.ws_url.clone(), self.rest_url.clone())
             .with_exchange(self.exchange.clone());
         live.validate()?;
         Ok(live)
     }
 
-    /// The REST client's settings: Binance's defaults at `rest_url`.
+    /// The REST client's settings: the venue's paths and budget at `rest_url`.
     pub fn rest_config(&self) -> RestConfig {
-        RestConfig::default().with_base_url(self.rest_url.clone())
+        RestConfig::default()
+            .with_venue(self.venue)
+            .with_base_url(self.rest_url.clone())
     }
 
     /// A klines backfill of `symbol` at `interval` over `[from, to)` from `rest_url`, its events
@@ -624,6 +908,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&d).expect("serialises"),
             serde_json::json!({
+                "venue": "binance",
                 "ws_url": "wss://stream.binance.com:9443",
                 "rest_url": "https://api.binance.com",
                 "exchange": "binance",
@@ -644,7 +929,8 @@ mod tests {
             "streams": ["aggtrade", "kline_1h", "depth@100ms", "aggTrade"],
         }))
         .expect("parses");
-        assert_eq!(s.ws_url, DEFAULT_WS_BASE, "unset keys keep defaults");
+        assert_eq!(s.venue, Venue::Us, "a Binance.US URL without venue names it");
+        assert_eq!(s.ws_url, US_WS_BASE, "unset keys take the venue's");
         let interval = Interval::parse("1h").expect("1h");
         assert_eq!(
             s.streams,
@@ -690,6 +976,140 @@ mod tests {
             ..BinanceSettings::default()
         };
         assert!(matches!(bad.live_config(), Err(ConfigError::BadUrl { .. })));
+    }
+
+    #[test]
+    fn venues_take_their_documented_endpoints_paths_and_rules() {
+        let s: BinanceSettings =
+            serde_json::from_value(serde_json::json!({"venue": "binance_futures"})).expect("parses");
+        assert_eq!(s.ws_url, "wss://fstream.binance.com");
+        assert_eq!(s.rest_url, "https://fapi.binance.com");
+        assert_eq!(s.exchange, "binance_futures");
+        let live = s.live_config().expect("valid");
+        assert_eq!(live.venue, Venue::UsdmFutures);
+        assert_eq!(live.venue.depth_rule(), DepthRule::Futures);
+        assert_eq!(live.rest.venue.depth_path(), "/fapi/v1/depth");
+        assert_eq!(live.rest.venue.klines_path(), "/fapi/v1/klines");
+        assert_eq!(live.rest.weight_budget, 2400);
+        assert!(live
+            .url()
+            .starts_with("wss://fstream.binance.com/stream?streams=btcusdt@trade/"));
+        let bc = s.backfill_config("btcusdt", Interval::parse("1h").expect("1h"), 0, 1);
+        assert_eq!(
+            (bc.rest.venue, bc.exchange.as_str()),
+            (Venue::UsdmFutures, "binance_futures")
+        );
+        assert!(bc.validate().is_ok());
+
+        let us: BinanceSettings =
+            serde_json::from_value(serde_json::json!({"venue": "binance.us", "symbols": ["btcusd"]}))
+                .expect("parses");
+        assert_eq!(us.venue, Venue::Us);
+        assert_eq!(
+            (us.ws_url.as_str(), us.rest_url.as_str(), us.exchange.as_str()),
+            (
+                "wss://stream.binance.us:9443",
+                "https://api.binance.us",
+                "binance_us"
+            )
+        );
+        let live = us.live_config().expect("valid");
+        assert_eq!(live.venue.depth_rule(), DepthRule::Spot);
+        assert_eq!(live.rest.venue.depth_path(), "/api/v3/depth");
+        assert_eq!(live.rest.weight_budget, 6000);
+
+        // Keys given win over the venue's (a loopback server), and survive a round trip.
+        let local: BinanceSettings = serde_json::from_value(serde_json::json!({
+            "venue": "binance_futures", "ws_url": "ws://127.0.0.1:9", "rest_url": "http://127.0.0.1:9",
+        }))
+        .expect("parses");
+        let live = local.live_config().expect("a loopback server is fine");
+        assert_eq!(
+            (live.ws_base.as_str(), live.venue),
+            ("ws://127.0.0.1:9", Venue::UsdmFutures)
+        );
+        let round: BinanceSettings =
+            serde_json::from_value(serde_json::to_value(&local).expect("serialises")).expect("reads back");
+        assert_eq!(round, local);
+
+        // Another venue's documented host is a mistake, named as such.
+        let mixed: BinanceSettings = serde_json::from_value(serde_json::json!({
+            "venue": "binance_futures", "rest_url": "https://api.binance.com",
+        }))
+        .expect("parses");
+        let e = mixed.live_config().expect_err("spot REST for futures");
+        assert!(
+            matches!(
+                &e,
+                ConfigError::WrongVenue {
+                    name: "rest_url",
+                    other: Venue::Spot,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("https://fapi.binance.com"), "{e}");
+        let mixed = BinanceSettings {
+            ws_url: US_WS_BASE.into(),
+            ..BinanceSettings::default()
+        };
+        assert!(matches!(
+            mixed.live_config(),
+            Err(ConfigError::WrongVenue {
+                name: "ws_url",
+                other: Venue::Us,
+                venue: Venue::Spot,
+                ..
+            })
+        ));
+        // Without venue: a section of Binance.US URLs (as written before venue existed) is
+        // Binance.US; URLs of two venues name none, and are refused.
+        let old: BinanceSettings = serde_json::from_value(serde_json::json!({
+            "ws_url": US_WS_BASE, "rest_url": US_REST_BASE, "exchange": "binance_us",
+        }))
+        .expect("parses");
+        assert_eq!(old.venue, Venue::Us);
+        assert!(old.live_config().is_ok());
+        let two: BinanceSettings = serde_json::from_value(serde_json::json!({
+            "ws_url": US_WS_BASE, "rest_url": FUTURES_REST_BASE,
+        }))
+        .expect("parses");
+        assert_eq!(two.venue, Venue::Spot);
+        assert!(matches!(two.live_config(), Err(ConfigError::WrongVenue { .. })));
+        let e = serde_json::from_value::<BinanceSettings>(serde_json::json!({"venue": "binance_delivery"}))
+            .expect_err("unknown venue");
+        assert!(e.to_string().contains("binance_delivery"), "{e}");
+
+        // Futures serve fewer depth sizes than spot.
+        let mut live = BinanceSettings::for_venue(Venue::UsdmFutures)
+            .live_config()
+            .expect("valid");
+        live.depth_limit = 5000;
+        assert!(matches!(
+            live.validate(),
+            Err(ConfigError::DepthLimit { limit: 5000, .. })
+        ));
+        live.depth_limit = 500;
+        assert!(live.validate().is_ok());
+        let mut spot = BinanceSettings::default().live_config().expect("valid");
+        spot.depth_limit = 5000;
+        assert!(spot.validate().is_ok());
+
+        for v in Venue::ALL {
+            assert_eq!(Venue::parse(v.name()), Some(v));
+            assert_eq!(Venue::of_url(v.ws_base()), Some(v));
+            assert_eq!(
+                Venue::of_url(&format!("{}/api/v3/depth?symbol=X", v.rest_base())),
+                Some(v)
+            );
+        }
+        assert_eq!(Venue::of_url("http://127.0.0.1:8080"), None);
+        assert_eq!(
+            Venue::from_cryptofeed("BINANCE_FUTURES"),
+            Some(Venue::UsdmFutures)
+        );
+        assert_eq!(Venue::from_cryptofeed("BINANCE_DELIVERY"), None);
     }
 
     #[test]

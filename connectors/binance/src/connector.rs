@@ -66,6 +66,12 @@ pub struct LiveStats {
     pub statuses: u64,
     /// Frames of stream kinds that are read but not published.
     pub ignored: u64,
+    /// USDⓈ-M futures mark prices (`markPrice`) decoded and checked but not published: the
+    /// schemas have no event type for them yet.
+    pub mark_prices: u64,
+    /// USDⓈ-M futures liquidation orders (`forceOrder`) decoded and checked but not published:
+    /// the schemas have no event type for them yet.
+    pub liquidations: u64,
     pub dead_letters: u64,
     pub snapshots: u64,
     pub stale_snapshots: u64,
@@ -445,13 +451,23 @@ impl Session {
             }
             Ok(MarketEvent::Depth(d)) => {
                 let (exchange, max) = (&self.cfg.exchange, self.cfg.max_buffer);
+                let rule = self.cfg.venue.depth_rule();
                 let sync = self
                     .syncs
                     .entry(d.symbol.clone())
-                    .or_insert_with(|| BookSync::new(exchange, &d.symbol, max));
+                    .or_insert_with(|| BookSync::new(exchange, &d.symbol, max).with_rule(rule));
                 let outs = sync.on_diff(d);
                 self.push_sync(outs);
                 self.request_snapshots();
+            }
+            Ok(MarketEvent::MarkPrice(m)) => {
+                debug!(symbol = %m.symbol, mark = %m.mark_price, "mark price decoded; not published (no event type)");
+                self.stats.update(|s| s.mark_prices += 1);
+            }
+            Ok(MarketEvent::Liquidation(l)) => {
+                debug!(symbol = %l.symbol, side = ?l.side, qty = %l.quantity, price = %l.price,
+                    "liquidation decoded; not published (no event type)");
+                self.stats.update(|s| s.liquidations += 1);
             }
             Ok(MarketEvent::Ignored(_)) => self.stats.update(|s| s.ignored += 1),
             Err(DecodeError::UnknownStream(s)) if s == SERVER_SHUTDOWN => {

@@ -6,6 +6,11 @@
 //! them exact decimals). Fields Binance adds later are ignored; fields it drops are not needed
 //! (the `trade` event lost `b`/`a`). A frame that does not parse, has an unknown stream kind, or
 //! carries a price that is not a finite decimal is an error, never a panic.
+//!
+//! The same decoder reads spot (Binance, Binance.US) and USDⓈ-M futures frames: futures depth
+//! diffs carry `pu` ([`DepthDiff::prev_final_update_id`]); futures `markPrice` and `forceOrder`
+//! frames decode into [`MarkPrice`] and [`Liquidation`], which have no AuroraQ event type yet
+//! (the connector and the replay count them and do not publish them).
 
 use std::fmt;
 
@@ -29,6 +34,12 @@ pub enum DecodeError {
     BadDecimal { field: &'static str, value: String },
     #[error("field {field}: {value} is out of range")]
     OutOfRange { field: &'static str, value: i64 },
+    #[error("field {field}: {value:?} is not one of {expected}")]
+    BadValue {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 /// A depth diff (`depthUpdate`) before the order-book sync rules decide what to do with it.
@@ -39,6 +50,9 @@ pub struct DepthDiff {
     pub first_update_id: i64,
     /// `u`: final update id in the event.
     pub final_update_id: i64,
+    /// `pu`: the final update id of the stream's previous diff (USDⓈ-M futures only; spot diffs
+    /// have none).
+    pub prev_final_update_id: Option<i64>,
     /// `E`, in microseconds.
     pub event_time: Micros,
     /// When AuroraQ received it.
@@ -47,7 +61,7 @@ pub struct DepthDiff {
     pub asks: Vec<Level>,
 }
 
-/// A depth snapshot (REST `/api/v3/depth`, or a partial-depth stream payload).
+/// A depth snapshot (REST `/api/v3/depth` or `/fapi/v1/depth`, or a partial-depth stream payload).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DepthSnapshot {
     pub symbol: String,
@@ -58,6 +72,57 @@ pub struct DepthSnapshot {
     pub asks: Vec<Level>,
 }
 
+/// A USDⓈ-M futures mark price (`<symbol>@markPrice`, `markPriceUpdate`): mark and index
+/// price, funding rate and next funding time. AuroraQ's schemas have no event type for it yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MarkPrice {
+    pub symbol: String,
+    /// `E`, in microseconds.
+    pub event_time: Micros,
+    pub ts_ingest: Micros,
+    /// `p`.
+    pub mark_price: Dec,
+    /// `i`.
+    pub index_price: Option<Dec>,
+    /// `P`: only meaningful in the last hour before a settlement.
+    pub estimated_settle_price: Option<Dec>,
+    /// `r`: empty (`None`) for delivery contracts.
+    pub funding_rate: Option<Dec>,
+    /// `T`, in microseconds: 0 (`None`) for delivery contracts.
+    pub next_funding_time: Option<Micros>,
+}
+
+/// A USDⓈ-M futures liquidation order (`<symbol>@forceOrder`, `forceOrder`): Binance pushes the
+/// latest one per symbol per second at most. Its fills also appear in the trade streams, so it is
+/// not a trade. AuroraQ's schemas have no event type for it yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Liquidation {
+    pub symbol: String,
+    /// `E`, in microseconds.
+    pub event_time: Micros,
+    pub ts_ingest: Micros,
+    /// `S`: the liquidation order's side.
+    pub side: Side,
+    /// `o`, e.g. `LIMIT`.
+    pub order_type: String,
+    /// `f`, e.g. `IOC`.
+    pub time_in_force: String,
+    /// `q`: original quantity.
+    pub quantity: Dec,
+    /// `p`.
+    pub price: Dec,
+    /// `ap`.
+    pub average_price: Dec,
+    /// `X`, e.g. `FILLED`.
+    pub status: String,
+    /// `l`: last filled quantity.
+    pub last_filled_quantity: Dec,
+    /// `z`: accumulated filled quantity.
+    pub filled_quantity: Dec,
+    /// `T`: order trade time, in microseconds.
+    pub trade_time: Micros,
+}
+
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MarketEvent {
@@ -66,6 +131,10 @@ pub enum MarketEvent {
     Ticker(BookTicker),
     /// Goes through [`crate::book::BookSync`] before it becomes a `BookUpdate`.
     Depth(DepthDiff),
+    /// Decoded and checked, but not an AuroraQ event (no schema for it yet).
+    MarkPrice(MarkPrice),
+    /// Decoded and checked, but not an AuroraQ event (no schema for it yet).
+    Liquidation(Liquidation),
     /// A stream kind AuroraQ reads but does not publish (24hr tickers and the like).
     Ignored(&'static str),
 }
@@ -78,6 +147,8 @@ enum StreamKind {
     Kline,
     BookTicker,
     Depth,
+    MarkPrice,
+    ForceOrder,
     Other(&'static str),
 }
 
@@ -89,6 +160,8 @@ fn stream_kind(stream: &str) -> Option<StreamKind> {
         "aggTrade" => StreamKind::AggTrade,
         "bookTicker" => StreamKind::BookTicker,
         "depth" => StreamKind::Depth,
+        "markPrice" => StreamKind::MarkPrice,
+        "forceOrder" => StreamKind::ForceOrder,
         k if k.starts_with("kline_") => StreamKind::Kline,
         "ticker" => StreamKind::Other("24hrTicker"),
         "miniTicker" => StreamKind::Other("24hrMiniTicker"),
@@ -171,6 +244,9 @@ struct RawKline<'a> {
 struct RawBookTicker<'a> {
     #[serde(rename = "u")]
     update_id: Option<i64>,
+    /// Futures only (spot book tickers carry no time).
+    #[serde(rename = "E")]
+    event_time: Option<i64>,
     #[serde(rename = "s")]
     symbol: &'a str,
     #[serde(rename = "b")]
@@ -193,10 +269,64 @@ struct RawDepth<'a> {
     first: i64,
     #[serde(rename = "u")]
     last: i64,
+    #[serde(rename = "pu")]
+    prev: Option<i64>,
     #[serde(rename = "b", borrow)]
     bids: Vec<[&'a str; 2]>,
     #[serde(rename = "a", borrow)]
     asks: Vec<[&'a str; 2]>,
+}
+
+#[derive(Deserialize)]
+struct RawMarkPrice<'a> {
+    #[serde(rename = "E")]
+    event_time: i64,
+    #[serde(rename = "s")]
+    symbol: &'a str,
+    #[serde(rename = "p")]
+    mark: &'a str,
+    #[serde(rename = "i")]
+    index: Option<&'a str>,
+    #[serde(rename = "P")]
+    settle: Option<&'a str>,
+    #[serde(rename = "r")]
+    funding_rate: Option<&'a str>,
+    #[serde(rename = "T")]
+    next_funding: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawForceOrderFrame<'a> {
+    #[serde(rename = "E")]
+    event_time: i64,
+    #[serde(rename = "o", borrow)]
+    o: RawForceOrder<'a>,
+}
+
+#[derive(Deserialize)]
+struct RawForceOrder<'a> {
+    #[serde(rename = "s")]
+    symbol: &'a str,
+    #[serde(rename = "S")]
+    side: &'a str,
+    #[serde(rename = "o")]
+    order_type: &'a str,
+    #[serde(rename = "f")]
+    time_in_force: &'a str,
+    #[serde(rename = "q")]
+    qty: &'a str,
+    #[serde(rename = "p")]
+    price: &'a str,
+    #[serde(rename = "ap")]
+    avg_price: &'a str,
+    #[serde(rename = "X")]
+    status: &'a str,
+    #[serde(rename = "l")]
+    last_filled: &'a str,
+    #[serde(rename = "z")]
+    filled: &'a str,
+    #[serde(rename = "T")]
+    trade_time: i64,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +346,8 @@ enum Payload<'a> {
     Kline(RawKlineFrame<'a>),
     Ticker(RawBookTicker<'a>),
     Depth(RawDepth<'a>),
+    MarkPrice(RawMarkPrice<'a>),
+    ForceOrder(RawForceOrderFrame<'a>),
     Other(&'static str),
 }
 
@@ -231,6 +363,8 @@ impl<'de> DeserializeSeed<'de> for PayloadSeed {
             StreamKind::Kline => Payload::Kline(RawKlineFrame::deserialize(d)?),
             StreamKind::BookTicker => Payload::Ticker(RawBookTicker::deserialize(d)?),
             StreamKind::Depth => Payload::Depth(RawDepth::deserialize(d)?),
+            StreamKind::MarkPrice => Payload::MarkPrice(RawMarkPrice::deserialize(d)?),
+            StreamKind::ForceOrder => Payload::ForceOrder(RawForceOrderFrame::deserialize(d)?),
             StreamKind::Other(name) => {
                 IgnoredAny::deserialize(d)?;
                 Payload::Other(name)
@@ -392,13 +526,17 @@ impl Decoder {
                 })
             }
             Payload::Ticker(t) => {
-                // bookTicker carries no event time: the receive time stands in for it.
+                // A spot bookTicker carries no event time: the receive time stands in for it.
+                let ts = match t.event_time {
+                    Some(e) => ms("E", e)?,
+                    None => ts_ingest,
+                };
                 let native = match t.update_id {
                     Some(u) => format!("{}:u{u}", t.symbol),
                     None => format!("{}:r{ts_ingest}:{}:{}", t.symbol, t.bid, t.ask),
                 };
                 MarketEvent::Ticker(BookTicker {
-                    meta: Meta::raw(EventKind::BookTicker, ex, &native, ts_ingest, ts_ingest),
+                    meta: Meta::raw(EventKind::BookTicker, ex, &native, ts, ts_ingest),
                     exchange: ex.to_owned(),
                     symbol: t.symbol.to_owned(),
                     update_id: t.update_id,
@@ -412,11 +550,58 @@ impl Decoder {
                 symbol: d.symbol.to_owned(),
                 first_update_id: d.first,
                 final_update_id: d.last,
+                prev_final_update_id: d.prev,
                 event_time: ms("E", d.event_time)?,
                 ts_ingest,
                 bids: levels("b", &d.bids)?,
                 asks: levels("a", &d.asks)?,
             }),
+            Payload::MarkPrice(m) => MarketEvent::MarkPrice(MarkPrice {
+                symbol: m.symbol.to_owned(),
+                event_time: ms("E", m.event_time)?,
+                ts_ingest,
+                mark_price: dec("p", m.mark)?,
+                index_price: m.index.map(|v| dec("i", v)).transpose()?,
+                estimated_settle_price: m.settle.map(|v| dec("P", v)).transpose()?,
+                funding_rate: m
+                    .funding_rate
+                    .filter(|r| !r.is_empty())
+                    .map(|v| dec("r", v))
+                    .transpose()?,
+                next_funding_time: m
+                    .next_funding
+                    .filter(|t| *t > 0)
+                    .map(|t| ms("T", t))
+                    .transpose()?,
+            }),
+            Payload::ForceOrder(f) => {
+                let o = f.o;
+                MarketEvent::Liquidation(Liquidation {
+                    symbol: o.symbol.to_owned(),
+                    event_time: ms("E", f.event_time)?,
+                    ts_ingest,
+                    side: match o.side {
+                        "BUY" => Side::Buy,
+                        "SELL" => Side::Sell,
+                        other => {
+                            return Err(DecodeError::BadValue {
+                                field: "S",
+                                value: other.chars().take(64).collect(),
+                                expected: "BUY, SELL",
+                            })
+                        }
+                    },
+                    order_type: o.order_type.to_owned(),
+                    time_in_force: o.time_in_force.to_owned(),
+                    quantity: dec("q", o.qty)?,
+                    price: dec("p", o.price)?,
+                    average_price: dec("ap", o.avg_price)?,
+                    status: o.status.to_owned(),
+                    last_filled_quantity: dec("l", o.last_filled)?,
+                    filled_quantity: dec("z", o.filled)?,
+                    trade_time: ms("T", o.trade_time)?,
+                })
+            }
             Payload::Other(name) => {
                 let _ = stream;
                 MarketEvent::Ignored(name)
@@ -635,6 +820,118 @@ mod tests {
         assert_eq!(k[0].high.to_string(), "0.80000000");
         assert_eq!(k[0].trades, Some(308));
         assert!(k[0].closed);
+    }
+
+    /// A real USDⓈ-M futures frame (cryptofeed's `BINANCE_FUTURES.ws.1.0`, line 3).
+    const FUTURES_DEPTH: &str = r#"{"stream":"akrousdt@depth@100ms","data":{"e":"depthUpdate","E":1626992741077,"T":1626992740974,"s":"AKROUSDT","U":600859599831,"u":600859599831,"pu":600859598737,"b":[],"a":[["0.01737","437848"]]}}"#;
+
+    /// The response examples of Binance's USDⓈ-M futures documentation ("Mark Price Stream",
+    /// "Liquidation Order Streams", developers.binance.com/docs/derivatives/usds-margined-futures/
+    /// websocket-market-streams), comments removed, in a combined-stream frame.
+    const MARK_PRICE: &str = r#"{"stream":"btcusdt@markPrice","data":{"e":"markPriceUpdate","E":1562305380000,"s":"BTCUSDT","p":"11794.15000000","i":"11784.62659091","P":"11784.25641265","r":"0.00038167","T":1562306400000}}"#;
+    const FORCE_ORDER: &str = r#"{"stream":"btcusdt@forceOrder","data":{"e":"forceOrder","E":1568014460893,"o":{"s":"BTCUSDT","S":"SELL","o":"LIMIT","f":"IOC","q":"0.014","p":"9910","ap":"9910","X":"FILLED","l":"0.014","z":"0.014","T":1568014460893}}}"#;
+
+    #[test]
+    fn futures_depth_keeps_pu_and_spot_depth_has_none() {
+        let d = Decoder::new("binance_futures");
+        let MarketEvent::Depth(x) = d.frame(FUTURES_DEPTH, 5).expect("decodes") else {
+            panic!("not depth")
+        };
+        assert_eq!(
+            (x.first_update_id, x.final_update_id, x.prev_final_update_id),
+            (600859599831, 600859599831, Some(600859598737))
+        );
+        assert_eq!(x.event_time, 1_626_992_741_077_000);
+        assert_eq!(x.asks[0].price.to_string(), "0.01737");
+        let spot = r#"{"stream":"bnbbtc@depth@100ms","data":{"e":"depthUpdate","E":1672515782136,"s":"BNBBTC","U":157,"u":160,"b":[["0.0024","10"]],"a":[["0.0026","100"]]}}"#;
+        let MarketEvent::Depth(x) = d.frame(spot, 5).expect("decodes") else {
+            panic!("not depth")
+        };
+        assert_eq!(x.prev_final_update_id, None);
+    }
+
+    #[test]
+    fn futures_mark_price_decodes_exactly() {
+        let MarketEvent::MarkPrice(m) = Decoder::new("binance_futures")
+            .frame(MARK_PRICE, 9)
+            .expect("decodes")
+        else {
+            panic!("not a mark price")
+        };
+        assert_eq!(m.symbol, "BTCUSDT");
+        assert_eq!(m.event_time, 1_562_305_380_000_000);
+        assert_eq!(m.ts_ingest, 9);
+        assert_eq!(m.mark_price.to_string(), "11794.15000000");
+        assert_eq!(
+            m.index_price.map(|d| d.to_string()).as_deref(),
+            Some("11784.62659091")
+        );
+        assert_eq!(
+            m.estimated_settle_price.map(|d| d.to_string()).as_deref(),
+            Some("11784.25641265")
+        );
+        assert_eq!(
+            m.funding_rate.map(|d| d.to_string()).as_deref(),
+            Some("0.00038167")
+        );
+        assert_eq!(m.next_funding_time, Some(1_562_306_400_000_000));
+        // A contract without funding: "r" empty, "T" 0 (as the coin-M docs show it).
+        let none = MARK_PRICE
+            .replace(r#""0.00038167""#, r#""""#)
+            .replace(r#""T":1562306400000"#, r#""T":0"#);
+        let MarketEvent::MarkPrice(m) = Decoder::new("x").frame(&none, 0).expect("decodes") else {
+            panic!("not a mark price")
+        };
+        assert_eq!((m.funding_rate, m.next_funding_time), (None, None));
+        let bad = MARK_PRICE.replace(r#""11794.15000000""#, r#""11794,15""#);
+        assert!(matches!(
+            Decoder::new("x").frame(&bad, 0),
+            Err(DecodeError::BadDecimal { field: "p", .. })
+        ));
+    }
+
+    #[test]
+    fn futures_liquidation_decodes_exactly() {
+        let MarketEvent::Liquidation(l) = Decoder::new("binance_futures")
+            .frame(FORCE_ORDER, 3)
+            .expect("decodes")
+        else {
+            panic!("not a liquidation")
+        };
+        assert_eq!(l.symbol, "BTCUSDT");
+        assert_eq!(l.side, Side::Sell);
+        assert_eq!(
+            (l.order_type.as_str(), l.time_in_force.as_str(), l.status.as_str()),
+            ("LIMIT", "IOC", "FILLED")
+        );
+        assert_eq!(l.quantity.to_string(), "0.014");
+        assert_eq!(l.price.to_string(), "9910");
+        assert_eq!(l.average_price.to_string(), "9910");
+        assert_eq!(l.last_filled_quantity.to_string(), "0.014");
+        assert_eq!(l.filled_quantity.to_string(), "0.014");
+        assert_eq!(
+            (l.event_time, l.trade_time),
+            (1_568_014_460_893_000, 1_568_014_460_893_000)
+        );
+        let bad = FORCE_ORDER.replace(r#""S":"SELL""#, r#""S":"sideways""#);
+        assert!(matches!(
+            Decoder::new("x").frame(&bad, 0),
+            Err(DecodeError::BadValue { field: "S", .. })
+        ));
+        let missing = FORCE_ORDER.replace(r#""ap":"9910","#, "");
+        assert!(matches!(
+            Decoder::new("x").frame(&missing, 0),
+            Err(DecodeError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn futures_book_ticker_uses_its_event_time() {
+        let text = r#"{"stream":"sushiusdt@bookTicker","data":{"e":"bookTicker","u":600859600576,"s":"SUSHIUSDT","b":"7.6110","B":"2","a":"7.6120","A":"297","T":1626992741012,"E":1626992741017}}"#;
+        let MarketEvent::Ticker(t) = Decoder::new("binance_futures").frame(text, 77).expect("decodes") else {
+            panic!("not a ticker")
+        };
+        assert_eq!((t.meta.ts_event, t.meta.ts_ingest), (1_626_992_741_017_000, 77));
     }
 
     impl MarketEvent {

@@ -1,6 +1,7 @@
 //! Binance connector: market data from Binance's WebSocket combined streams and REST API,
 //! decoded into AuroraQ events with exact prices, and local order books kept by Binance's
-//! documented sync rules.
+//! documented sync rules. Three venues ([`Venue`]): Binance spot, Binance.US (the spot protocol
+//! on other hosts) and USDⓈ-M futures (other paths, `pu`-chained depth diffs).
 //!
 //! - [`decode`]: frames and REST bodies into events ([`Decoder`], [`decode::snapshot`],
 //!   [`decode::rest_klines`]).
@@ -26,10 +27,11 @@ pub mod stream;
 pub use backfill::{backfill, BackfillError, BackfillProgress, BackfillReport, Checkpoint};
 pub use book::{BookSync, OrderBook, SyncCounts, SyncOutput};
 pub use config::{
-    parse_streams, parse_symbols, BackfillConfig, Backoff, BinanceSettings, ConfigError, Interval,
-    LiveConfig, RestConfig, StreamKind, DEFAULT_REST_BASE, DEFAULT_WS_BASE,
+    parse_streams, parse_symbols, BackfillConfig, Backoff, BinanceSettings, ConfigError, DepthRule, Interval,
+    LiveConfig, RestConfig, StreamKind, Venue, DEFAULT_REST_BASE, DEFAULT_WS_BASE, FUTURES_REST_BASE,
+    FUTURES_WS_BASE, US_REST_BASE, US_WS_BASE,
 };
 pub use connector::{run_live, ConnectorError, LiveConnector, LiveStats, StatsHandle};
-pub use decode::{DecodeError, Decoder, DepthDiff, DepthSnapshot, MarketEvent};
+pub use decode::{DecodeError, Decoder, DepthDiff, DepthSnapshot, Liquidation, MarkPrice, MarketEvent};
 pub use rest::{RestClient, RestCounters, RestError};
 pub use stream::ConnectError;

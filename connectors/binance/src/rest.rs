@@ -1,5 +1,5 @@
 //! The REST client for Binance's public market data: `/api/v3/depth` snapshots and
-//! `/api/v3/klines` pages.
+//! `/api/v3/klines` pages (`/fapi/v1/...` on USDⓈ-M futures, by [`RestConfig::venue`]).
 //!
 //! It keeps to the IP's request-weight budget: every response's `X-MBX-USED-WEIGHT-1M` is
 //! read, and once the used weight reaches the soft limit (80% of 6000 by default) requests wait
@@ -376,18 +376,20 @@ impl RestClient {
         }
     }
 
-    /// `GET /api/v3/depth?symbol=..&limit=..`, decoded.
+    /// `GET /api/v3/depth?symbol=..&limit=..` (`/fapi/v1/depth` on USDⓈ-M futures), decoded.
     pub async fn depth_snapshot(&self, symbol: &str, limit: u32) -> Result<DepthSnapshot, RestError> {
         let symbol = symbol.to_ascii_uppercase();
         let query = [("symbol", symbol.clone()), ("limit", limit.to_string())];
-        let body = self.get("/api/v3/depth", &query, Some(&symbol)).await?;
+        let path = self.cfg.venue.depth_path();
+        let body = self.get(path, &query, Some(&symbol)).await?;
         decode::snapshot(&symbol, &body, now_micros()).map_err(|source| RestError::Decode {
-            url: format!("{}/api/v3/depth?symbol={symbol}&limit={limit}", self.cfg.base_url),
+            url: format!("{}{path}?symbol={symbol}&limit={limit}", self.cfg.base_url),
             source,
         })
     }
 
-    /// One page of `GET /api/v3/klines` (times in epoch milliseconds, as Binance takes them).
+    /// One page of `GET /api/v3/klines` (`/fapi/v1/klines` on USDⓈ-M futures; times in epoch
+    /// milliseconds, as Binance takes them).
     pub async fn klines(
         &self,
         symbol: &str,
@@ -405,11 +407,12 @@ impl RestClient {
             query.push(("endTime", e.to_string()));
         }
         query.push(("limit", limit.to_string()));
-        let body = self.get("/api/v3/klines", &query, Some(&symbol)).await?;
+        let path = self.cfg.venue.klines_path();
+        let body = self.get(path, &query, Some(&symbol)).await?;
         decode::rest_klines(&self.exchange, &symbol, interval, &body, now_micros()).map_err(|source| {
             let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
             RestError::Decode {
-                url: format!("{}/api/v3/klines?{}", self.cfg.base_url, q.join("&")),
+                url: format!("{}{path}?{}", self.cfg.base_url, q.join("&")),
                 source,
             }
         })

@@ -3,18 +3,26 @@
 //! cryptofeed writes one file per connection: `<EXCHANGE>.ws.<n>.<m>` holds the WebSocket
 //! traffic, a first line `<url> <-> <open_ts>` and then `<recv_ts>: <frame>` per frame;
 //! `<EXCHANGE>.http.<n>.<m>` holds the REST calls made alongside, `<url> -> <recv_ts>: <body>`
-//! (for Binance: the `/api/v3/depth` snapshots the order-book sync needs). Timestamps are epoch
-//! seconds with a fraction.
+//! (for Binance: the `/api/v3/depth` or `/fapi/v1/depth` snapshots the order-book sync needs).
+//! Timestamps are epoch seconds with a fraction.
 //!
-//! The reader merges both by receive time and drives the same decoder and order-book sync as the
-//! live connector: frames become events, depth diffs go through [`BookSync`] (buffered until
-//! their snapshot, stale ones dropped, gaps reported), so a replay publishes what the live run
-//! published.
+//! `<EXCHANGE>` is cryptofeed's exchange id and names the venue ([`Venue::from_cryptofeed`]):
+//! `BINANCE` (spot), `BINANCE_US` (Binance.US, the spot protocol) and `BINANCE_FUTURES`
+//! (USDⓈ-M futures, whose depth diffs chain by `pu`). Events carry the venue's name as their
+//! exchange (`binance`, `binance_us`, `binance_futures`). Other ids (`BINANCE_DELIVERY`,
+//! `BINANCE_TR`, other exchanges) are refused.
+//!
+//! The reader merges a venue's files by receive time and drives the same decoder and order-book
+//! sync as the live connector: frames become events, depth diffs go through [`BookSync`] with the
+//! venue's rule (buffered until their snapshot, stale ones dropped, gaps reported), so a replay
+//! publishes what the live run published. Futures `markPrice` and `forceOrder` frames are decoded
+//! and checked (a bad one is a dead letter) but not published: the schemas have no event type for
+//! them; their number is logged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use auroraq_binance::{BookSync, Decoder, MarketEvent, SyncOutput};
+use auroraq_binance::{BookSync, Decoder, MarketEvent, SyncOutput, Venue};
 use auroraq_schemas::{AnyEvent, EventKind, FeedState, FeedStatus, Meta, Micros};
 
 use crate::recorded::{fit, letter, ReadError};
@@ -81,15 +89,15 @@ pub fn sibling_http_files(ws: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Which exchange a capture is from, by its file name (`BINANCE.ws.1.0` → `binance`).
-fn exchange_of(path: &Path) -> Option<String> {
+/// cryptofeed's exchange id of a capture, from its file name (`BINANCE_US.ws.1.0` → `BINANCE_US`).
+fn exchange_id(path: &Path) -> Option<&str> {
     let name = path.file_name()?.to_str()?;
     let (ex, _) = name.split_once('.')?;
-    Some(ex.to_ascii_lowercase())
+    Some(ex)
 }
 
 /// Reads cryptofeed capture files (`.ws.` and `.http.` ones; the `.http.` siblings of a `.ws.`
-/// file are found by name when not given) into events in receive order.
+/// file are found by name when not given) into events, each venue's in receive order.
 pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
     let mut paths: Vec<PathBuf> = files.to_vec();
     for f in files {
@@ -99,24 +107,45 @@ pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
             }
         }
     }
-    let mut exchange: Option<String> = None;
-    let mut texts = Vec::with_capacity(paths.len());
-    for p in &paths {
-        let ex = exchange_of(p).unwrap_or_default();
-        if ex != "binance" {
+    // Each venue's files are one capture: their books and update ids are their own.
+    let mut venues: BTreeMap<&'static str, (Venue, Vec<PathBuf>)> = BTreeMap::new();
+    for p in paths {
+        let id = exchange_id(&p).unwrap_or_default();
+        let Some(venue) = Venue::from_cryptofeed(id) else {
             return Err(ReadError::Unsupported {
                 path: p.display().to_string(),
-                what: format!("cryptofeed captures of {ex:?}: only Binance's are read"),
+                what: format!(
+                    "cryptofeed captures of {id:?}: only Binance's (BINANCE), Binance.US's \
+                     (BINANCE_US) and Binance USDⓈ-M futures' (BINANCE_FUTURES) are read"
+                ),
             });
-        }
-        exchange.get_or_insert(ex);
+        };
+        venues
+            .entry(venue.name())
+            .or_insert_with(|| (venue, Vec::new()))
+            .1
+            .push(p);
+    }
+    let mut events = Vec::new();
+    for (venue, paths) in venues.into_values() {
+        events.extend(read_venue(venue, &paths)?);
+    }
+    Ok(events)
+}
+
+/// One venue's capture files, merged by receive time.
+fn read_venue(venue: Venue, paths: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
+    let mut texts = Vec::with_capacity(paths.len());
+    for p in paths {
         texts.push(std::fs::read_to_string(p).map_err(|source| ReadError::Io {
             path: p.display().to_string(),
             source,
         })?);
     }
-    let exchange = exchange.unwrap_or_else(|| "binance".into());
+    let exchange = venue.name().to_owned();
+    let rule = venue.depth_rule();
     let origins: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let (mut mark_prices, mut liquidations) = (0u64, 0u64);
 
     let mut events = Vec::new();
     let mut lines = Vec::new();
@@ -181,9 +210,12 @@ pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
                 Ok(MarketEvent::Depth(d)) => {
                     let sync = books
                         .entry(d.symbol.clone())
-                        .or_insert_with(|| BookSync::new(&exchange, &d.symbol, 10_000));
+                        .or_insert_with(|| BookSync::new(&exchange, &d.symbol, 10_000).with_rule(rule));
                     push_sync(&mut events, sync.on_diff(d));
                 }
+                // Decoded and checked, but the schemas have no event type for them.
+                Ok(MarketEvent::MarkPrice(_)) => mark_prices += 1,
+                Ok(MarketEvent::Liquidation(_)) => liquidations += 1,
                 Ok(MarketEvent::Ignored(_)) => {}
                 Err(e) => events.push(AnyEvent::DeadLetter(letter(
                     &origins[l.file],
@@ -198,7 +230,7 @@ pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
                 Ok(snap) => {
                     let sync = books
                         .entry(symbol.clone())
-                        .or_insert_with(|| BookSync::new(&exchange, &symbol, 10_000));
+                        .or_insert_with(|| BookSync::new(&exchange, &symbol, 10_000).with_rule(rule));
                     push_sync(&mut events, sync.on_snapshot(snap));
                 }
                 Err(e) => events.push(AnyEvent::DeadLetter(letter(
@@ -219,6 +251,14 @@ pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
                     .map(|e| fit(e, &origins[l.file], l.line, raw.as_bytes())),
             );
         }
+    }
+    if mark_prices + liquidations > 0 {
+        tracing::info!(
+            exchange = %exchange,
+            mark_prices,
+            liquidations,
+            "mark prices and liquidations read but not replayed: no event type for them"
+        );
     }
     Ok(events)
 }
