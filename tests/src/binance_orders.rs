@@ -1,5 +1,6 @@
 //! A loopback server for Binance's signed order endpoints (`POST`, `GET`, `DELETE
-//! /api/v3/order`), for the execution crate's tests.
+//! /api/v3/order`, `GET /api/v3/openOrders`, `GET /api/v3/myTrades`), for the execution crate's
+//! tests.
 //!
 //! It checks what Binance checks: the `X-MBX-APIKEY` header (`-2015`), the `signature` — the
 //! hex HMAC-SHA256 of the query string before it, computed here with its own HMAC over `sha2`
@@ -8,8 +9,10 @@
 //! price with a fill and its commission, a LIMIT order is `NEW`, a duplicate
 //! `newClientOrderId` is `-2010 Duplicate order sent.`, a query or cancel of an unknown order
 //! is `-2013` / `-2011`. [`OrderCue`]s make the next order requests answer otherwise (a
-//! `-2010` rejection, 429/418 with `Retry-After`, a 5xx, a `NEW` market order). Every request
-//! is recorded, with whether its signature verified.
+//! `-2010` rejection, 429/418 with `Retry-After`, a 5xx, a `NEW` market order, an order taken
+//! but never answered). [`BinanceOrderServer::fill`] fills an open order later, as the market
+//! would; its trades are in `myTrades` (by `orderId`, `fromId`) and open orders in `openOrders`.
+//! Every request is recorded, with whether its signature verified.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -55,6 +58,9 @@ pub enum OrderCue {
     Status { status: u16, retry_after: Option<u64> },
     /// A MARKET order stays `NEW` (no fills).
     NoFill,
+    /// The order is taken (and filled, for a MARKET order), but the answer never comes: the
+    /// connection stays silent until the client gives up (a crash or timeout mid-order).
+    Stall,
 }
 
 /// One request as the server saw it.
@@ -75,6 +81,7 @@ struct State {
     cues: VecDeque<OrderCue>,
     requests: Vec<OrderRequest>,
     orders: BTreeMap<String, Value>,
+    trades: Vec<Value>,
     next_id: i64,
 }
 
@@ -205,6 +212,67 @@ impl BinanceOrderServer {
     pub fn orders(&self) -> BTreeMap<String, Value> {
         self.shared.state().orders.clone()
     }
+
+    /// The account's trades (fills), oldest first.
+    pub fn trades(&self) -> Vec<Value> {
+        self.shared.state().trades.clone()
+    }
+
+    /// Fills `qty` of the open order `client_order_id` at `price`, as the market would: a trade
+    /// in `myTrades`, the order `PARTIALLY_FILLED` or `FILLED`. Panics if there is no such open
+    /// order (a test's mistake).
+    pub fn fill(&self, client_order_id: &str, qty: &str, price: &str) {
+        let mut guard = self.shared.state();
+        let st = &mut *guard;
+        let o = st
+            .orders
+            .get_mut(client_order_id)
+            .unwrap_or_else(|| panic!("no order {client_order_id}"));
+        assert!(
+            o["status"] == "NEW" || o["status"] == "PARTIALLY_FILLED",
+            "order {client_order_id} is not open: {}",
+            o["status"]
+        );
+        let num = |v: &Value| v.as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let (q, p) = (
+            qty.parse::<f64>().unwrap_or(0.0),
+            price.parse::<f64>().unwrap_or(0.0),
+        );
+        let executed = num(&o["executedQty"]) + q;
+        let quote = num(&o["cummulativeQuoteQty"]) + q * p;
+        let orig = num(&o["origQty"]);
+        o["executedQty"] = json!(format!("{executed:.8}"));
+        o["cummulativeQuoteQty"] = json!(format!("{quote:.8}"));
+        o["status"] = json!(if executed + 1e-12 >= orig {
+            "FILLED"
+        } else {
+            "PARTIALLY_FILLED"
+        });
+        let now = wall_ms();
+        o["updateTime"] = json!(now);
+        let order_id = o["orderId"].as_i64().unwrap_or(0);
+        let n = st
+            .trades
+            .iter()
+            .filter(|t| t["orderId"].as_i64() == Some(order_id))
+            .count() as i64;
+        let trade = json!({
+            "symbol": o["symbol"],
+            "id": order_id * 10 + n,
+            "orderId": order_id,
+            "orderListId": -1,
+            "price": price,
+            "qty": qty,
+            "quoteQty": format!("{:.8}", q * p),
+            "commission": format!("{:.8}", q * p * self.shared.cfg.commission_rate),
+            "commissionAsset": self.shared.cfg.commission_asset,
+            "time": now,
+            "isBuyer": o["side"] == "BUY",
+            "isMaker": false,
+            "isBestMatch": true,
+        });
+        st.trades.push(trade);
+    }
 }
 
 async fn connection(sock: TcpStream, shared: Arc<Shared>) {
@@ -246,6 +314,12 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>) {
         let mut parts = line.split_whitespace();
         let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let (status, extra, text) = route(&shared, method, target, api_key);
+        if status == STALL {
+            // Taken, never answered: hold the connection until the client drops it.
+            let mut sink = [0u8; 64];
+            while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+            return;
+        }
         let mut head = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\n",
             text.len()
@@ -261,6 +335,24 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>) {
             return;
         }
     }
+}
+
+/// `route`'s status for a request to leave unanswered ([`OrderCue::Stall`]).
+const STALL: u16 = 0;
+
+/// An order as `GET /api/v3/order` and `openOrders` show it.
+fn shown(o: &Value) -> Value {
+    let mut o = o.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("fills");
+        let t = m.remove("transactTime").unwrap_or(Value::Null);
+        m.insert("time".into(), t.clone());
+        if !m.contains_key("updateTime") {
+            m.insert("updateTime".into(), t);
+        }
+        m.insert("isWorking".into(), Value::Bool(true));
+    }
+    o
 }
 
 fn err(code: i64, msg: &str) -> String {
@@ -286,7 +378,7 @@ fn route(
     };
     let mut st = shared.state();
     let (status, extra, body) = (|| {
-        if path != "/api/v3/order" {
+        if !matches!(path, "/api/v3/order" | "/api/v3/openOrders" | "/api/v3/myTrades") {
             return (404, vec![], err(-1, "no such endpoint"));
         }
         if api_key.as_deref() != Some(cfg.api_key.as_str()) {
@@ -335,7 +427,50 @@ fn route(
             _ => {}
         }
         let p = |k: &str| params.get(k).cloned().unwrap_or_default();
-        match method {
+        match (method, path) {
+            ("GET", "/api/v3/openOrders") => {
+                let symbol = p("symbol");
+                let open: Vec<Value> = st
+                    .orders
+                    .values()
+                    .filter(|o| o["status"] == "NEW" || o["status"] == "PARTIALLY_FILLED")
+                    .filter(|o| symbol.is_empty() || o["symbol"] == symbol.as_str())
+                    .map(shown)
+                    .collect();
+                return (200, vec![], Value::Array(open).to_string());
+            }
+            ("GET", "/api/v3/myTrades") => {
+                let symbol = p("symbol");
+                if symbol.is_empty() {
+                    return (
+                        400,
+                        vec![],
+                        err(
+                            -1102,
+                            "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+                        ),
+                    );
+                }
+                let order_id: Option<i64> = params.get("orderId").and_then(|v| v.parse().ok());
+                let from_id: Option<i64> = params.get("fromId").and_then(|v| v.parse().ok());
+                let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(500);
+                let trades: Vec<Value> = st
+                    .trades
+                    .iter()
+                    .filter(|t| t["symbol"] == symbol.as_str())
+                    .filter(|t| order_id.is_none() || t["orderId"].as_i64() == order_id)
+                    .filter(|t| from_id.is_none_or(|f| t["id"].as_i64().unwrap_or(0) >= f))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                return (200, vec![], Value::Array(trades).to_string());
+            }
+            (_, "/api/v3/openOrders" | "/api/v3/myTrades") => {
+                return (405, vec![], err(-1, "method not allowed"));
+            }
+            _ => {}
+        }
+        let reply = match method {
             "POST" => {
                 let coid = p("newClientOrderId");
                 if coid.is_empty() || p("symbol").is_empty() || p("quantity").is_empty() {
@@ -390,22 +525,27 @@ fn route(
                         "commissionAsset": cfg.commission_asset,
                         "tradeId": id * 10,
                     }]);
+                    st.trades.push(json!({
+                        "symbol": p("symbol"),
+                        "id": id * 10,
+                        "orderId": id,
+                        "orderListId": -1,
+                        "price": price_s,
+                        "qty": qty_s,
+                        "quoteQty": format!("{:.8}", qty * price),
+                        "commission": format!("{:.8}", qty * price * cfg.commission_rate),
+                        "commissionAsset": cfg.commission_asset,
+                        "time": now,
+                        "isBuyer": p("side") == "BUY",
+                        "isMaker": false,
+                        "isBestMatch": true,
+                    }));
                 }
                 st.orders.insert(coid, order.clone());
                 (200, vec![], order.to_string())
             }
             "GET" => match st.orders.get(&p("origClientOrderId")) {
-                Some(o) => {
-                    let mut o = o.clone();
-                    if let Some(m) = o.as_object_mut() {
-                        m.remove("fills");
-                        let t = m.remove("transactTime").unwrap_or(Value::Null);
-                        m.insert("time".into(), t.clone());
-                        m.insert("updateTime".into(), t);
-                        m.insert("isWorking".into(), Value::Bool(true));
-                    }
-                    (200, vec![], o.to_string())
-                }
+                Some(o) => (200, vec![], shown(o).to_string()),
                 None => (400, vec![], err(-2013, "Order does not exist.")),
             },
             "DELETE" => {
@@ -425,7 +565,11 @@ fn route(
                 }
             }
             _ => (405, vec![], err(-1, "method not allowed")),
+        };
+        if matches!(cue, Some(OrderCue::Stall)) {
+            return (STALL, vec![], String::new());
         }
+        reply
     })();
     st.requests.push(OrderRequest {
         method: method.to_owned(),

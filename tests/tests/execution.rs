@@ -945,14 +945,14 @@ async fn live_execution_places_one_order_per_intent() {
         (Some(Dec(d("0.1"))), Some("USDT"))
     );
     assert_eq!(u[2].venue, "binance");
+    let first_fill_id = Some(u[2].meta.event_id.clone());
     assert_eq!(u[0].client_order_id, client_order_id("a1", "live-1"));
     assert_eq!(server.requests()[0].params["symbol"], "BTCUSDT");
-    // The same decision again: nothing sent.
-    assert!(ex
-        .handle(AnyEvent::RiskDecision(dcs.clone()))
-        .await
-        .expect("ok")
-        .is_empty());
+    // The same decision again (redelivered: its outputs may not have been published): nothing
+    // sent, the same updates, with the same ids, reported again.
+    let again = updates(&ex.handle(AnyEvent::RiskDecision(dcs.clone())).await.expect("ok"));
+    let ids = |u: &[OrderUpdate]| u.iter().map(|u| u.meta.event_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&u));
     assert_eq!(server.requests().len(), 1);
     // A restarted stage (no memory) sends it, Binance refuses the duplicate, and the existing
     // order is reported: still one order.
@@ -965,8 +965,23 @@ async fn live_execution_places_one_order_per_intent() {
         Some((OrderStatus::Filled, Dec(d("0.002"))))
     );
     assert_eq!(server.orders().len(), 1);
-    let methods: Vec<String> = server.requests().iter().map(|r| r.method.clone()).collect();
-    assert_eq!(methods, vec!["POST", "POST", "GET"]);
+    let methods: Vec<(String, String)> = server
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    // The query's answer has no fills: the order's trades give the fill its trade id.
+    assert_eq!(
+        methods,
+        vec![
+            ("POST".into(), "/api/v3/order".into()),
+            ("POST".into(), "/api/v3/order".into()),
+            ("GET".into(), "/api/v3/order".into()),
+            ("GET".into(), "/api/v3/myTrades".into()),
+        ]
+    );
+    // The same fill id as the first answer's: one fill downstream.
+    assert_eq!(u.last().map(|u| u.meta.event_id.clone()), first_fill_id);
     // A venue rejection becomes a rejected order update; a rate limit is a transient error.
     server.cue(OrderCue::Reject {
         code: -2010,

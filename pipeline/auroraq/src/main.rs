@@ -82,8 +82,10 @@ enum Command {
     Fuse,
     /// Risk role: agents.intents -> risk.decisions, alerts ([risk]).
     Risk,
-    /// Execution role, paper venue: risk.decisions -> exec.orders, exec.fills, exec.portfolio ([execution]).
-    Execute,
+    /// Execution role: risk.decisions -> exec.orders, exec.fills (and exec.portfolio on paper)
+    /// ([execution]). Live venues need [execution] enable_live_trading and the keys in the
+    /// environment (BINANCE_API_KEY, BINANCE_API_SECRET by default).
+    Execute(ExecuteArgs),
     /// Trading agent role: fused signals + prices -> agents.intents ([agents.<name>]).
     Agent {
         /// Which configured agent: auroraq (crypto) or macroq (stocks).
@@ -96,6 +98,33 @@ enum Command {
     /// API role: REST under /api/v1, WebSockets, gRPC SentimentService, the status page at /,
     /// /health, /ready, /metrics ([api]).
     Api(ApiArgs),
+}
+
+#[derive(Args, Debug, Default)]
+struct ExecuteArgs {
+    /// Where orders go: paper (simulated fills), binance-testnet (real orders, test funds) or
+    /// binance (real funds). Default: binance-testnet when [execution] enable_live_trading is
+    /// true, else paper.
+    #[arg(long, value_enum)]
+    venue: Option<VenueArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum VenueArg {
+    Paper,
+    BinanceTestnet,
+    Binance,
+}
+
+impl From<VenueArg> for roles::Venue {
+    fn from(v: VenueArg) -> Self {
+        use roles::Venue;
+        match v {
+            VenueArg::Paper => Venue::Paper,
+            VenueArg::BinanceTestnet => Venue::BinanceTestnet,
+            VenueArg::Binance => Venue::Binance,
+        }
+    }
 }
 
 #[derive(Args, Debug, Default)]
@@ -429,6 +458,10 @@ enum Bench {
         /// The baseline's analyze URL on loopback, e.g. http://127.0.0.1:18001/api/v1/sentiment/analyze.
         #[arg(long)]
         baseline: Option<String>,
+        /// Rounds over every client count (this API's point and the baseline's side by side in each);
+        /// the summary gives medians over rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// PostgreSQL sink rows/s beside a bare tokio-postgres binary COPY loop of the same rows.
     Sink {
@@ -550,7 +583,7 @@ impl Command {
             Command::Sentiment(_) => "sentiment",
             Command::Fuse => "fuse",
             Command::Risk => "risk",
-            Command::Execute => "execute",
+            Command::Execute(_) => "execute",
             Command::Agent { .. } => "agent",
             Command::Api(_) => "api",
         }
@@ -706,9 +739,10 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             clients,
             duration,
             baseline,
+            rounds,
         }) => {
             let d = std::time::Duration::from_secs(duration.max(1));
-            emit(&auroraq_runtime::bench_api::api(&cfg, &clients, d, baseline.as_deref()).await?)?;
+            emit(&auroraq_runtime::bench_api::api(&cfg, &clients, d, baseline.as_deref(), rounds).await?)?;
         }
         #[cfg(not(feature = "api"))]
         Command::Bench(Bench::Api { .. }) => return not_yet("bench api", "`api` cargo feature"),
@@ -771,7 +805,9 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             emit(&roles::fuse(&cfg, bus, stop_on_signals()).await?)?;
         }
         Command::Risk => emit(&roles::risk(&cfg, stop_on_signals()).await?)?,
-        Command::Execute => emit(&roles::execute(&cfg, stop_on_signals()).await?)?,
+        Command::Execute(a) => {
+            emit(&roles::execute(&cfg, a.venue.map(Into::into), stop_on_signals()).await?)?;
+        }
         Command::Agent { name, policy } => {
             emit(&roles::agent_role(&cfg, &name, policy.as_deref(), stop_on_signals()).await?)?;
         }

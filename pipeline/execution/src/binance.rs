@@ -250,6 +250,21 @@ pub struct BinanceFill {
     pub trade_id: Option<i64>,
 }
 
+/// One trade of the account (`GET /api/v3/myTrades`): a fill of one of its orders.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BinanceTrade {
+    pub symbol: String,
+    /// The trade id (a fill's `tradeId`).
+    pub id: i64,
+    pub order_id: i64,
+    pub price: Decimal,
+    pub qty: Decimal,
+    pub commission: Decimal,
+    pub commission_asset: String,
+    /// Milliseconds.
+    pub time_ms: i64,
+}
+
 /// An order as Binance reports it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BinanceOrder {
@@ -391,6 +406,36 @@ struct RawOrder {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawTrade {
+    symbol: String,
+    id: i64,
+    order_id: i64,
+    price: String,
+    qty: String,
+    #[serde(default)]
+    commission: Option<String>,
+    #[serde(default)]
+    commission_asset: Option<String>,
+    time: i64,
+}
+
+impl RawTrade {
+    fn into_trade(self) -> Result<BinanceTrade, String> {
+        Ok(BinanceTrade {
+            symbol: self.symbol,
+            id: self.id,
+            order_id: self.order_id,
+            price: dec(&self.price, "price")?,
+            qty: dec(&self.qty, "qty")?,
+            commission: dec(self.commission.as_deref().unwrap_or("0"), "commission")?,
+            commission_asset: self.commission_asset.unwrap_or_default(),
+            time_ms: self.time,
+        })
+    }
+}
+
+#[derive(Deserialize)]
 struct RawError {
     code: Option<i64>,
     msg: Option<String>,
@@ -435,7 +480,8 @@ impl RawOrder {
     }
 }
 
-/// A Binance spot order client (`POST`, `GET` and `DELETE /api/v3/order`).
+/// A Binance spot order client (`POST`, `GET` and `DELETE /api/v3/order`, `GET
+/// /api/v3/openOrders`, `GET /api/v3/myTrades`).
 pub struct BinanceOrderClient {
     http: reqwest::Client,
     live: LiveTrading,
@@ -452,6 +498,8 @@ impl fmt::Debug for BinanceOrderClient {
 }
 
 const ORDER_PATH: &str = "/api/v3/order";
+const OPEN_ORDERS_PATH: &str = "/api/v3/openOrders";
+const MY_TRADES_PATH: &str = "/api/v3/myTrades";
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -498,11 +546,14 @@ impl BinanceOrderClient {
             .filter(|d| !d.is_zero())
     }
 
-    async fn call(
+    /// Sends a signed request to `path` and returns the body of a 2xx answer; see the module
+    /// documentation for the errors.
+    async fn request(
         &self,
         method: reqwest::Method,
+        path: &'static str,
         params: &[(&str, String)],
-    ) -> Result<BinanceOrder, BinanceOrderError> {
+    ) -> Result<String, BinanceOrderError> {
         let m: &'static str = match method {
             reqwest::Method::POST => "POST",
             reqwest::Method::DELETE => "DELETE",
@@ -516,7 +567,7 @@ impl BinanceOrderClient {
                 {
                     return Err(BinanceOrderError::RateLimited {
                         method: m,
-                        path: ORDER_PATH,
+                        path,
                         status,
                         retry_after: left,
                     });
@@ -524,11 +575,11 @@ impl BinanceOrderClient {
             }
         }
         let url = format!(
-            "{}{ORDER_PATH}?{}",
+            "{}{path}?{}",
             self.live.base_url,
             self.signed_query(params, now_ms())
         );
-        debug!(method = m, path = ORDER_PATH, "binance order request");
+        debug!(method = m, path, "binance signed request");
         let resp = self
             .http
             .request(method, url)
@@ -537,7 +588,7 @@ impl BinanceOrderClient {
             .await
             .map_err(|e| BinanceOrderError::Transport {
                 method: m,
-                path: ORDER_PATH,
+                path,
                 source: e.without_url(),
             })?;
         let status = resp.status().as_u16();
@@ -549,7 +600,7 @@ impl BinanceOrderClient {
             .map(Duration::from_secs);
         let body = resp.text().await.map_err(|e| BinanceOrderError::Transport {
             method: m,
-            path: ORDER_PATH,
+            path,
             source: e.without_url(),
         })?;
         let api_err = || {
@@ -559,41 +610,34 @@ impl BinanceOrderClient {
                 .unwrap_or_else(|| (0, body.chars().take(200).collect()))
         };
         match status {
-            200..=299 => serde_json::from_str::<RawOrder>(&body)
-                .map_err(|e| e.to_string())
-                .and_then(RawOrder::into_order)
-                .map_err(|why| BinanceOrderError::Decode {
-                    method: m,
-                    path: ORDER_PATH,
-                    why,
-                }),
+            200..=299 => Ok(body),
             429 | 418 => {
                 let wait = retry_after.unwrap_or(Duration::from_secs(if status == 418 { 120 } else { 60 }));
-                warn!(method = m, status, retry_after = ?wait, "binance rate limit: requests paused");
+                warn!(method = m, path, status, retry_after = ?wait, "binance rate limit: requests paused");
                 if let Ok(mut g) = self.gate.lock() {
                     *g = Some((Instant::now() + wait, status));
                 }
                 Err(BinanceOrderError::RateLimited {
                     method: m,
-                    path: ORDER_PATH,
+                    path,
                     status,
                     retry_after: wait,
                 })
             }
             400..=499 => {
                 let (code, msg) = api_err();
-                warn!(method = m, status, code, %msg, "binance order error");
+                warn!(method = m, path, status, code, %msg, "binance order error");
                 if matches!(code, -2010 | -2011 | -2013) {
                     Err(BinanceOrderError::Rejected {
                         method: m,
-                        path: ORDER_PATH,
+                        path,
                         code,
                         msg,
                     })
                 } else {
                     Err(BinanceOrderError::Api {
                         method: m,
-                        path: ORDER_PATH,
+                        path,
                         status,
                         code,
                         msg,
@@ -602,15 +646,80 @@ impl BinanceOrderClient {
             }
             _ => {
                 let (_, msg) = api_err();
-                warn!(method = m, status, %msg, "binance order: unknown outcome");
+                warn!(method = m, path, status, %msg, "binance order: unknown outcome");
                 Err(BinanceOrderError::Unknown {
                     method: m,
-                    path: ORDER_PATH,
+                    path,
                     status,
                     msg,
                 })
             }
         }
+    }
+
+    /// A signed request to `/api/v3/order` whose answer is one order.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        params: &[(&str, String)],
+    ) -> Result<BinanceOrder, BinanceOrderError> {
+        let m: &'static str = match method {
+            reqwest::Method::POST => "POST",
+            reqwest::Method::DELETE => "DELETE",
+            _ => "GET",
+        };
+        let body = self.request(method, ORDER_PATH, params).await?;
+        serde_json::from_str::<RawOrder>(&body)
+            .map_err(|e| e.to_string())
+            .and_then(RawOrder::into_order)
+            .map_err(|why| BinanceOrderError::Decode {
+                method: m,
+                path: ORDER_PATH,
+                why,
+            })
+    }
+
+    /// `GET /api/v3/openOrders`: the account's open orders, of `symbol` or (none) of every
+    /// symbol.
+    pub async fn open_orders(&self, symbol: Option<&str>) -> Result<Vec<BinanceOrder>, BinanceOrderError> {
+        let p: Vec<(&str, String)> = symbol.map(|s| ("symbol", s.to_owned())).into_iter().collect();
+        let body = self.request(reqwest::Method::GET, OPEN_ORDERS_PATH, &p).await?;
+        let decode = |why: String| BinanceOrderError::Decode {
+            method: "GET",
+            path: OPEN_ORDERS_PATH,
+            why,
+        };
+        serde_json::from_str::<Vec<RawOrder>>(&body)
+            .map_err(|e| decode(e.to_string()))?
+            .into_iter()
+            .map(|o| o.into_order().map_err(decode))
+            .collect()
+    }
+
+    /// `GET /api/v3/myTrades` of one order (`orderId`): its fills so far, oldest first.
+    pub async fn order_trades(
+        &self,
+        symbol: &str,
+        order_id: i64,
+    ) -> Result<Vec<BinanceTrade>, BinanceOrderError> {
+        let p = vec![
+            ("symbol", symbol.to_owned()),
+            ("orderId", order_id.to_string()),
+            ("limit", "1000".to_owned()),
+        ];
+        let body = self.request(reqwest::Method::GET, MY_TRADES_PATH, &p).await?;
+        let decode = |why: String| BinanceOrderError::Decode {
+            method: "GET",
+            path: MY_TRADES_PATH,
+            why,
+        };
+        let mut trades = serde_json::from_str::<Vec<RawTrade>>(&body)
+            .map_err(|e| decode(e.to_string()))?
+            .into_iter()
+            .map(|t| t.into_trade().map_err(decode))
+            .collect::<Result<Vec<_>, _>>()?;
+        trades.sort_by_key(|t| t.id);
+        Ok(trades)
     }
 
     /// `POST /api/v3/order` with `newOrderRespType=FULL` (fills in the answer).

@@ -7,10 +7,12 @@
 //! - [`performance()`]: total return, CAGR, volatility, Sharpe, Sortino, drawdown, Calmar, win
 //!   rate, turnover and exposure of an equity curve and its trades.
 //! - [`LiveTrading`], [`BinanceOrderClient`], [`LiveExecution`]: real orders, only when
-//!   switched on with credentials.
+//!   switched on with credentials ([`ExecutionConfig::live_trading`] for a [`Venue`]); the
+//!   [journal](journal) of orders in flight, reconciled with the venue after a restart.
 
 pub mod binance;
 pub mod config;
+pub mod journal;
 pub mod live;
 pub mod paper;
 pub mod performance;
@@ -18,10 +20,11 @@ pub mod portfolio;
 
 pub use binance::{
     binance_symbol, hmac_sha256, query_string, sign, BinanceFill, BinanceOrder, BinanceOrderClient,
-    BinanceOrderError, LiveTrading, LiveTradingConfig, LiveTradingError, NewOrder, OrderType,
+    BinanceOrderError, BinanceTrade, LiveTrading, LiveTradingConfig, LiveTradingError, NewOrder, OrderType,
     MAINNET_BASE_URL, TESTNET_BASE_URL,
 };
-pub use config::{ConfigError, ExecutionConfig};
+pub use config::{ConfigError, ExecutionConfig, Venue};
+pub use journal::{Journal, JournalError, JournalFile, JournalOrder};
 pub use live::LiveExecution;
 pub use paper::{client_order_id, fill_message, ExecutionProcessor, Order};
 pub use performance::{

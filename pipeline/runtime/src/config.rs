@@ -25,7 +25,8 @@ pub struct Config {
     pub fusion: auroraq_fusion::FusionConfig,
     /// `[risk]`: VaR, sizing, limits (see pipeline/risk).
     pub risk: auroraq_risk::RiskConfig,
-    /// `[execution]`: the paper venue, fees, slippage, snapshots (see pipeline/execution).
+    /// `[execution]`: the paper venue, fees, slippage, snapshots; the live-trading switch, the
+    /// variables holding the Binance keys, the venues' base URLs (see pipeline/execution).
     pub execution: auroraq_execution::ExecutionConfig,
     /// `[agents.<name>]`: the trading agents; `auroraq` (crypto) and `macroq` (stocks) by default.
     pub agents: std::collections::BTreeMap<String, auroraq_agents::AgentConfig>,
@@ -283,6 +284,8 @@ impl Config {
         let defaults = toml::Table::try_from(Config::default()).context("defaults")?;
         // AURORAQ_* variables that name no section: refused below unless they are not settings.
         let mut unknown: Vec<String> = Vec::new();
+        // AURORAQ_<SECTION>_<KEY> variables whose section has no such key: likewise.
+        let mut no_setting: Vec<(String, String)> = Vec::new();
         for (k, v) in env {
             let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -302,7 +305,9 @@ impl Config {
                 continue;
             };
             let Some(default) = sec_defaults.get(key) else {
-                bail!("environment variable {k}: [{section}] has no setting {key:?}");
+                // Refused below, unless the configuration names it for a secret.
+                no_setting.push((k, format!("[{section}] has no setting {key:?}")));
+                continue;
             };
             let value =
                 parse_env_value(&v, default).with_context(|| format!("environment variable {k}={v:?}"))?;
@@ -322,6 +327,10 @@ impl Config {
         // The variables the configuration names for secrets are read where they are used.
         let named = cfg.secret_env_names();
         unknown.retain(|k| !named.iter().any(|n| n == k));
+        no_setting.retain(|(k, _)| !named.iter().any(|n| n == k));
+        if let Some((k, why)) = no_setting.first() {
+            bail!("environment variable {k}: {why}");
+        }
         if let Some(k) = unknown.first() {
             let sections: Vec<&str> = defaults
                 .iter()
@@ -366,6 +375,9 @@ impl Config {
         {
             bail!("sentiment.max_batch_size, max_batch_tokens and queue must be at least 1");
         }
+        self.execution
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[execution]: {e}"))?;
         self.metrics.validate()?;
         self.tracing.validate()?;
         if !self.redis.url.is_empty() && !self.redis.url.starts_with("redis://") {
@@ -380,7 +392,8 @@ impl Config {
 
 impl Config {
     /// Environment variables the configuration names for secrets (the API's JWT secret, the
-    /// Feedly token), read by their parts rather than as settings.
+    /// Feedly token, the Binance API key and secret of live execution), read by their parts
+    /// rather than as settings.
     fn secret_env_names(&self) -> Vec<String> {
         #[cfg(feature = "api")]
         let jwt = self.api.jwt_secret_env.clone();
@@ -391,7 +404,12 @@ impl Config {
             .and_then(|v| v.as_str())
             .unwrap_or("AURORAQ_JWT_SECRET")
             .to_owned();
-        vec![jwt, self.feedly.token_env.clone()]
+        vec![
+            jwt,
+            self.feedly.token_env.clone(),
+            self.execution.api_key_env.clone(),
+            self.execution.api_secret_env.clone(),
+        ]
     }
 
     /// Points the configuration at another bus (`--bus`).
@@ -655,5 +673,73 @@ mod tests {
         std::fs::write(&back, text).unwrap();
         let r = Config::load(Some(&back), env(&[])).unwrap();
         assert_eq!((r.binance, r.feedly), (c.binance, c.feedly));
+    }
+
+    #[test]
+    fn execution_section_takes_the_live_switch_and_names_the_key_variables() {
+        use auroraq_execution::Venue;
+        let d = Config::load(None, env(&[])).unwrap();
+        assert!(!d.execution.enable_live_trading);
+        assert_eq!(d.execution.venue(None), Venue::Paper);
+        assert_eq!(
+            d.execution.binance_testnet_url,
+            auroraq_execution::TESTNET_BASE_URL
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "[execution]\nenable_live_trading = true\nbinance_testnet_url = \"http://127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&p), env(&[])).unwrap();
+        assert!(c.execution.enable_live_trading);
+        assert_eq!(
+            c.execution.venue(None),
+            Venue::BinanceTestnet,
+            "the default live venue"
+        );
+        assert_eq!(c.execution.venue(Some(Venue::Binance)), Venue::Binance);
+        let c = Config::load(
+            None,
+            env(&[
+                ("AURORAQ_EXECUTION_ENABLE_LIVE_TRADING", "true"),
+                ("AURORAQ_EXECUTION_BINANCE_URL", "http://127.0.0.1:8"),
+                ("BINANCE_API_KEY", "k"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.execution.enable_live_trading);
+        assert_eq!(c.execution.binance_url, "http://127.0.0.1:8");
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_EXECUTION_BINANCE_URL", "ftp://x")])).unwrap_err()
+        );
+        assert!(e.contains("binance_url"), "{e}");
+        // Key variables under the prefix: allowed when the configuration names them, even under
+        // a section's name; refused, saying why, when it does not.
+        std::fs::write(
+            &p,
+            "[execution]\napi_key_env = \"AURORAQ_BINANCE_API_KEY\"\napi_secret_env = \"AURORAQ_BINANCE_API_SECRET\"\n",
+        )
+        .unwrap();
+        let named = env(&[
+            ("AURORAQ_BINANCE_API_KEY", "KEY-abc123"),
+            ("AURORAQ_BINANCE_API_SECRET", "SECRET-xyz789"),
+        ]);
+        let c = Config::load(Some(&p), named.clone()).unwrap();
+        assert_eq!(c.execution.api_key_env, "AURORAQ_BINANCE_API_KEY");
+        let e = format!("{:#}", Config::load(None, named).unwrap_err());
+        assert!(
+            e.contains("AURORAQ_BINANCE_API_KEY") && e.contains("[binance] has no setting"),
+            "{e}"
+        );
+        assert!(!e.contains("KEY-abc123") && !e.contains("SECRET-xyz789"), "{e}");
+        // A key of the section itself is still refused when unknown.
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[("AURORAQ_EXECUTION_ENABLE_LIVE", "true")])).unwrap_err()
+        );
+        assert!(e.contains("enable_live"), "{e}");
     }
 }

@@ -15,6 +15,8 @@ use auroraq_sink_jsonl::JsonlSink;
 use auroraq_stage::{run_subscription, subscribe_stage, Handler, HandlerError, StageMetrics, StageStats};
 use tracing::info;
 
+pub use auroraq_execution::Venue;
+
 use crate::config::Config;
 use crate::wiring::stage_config;
 use auroraq_util::CancellationToken;
@@ -277,11 +279,107 @@ pub async fn risk(cfg: &Config, stop: CancellationToken) -> Result<StageStats> {
     processor_role(cfg, bus, p, stop).await
 }
 
-/// `auroraq execute`: the paper execution stage on the configured bus until stopped.
-pub async fn execute(cfg: &Config, stop: CancellationToken) -> Result<StageStats> {
-    let p = auroraq_execution::ExecutionProcessor::new(cfg.execution.clone())?;
+/// `auroraq execute [--venue paper|binance-testnet|binance]`: the execution stage on the configured
+/// bus until stopped, on `venue` (none: see [`auroraq_execution::ExecutionConfig::venue`]). A live
+/// venue needs `[execution] enable_live_trading` and the keys in the environment variables the
+/// section names; it is refused, saying what is missing, before the bus is touched.
+pub async fn execute(
+    cfg: &Config,
+    venue: Option<auroraq_execution::Venue>,
+    stop: CancellationToken,
+) -> Result<StageStats> {
+    let venue = cfg.execution.venue(venue);
+    let env = |k: &str| std::env::var(k).ok();
+    if venue.is_live() {
+        // Refused before connecting anywhere.
+        cfg.execution.live_trading(venue, env)?;
+    }
     let bus = crate::wiring::connect_bus(&cfg.bus).await?;
-    processor_role(cfg, bus, p, stop).await
+    execute_on(cfg, bus, venue, env, stop).await
+}
+
+/// [`execute`] on `bus`, with the keys looked up by `env`. Logs the venue at start.
+pub async fn execute_on(
+    cfg: &Config,
+    bus: Arc<dyn Bus>,
+    venue: auroraq_execution::Venue,
+    env: impl Fn(&str) -> Option<String>,
+    stop: CancellationToken,
+) -> Result<StageStats> {
+    use auroraq_execution::{BinanceOrderClient, LiveExecution};
+    if !venue.is_live() {
+        info!(
+            venue = venue.as_str(),
+            "execution venue: paper (fills simulated from market data; no orders leave this process)"
+        );
+        let p = auroraq_execution::ExecutionProcessor::new(cfg.execution.clone())?;
+        return processor_role(cfg, bus, p, stop).await;
+    }
+    let ec = &cfg.execution;
+    let live = ec.live_trading(venue, env)?;
+    let funds = if venue == auroraq_execution::Venue::Binance {
+        "REAL FUNDS"
+    } else {
+        "test funds"
+    };
+    info!(
+        venue = venue.as_str(),
+        base_url = live.base_url(),
+        journal = %ec.journal_path(venue).display(),
+        "execution venue: {venue} ({funds}): live orders at {}",
+        live.base_url()
+    );
+    let client = BinanceOrderClient::new(live).context("Binance order client")?;
+    let mut ex = LiveExecution::new(client, &ec.name)
+        .with_venue(venue.as_str())
+        .with_remember(ec.remember)
+        .with_journal(&ec.journal_path(venue))?;
+    let scfg = stage_config(cfg, &ec.name, auroraq_bus::topics::RISK_DECISIONS);
+    let sub = subscribe_stage(&*bus, &scfg).await?;
+    // Reconciled before the first decision: what happened while the stage was down.
+    let missed = ex
+        .reconcile()
+        .await
+        .with_context(|| format!("cannot reconcile order state with {venue}"))?;
+    auroraq_stage::publish_events(&*bus, &missed).await?;
+    let ex = Arc::new(tokio::sync::Mutex::new(ex));
+    if ec.reconcile_interval_secs > 0 {
+        let (ex, bus, stop) = (ex.clone(), bus.clone(), stop.clone());
+        let every = std::time::Duration::from_secs(ec.reconcile_interval_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let polled = ex.lock().await.poll().await;
+                match polled {
+                    Ok(events) if !events.is_empty() => {
+                        if let Err(e) = auroraq_stage::publish_events(&*bus, &events).await {
+                            tracing::warn!(error = %e, count = events.len(), "cannot publish reconciled order updates");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot poll the venue's open orders"),
+                }
+            }
+        });
+    }
+    let metrics = Arc::new(StageMetrics::default());
+    let task = tokio::spawn(run_subscription(bus.clone(), scfg, sub, SharedLive(ex), metrics));
+    until_stopped(bus, task, stop).await
+}
+
+/// The live stage, shared by the stage runner and the poller.
+struct SharedLive(Arc<tokio::sync::Mutex<auroraq_execution::LiveExecution>>);
+
+#[async_trait]
+impl Handler<AnyEvent> for SharedLive {
+    async fn handle(&mut self, ev: AnyEvent) -> Result<Vec<AnyEvent>, HandlerError> {
+        self.0.lock().await.handle(ev).await
+    }
 }
 
 /// `auroraq agent`: the agent `name` (with `policy`, see [`agent`]) on the configured bus until
