@@ -20,6 +20,7 @@ use crate::config::Config;
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
     pub server: String,
+    pub round: usize,
     pub clients: usize,
     pub requests: u64,
     pub errors: u64,
@@ -30,15 +31,32 @@ pub struct Point {
     pub mean_batch_size: Option<f64>,
 }
 
+/// The medians over the rounds at one client count.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub clients: usize,
+    pub auroraq_requests_per_s: f64,
+    pub auroraq_p99_ms: f64,
+    pub mean_batch_size: f64,
+    pub baseline_requests_per_s: Option<f64>,
+    pub baseline_p99_ms: Option<f64>,
+    /// Median requests/s of this API over the baseline's median.
+    pub throughput_ratio: Option<f64>,
+    /// Median p99 of this API over the baseline's median p99.
+    pub p99_ratio: Option<f64>,
+    /// Each round's requests/s ratio (the two points of a round ran one right after the other).
+    pub throughput_ratio_by_round: Vec<f64>,
+}
+
 /// The whole run.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub points: Vec<Point>,
-    /// This API's requests/s over the baseline's, by client count.
-    pub throughput_vs_baseline: Vec<(usize, f64)>,
-    /// This API's p99 over the baseline's, by client count.
-    pub p99_vs_baseline: Vec<(usize, f64)>,
+    /// By client count: medians over the rounds and the ratios.
+    pub summary: Vec<Summary>,
+    pub rounds: usize,
     pub texts: usize,
+    /// Every measured point, in the order measured.
+    pub points: Vec<Point>,
 }
 
 /// Real headlines to send, each once per run at most.
@@ -117,62 +135,115 @@ async fn load(
     Ok((ok, err, lat, secs))
 }
 
+/// One point: `clients` clients on `url` for `duration`.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     server: &str,
+    round: usize,
     url: &str,
     key: Option<&str>,
-    clients: &[usize],
+    clients: usize,
     duration: Duration,
     texts: &Arc<Vec<String>>,
+    offset: usize,
     stats: Option<&auroraq_sentiment::scorer::ScorerStats>,
-) -> Result<Vec<Point>> {
-    let mut points = Vec::new();
-    // Warm-up: threads, connections, the model's first runs.
-    load(url, key, 4, Duration::from_secs(2), texts.clone(), 0).await?;
-    for (n, &c) in clients.iter().enumerate() {
-        let before = stats.map(|s| (s.texts.load(Ordering::Relaxed), s.batches.load(Ordering::Relaxed)));
-        let (ok, err, lat, secs) = load(url, key, c, duration, texts.clone(), 1000 + n * 7919).await?;
-        let mean_batch_size = stats.zip(before).map(|(s, (t0, b0))| {
-            let (t, b) = (
-                s.texts.load(Ordering::Relaxed) - t0,
-                s.batches.load(Ordering::Relaxed) - b0,
-            );
-            t as f64 / b.max(1) as f64
-        });
-        let p = Point {
-            server: server.into(),
-            clients: c,
-            requests: ok,
-            errors: err,
-            requests_per_s: ok as f64 / secs,
-            p50_ms: pct(&lat, 50.0),
-            p99_ms: pct(&lat, 99.0),
-            mean_batch_size,
-        };
-        info!(?p, "measured");
-        eprintln!(
-            "{:<9} {:>3} clients: {:>8.1} req/s  p50 {:>7.1} ms  p99 {:>7.1} ms  errors {}{}",
-            p.server,
-            c,
-            p.requests_per_s,
-            p.p50_ms,
-            p.p99_ms,
-            err,
-            p.mean_batch_size
-                .map(|b| format!("  batch {b:.1}"))
-                .unwrap_or_default()
+) -> Result<Point> {
+    let before = stats.map(|s| (s.texts.load(Ordering::Relaxed), s.batches.load(Ordering::Relaxed)));
+    let (ok, err, lat, secs) = load(url, key, clients, duration, texts.clone(), offset).await?;
+    let mean_batch_size = stats.zip(before).map(|(s, (t0, b0))| {
+        let (t, b) = (
+            s.texts.load(Ordering::Relaxed) - t0,
+            s.batches.load(Ordering::Relaxed) - b0,
         );
-        points.push(p);
-    }
-    Ok(points)
+        t as f64 / b.max(1) as f64
+    });
+    let p = Point {
+        server: server.into(),
+        round,
+        clients,
+        requests: ok,
+        errors: err,
+        requests_per_s: ok as f64 / secs,
+        p50_ms: pct(&lat, 50.0),
+        p99_ms: pct(&lat, 99.0),
+        mean_batch_size,
+    };
+    info!(?p, "measured");
+    eprintln!(
+        "round {round}  {:<9} {:>3} clients: {:>8.1} req/s  p50 {:>7.1} ms  p99 {:>7.1} ms  errors {}{}",
+        p.server,
+        clients,
+        p.requests_per_s,
+        p.p50_ms,
+        p.p99_ms,
+        err,
+        p.mean_batch_size
+            .map(|b| format!("  batch {b:.1}"))
+            .unwrap_or_default()
+    );
+    Ok(p)
 }
 
-/// Measures this API and, when given, the baseline at `baseline` (its analyze URL).
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// The medians over rounds at one client count, and each round's ratios.
+fn summarise(points: &[Point], clients: &[usize]) -> Vec<Summary> {
+    clients
+        .iter()
+        .map(|&c| {
+            let of = |server: &str, f: fn(&Point) -> f64| -> Vec<f64> {
+                points
+                    .iter()
+                    .filter(|p| p.server == server && p.clients == c)
+                    .map(f)
+                    .collect()
+            };
+            let (ours, base) = (
+                of("auroraq", |p| p.requests_per_s),
+                of("baseline", |p| p.requests_per_s),
+            );
+            let (ours99, base99) = (of("auroraq", |p| p.p99_ms), of("baseline", |p| p.p99_ms));
+            let batch = points
+                .iter()
+                .filter(|p| p.server == "auroraq" && p.clients == c)
+                .filter_map(|p| p.mean_batch_size)
+                .collect();
+            let per_round: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b.max(1e-9)).collect();
+            let has_base = !base.is_empty();
+            Summary {
+                clients: c,
+                auroraq_requests_per_s: median(ours.clone()),
+                auroraq_p99_ms: median(ours99.clone()),
+                mean_batch_size: median(batch),
+                baseline_requests_per_s: has_base.then(|| median(base.clone())),
+                baseline_p99_ms: has_base.then(|| median(base99.clone())),
+                throughput_ratio: has_base.then(|| median(ours) / median(base).max(1e-9)),
+                p99_ratio: has_base.then(|| median(ours99) / median(base99).max(1e-9)),
+                throughput_ratio_by_round: per_round,
+            }
+        })
+        .collect()
+}
+
+/// Measures this API and, when given, the baseline at `baseline` (its analyze URL), `rounds`
+/// times over, the two servers' points at a client count one right after the other.
 pub async fn api(
     cfg: &Config,
     clients: &[usize],
     duration: Duration,
     baseline: Option<&str>,
+    rounds: usize,
 ) -> Result<Report> {
     if clients.is_empty() || clients.contains(&0) {
         bail!("--clients must list positive counts, e.g. 1,16,64");
@@ -206,25 +277,42 @@ pub async fn api(
     let running = crate::api::start(&c, bus, &crate::api::ApiOptions::default(), stop.clone()).await?;
     let url = format!("http://{}/api/v1/sentiment/analyze", running.addr);
     let stats = running.state.backends.scorer.as_ref().map(|s| s.stats());
-    let mut points = measure("auroraq", &url, Some(key), clients, duration, &texts, stats).await?;
-    stop.cancel();
+    // Warm-up of both: threads, connections, the model's first runs.
+    load(&url, Some(key), 4, Duration::from_secs(2), texts.clone(), 0).await?;
     if let Some(b) = baseline {
-        points.extend(measure("baseline", b, None, clients, duration, &texts, None).await?);
+        load(b, None, 4, Duration::from_secs(2), texts.clone(), 0).await?;
     }
-    let ratio = |f: fn(&Point) -> f64| -> Vec<(usize, f64)> {
-        clients
-            .iter()
-            .filter_map(|&c| {
-                let ours = points.iter().find(|p| p.server == "auroraq" && p.clients == c)?;
-                let base = points.iter().find(|p| p.server == "baseline" && p.clients == c)?;
-                Some((c, f(ours) / f(base).max(1e-9)))
-            })
-            .collect()
-    };
+    // Rounds, each point of this API right beside the baseline's at the same client count, so
+    // that a slow spell of the machine falls on both; the summary takes medians over rounds.
+    let mut points = Vec::new();
+    for round in 0..rounds.max(1) {
+        for (n, &c) in clients.iter().enumerate() {
+            let offset = 1000 + (round * clients.len() + n) * 7919;
+            points.push(
+                measure(
+                    "auroraq",
+                    round,
+                    &url,
+                    Some(key),
+                    c,
+                    duration,
+                    &texts,
+                    offset,
+                    stats,
+                )
+                .await?,
+            );
+            if let Some(b) = baseline {
+                points.push(measure("baseline", round, b, None, c, duration, &texts, offset, None).await?);
+            }
+        }
+    }
+    stop.cancel();
+    let summary = summarise(&points, clients);
     Ok(Report {
-        throughput_vs_baseline: ratio(|p| p.requests_per_s),
-        p99_vs_baseline: ratio(|p| p.p99_ms),
+        summary,
         texts: texts.len(),
+        rounds: rounds.max(1),
         points,
     })
 }

@@ -45,6 +45,7 @@ pub fn batching(cfg: &Config) -> BatchConfig {
         max_batch_size: s.max_batch_size as usize,
         max_wait: Duration::from_millis(s.max_wait_ms),
         queue: s.queue as usize,
+        ..BatchConfig::default()
     }
 }
 
