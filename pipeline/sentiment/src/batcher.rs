@@ -210,7 +210,9 @@ mod tests {
             let n = 1 + (x % 9) as usize;
             let lengths: Vec<usize> = (0..n)
                 .map(|_| {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     1 + (x >> 33) as usize % 60
                 })
                 .collect();
