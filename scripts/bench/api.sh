@@ -3,7 +3,7 @@
 # (FastAPI + uvicorn calling a transformers pipeline per request) on the default model's weights
 # rebuilt for PyTorch. Everything on loopback.
 #
-#   scripts/bench/api.sh [--clients 1,16,64] [--duration 20]
+#   scripts/bench/api.sh [--clients 1,16,64] [--duration 15] [--rounds 3]
 #
 # Sets up (once) Debian's python3-torch and a venv beside it with transformers, FastAPI, uvicorn and
 # onnx (.auroraq/bench-venv), rebuilds the PyTorch checkpoint (.auroraq/bench/minilm-hf), builds the
