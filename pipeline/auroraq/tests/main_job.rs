@@ -225,3 +225,89 @@ fn the_main_job_on_the_default_data_is_pinned() {
     let s = last_json(&auroraq().args(["run", "--out"]).arg(dir.path()).output().unwrap());
     check(&s, &FULL, "full");
 }
+
+/// `backtest --from-bus` over a NATS stream holding the default data gives the fingerprint of the
+/// backtest of the same files: the first 600 headlines (2 to 13 May 2025) with the BTC bars from
+/// 45 days before them (risk's lookback) to two days after, published with `replay` onto a stream
+/// of the test's own, read back from JetStream and scored by the backtest; both backtests with the
+/// README's analyst configuration `loose.toml` (hourly windows, a looser rule), so that they trade.
+#[test]
+fn backtest_from_a_nats_stream_of_the_default_data_gives_the_files_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(
+            std::fs::File::open(repo_root().join("data/crypto/crypto_news_2025-05_2025-08.csv.gz")).unwrap(),
+        ),
+        &mut text,
+    )
+    .unwrap();
+    let news = dir.path().join("news.csv");
+    std::fs::write(&news, text.lines().take(601).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let all_bars =
+        std::fs::read_to_string(repo_root().join("data/crypto/btc_usd_1h_2024-08_2025-11.csv")).unwrap();
+    let mut lines = all_bars.lines();
+    let mut bars_text = vec![lines.next().unwrap()];
+    bars_text.extend(lines.filter(|l| ("2025-03-18".."2025-05-16").contains(&&l[..10])));
+    let n_bars = bars_text.len() as u64 - 1;
+    let bars = dir.path().join("bars.csv");
+    std::fs::write(&bars, bars_text.join("\n") + "\n").unwrap();
+
+    let config = dir.path().join("loose.toml");
+    std::fs::write(
+        &config,
+        "[agents.auroraq]\nassets = { BTC = \"BTCUSD\" }\n[fusion]\nwindows = [{ size_secs = 3600, slide_secs = 3600 }]\n\
+         [agents.auroraq.rule]\nbuy_above = 0.6\nsell_below = 0.45\nmin_confidence = 0.4\n",
+    )
+    .unwrap();
+    let stream = auroraq_tests::unique("btreal");
+    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
+        stream: stream.to_uppercase(),
+    };
+    let on_nats = |c: &mut Command| {
+        c.env("AURORAQ_BUS_URL", auroraq_tests::nats_url())
+            .env("AURORAQ_BUS_STREAM", stream.to_uppercase())
+            .env("AURORAQ_BUS_SUBJECT_ROOT", &stream);
+    };
+    let backtest = |c: &mut Command| {
+        let s = last_json(&c.arg("--out").arg(dir.path().join("bt")).output().unwrap());
+        let (fp, trades) = (s["fingerprint"].as_str().unwrap_or("").to_owned(), s["trades"].clone());
+        println!("fingerprint {fp}, trades {trades}, events {}", s["events"]);
+        (s, fp, trades)
+    };
+    let (files, files_fp, files_trades) = backtest(
+        auroraq()
+            .arg("--config")
+            .arg(&config)
+            .args(["backtest", "--exchange", "cryptocompare"])
+            .arg(&bars)
+            .arg(&news),
+    );
+    assert_eq!(files["events"].as_u64(), Some(n_bars + 600), "{files}");
+    assert_eq!(files["emitted_by_kind"]["SentimentScore"], 600, "{files}");
+    assert_eq!(files_fp.len(), 64);
+    assert!(files_trades.as_u64().is_some_and(|t| t >= 1), "{files}");
+
+    let mut replay = auroraq();
+    on_nats(&mut replay);
+    let replayed = last_json(
+        &replay
+            .args(["replay", "--stats", "--exchange", "cryptocompare"])
+            .arg(&bars)
+            .arg(&news)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(replayed["published"].as_u64(), Some(n_bars + 600), "{replayed}");
+    let mut from_bus = auroraq();
+    on_nats(&mut from_bus);
+    let (bus, bus_fp, bus_trades) = backtest(
+        from_bus
+            .arg("--config")
+            .arg(&config)
+            .args(["backtest", "--from-bus"]),
+    );
+    assert_eq!(bus["events"], files["events"], "{bus}");
+    assert_eq!(bus_fp, files_fp, "the stream's backtest differs from the files'");
+    assert_eq!(bus_trades, files_trades);
+}
