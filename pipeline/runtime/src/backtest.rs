@@ -18,7 +18,7 @@ use auroraq_backtest::{
 };
 use auroraq_schemas::{AnyEvent, EventKind, Micros};
 use auroraq_stage::Processor;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 
@@ -252,6 +252,14 @@ pub fn run_observed(cfg: &Config, plan: Plan, observe: Option<&mut dyn FnMut(&An
         fingerprint.add(&AnyEvent::FusedSignal(s.clone()))?;
     }
     info!(signals = fused.signals.len(), late = fused.late.len(), "fused");
+    if !fused.late.is_empty() {
+        warn!(
+            late = fused.late.len(),
+            "scores came after their fusion windows had closed and were left out; scores recorded on a bus \
+             by a `score` role on the wall clock carry today's time, not their articles': record them with \
+             stages.clock = \"event\" (AURORAQ_STAGES_CLOCK=event)"
+        );
+    }
 
     let extras = extras(
         cfg,
