@@ -68,6 +68,9 @@ enum Command {
     Tap(TapArgs),
     /// Check every configured dependency and print what is reachable.
     Doctor(DoctorArgs),
+    /// Consumer lag: per group and partition, messages not yet delivered and delivered but not
+    /// yet acked (NATS consumer info; a table, or --json).
+    Lag(LagArgs),
     /// Print the topic naming convention.
     Topics,
     /// Measure throughput.
@@ -439,6 +442,19 @@ struct TapArgs {
 }
 
 #[derive(Args, Debug)]
+struct LagArgs {
+    /// Only this consumer group (e.g. sentiment).
+    #[arg(long)]
+    group: Option<String>,
+    /// One JSON object per print instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Print again every this many seconds until interrupted.
+    #[arg(long, value_name = "SECS")]
+    watch: Option<u64>,
+}
+
+#[derive(Args, Debug)]
 struct DoctorArgs {
     /// Print the checks as JSON instead of a table.
     #[arg(long)]
@@ -577,6 +593,7 @@ impl Command {
             Command::Sink(Sink::Redis { .. }) => "sink-redis",
             Command::Tap(_) => "tap",
             Command::Doctor(_) => "doctor",
+            Command::Lag(_) => "lag",
             Command::Topics => "topics",
             Command::Bench(_) => "bench",
             Command::Score(_) => "score",
@@ -732,6 +749,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             });
+        }
+        Command::Lag(a) => {
+            let bus = connect_bus(&cfg.bus).await?;
+            let every = a.watch.map(|s| std::time::Duration::from_secs(s.max(1)));
+            auroraq_runtime::lag::print(&*bus, a.group.as_deref(), a.json, every, stop_on_signals()).await?;
         }
         Command::Topics => roles::print_topics(),
         #[cfg(feature = "api")]

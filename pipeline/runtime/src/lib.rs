@@ -22,6 +22,7 @@ pub mod bench_api;
 pub mod bench_decode;
 pub mod config;
 pub mod doctor;
+pub mod lag;
 pub mod processes;
 pub mod roles;
 pub mod run;
