@@ -12,6 +12,7 @@
 //! times is dead-lettered, or, if even its dead letter cannot be published, acked with an error
 //! log and counted as dropped (`auroraq_dead_letters_dropped_total`, [`StageStats::dropped`]).
 
+pub mod merge;
 pub mod processor;
 pub mod trace;
 

@@ -1,0 +1,334 @@
+//! Event-time merging of a stage's inputs by watermarks.
+//!
+//! A stage with several inputs (fusion: scores and ticks; agents: fused signals and prices) must see
+//! its events in event-time order, not in the order the bus delivers them. [`Merge`] is the buffer
+//! that does it: deliveries are [pushed](Merge::push) with their [`OrderKey`] (time, then the
+//! documented tie order), each input partition reports how far it has come with a
+//! [watermark](Merge::watermark) ("nothing at or before T follows here"), and [`Merge::ready`]
+//! releases, in key order, everything at or before the *frontier*: the least watermark over every
+//! input partition the stage reads.
+//!
+//! Two things keep it from stalling or growing without bound:
+//! - an input partition that has sent no watermark for `stale_after` stops holding the frontier
+//!   back: for it the merge assumes the bounded lateness instead (the latest time seen anywhere,
+//!   less `lateness`), and [`Merge::stale_inputs`] names it for metrics and logs;
+//! - the buffer holds at most `capacity` items: [`Merge::is_full`] tells the runner to stop
+//!   pulling (backpressure), and when it is full the earliest items are released anyway
+//!   ([`Merge::ready`] counts them as forced).
+//!
+//! An item that arrives at or before a frontier already passed is late: it is released at once
+//! (and counted), never dropped.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
+
+use auroraq_schemas::Micros;
+
+/// Where an event stands in the merged order: its time ([`crate::processor::available_at`]), then
+/// a rank (the tie order of kinds at equal times: market data before the scores and signals
+/// computed from it), then its event id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OrderKey {
+    pub time: Micros,
+    pub rank: u8,
+    pub id: String,
+}
+
+/// An input partition of the stage: a topic filter and a partition number.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Input {
+    pub filter: String,
+    pub partition: u32,
+}
+
+/// Limits of a [`Merge`].
+#[derive(Clone, Debug)]
+pub struct MergeConfig {
+    /// Items buffered at most.
+    pub capacity: usize,
+    /// An input partition without a watermark for this long no longer holds the frontier back.
+    pub stale_after: Duration,
+    /// For a stale input: the frontier is at most the latest time seen less this.
+    pub lateness: Micros,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        MergeConfig {
+            capacity: 65_536,
+            stale_after: Duration::from_secs(30),
+            lateness: 5_000_000,
+        }
+    }
+}
+
+/// Counts of a [`Merge`], for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MergeStats {
+    /// Items released in order, after the frontier passed them.
+    pub in_order: u64,
+    /// Items that came at or before a frontier already passed: released at once.
+    pub late: u64,
+    /// Items released before the frontier passed them because the buffer was full.
+    pub forced: u64,
+}
+
+struct InputState {
+    watermark: Option<Micros>,
+    heard: Instant,
+}
+
+/// The event-time merge buffer (see the module's documentation).
+pub struct Merge<T> {
+    cfg: MergeConfig,
+    inputs: BTreeMap<Input, InputState>,
+    heap: BinaryHeap<Reverse<(OrderKey, u64)>>,
+    items: BTreeMap<u64, T>,
+    seq: u64,
+    /// The frontier released so far: everything at or before it has left.
+    released: Option<Micros>,
+    /// The latest time pushed or watermarked.
+    latest: Option<Micros>,
+    stats: MergeStats,
+}
+
+impl<T> Merge<T> {
+    pub fn new(cfg: MergeConfig) -> Self {
+        Merge {
+            cfg,
+            inputs: BTreeMap::new(),
+            heap: BinaryHeap::new(),
+            items: BTreeMap::new(),
+            seq: 0,
+            released: None,
+            latest: None,
+            stats: MergeStats::default(),
+        }
+    }
+
+    /// Declares an input partition the frontier must wait for (before it has sent anything).
+    pub fn expect(&mut self, input: Input, now: Instant) {
+        self.inputs.entry(input).or_insert(InputState {
+            watermark: None,
+            heard: now,
+        });
+    }
+
+    /// Buffers an item. Returns it at once (with `true`) when it is late: at or before a frontier
+    /// already released, so that order among what follows is kept and nothing is dropped.
+    pub fn push(&mut self, key: OrderKey, item: T) -> Option<(T, bool)> {
+        self.latest = Some(self.latest.map_or(key.time, |l| l.max(key.time)));
+        if self.released.is_some_and(|r| key.time <= r) {
+            self.stats.late += 1;
+            return Some((item, true));
+        }
+        self.seq += 1;
+        self.items.insert(self.seq, item);
+        self.heap.push(Reverse((key, self.seq)));
+        None
+    }
+
+    /// Input `input` has come to `t`: nothing at or before `t` follows on it. Watermarks never go
+    /// back (an older one is ignored).
+    pub fn watermark(&mut self, input: Input, t: Micros, now: Instant) {
+        let s = self.inputs.entry(input).or_insert(InputState {
+            watermark: None,
+            heard: now,
+        });
+        s.watermark = Some(s.watermark.map_or(t, |w| w.max(t)));
+        s.heard = now;
+        self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
+    }
+
+    /// The least watermark over the inputs, stale inputs replaced by the bounded lateness; none
+    /// while a live input has sent no watermark yet (or no input is known).
+    pub fn frontier(&self, now: Instant) -> Option<Micros> {
+        let fallback = self.latest.map(|l| l.saturating_sub(self.cfg.lateness));
+        let mut min: Option<Micros> = None;
+        for s in self.inputs.values() {
+            let stale = now.saturating_duration_since(s.heard) >= self.cfg.stale_after;
+            let w = match (s.watermark, stale) {
+                (_, true) => match (s.watermark, fallback) {
+                    (Some(w), Some(f)) => w.max(f),
+                    (w, f) => w.or(f)?,
+                },
+                (Some(w), false) => w,
+                (None, false) => return None,
+            };
+            min = Some(min.map_or(w, |m| m.min(w)));
+        }
+        min
+    }
+
+    /// The inputs that have sent no watermark for `stale_after`.
+    pub fn stale_inputs(&self, now: Instant) -> Vec<Input> {
+        self.inputs
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.heard) >= self.cfg.stale_after)
+            .map(|(i, _)| i.clone())
+            .collect()
+    }
+
+    /// Items buffered.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The buffer is at capacity: stop taking deliveries until [`Merge::ready`] makes room.
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= self.cfg.capacity
+    }
+
+    pub fn stats(&self) -> &MergeStats {
+        &self.stats
+    }
+
+    /// Releases, in key order, every item at or before the frontier, and while the buffer is
+    /// over capacity the earliest items beyond it.
+    pub fn ready(&mut self, now: Instant) -> Vec<T> {
+        let mut out = Vec::new();
+        if let Some(f) = self.frontier(now) {
+            while let Some(Reverse((key, _))) = self.heap.peek() {
+                if key.time > f {
+                    break;
+                }
+                out.extend(self.pop());
+                self.stats.in_order += 1;
+            }
+            self.released = Some(self.released.map_or(f, |r| r.max(f)));
+        }
+        while self.items.len() > self.cfg.capacity {
+            let Some(Reverse((key, _))) = self.heap.peek() else {
+                break;
+            };
+            let t = key.time;
+            out.extend(self.pop());
+            self.stats.forced += 1;
+            self.released = Some(self.released.map_or(t, |r| r.max(t)));
+        }
+        out
+    }
+
+    /// Everything still buffered, in key order (the input ended).
+    pub fn drain(&mut self) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.items.len());
+        while !self.heap.is_empty() {
+            out.extend(self.pop());
+        }
+        out
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        let Reverse((_, seq)) = self.heap.pop()?;
+        self.items.remove(&seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(time: Micros, rank: u8, id: &str) -> OrderKey {
+        OrderKey {
+            time,
+            rank,
+            id: id.into(),
+        }
+    }
+
+    fn input(filter: &str, partition: u32) -> Input {
+        Input {
+            filter: filter.into(),
+            partition,
+        }
+    }
+
+    #[test]
+    fn releases_in_event_time_order_once_every_input_has_passed() {
+        let t0 = Instant::now();
+        let mut m = Merge::new(MergeConfig::default());
+        let (scores, ticks) = (input("sentiment.scores", 0), input("market.>", 0));
+        m.expect(scores.clone(), t0);
+        m.expect(ticks.clone(), t0);
+        // Arrival order is not time order.
+        assert!(m.push(key(30, 1, "s30"), "s30").is_none());
+        assert!(m.push(key(10, 0, "t10"), "t10").is_none());
+        assert!(m.push(key(20, 1, "s20"), "s20").is_none());
+        assert!(m.push(key(20, 0, "t20"), "t20").is_none());
+        // One input has said nothing yet: nothing can leave.
+        m.watermark(scores.clone(), 30, t0);
+        assert!(m.ready(t0).is_empty());
+        assert_eq!(m.frontier(t0), None);
+        // The other reaches 20: everything at or before 20, ties by rank.
+        m.watermark(ticks.clone(), 20, t0);
+        assert_eq!(m.ready(t0), vec!["t10", "t20", "s20"]);
+        m.watermark(ticks, 40, t0);
+        assert_eq!(m.ready(t0), vec!["s30"]);
+        assert_eq!(m.stats().in_order, 4);
+        // Late: at or before what has been released.
+        assert_eq!(m.push(key(25, 0, "late"), "late"), Some(("late", true)));
+        assert_eq!(m.stats().late, 1);
+    }
+
+    #[test]
+    fn watermarks_never_go_back_and_ties_fall_to_the_id() {
+        let t0 = Instant::now();
+        let mut m = Merge::new(MergeConfig::default());
+        let a = input("a", 0);
+        m.watermark(a.clone(), 50, t0);
+        m.watermark(a.clone(), 10, t0);
+        assert_eq!(m.frontier(t0), Some(50));
+        m.push(key(40, 0, "b"), "b");
+        m.push(key(40, 0, "a"), "a");
+        assert_eq!(m.ready(t0), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_silent_input_falls_back_to_the_bounded_lateness() {
+        let t0 = Instant::now();
+        let cfg = MergeConfig {
+            stale_after: Duration::from_secs(10),
+            lateness: 5,
+            ..MergeConfig::default()
+        };
+        let mut m = Merge::new(cfg);
+        let (busy, idle) = (input("busy", 0), input("idle", 3));
+        m.expect(idle.clone(), t0);
+        m.watermark(busy.clone(), 100, t0);
+        m.push(key(90, 0, "x"), "x");
+        m.push(key(97, 0, "y"), "y");
+        assert!(m.ready(t0).is_empty(), "the idle input holds the frontier");
+        let later = t0 + Duration::from_secs(11);
+        m.watermark(busy, 100, later);
+        assert_eq!(m.stale_inputs(later), vec![idle]);
+        // The idle input counts as the latest time less the lateness: 95.
+        assert_eq!(m.frontier(later), Some(95));
+        assert_eq!(m.ready(later), vec!["x"]);
+    }
+
+    #[test]
+    fn a_full_buffer_releases_its_earliest_items() {
+        let t0 = Instant::now();
+        let cfg = MergeConfig {
+            capacity: 3,
+            ..MergeConfig::default()
+        };
+        let mut m = Merge::new(cfg);
+        m.expect(input("never", 0), t0);
+        for (t, id) in [(5, "e"), (1, "a"), (3, "c"), (2, "b")] {
+            m.push(key(t, 0, id), id);
+        }
+        assert!(m.is_full());
+        assert_eq!(m.ready(t0), vec!["a"]);
+        assert_eq!(m.stats().forced, 1);
+        // An item before what was forced out is late, not lost.
+        assert_eq!(m.push(key(1, 1, "z"), "z"), Some(("z", true)));
+        assert_eq!(m.drain(), vec!["b", "c", "e"]);
+        assert!(m.is_empty());
+    }
+}
