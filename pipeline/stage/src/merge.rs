@@ -16,8 +16,10 @@
 //!   pulling (backpressure), and when it is full the earliest items are released anyway
 //!   ([`Merge::ready`] counts them as forced).
 //!
-//! An item that arrives at or before a frontier already passed is late: it is released at once
-//! (and counted), never dropped.
+//! An item that arrives at or before a frontier already passed is late: [`Merge::push`] hands it
+//! straight back ([`Pushed::Late`], counted) for the runner to send to the stage's late topic; it
+//! never reorders what was released. A redelivery of an item still buffered (same key) is handed
+//! back as [`Pushed::Duplicate`]: the buffered copy stands for both.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -63,6 +65,17 @@ impl Default for MergeConfig {
     }
 }
 
+/// What [`Merge::push`] did with an item.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed<T> {
+    /// Buffered until the frontier passes it.
+    Buffered,
+    /// At or before a frontier already released: handed back, not buffered.
+    Late(T),
+    /// The same key is already buffered (a redelivery): handed back, not buffered.
+    Duplicate(T),
+}
+
 /// Counts of a [`Merge`], for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MergeStats {
@@ -72,6 +85,8 @@ pub struct MergeStats {
     pub late: u64,
     /// Items released before the frontier passed them because the buffer was full.
     pub forced: u64,
+    /// Redeliveries of items still buffered.
+    pub duplicates: u64,
 }
 
 struct InputState {
@@ -85,6 +100,8 @@ pub struct Merge<T> {
     inputs: BTreeMap<Input, InputState>,
     heap: BinaryHeap<Reverse<(OrderKey, u64)>>,
     items: BTreeMap<u64, T>,
+    /// The keys buffered now.
+    keys: std::collections::BTreeSet<OrderKey>,
     seq: u64,
     /// The frontier released so far: everything at or before it has left.
     released: Option<Micros>,
@@ -100,6 +117,7 @@ impl<T> Merge<T> {
             inputs: BTreeMap::new(),
             heap: BinaryHeap::new(),
             items: BTreeMap::new(),
+            keys: std::collections::BTreeSet::new(),
             seq: 0,
             released: None,
             latest: None,
@@ -115,22 +133,26 @@ impl<T> Merge<T> {
         });
     }
 
-    /// Buffers an item. Returns it at once (with `true`) when it is late: at or before a frontier
-    /// already released, so that order among what follows is kept and nothing is dropped.
-    pub fn push(&mut self, key: OrderKey, item: T) -> Option<(T, bool)> {
+    /// Buffers an item, or hands it back when it is late or a redelivery (see [`Pushed`]).
+    pub fn push(&mut self, key: OrderKey, item: T) -> Pushed<T> {
         self.latest = Some(self.latest.map_or(key.time, |l| l.max(key.time)));
         if self.released.is_some_and(|r| key.time <= r) {
             self.stats.late += 1;
-            return Some((item, true));
+            return Pushed::Late(item);
+        }
+        if !self.keys.insert(key.clone()) {
+            self.stats.duplicates += 1;
+            return Pushed::Duplicate(item);
         }
         self.seq += 1;
         self.items.insert(self.seq, item);
         self.heap.push(Reverse((key, self.seq)));
-        None
+        Pushed::Buffered
     }
 
-    /// Input `input` has come to `t`: nothing at or before `t` follows on it. Watermarks never go
-    /// back (an older one is ignored).
+    /// Input `input` has come to `t`: nothing at or before `t` follows on it (a producer that has
+    /// just sent an event at `t` and may send another at the same time says `t - 1`). Watermarks
+    /// never go back (an older one is ignored).
     pub fn watermark(&mut self, input: Input, t: Micros, now: Instant) {
         let s = self.inputs.entry(input).or_insert(InputState {
             watermark: None,
@@ -224,7 +246,8 @@ impl<T> Merge<T> {
     }
 
     fn pop(&mut self) -> Option<T> {
-        let Reverse((_, seq)) = self.heap.pop()?;
+        let Reverse((key, seq)) = self.heap.pop()?;
+        self.keys.remove(&key);
         self.items.remove(&seq)
     }
 }
@@ -256,10 +279,11 @@ mod tests {
         m.expect(scores.clone(), t0);
         m.expect(ticks.clone(), t0);
         // Arrival order is not time order.
-        assert!(m.push(key(30, 1, "s30"), "s30").is_none());
-        assert!(m.push(key(10, 0, "t10"), "t10").is_none());
-        assert!(m.push(key(20, 1, "s20"), "s20").is_none());
-        assert!(m.push(key(20, 0, "t20"), "t20").is_none());
+        assert_eq!(m.push(key(30, 1, "s30"), "s30"), Pushed::Buffered);
+        assert_eq!(m.push(key(10, 0, "t10"), "t10"), Pushed::Buffered);
+        assert_eq!(m.push(key(20, 1, "s20"), "s20"), Pushed::Buffered);
+        assert_eq!(m.push(key(20, 0, "t20"), "t20"), Pushed::Buffered);
+        assert_eq!(m.push(key(20, 0, "t20"), "again"), Pushed::Duplicate("again"));
         // One input has said nothing yet: nothing can leave.
         m.watermark(scores.clone(), 30, t0);
         assert!(m.ready(t0).is_empty());
@@ -271,7 +295,7 @@ mod tests {
         assert_eq!(m.ready(t0), vec!["s30"]);
         assert_eq!(m.stats().in_order, 4);
         // Late: at or before what has been released.
-        assert_eq!(m.push(key(25, 0, "late"), "late"), Some(("late", true)));
+        assert_eq!(m.push(key(25, 0, "late"), "late"), Pushed::Late("late"));
         assert_eq!(m.stats().late, 1);
     }
 
@@ -327,8 +351,65 @@ mod tests {
         assert_eq!(m.ready(t0), vec!["a"]);
         assert_eq!(m.stats().forced, 1);
         // An item before what was forced out is late, not lost.
-        assert_eq!(m.push(key(1, 1, "z"), "z"), Some(("z", true)));
+        assert_eq!(m.push(key(1, 1, "z"), "z"), Pushed::Late("z"));
         assert_eq!(m.drain(), vec!["b", "c", "e"]);
         assert!(m.is_empty());
+    }
+
+    /// The property of the issue: any arrival interleaving of the same events over three input
+    /// partitions, with random redeliveries and watermarks that each input sends after its own
+    /// events, gives one output sequence: the events sorted by key.
+    #[test]
+    fn every_interleaving_and_redelivery_gives_one_sequence() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n.max(1)
+        };
+        // Per input, events in time order (a partition delivers in order), watermarks after them.
+        let mut per_input: Vec<Vec<(Micros, u8, String)>> = vec![Vec::new(); 3];
+        for i in 0..300u64 {
+            let p = (i % 3) as usize;
+            per_input[p].push((rnd(1000) as Micros, p as u8, format!("e{i}")));
+        }
+        for evs in &mut per_input {
+            evs.sort();
+        }
+        let mut expected: Vec<String> = {
+            let mut all: Vec<_> = per_input.iter().flatten().cloned().collect();
+            all.sort();
+            all.into_iter().map(|(_, _, id)| id).collect()
+        };
+        expected.dedup();
+        let t0 = Instant::now();
+        for _ in 0..50 {
+            let mut m = Merge::new(MergeConfig::default());
+            for p in 0..3 {
+                m.expect(input("in", p), t0);
+            }
+            let mut cursor = [0usize; 3];
+            let mut out: Vec<String> = Vec::new();
+            while cursor.iter().zip(&per_input).any(|(c, v)| *c < v.len()) {
+                let p = rnd(3) as usize;
+                let Some((t, r, id)) = per_input[p].get(cursor[p]).cloned() else {
+                    continue;
+                };
+                let k = key(t, r, &id);
+                assert!(!matches!(m.push(k.clone(), id.clone()), Pushed::Late(_)));
+                // A redelivery, sometimes, before the original has left.
+                if rnd(4) == 0 {
+                    assert!(matches!(m.push(k, id.clone()), Pushed::Duplicate(_)));
+                }
+                cursor[p] += 1;
+                // The input's watermark: its next event is not earlier than this one, but may be
+                // at the same time, so nothing before `t` follows: `t - 1`.
+                m.watermark(input("in", p as u32), t - 1, t0);
+                out.extend(m.ready(t0));
+            }
+            out.extend(m.drain());
+            assert_eq!(out, expected);
+        }
     }
 }
