@@ -28,13 +28,27 @@ use std::time::{Duration, Instant};
 use auroraq_schemas::Micros;
 
 /// Where an event stands in the merged order: its time ([`crate::processor::available_at`]), then
-/// a rank (the tie order of kinds at equal times: market data before the scores and signals
-/// computed from it), then its event id.
+/// a rank (the tie order at equal times), then its event id.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OrderKey {
     pub time: Micros,
     pub rank: u8,
     pub id: String,
+}
+
+impl OrderKey {
+    /// The backtest engine's order (`auroraq_backtest::Engine::run`), so that a live stage and a
+    /// backtest see the same sequence: time, then recorded events (rank 0) before derived ones
+    /// (rank 1: a score or signal stamped at the event that closed its window comes after that
+    /// event, as on the bus), then the event id.
+    pub fn of(ev: &auroraq_schemas::AnyEvent) -> OrderKey {
+        let m = ev.meta();
+        OrderKey {
+            time: crate::processor::available_at(ev),
+            rank: u8::from(m.ts_processed.is_some()),
+            id: m.event_id.clone(),
+        }
+    }
 }
 
 /// An input partition of the stage: a topic filter and a partition number.
@@ -411,5 +425,28 @@ mod tests {
             out.extend(m.drain());
             assert_eq!(out, expected);
         }
+    }
+
+    #[test]
+    fn events_order_as_in_the_backtest_engine() {
+        use auroraq_schemas::samples;
+        let all = samples::all();
+        let raw = all
+            .iter()
+            .find(|e| e.meta().ts_processed.is_none())
+            .expect("a recorded sample");
+        let derived = all
+            .iter()
+            .find(|e| e.meta().ts_processed.is_some())
+            .expect("a derived sample");
+        let (a, b) = (OrderKey::of(raw), OrderKey::of(derived));
+        assert_eq!((a.rank, b.rank), (0, 1));
+        assert_eq!(a.id, raw.meta().event_id);
+        assert_eq!(a.time, crate::processor::available_at(raw));
+        let same_time = OrderKey {
+            time: a.time,
+            ..b.clone()
+        };
+        assert!(a < same_time, "recorded before derived at equal times");
     }
 }
