@@ -5,6 +5,10 @@
 //! defines. A reader looks the fingerprint up in the [`registry`] to find the writer schema and
 //! resolves it against its own schema, so readers on a newer schema read data written with an
 //! older one (schema evolution).
+//!
+//! Messages of a kind's current schema are read and written by the typed codec
+//! ([`crate::typed`]: straight between bytes and structs, checking as strictly as
+//! [`crate::strict`]); other writer schemas go through apache-avro ([`decode_generic`]).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -122,6 +126,10 @@ macro_rules! event_kinds {
             pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
                 match self { $( AnyEvent::$variant(e) => encode(e) ),+ }
             }
+            /// [`AnyEvent::encode`] through apache-avro's serde writer ([`encode_generic`]).
+            pub fn encode_generic(&self) -> Result<Vec<u8>, CodecError> {
+                match self { $( AnyEvent::$variant(e) => encode_generic(e) ),+ }
+            }
             /// The event as JSON: its fields plus `"kind"`, decimals as exact strings.
             pub fn to_json(&self) -> serde_json::Value {
                 let mut v = match self { $( AnyEvent::$variant(e) => serde_json::to_value(e) ),+ }
@@ -132,11 +140,28 @@ macro_rules! event_kinds {
                 }
                 v
             }
-            /// Decodes a message of any known kind.
+            /// Decodes a message of any known kind: written with a kind's current schema, straight
+            /// into its struct ([`crate::typed`]); written with another registered schema, through
+            /// [`AnyEvent::decode_generic`].
             pub fn decode(bytes: &[u8]) -> Result<AnyEvent, CodecError> {
+                let (fp, body) = split_header(bytes)?;
+                match crate::typed::fast_kind(fp) {
+                    $( Some(EventKind::$variant) => {
+                        crate::typed::decode_body::<$variant>(EventKind::$variant, body).map(AnyEvent::$variant)
+                    } )+
+                    None => Self::decode_generic(bytes),
+                }
+            }
+            /// Decodes a message of any known kind through apache-avro's schema resolution and
+            /// its `Value` tree (after the [`crate::strict`] check): what [`AnyEvent::decode`] does
+            /// for writer schemas other than the current ones, and the reference its typed path is
+            /// tested against.
+            pub fn decode_generic(bytes: &[u8]) -> Result<AnyEvent, CodecError> {
                 let (fp, _) = split_header(bytes)?;
                 let kind = registry().kind_of(fp).ok_or(CodecError::UnknownSchema(fp))?;
-                match kind { $( EventKind::$variant => decode::<$variant>(bytes).map(AnyEvent::$variant) ),+ }
+                match kind {
+                    $( EventKind::$variant => decode_generic::<$variant>(bytes).map(AnyEvent::$variant) ),+
+                }
             }
         }
 
@@ -145,6 +170,12 @@ macro_rules! event_kinds {
                 const KIND: EventKind = EventKind::$variant;
                 fn meta(&self) -> &Meta { &self.meta }
                 fn meta_mut(&mut self) -> &mut Meta { &mut self.meta }
+                fn decode_current(body: &[u8]) -> Result<Self, CodecError> {
+                    crate::typed::decode_body::<$variant>(Self::KIND, body)
+                }
+                fn encode_current(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+                    crate::typed::encode_body::<$variant>(Self::KIND, self, out)
+                }
             }
             impl From<$variant> for AnyEvent {
                 fn from(e: $variant) -> Self { AnyEvent::$variant(e) }
@@ -261,6 +292,14 @@ pub trait Event: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 's
     const KIND: EventKind;
     fn meta(&self) -> &Meta;
     fn meta_mut(&mut self) -> &mut Meta;
+    /// Decodes a body (no header) written with this kind's current schema, straight into the
+    /// struct ([`crate::typed`]). [`decode`] calls it when the fingerprint says so.
+    #[doc(hidden)]
+    fn decode_current(body: &[u8]) -> Result<Self, CodecError>;
+    /// Appends the event's body (no header) in this kind's current schema ([`crate::typed`]).
+    /// [`encode`] calls it when the kind has a typed writer for its current schema.
+    #[doc(hidden)]
+    fn encode_current(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
 }
 
 /// CRC-64-AVRO fingerprint of a schema's Parsing Canonical Form, as the single-object header holds it.
@@ -284,8 +323,23 @@ pub fn split_header(bytes: &[u8]) -> Result<(u64, &[u8]), CodecError> {
     Ok((u64::from_le_bytes(le), &bytes[HEADER_LEN..]))
 }
 
-/// Encodes an event with its schema's single-object header.
+/// Encodes an event with its schema's single-object header: straight from the struct
+/// ([`crate::typed`]) where the kind has a typed writer for its current schema, else through
+/// [`encode_generic`] (the same bytes).
 pub fn encode<E: Event>(event: &E) -> Result<Vec<u8>, CodecError> {
+    let Some(fp) = crate::typed::fast_fingerprint(E::KIND) else {
+        return encode_generic(event);
+    };
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&fp.to_le_bytes());
+    event.encode_current(&mut out)?;
+    Ok(out)
+}
+
+/// Encodes an event through apache-avro's serde writer: what [`encode`] does for a kind without
+/// a typed writer, and the reference its typed path is tested against.
+pub fn encode_generic<E: Event>(event: &E) -> Result<Vec<u8>, CodecError> {
     let entry = registry().current(E::KIND);
     let kind = E::KIND.name();
     let mut out = Vec::with_capacity(256);
@@ -333,8 +387,22 @@ fn current_writer(kind: EventKind) -> Option<&'static GenericDatumWriter<'static
         .as_ref()
 }
 
-/// Decodes a message into `E`, resolving the writer's schema (found by fingerprint) against `E`'s.
+/// Decodes a message into `E`. Written with `E`'s current schema, it reads straight into the
+/// struct ([`crate::typed`], checking as strictly as [`crate::strict`]); written with another
+/// registered schema of `E`'s kind, through [`decode_generic`].
 pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, CodecError> {
+    let (fp, body) = split_header(bytes)?;
+    if crate::typed::fast_fingerprint(E::KIND) == Some(fp) {
+        return E::decode_current(body);
+    }
+    decode_generic(bytes)
+}
+
+/// Decodes a message into `E` through apache-avro, resolving the writer's schema (found by
+/// fingerprint) against `E`'s: the [`crate::strict`] check, then a `Value` tree, then serde. What
+/// [`decode`] does for writer schemas other than the current one (schema evolution), and the
+/// reference its typed path is tested against.
+pub fn decode_generic<E: Event>(bytes: &[u8]) -> Result<E, CodecError> {
     let (fp, mut body) = split_header(bytes)?;
     let reg = registry();
     let writer = reg.writer(fp).ok_or(CodecError::UnknownSchema(fp))?;

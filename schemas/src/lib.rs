@@ -17,10 +17,11 @@ pub mod routing;
 pub mod samples;
 pub mod strict;
 pub mod trace;
+pub mod typed;
 
 pub use codec::{
-    decode, encode, fingerprint, registry, split_header, AnyEvent, CodecError, Event, EventKind, Incoming,
-    Registry, UnknownKind, HEADER_LEN, MAGIC, MAX_EVENT_BYTES,
+    decode, decode_generic, encode, encode_generic, fingerprint, registry, split_header, AnyEvent,
+    CodecError, Event, EventKind, Incoming, Registry, UnknownKind, HEADER_LEN, MAGIC, MAX_EVENT_BYTES,
 };
 pub use decimal::{Dec, DecError};
 pub use events::*;

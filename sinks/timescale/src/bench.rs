@@ -14,7 +14,14 @@
 //!   redelivery storm costs);
 //! - `sink_bus`: the whole sink on an in-process bus holding the encoded events: receive, Avro
 //!   decode, batch, write, commit, ack;
-//! - `avro_decode`: decoding the same payloads alone, without a database (not a ratio).
+//! - `avro_decode`: decoding the same payloads alone with `AnyEvent::decode` (the typed path),
+//!   without a database (not a ratio).
+//!
+//! Beside them, in [`BenchReport::references`]: `avro_decode_generic`, the same payloads decoded
+//! by `AnyEvent::decode_generic` (apache-avro's `Value` tree, what `avro_decode` measured before
+//! the typed decoder), and `avro_encode` / `avro_encode_generic`, the same events encoded by the
+//! typed writer and by apache-avro's serde writer, so that the codec's gains are ratios within
+//! one run.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -79,6 +86,14 @@ pub struct BenchReport {
     pub batch_rows: usize,
     pub rounds: usize,
     pub paths: Vec<BenchPath>,
+    /// Figures measured for comparison, not paths of the sink, in events/s on one thread:
+    /// `avro_decode_generic`, `avro_encode` (`AnyEvent::encode`, typed) and
+    /// `avro_encode_generic` (`AnyEvent::encode_generic`), on the same events as `sink_bus`.
+    pub references: Vec<BenchPath>,
+    /// `avro_decode` median / `avro_decode_generic` median: the typed decoder's gain.
+    pub decode_typed_vs_generic: Option<f64>,
+    /// `avro_encode` median / `avro_encode_generic` median: the typed encoder's gain.
+    pub encode_typed_vs_generic: Option<f64>,
 }
 
 impl BenchReport {
@@ -271,6 +286,8 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
         "avro_decode",
     ];
     let mut figures: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    // avro_decode_generic, avro_encode, avro_encode_generic.
+    let mut refs: Vec<Vec<f64>> = vec![Vec::new(); 3];
     let mut seq = 0u64;
     let mut next_rows = |n: usize| {
         let r = trades(seq, n);
@@ -348,6 +365,29 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
         if ok != n {
             return Err(SinkError::Bench(format!("{ok} of {n} payloads decoded")));
         }
+
+        let t = Instant::now();
+        let mut ok = 0usize;
+        for p in &payloads {
+            ok += AnyEvent::decode_generic(p).is_ok() as usize;
+        }
+        refs[0].push(rate(t));
+        if ok != n {
+            return Err(SinkError::Bench(format!(
+                "{ok} of {n} payloads decoded on the generic path"
+            )));
+        }
+        // Encoding the same events, both ways (what every producing stage pays per event).
+        for (i, generic) in [(1, false), (2, true)] {
+            let t = Instant::now();
+            let mut bytes = 0usize;
+            for ev in &bus_events {
+                let e = if generic { ev.encode_generic() } else { ev.encode() };
+                bytes += e.map_err(|e| SinkError::Bench(e.to_string()))?.len();
+            }
+            refs[i].push(rate(t));
+            std::hint::black_box(bytes);
+        }
         info!(
             round,
             bare = figures[0][round],
@@ -356,6 +396,19 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
         );
     }
     let bare = median(&figures[0]);
+    let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    let decode_typed_vs_generic = ratio(median(&figures[5]), median(&refs[0]));
+    let encode_typed_vs_generic = ratio(median(&refs[1]), median(&refs[2]));
+    let references = ["avro_decode_generic", "avro_encode", "avro_encode_generic"]
+        .iter()
+        .zip(refs)
+        .map(|(name, rounds)| BenchPath {
+            name: (*name).to_owned(),
+            median: median(&rounds),
+            vs_bare: None,
+            rounds,
+        })
+        .collect();
     let paths = names
         .iter()
         .zip(figures)
@@ -379,6 +432,9 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
         batch_rows: cfg.batch_rows,
         rounds: cfg.rounds,
         paths,
+        references,
+        decode_typed_vs_generic,
+        encode_typed_vs_generic,
     })
 }
 
