@@ -51,7 +51,12 @@ pub struct BusBench {
     pub batch: usize,
     pub figures: Vec<Figure>,
     pub inproc_vs_channel: f64,
+    /// Publish and consume together (one producer, one consumer at once).
     pub nats_vs_bare: Option<f64>,
+    /// Publish only: the bus's `publish` in batches beside async-nats with 4,096 acks outstanding.
+    pub nats_publish_vs_bare: Option<f64>,
+    /// Consume only: a group member acking each delivery beside a bare pull consumer.
+    pub nats_consume_vs_bare: Option<f64>,
 }
 
 /// A realistic event payload of about 200 bytes: a trade with a W3C traceparent.
@@ -226,6 +231,130 @@ async fn bare_nats(url: &str, p: &[(String, Bytes)], batch: usize) -> Result<Fig
     Ok(Figure::new("async-nats JetStream loop (bare)", n, d))
 }
 
+/// The NATS paths measured apart: publish-only (everything stored, timed to the last ack), then
+/// consume-only (a group that existed before the publish reads and acks everything).
+#[cfg(feature = "nats")]
+struct Split {
+    publish: Figure,
+    consume: Figure,
+}
+
+/// Bare async-nats: JetStream publish with message ids and a window of `window` outstanding acks
+/// (the oldest awaited when the window is full), then a pull consumer acking each message.
+#[cfg(feature = "nats")]
+async fn bare_nats_split(url: &str, p: &[(String, Bytes)], window: usize, round: usize) -> Result<Split> {
+    use async_nats::jetstream::{self, consumer::pull, stream};
+    let client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let js = jetstream::new(client.clone());
+    let name = format!("BENCHSPLIT{}X{round}", std::process::id());
+    let subject = format!("benchsplit{}x{round}.x", std::process::id());
+    let _ = js.delete_stream(&name).await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("bench".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 4096,
+            ..Default::default()
+        })
+        .await?;
+    let n = p.len();
+    let t0 = Instant::now();
+    let mut acks = std::collections::VecDeque::with_capacity(window);
+    for (id, b) in p {
+        if acks.len() >= window.max(1) {
+            if let Some(a) = acks.pop_front() {
+                let a: jetstream::context::PublishAckFuture = a;
+                a.await?;
+            }
+        }
+        let m = jetstream::message::PublishMessage::build()
+            .payload(b.clone())
+            .message_id(id);
+        acks.push_back(js.send_publish(subject.clone(), m).await?);
+    }
+    for a in acks {
+        a.await?;
+    }
+    let publish = Figure::new(
+        &format!("async-nats publish only (bare, window {window})"),
+        n,
+        t0.elapsed(),
+    );
+    let t1 = Instant::now();
+    let mut msgs = consumer.stream().max_messages_per_batch(256).messages().await?;
+    let mut got = 0;
+    while got < n {
+        match msgs.next().await {
+            Some(Ok(m)) => {
+                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                got += 1;
+            }
+            Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
+            None => break,
+        }
+    }
+    let consume = Figure::new("async-nats consume only, explicit acks (bare)", got, t1.elapsed());
+    anyhow::ensure!(got == n, "bare JetStream: consumed {got} of {n}");
+    let _ = js.delete_stream(&name).await;
+    Ok(Split { publish, consume })
+}
+
+/// The NATS bus: `publish` in batches of `batch`, then a group's member reading and acking all.
+#[cfg(feature = "nats")]
+async fn bus_nats_split(url: &str, p: &[(String, Bytes)], batch: usize, round: usize) -> Result<Split> {
+    let mut cfg = auroraq_bus::NatsConfig::new(url);
+    cfg.stream = format!("BENCHAQSPLIT{}X{round}", std::process::id());
+    cfg.subject_root = format!("benchaqsplit{}x{round}", std::process::id());
+    cfg.partitions = 1;
+    let bus = Arc::new(auroraq_bus::NatsBus::connect(cfg).await?);
+    let topic = "bench.nats";
+    // The group exists before the publish, so that it keeps everything for the consume phase.
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new("bench", topic).max_in_flight(4096))
+        .await?;
+    let msgs = messages(topic, p);
+    let n = msgs.len();
+    let t0 = Instant::now();
+    let mut it = msgs.into_iter();
+    loop {
+        let chunk: Vec<OutMessage> = it.by_ref().take(batch).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        bus.publish(chunk).await?;
+    }
+    let publish = Figure::new(&format!("auroraq NATS bus publish only (batch {batch})"), n, t0.elapsed());
+    let t1 = Instant::now();
+    let mut got = 0;
+    while got < n {
+        match sub.next().await {
+            Some(Ok(d)) => {
+                d.ack().await?;
+                got += 1;
+            }
+            Some(Err(e)) => return Err(anyhow::Error::from(e)),
+            None => break,
+        }
+    }
+    bus.flush().await?;
+    let consume = Figure::new("auroraq NATS bus consume only", got, t1.elapsed());
+    drop(sub);
+    bus.close().await;
+    let _ = bus.delete_stream().await;
+    anyhow::ensure!(got == n, "NATS bus: consumed {got} of {n}");
+    Ok(Split { publish, consume })
+}
+
 pub async fn bus(
     events: usize,
     nats_events: usize,
@@ -263,6 +392,7 @@ pub async fn bus(
     figures.push(ours);
 
     let mut nats_vs_bare = None;
+    let (mut nats_publish_vs_bare, mut nats_consume_vs_bare) = (None, None);
     #[cfg(feature = "nats")]
     if let Some(url) = nats_url {
         let (mut bare, mut ours) = (Vec::new(), Vec::new());
@@ -289,6 +419,26 @@ pub async fn bus(
         nats_vs_bare = Some(ours.events_per_s / bare.events_per_s);
         figures.push(bare);
         figures.push(ours);
+
+        // Publish and consume apart, bare and ours alternating by round.
+        let (mut bp, mut bc, mut op, mut oc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let b = bare_nats_split(url, &p[..nats_events], 4096, round).await?;
+            bp.push(b.publish);
+            bc.push(b.consume);
+            let o = bus_nats_split(url, &p[..nats_events], batch, round).await?;
+            op.push(o.publish);
+            oc.push(o.consume);
+        }
+        let (bp, bc, op, oc) = (
+            Figure::median(bp),
+            Figure::median(bc),
+            Figure::median(op),
+            Figure::median(oc),
+        );
+        nats_publish_vs_bare = Some(op.events_per_s / bp.events_per_s);
+        nats_consume_vs_bare = Some(oc.events_per_s / bc.events_per_s);
+        figures.extend([bp, op, bc, oc]);
     }
     #[cfg(not(feature = "nats"))]
     let _ = (nats_url, nats_events);
@@ -299,6 +449,8 @@ pub async fn bus(
         figures,
         inproc_vs_channel,
         nats_vs_bare,
+        nats_publish_vs_bare,
+        nats_consume_vs_bare,
     })
 }
 
