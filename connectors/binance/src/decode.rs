@@ -7,6 +7,13 @@
 //! (the `trade` event lost `b`/`a`). A frame that does not parse, has an unknown stream kind, or
 //! carries a price that is not a finite decimal is an error, never a panic.
 //!
+//! Trade, aggregated-trade and depth frames, the most frequent, first go through a one-pass reader
+//! over the frame's bytes (`fast_frame`) that takes only the plain form Binance sends and leaves
+//! anything else to serde; prices go through a one-pass decimal reader with [`Dec::parse`]'s
+//! result; event ids are hashed from a stack buffer, without building their native id. The
+//! events and errors are byte for byte those of the plain serde path
+//! (`tests/decode_equivalence.rs`).
+//!
 //! The same decoder reads spot (Binance, Binance.US) and USDⓈ-M futures frames: futures depth
 //! diffs carry `pu` ([`DepthDiff::prev_final_update_id`]); futures `markPrice` and `forceOrder`
 //! frames decode into [`MarkPrice`] and [`Liquidation`], which have no AuroraQ event type yet
@@ -14,10 +21,13 @@
 
 use std::fmt;
 
-use auroraq_schemas::{BookTicker, Dec, EventKind, Kline, Level, Meta, Micros, Side, TradeTick};
+use auroraq_schemas::{
+    BookTicker, Dec, EventKind, Kline, Level, Meta, Micros, Side, TraceContext, TradeTick,
+};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 
 /// Why a frame could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -272,9 +282,58 @@ struct RawDepth<'a> {
     #[serde(rename = "pu")]
     prev: Option<i64>,
     #[serde(rename = "b", borrow)]
-    bids: Vec<[&'a str; 2]>,
+    bids: Levels<'a>,
     #[serde(rename = "a", borrow)]
-    asks: Vec<[&'a str; 2]>,
+    asks: Levels<'a>,
+}
+
+/// Price levels (`[["price","qty"],...]`) parsed into exact decimals as they are read, with no
+/// list of strings in between. A level that is not two finite decimals does not fail the parse:
+/// the first one is kept (`bad`) and reported after it, in the order the fields are checked, so
+/// a frame with several faults gives the same error it always gave.
+#[derive(Default)]
+struct Levels<'a> {
+    levels: Vec<Level>,
+    bad: Option<&'a str>,
+}
+
+impl<'a> Levels<'a> {
+    fn into_levels(self, field: &'static str) -> Result<Vec<Level>, DecodeError> {
+        match self.bad {
+            Some(v) => Err(bad_decimal(field, v)),
+            None => Ok(self.levels),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Levels<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Levels<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Levels<'a>, A::Error> {
+                let mut out = Levels {
+                    levels: Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024)),
+                    bad: None,
+                };
+                while let Some([p, q]) = seq.next_element::<[&'de str; 2]>()? {
+                    if out.bad.is_some() {
+                        continue;
+                    }
+                    match (parse_dec(p), parse_dec(q)) {
+                        (Some(price), Some(quantity)) => out.levels.push(Level { price, quantity }),
+                        (None, _) => out.bad = Some(p),
+                        (_, None) => out.bad = Some(q),
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -334,9 +393,9 @@ struct RawSnapshot<'a> {
     #[serde(rename = "lastUpdateId")]
     last_update_id: i64,
     #[serde(borrow)]
-    bids: Vec<[&'a str; 2]>,
+    bids: Levels<'a>,
     #[serde(borrow)]
-    asks: Vec<[&'a str; 2]>,
+    asks: Levels<'a>,
 }
 
 /// The payload of one frame, borrowed from the frame's text.
@@ -429,22 +488,142 @@ impl<'de> Deserialize<'de> for Frame<'de> {
     }
 }
 
-fn dec(field: &'static str, s: &str) -> Result<Dec, DecodeError> {
-    Dec::parse(s).map_err(|_| DecodeError::BadDecimal {
+fn bad_decimal(field: &'static str, s: &str) -> DecodeError {
+    DecodeError::BadDecimal {
         field,
         value: s.chars().take(64).collect(),
-    })
+    }
 }
 
-fn levels(field: &'static str, raw: &[[&str; 2]]) -> Result<Vec<Level>, DecodeError> {
-    raw.iter()
-        .map(|[p, q]| {
-            Ok(Level {
-                price: dec(field, p)?,
-                quantity: dec(field, q)?,
-            })
-        })
-        .collect()
+fn dec(field: &'static str, s: &str) -> Result<Dec, DecodeError> {
+    parse_dec(s).ok_or_else(|| bad_decimal(field, s))
+}
+
+/// [`Dec::parse`], with a fast path for what Binance sends: plain digits with at most one `.`
+/// inside, 19 digits or fewer, read in one pass into the same mantissa and scale
+/// (`"0.00123400"` is 123400 at scale 8, trailing zeros kept). Anything else (signs, spaces,
+/// `1.`, `.5`, longer numbers, garbage) goes to [`Dec::parse`], which decides.
+fn parse_dec(s: &str) -> Option<Dec> {
+    let b = s.as_bytes();
+    let (mut m, mut digits, mut scale, mut dot) = (0u64, 0u32, 0u32, false);
+    for &c in b {
+        match c {
+            b'0'..=b'9' => {
+                if digits == 19 {
+                    return Dec::parse(s).ok();
+                }
+                m = m * 10 + u64::from(c - b'0');
+                digits += 1;
+                scale += u32::from(dot);
+            }
+            b'.' if !dot && digits > 0 => dot = true,
+            _ => return Dec::parse(s).ok(),
+        }
+    }
+    if digits == 0 || (dot && scale == 0) {
+        return Dec::parse(s).ok();
+    }
+    Some(Dec(rust_decimal::Decimal::from_i128_with_scale(
+        i128::from(m),
+        scale,
+    )))
+}
+
+/// An integer's decimal digits, on the stack (for ids built without an intermediate string).
+struct Int {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Int {
+    fn new(v: i64) -> Int {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut n = v.unsigned_abs();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if v < 0 {
+            i -= 1;
+            buf[i] = b'-';
+        }
+        Int { buf, start: i }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or_default()
+    }
+}
+
+/// [`Meta::raw`] for the native id made of `native` concatenated, without building it: the
+/// SHA-256 input ([`auroraq_schemas::event_id`]'s length-prefixed kind, source and native id)
+/// is written into one buffer on the stack and hashed once. The same id and trace context as
+/// `Meta::raw(kind, source, &native.concat(), ..)`, byte for byte (tested).
+fn raw_meta(kind: EventKind, source: &str, native: &[&str], ts_event: Micros, ts_ingest: Micros) -> Meta {
+    let kind = kind.as_str();
+    let native_len: usize = native.iter().map(|p| p.len()).sum();
+    let mut buf = [0u8; 128];
+    let total = 24 + kind.len() + source.len() + native_len;
+    let digest = if total <= buf.len() {
+        let mut n = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        };
+        put(&(kind.len() as u64).to_le_bytes());
+        put(kind.as_bytes());
+        put(&(source.len() as u64).to_le_bytes());
+        put(source.as_bytes());
+        put(&(native_len as u64).to_le_bytes());
+        for p in native {
+            put(p.as_bytes());
+        }
+        Sha256::digest(&buf[..n])
+    } else {
+        let mut h = Sha256::new();
+        h.update((kind.len() as u64).to_le_bytes());
+        h.update(kind.as_bytes());
+        h.update((source.len() as u64).to_le_bytes());
+        h.update(source.as_bytes());
+        h.update((native_len as u64).to_le_bytes());
+        for p in native {
+            h.update(p.as_bytes());
+        }
+        h.finalize()
+    };
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 32];
+    for (i, b) in digest[..16].iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    let id = std::str::from_utf8(&hex).unwrap_or_default();
+    // `TraceContext::root_traceparent`: the id is the trace id and its second half the span id,
+    // unless that half is all zeros (an invalid span id), which the function itself handles.
+    let traceparent = if hex[16..].iter().any(|&c| c != b'0') {
+        let mut tp = String::with_capacity(55);
+        tp.push_str("00-");
+        tp.push_str(id);
+        tp.push('-');
+        tp.push_str(&id[16..]);
+        tp.push_str("-01");
+        tp
+    } else {
+        TraceContext::root_traceparent(id)
+    };
+    Meta {
+        traceparent: Some(traceparent),
+        event_id: id.to_owned(),
+        source: source.to_owned(),
+        ts_event,
+        ts_ingest,
+        ..Meta::default()
+    }
 }
 
 /// Milliseconds (Binance) to microseconds (AuroraQ), refusing values that would overflow.
@@ -473,6 +652,24 @@ impl Decoder {
 
     /// Decodes one combined-stream text frame received at `ts_ingest` (µs).
     pub fn frame(&self, text: &str, ts_ingest: Micros) -> Result<MarketEvent, DecodeError> {
+        match fast_frame(text) {
+            Some((_, Fast::Trade(t))) => {
+                return Ok(MarketEvent::Trade(trade_tick(
+                    &self.exchange,
+                    if t.aggregated { ":a" } else { ":t" },
+                    t.symbol,
+                    t.id,
+                    t.price,
+                    t.qty,
+                    t.time,
+                    t.buyer_is_maker,
+                    t.aggregated,
+                    ts_ingest,
+                )?))
+            }
+            Some((stream, Fast::Depth(d))) => return self.payload(stream, Payload::Depth(d), ts_ingest),
+            None => {}
+        }
         let frame: Frame<'_> = serde_json::from_str(text).map_err(|e| classify(e, text))?;
         self.payload(frame.stream, frame.payload, ts_ingest)
     }
@@ -482,9 +679,9 @@ impl Decoder {
         Ok(match p {
             Payload::Trade(t) => MarketEvent::Trade(trade_tick(
                 ex,
-                "t",
+                ":t",
                 t.symbol,
-                t.id,
+                Int::new(t.id).as_str(),
                 t.price,
                 t.qty,
                 t.time,
@@ -494,9 +691,9 @@ impl Decoder {
             )?),
             Payload::AggTrade(t) => MarketEvent::Trade(trade_tick(
                 ex,
-                "a",
+                ":a",
                 t.symbol,
-                t.id,
+                Int::new(t.id).as_str(),
                 t.price,
                 t.qty,
                 t.time,
@@ -507,9 +704,10 @@ impl Decoder {
             Payload::Kline(f) => {
                 let k = f.k;
                 let ts = ms("E", f.event_time)?;
-                let native = format!("{}:{}:{}:{}", f.symbol, k.interval, k.open_time, f.event_time);
+                let (open, event) = (Int::new(k.open_time), Int::new(f.event_time));
+                let native = [f.symbol, ":", k.interval, ":", open.as_str(), ":", event.as_str()];
                 MarketEvent::Kline(Kline {
-                    meta: Meta::raw(EventKind::Kline, ex, &native, ts, ts_ingest),
+                    meta: raw_meta(EventKind::Kline, ex, &native, ts, ts_ingest),
                     exchange: ex.to_owned(),
                     symbol: f.symbol.to_owned(),
                     interval: k.interval.to_owned(),
@@ -531,12 +729,32 @@ impl Decoder {
                     Some(e) => ms("E", e)?,
                     None => ts_ingest,
                 };
-                let native = match t.update_id {
-                    Some(u) => format!("{}:u{u}", t.symbol),
-                    None => format!("{}:r{ts_ingest}:{}:{}", t.symbol, t.bid, t.ask),
+                let meta = match t.update_id {
+                    Some(u) => raw_meta(
+                        EventKind::BookTicker,
+                        ex,
+                        &[t.symbol, ":u", Int::new(u).as_str()],
+                        ts,
+                        ts_ingest,
+                    ),
+                    None => raw_meta(
+                        EventKind::BookTicker,
+                        ex,
+                        &[
+                            t.symbol,
+                            ":r",
+                            Int::new(ts_ingest).as_str(),
+                            ":",
+                            t.bid,
+                            ":",
+                            t.ask,
+                        ],
+                        ts,
+                        ts_ingest,
+                    ),
                 };
                 MarketEvent::Ticker(BookTicker {
-                    meta: Meta::raw(EventKind::BookTicker, ex, &native, ts, ts_ingest),
+                    meta,
                     exchange: ex.to_owned(),
                     symbol: t.symbol.to_owned(),
                     update_id: t.update_id,
@@ -553,8 +771,8 @@ impl Decoder {
                 prev_final_update_id: d.prev,
                 event_time: ms("E", d.event_time)?,
                 ts_ingest,
-                bids: levels("b", &d.bids)?,
-                asks: levels("a", &d.asks)?,
+                bids: d.bids.into_levels("b")?,
+                asks: d.asks.into_levels("a")?,
             }),
             Payload::MarkPrice(m) => MarketEvent::MarkPrice(MarkPrice {
                 symbol: m.symbol.to_owned(),
@@ -610,13 +828,276 @@ impl Decoder {
     }
 }
 
-/// A trade or aggregated trade (`tag` `t` or `a` keeps their ids apart) as a `TradeTick`.
+/// The fields of a trade or aggregated-trade frame, as [`fast_frame`] found them.
+struct FastTrade<'a> {
+    aggregated: bool,
+    symbol: &'a str,
+    /// The id's digits as the frame has them.
+    id: &'a str,
+    price: &'a str,
+    qty: &'a str,
+    time: i64,
+    buyer_is_maker: bool,
+}
+
+/// A cursor over a frame's bytes for [`fast_frame`]. Every method returns `None` for anything
+/// it does not read exactly as serde_json would: the frame then goes the general way.
+struct Scan<'a> {
+    text: &'a str,
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn ws(&mut self) {
+        let b = self.text.as_bytes();
+        while self.i < b.len() && matches!(b[self.i], b' ' | b'\n' | b'\t' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.text.as_bytes().get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    /// A string with no escapes and no control characters (serde_json refuses those raw).
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let b = self.text.as_bytes();
+        let start = self.i;
+        while let Some(&c) = b.get(self.i) {
+            match c {
+                b'"' => {
+                    self.i += 1;
+                    return self.text.get(start..self.i - 1);
+                }
+                b'\\' | 0..=0x1f => return None,
+                _ => self.i += 1,
+            }
+        }
+        None
+    }
+
+    /// An integer of at most 18 digits without leading zeros (surely an `i64`), with its text
+    /// (which is then the integer's decimal form, as `i64::to_string` writes it).
+    fn int(&mut self) -> Option<(i64, &'a str)> {
+        self.ws();
+        let b = self.text.as_bytes();
+        let neg = b.get(self.i) == Some(&b'-');
+        let start = self.i + usize::from(neg);
+        let mut j = start;
+        let mut v: i64 = 0;
+        while let Some(&c) = b.get(j) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            if j - start == 18 {
+                return None;
+            }
+            v = v * 10 + i64::from(c - b'0');
+            j += 1;
+        }
+        let n = j - start;
+        if n == 0 || (n > 1 && b[start] == b'0') || (neg && v == 0) {
+            return None;
+        }
+        // A fraction or exponent makes it a float.
+        if matches!(b.get(j), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let text = self.text.get(self.i..j)?;
+        self.i = j;
+        Some((if neg { -v } else { v }, text))
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        self.ws();
+        let rest = self.text.as_bytes().get(self.i..)?;
+        if rest.starts_with(b"true") {
+            self.i += 4;
+            Some(true)
+        } else if rest.starts_with(b"false") {
+            self.i += 5;
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// `[["price","qty"],...]` into levels, as [`Levels`]' serde reading does.
+    fn levels(&mut self) -> Option<Levels<'a>> {
+        self.eat(b'[')?;
+        let mut out = Levels::default();
+        self.ws();
+        if self.text.as_bytes().get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Some(out);
+        }
+        loop {
+            self.eat(b'[')?;
+            let p = self.string()?;
+            self.eat(b',')?;
+            let q = self.string()?;
+            self.eat(b']')?;
+            if out.bad.is_none() {
+                match (parse_dec(p), parse_dec(q)) {
+                    (Some(price), Some(quantity)) => out.levels.push(Level { price, quantity }),
+                    (None, _) => out.bad = Some(p),
+                    (_, None) => out.bad = Some(q),
+                }
+            }
+            self.ws();
+            let c = *self.text.as_bytes().get(self.i)?;
+            self.i += 1;
+            match c {
+                b',' => {}
+                b']' => return Some(out),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A string, integer or boolean value that is not wanted.
+    fn skip_scalar(&mut self) -> Option<()> {
+        self.ws();
+        match self.text.as_bytes().get(self.i)? {
+            b'"' => self.string().map(|_| ()),
+            b't' | b'f' => self.bool().map(|_| ()),
+            _ => self.int().map(|_| ()),
+        }
+    }
+}
+
+/// Fills `slot` once: serde refuses a duplicate field, so a second one is `None` here too.
+fn once<T>(slot: &mut Option<T>, v: Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(v?);
+    Some(())
+}
+
+/// A frame [`fast_frame`] read.
+enum Fast<'a> {
+    Trade(FastTrade<'a>),
+    Depth(RawDepth<'a>),
+}
+
+/// A `trade`, `aggTrade` or `depth` frame read in one pass over its bytes, when it is in the
+/// plain form Binance sends: `{"stream":..,"data":{..}}` in that order, a payload of strings
+/// without escapes, integers, booleans and (depth) lists of `[price, quantity]` string pairs,
+/// each needed field once. Anything else (`None`) is read by serde as before, which also gives
+/// every error. What this accepts, serde reads to the same values, so the event is the same
+/// (`tests/decode_equivalence.rs` checks it on the real captures and on damaged copies of them).
+fn fast_frame(text: &str) -> Option<(&str, Fast<'_>)> {
+    let mut sc = Scan { text, i: 0 };
+    sc.eat(b'{')?;
+    if sc.string()? != "stream" {
+        return None;
+    }
+    sc.eat(b':')?;
+    let stream = sc.string()?;
+    let kind = stream_kind(stream)?;
+    sc.eat(b',')?;
+    if sc.string()? != "data" {
+        return None;
+    }
+    sc.eat(b':')?;
+    sc.eat(b'{')?;
+    let fast = match kind {
+        StreamKind::Trade => Fast::Trade(trade_body(&mut sc, false)?),
+        StreamKind::AggTrade => Fast::Trade(trade_body(&mut sc, true)?),
+        StreamKind::Depth => Fast::Depth(depth_body(&mut sc)?),
+        _ => return None,
+    };
+    sc.eat(b'}')?;
+    sc.ws();
+    if sc.i != text.len() {
+        return None;
+    }
+    Some((stream, fast))
+}
+
+/// After a payload's field: `,` (more follow, `true`) or its closing `}` (`false`).
+fn more(sc: &mut Scan<'_>) -> Option<bool> {
+    sc.ws();
+    let c = *sc.text.as_bytes().get(sc.i)?;
+    sc.i += 1;
+    match c {
+        b',' => Some(true),
+        b'}' => Some(false),
+        _ => None,
+    }
+}
+
+fn trade_body<'a>(sc: &mut Scan<'a>, aggregated: bool) -> Option<FastTrade<'a>> {
+    let id_key = if aggregated { "a" } else { "t" };
+    let (mut symbol, mut id, mut price, mut qty, mut time, mut maker) = (None, None, None, None, None, None);
+    loop {
+        let key = sc.string()?;
+        sc.eat(b':')?;
+        match key {
+            "s" => once(&mut symbol, sc.string())?,
+            "p" => once(&mut price, sc.string())?,
+            "q" => once(&mut qty, sc.string())?,
+            "T" => once(&mut time, sc.int().map(|(v, _)| v))?,
+            "m" => once(&mut maker, sc.bool())?,
+            k if k == id_key => once(&mut id, sc.int().map(|(_, text)| text))?,
+            _ => sc.skip_scalar()?,
+        }
+        if !more(sc)? {
+            break;
+        }
+    }
+    Some(FastTrade {
+        aggregated,
+        symbol: symbol?,
+        id: id?,
+        price: price?,
+        qty: qty?,
+        time: time?,
+        buyer_is_maker: maker?,
+    })
+}
+
+fn depth_body<'a>(sc: &mut Scan<'a>) -> Option<RawDepth<'a>> {
+    let (mut event_time, mut symbol, mut first, mut last, mut prev, mut bids, mut asks) =
+        (None, None, None, None, None, None, None);
+    loop {
+        let key = sc.string()?;
+        sc.eat(b':')?;
+        match key {
+            "E" => once(&mut event_time, sc.int().map(|(v, _)| v))?,
+            "s" => once(&mut symbol, sc.string())?,
+            "U" => once(&mut first, sc.int().map(|(v, _)| v))?,
+            "u" => once(&mut last, sc.int().map(|(v, _)| v))?,
+            "pu" => once(&mut prev, sc.int().map(|(v, _)| v))?,
+            "b" => once(&mut bids, sc.levels())?,
+            "a" => once(&mut asks, sc.levels())?,
+            _ => sc.skip_scalar()?,
+        }
+        if !more(sc)? {
+            break;
+        }
+    }
+    Some(RawDepth {
+        event_time: event_time?,
+        symbol: symbol?,
+        first: first?,
+        last: last?,
+        prev,
+        bids: bids?,
+        asks: asks?,
+    })
+}
+
+/// A trade or aggregated trade (`tag` `:t` or `:a` keeps their ids apart) as a `TradeTick`.
 #[allow(clippy::too_many_arguments)]
 fn trade_tick(
     ex: &str,
     tag: &str,
     symbol: &str,
-    id: i64,
+    id: &str,
     price: &str,
     qty: &str,
     time: i64,
@@ -626,16 +1107,10 @@ fn trade_tick(
 ) -> Result<TradeTick, DecodeError> {
     let ts = ms("T", time)?;
     Ok(TradeTick {
-        meta: Meta::raw(
-            EventKind::TradeTick,
-            ex,
-            &format!("{symbol}:{tag}{id}"),
-            ts,
-            ts_ingest,
-        ),
+        meta: raw_meta(EventKind::TradeTick, ex, &[symbol, tag, id], ts, ts_ingest),
         exchange: ex.to_owned(),
         symbol: symbol.to_owned(),
-        trade_id: id.to_string(),
+        trade_id: id.to_owned(),
         price: dec("p", price)?,
         quantity: dec("q", qty)?,
         aggressor: aggressor(buyer_is_maker),
@@ -681,8 +1156,8 @@ pub fn snapshot(symbol: &str, body: &str, ts_ingest: Micros) -> Result<DepthSnap
         symbol: symbol.to_ascii_uppercase(),
         last_update_id: raw.last_update_id,
         ts_ingest,
-        bids: levels("bids", &raw.bids)?,
-        asks: levels("asks", &raw.asks)?,
+        bids: raw.bids.into_levels("bids")?,
+        asks: raw.asks.into_levels("asks")?,
     })
 }
 
@@ -932,6 +1407,121 @@ mod tests {
             panic!("not a ticker")
         };
         assert_eq!((t.meta.ts_event, t.meta.ts_ingest), (1_626_992_741_017_000, 77));
+    }
+
+    #[test]
+    fn ids_without_intermediate_strings_are_meta_raw_byte_for_byte() {
+        let long = "x".repeat(300);
+        for (kind, source, native) in [
+            (
+                EventKind::TradeTick,
+                "binance",
+                vec!["BTCUSDT", ":t", "4000000000"],
+            ),
+            (
+                EventKind::Kline,
+                "binance_us",
+                vec!["BNBUSD", ":", "1m", ":", "1", ":", "2"],
+            ),
+            (EventKind::BookTicker, "", vec![]),
+            (
+                EventKind::BookTicker,
+                "binance",
+                vec!["SYM", ":r", "-5", ":", long.as_str()],
+            ),
+            // 128 bytes to hash (24 of lengths, 10, 7, 87): the stack buffer; one more: not.
+            (EventKind::BookTicker, "binance", vec![&long[..87]]),
+            (EventKind::BookTicker, "binance", vec![&long[..88]]),
+        ] {
+            let want = Meta::raw(kind, source, &native.concat(), 3, 4);
+            assert_eq!(raw_meta(kind, source, &native, 3, 4), want, "{kind:?} {native:?}");
+        }
+        for v in [0, 7, -7, 10, 4_000_000_000, i64::MAX, i64::MIN] {
+            assert_eq!(Int::new(v).as_str(), v.to_string());
+        }
+    }
+
+    #[test]
+    fn the_fast_decimal_path_is_dec_parse_exactly() {
+        let mut cases: Vec<String> = [
+            "0",
+            "00",
+            "0.0",
+            "0.00123400",
+            "100",
+            "64000.01000000",
+            "1.",
+            ".5",
+            "-1.5",
+            "+2",
+            " 1",
+            "1 ",
+            "1..2",
+            "1.2.3",
+            "",
+            ".",
+            "NaN",
+            "inf",
+            "1e5",
+            "1E5",
+            "0x10",
+            "١",
+            "9999999999999999999",
+            "99999999999999999999",
+            "1234567890.123456789",
+            "1234567890.1234567890",
+            "0.0000000000000000001",
+            "123456789012345678901234567890",
+            "0.00000000000000000000000000001",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every length around the 19-digit boundary, with the point everywhere.
+        for n in 1..=22 {
+            let digits: String = (0..n).map(|i| char::from(b'1' + (i % 9) as u8)).collect();
+            cases.push(digits.clone());
+            for dot in 1..n {
+                cases.push(format!("{}.{}", &digits[..dot], &digits[dot..]));
+            }
+        }
+        for c in &cases {
+            let fast = parse_dec(c).map(|d| (d.to_parts().ok(), d.0.is_sign_negative()));
+            let slow = Dec::parse(c)
+                .ok()
+                .map(|d| (d.to_parts().ok(), d.0.is_sign_negative()));
+            assert_eq!(fast, slow, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_bad_level_is_the_error_after_the_time_checks() {
+        let d = Decoder::new("binance");
+        let frame = |b: &str, a: &str, e: &str| {
+            format!(
+                r#"{{"stream":"x@depth","data":{{"e":"depthUpdate","E":{e},"s":"X","U":1,"u":2,"b":{b},"a":{a}}}}}"#
+            )
+        };
+        let bad = |f: &str| match d.frame(f, 0) {
+            Err(DecodeError::BadDecimal { field, value }) => Some((field, value)),
+            _ => None,
+        };
+        assert_eq!(
+            bad(&frame(r#"[["1","x"],["y","1"]]"#, r#"[["z","1"]]"#, "1")),
+            Some(("b", "x".to_string()))
+        );
+        assert_eq!(
+            bad(&frame(r#"[["1","1"]]"#, r#"[["1","1"],["2","q"]]"#, "1")),
+            Some(("a", "q".to_string()))
+        );
+        assert!(matches!(
+            d.frame(&frame(r#"[["x","1"]]"#, "[]", "9223372036854775807"), 0),
+            Err(DecodeError::OutOfRange { field: "E", .. })
+        ));
+        assert!(matches!(
+            d.frame(&frame(r#"[["1"]]"#, "[]", "1"), 0),
+            Err(DecodeError::Json(_))
+        ));
     }
 
     impl MarketEvent {

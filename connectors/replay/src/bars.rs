@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use auroraq_schemas::{Dec, EventKind, Kline, Meta, Micros};
+use auroraq_schemas::{AnyEvent, Dec, EventKind, Kline, Meta, Micros};
 
 use crate::time::parse_timestamp;
 
@@ -58,7 +58,7 @@ pub struct Bars {
     pub interval: String,
 }
 
-struct Columns {
+pub(crate) struct Columns {
     time: usize,
     symbol: Option<usize>,
     open: usize,
@@ -72,7 +72,7 @@ struct Columns {
     implied_symbol: Option<String>,
 }
 
-fn find_columns(header: &[String]) -> Option<Columns> {
+pub(crate) fn find_columns(header: &[String]) -> Option<Columns> {
     let idx: HashMap<String, usize> = header
         .iter()
         .enumerate()
@@ -203,95 +203,23 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
         });
     }
 
-    struct Row {
-        line: u64,
-        time: Micros,
-        symbol: String,
-        ohlc: [Dec; 4],
-        volume: Dec,
-        quote_volume: Option<Dec>,
-    }
     let mut parsed: Vec<Row> = Vec::with_capacity(rows.len());
     for (line, rec) in rows {
-        let raw = rec.iter().collect::<Vec<_>>().join(",");
-        let field = |i: usize| rec.get(i).unwrap_or("").trim();
-        let bad = |reason: String| BadRow {
-            line,
-            reason,
-            raw: raw.clone(),
-        };
-        let Some(time) = parse_timestamp(field(cols.time)) else {
-            bad_rows.push(bad(format!("unreadable time {:?}", field(cols.time))));
-            continue;
-        };
-        let mut ohlc = [Dec::ZERO; 4];
-        let mut err = None;
-        for (slot, (name, col)) in ohlc.iter_mut().zip([
-            ("open", cols.open),
-            ("high", cols.high),
-            ("low", cols.low),
-            ("close", cols.close),
-        ]) {
-            match Dec::parse(field(col)) {
-                Ok(d) if d.0.is_sign_negative() => err = Some(format!("negative {name} {:?}", field(col))),
-                Ok(d) => *slot = d,
-                Err(e) => err = Some(format!("{name}: {e}")),
-            }
+        match parse_row(&cols, opts, line, &rec) {
+            Ok(r) => parsed.push(r),
+            Err(b) => bad_rows.push(b),
         }
-        let [o, h, l, c] = ohlc;
-        if err.is_none() && (h < l || h < o || h < c || l > o || l > c) {
-            err = Some(format!("inconsistent bar: open {o} high {h} low {l} close {c}"));
-        }
-        if let Some(e) = err {
-            bad_rows.push(bad(e));
-            continue;
-        }
-        let volume = match cols.volume.map(|i| Dec::parse(field(i))) {
-            None => Dec::ZERO,
-            Some(Ok(v)) => v,
-            Some(Err(e)) => {
-                bad_rows.push(bad(format!("volume: {e}")));
-                continue;
-            }
-        };
-        let quote_volume = cols.quote_volume.and_then(|i| Dec::parse(field(i)).ok());
-        let symbol = opts
-            .symbol
-            .clone()
-            .or_else(|| cols.symbol.map(|i| field(i).to_owned()))
-            .or_else(|| cols.implied_symbol.clone())
-            .unwrap_or_default();
-        if symbol.is_empty() {
-            bad_rows.push(bad("empty symbol".into()));
-            continue;
-        }
-        parsed.push(Row {
-            line,
-            time,
-            symbol: symbol.to_ascii_uppercase(),
-            ohlc,
-            volume,
-            quote_volume,
-        });
     }
     // Oldest first; a stable sort keeps the file's order for equal times.
     parsed.sort_by_key(|r| r.time);
 
-    let step = match opts.interval.as_deref().map(|s| (s, parse_interval(s))) {
-        Some((_, Some(step))) => step,
-        Some((s, None)) => {
-            return Err(BarsError::Io {
-                path: origin.to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad interval {s:?}")),
-            })
-        }
-        None => parsed
+    let step = step_of(opts, origin, || {
+        parsed
             .windows(2)
             .map(|w| w[1].time - w[0].time)
             .filter(|d| *d > 0)
             .min()
-            .unwrap_or(86_400_000_000),
-    };
+    })?;
     let interval = interval_name(step);
     let mut bars = Vec::with_capacity(parsed.len());
     let mut last_key: Option<(String, Micros)> = None;
@@ -306,32 +234,7 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
             continue;
         }
         last_key = Some(key);
-        let close_time = r.time + step - 1;
-        let [open, high, low, close] = r.ohlc;
-        bars.push(Kline {
-            // Recorded bars have no receive time: ingest is taken as the bar's close, so that a
-            // replay is the same every time.
-            meta: Meta::raw(
-                EventKind::Kline,
-                &opts.exchange,
-                &format!("{}:{}:{}", r.symbol, interval, r.time),
-                close_time,
-                close_time,
-            ),
-            exchange: opts.exchange.clone(),
-            symbol: r.symbol,
-            interval: interval.clone(),
-            open_time: r.time,
-            close_time,
-            open,
-            high,
-            low,
-            close,
-            volume: r.volume,
-            quote_volume: r.quote_volume,
-            trades: None,
-            closed: true,
-        });
+        bars.push(kline(r, step, &interval, opts));
     }
     bad_rows.sort_by_key(|b| b.line);
     Ok(Bars {
@@ -339,6 +242,292 @@ pub fn parse_bars(text: &str, origin: &str, opts: &BarsOptions) -> Result<Bars, 
         bad_rows,
         interval,
     })
+}
+
+/// Opens a bar file, decompressing a `.gz` one (by name, as [`read_bars`] does).
+fn open_bars(path: &Path) -> Result<Box<dyn std::io::Read>, BarsError> {
+    let f = std::fs::File::open(path).map_err(|source| BarsError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(f))
+    } else {
+        Box::new(f)
+    })
+}
+
+/// One pass over a bar file's records: `header` until it returns columns, then `row` for each
+/// data record (numbered as [`parse_bars`] numbers them); unreadable records go to `row` too.
+fn each_row(
+    path: &Path,
+    opts: &BarsOptions,
+    mut row: impl FnMut(&Columns, u64, Result<&csv::StringRecord, String>) -> Result<(), crate::ReadError>,
+) -> Result<(), crate::ReadError> {
+    let origin = path.display().to_string();
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(std::io::BufReader::with_capacity(1 << 16, open_bars(path)?));
+    let mut cols: Option<Columns> = None;
+    let mut pending: Vec<(u64, String)> = Vec::new();
+    let mut rec = csv::StringRecord::new();
+    let mut line = 0u64;
+    loop {
+        line += 1;
+        let read = match rdr.read_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => Ok(&rec),
+            Err(e) => {
+                // A reader error on I/O ends the file; a bad record is one bad row.
+                if e.is_io_error() {
+                    return Err(BarsError::Io {
+                        path: origin,
+                        source: std::io::Error::other(e),
+                    }
+                    .into());
+                }
+                Err(format!("unreadable CSV: {e}"))
+            }
+        };
+        match (&cols, read) {
+            (Some(c), r) => row(c, line, r)?,
+            (None, Err(why)) => pending.push((line, why)),
+            (None, Ok(r)) => {
+                let header: Vec<String> = r.iter().map(str::to_owned).collect();
+                cols = find_columns(&header);
+                if cols.is_none() && line >= 20 {
+                    return Err(BarsError::NoHeader { path: origin }.into());
+                }
+                if let Some(c) = &cols {
+                    if c.symbol.is_none() && opts.symbol.is_none() && c.implied_symbol.is_none() {
+                        return Err(BarsError::NoSymbol { path: origin }.into());
+                    }
+                    for (l, why) in pending.drain(..) {
+                        row(c, l, Err(why))?;
+                    }
+                }
+            }
+        }
+    }
+    if cols.is_none() {
+        return Err(BarsError::NoHeader { path: origin }.into());
+    }
+    Ok(())
+}
+
+/// The place of a bar among a file's events when they are sorted by receive time: after every
+/// dead letter of the same time (`seq` of a dead letter is its line), then in the file's order.
+const BAR_SEQ: u64 = 1 << 62;
+
+/// Streams a CSV bar file's events to `emit` with their places (`seq`, see [`BAR_SEQ`]): the
+/// same events [`read_bars`] gives (dead letters for bad and duplicate rows, then the bars),
+/// reading the file twice and holding one row at a time. The first pass checks that the times
+/// only rise or only fall (so that the file's order is the time order, or its reverse, and a
+/// duplicate is next to its twin) and finds the bar length; a file whose times go back and forth
+/// is read whole by [`read_bars`] instead.
+pub fn stream_bars(
+    path: &Path,
+    opts: &BarsOptions,
+    emit: &mut dyn FnMut(u64, AnyEvent) -> Result<(), crate::ReadError>,
+) -> Result<(), crate::ReadError> {
+    let origin = path.display().to_string();
+    let (mut rising, mut falling) = (true, true);
+    let mut prev: Option<Micros> = None;
+    let mut min_gap: Option<Micros> = None;
+    each_row(path, opts, |cols, line, rec| {
+        let Ok(rec) = rec else { return Ok(()) };
+        let Ok(r) = parse_row(cols, opts, line, rec) else {
+            return Ok(());
+        };
+        if let Some(p) = prev {
+            rising &= r.time >= p;
+            falling &= r.time <= p;
+            let gap = (r.time - p).abs();
+            if gap > 0 {
+                min_gap = Some(min_gap.map_or(gap, |m| m.min(gap)));
+            }
+        }
+        prev = Some(r.time);
+        Ok(())
+    })?;
+    let letter = |b: &BadRow| {
+        AnyEvent::DeadLetter(crate::letter(
+            &origin,
+            b.line,
+            "bad_record",
+            &b.reason,
+            b.raw.as_bytes(),
+            0,
+        ))
+    };
+    if !rising && !falling {
+        let bars = read_bars(path, opts)?;
+        for b in &bars.bad_rows {
+            emit(b.line, letter(b))?;
+        }
+        for (i, k) in bars.bars.into_iter().enumerate() {
+            emit(BAR_SEQ + i as u64, AnyEvent::Kline(k))?;
+        }
+        return Ok(());
+    }
+    let step = step_of(opts, &origin, || min_gap)?;
+    let interval = interval_name(step);
+    let mut last: Option<(String, Micros)> = None;
+    each_row(path, opts, |cols, line, rec| {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(why) => {
+                return emit(
+                    line,
+                    letter(&BadRow {
+                        line,
+                        reason: why,
+                        raw: String::new(),
+                    }),
+                )
+            }
+        };
+        let r = match parse_row(cols, opts, line, rec) {
+            Ok(r) => r,
+            Err(b) => return emit(line, letter(&b)),
+        };
+        if last.as_ref().is_some_and(|(s, t)| *t == r.time && *s == r.symbol) {
+            let b = BadRow {
+                line,
+                reason: format!("duplicate bar for {} at {}", r.symbol, r.time),
+                raw: String::new(),
+            };
+            return emit(line, letter(&b));
+        }
+        match &mut last {
+            Some((s, t)) => {
+                s.clone_from(&r.symbol);
+                *t = r.time;
+            }
+            None => last = Some((r.symbol.clone(), r.time)),
+        }
+        emit(BAR_SEQ + line, AnyEvent::Kline(kline(r, step, &interval, opts)))
+    })
+}
+
+/// A row read into a bar's fields.
+pub(crate) struct Row {
+    pub(crate) line: u64,
+    pub(crate) time: Micros,
+    pub(crate) symbol: String,
+    ohlc: [Dec; 4],
+    volume: Dec,
+    quote_volume: Option<Dec>,
+}
+
+/// Reads one data row (`line` of the file), or says why it is no bar.
+pub(crate) fn parse_row(
+    cols: &Columns,
+    opts: &BarsOptions,
+    line: u64,
+    rec: &csv::StringRecord,
+) -> Result<Row, BadRow> {
+    let field = |i: usize| rec.get(i).unwrap_or("").trim();
+    let bad = |reason: String| BadRow {
+        line,
+        reason,
+        raw: rec.iter().collect::<Vec<_>>().join(","),
+    };
+    let Some(time) = parse_timestamp(field(cols.time)) else {
+        return Err(bad(format!("unreadable time {:?}", field(cols.time))));
+    };
+    let mut ohlc = [Dec::ZERO; 4];
+    let mut err = None;
+    for (slot, (name, col)) in ohlc.iter_mut().zip([
+        ("open", cols.open),
+        ("high", cols.high),
+        ("low", cols.low),
+        ("close", cols.close),
+    ]) {
+        match Dec::parse(field(col)) {
+            Ok(d) if d.0.is_sign_negative() => err = Some(format!("negative {name} {:?}", field(col))),
+            Ok(d) => *slot = d,
+            Err(e) => err = Some(format!("{name}: {e}")),
+        }
+    }
+    let [o, h, l, c] = ohlc;
+    if err.is_none() && (h < l || h < o || h < c || l > o || l > c) {
+        err = Some(format!("inconsistent bar: open {o} high {h} low {l} close {c}"));
+    }
+    if let Some(e) = err {
+        return Err(bad(e));
+    }
+    let volume = match cols.volume.map(|i| Dec::parse(field(i))) {
+        None => Dec::ZERO,
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return Err(bad(format!("volume: {e}"))),
+    };
+    let quote_volume = cols.quote_volume.and_then(|i| Dec::parse(field(i)).ok());
+    let symbol = opts
+        .symbol
+        .clone()
+        .or_else(|| cols.symbol.map(|i| field(i).to_owned()))
+        .or_else(|| cols.implied_symbol.clone())
+        .unwrap_or_default();
+    if symbol.is_empty() {
+        return Err(bad("empty symbol".into()));
+    }
+    Ok(Row {
+        line,
+        time,
+        symbol: symbol.to_ascii_uppercase(),
+        ohlc,
+        volume,
+        quote_volume,
+    })
+}
+
+/// The bar length: the one given, else the smallest positive gap between consecutive times
+/// (`min_gap`), else a day.
+pub(crate) fn step_of(
+    opts: &BarsOptions,
+    origin: &str,
+    min_gap: impl FnOnce() -> Option<Micros>,
+) -> Result<Micros, BarsError> {
+    match opts.interval.as_deref().map(|s| (s, parse_interval(s))) {
+        Some((_, Some(step))) => Ok(step),
+        Some((s, None)) => Err(BarsError::Io {
+            path: origin.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad interval {s:?}")),
+        }),
+        None => Ok(min_gap().unwrap_or(86_400_000_000)),
+    }
+}
+
+/// The bar of a row.
+pub(crate) fn kline(r: Row, step: Micros, interval: &str, opts: &BarsOptions) -> Kline {
+    let close_time = r.time + step - 1;
+    let [open, high, low, close] = r.ohlc;
+    Kline {
+        // Recorded bars have no receive time: ingest is taken as the bar's close, so that a
+        // replay is the same every time.
+        meta: Meta::raw(
+            EventKind::Kline,
+            &opts.exchange,
+            &format!("{}:{}:{}", r.symbol, interval, r.time),
+            close_time,
+            close_time,
+        ),
+        exchange: opts.exchange.clone(),
+        symbol: r.symbol,
+        interval: interval.to_owned(),
+        open_time: r.time,
+        close_time,
+        open,
+        high,
+        low,
+        close,
+        volume: r.volume,
+        quote_volume: r.quote_volume,
+        trades: None,
+        closed: true,
+    }
 }
 
 #[cfg(test)]

@@ -91,36 +91,66 @@ fn exchange_name(barter: &str) -> String {
 
 /// Reads one barter recording. `instruments` maps indexes to symbols.
 pub fn read_barter(path: &Path, instruments: &[String]) -> Result<Vec<AnyEvent>, ReadError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
-        path: origin.clone(),
-        source,
+    let mut out = Vec::new();
+    stream_barter(path, instruments, &mut |ev| {
+        out.push(ev);
+        Ok(())
     })?;
-    let mut events = Vec::new();
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(trimmed).map_err(|source| ReadError::Json {
-            path: origin.clone(),
-            source,
-        })?;
-        for (i, item) in items.iter().enumerate() {
-            read_item(item.get(), &origin, i as u64 + 1, instruments, &mut events);
-        }
-    } else {
-        for (i, line) in text.lines().enumerate() {
-            if !line.trim().is_empty() {
-                read_item(line, &origin, i as u64 + 1, instruments, &mut events);
-            }
-        }
-    }
-    Ok(events)
+    Ok(out)
 }
 
-fn read_item(text: &str, origin: &str, line: u64, instruments: &[String], out: &mut Vec<AnyEvent>) {
+/// [`read_barter`], each event to `emit` as it is read: JSON lines one line at a time; a JSON
+/// array (one document) is read whole.
+pub fn stream_barter(
+    path: &Path,
+    instruments: &[String],
+    emit: &mut dyn FnMut(AnyEvent) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let origin = path.display().to_string();
+    let io = |source| ReadError::Io {
+        path: origin.clone(),
+        source,
+    };
+    // The first non-blank byte tells an array from JSON lines.
+    let mut head = [0u8; 4096];
+    let n = std::io::Read::read(&mut std::fs::File::open(path).map_err(io)?, &mut head).map_err(io)?;
+    let head = String::from_utf8_lossy(&head[..n]);
+    let head = head.trim_start();
+    // (A head of blanks only decides nothing: the whole text does, as it always did.)
+    if head.starts_with('[') || head.is_empty() {
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('[') {
+            let items: Vec<&RawValue> = serde_json::from_str(trimmed).map_err(|source| ReadError::Json {
+                path: origin.clone(),
+                source,
+            })?;
+            for (i, item) in items.iter().enumerate() {
+                read_item(item.get(), &origin, i as u64 + 1, instruments, emit)?;
+            }
+            return Ok(());
+        }
+    }
+    for l in crate::stream::lines(path)? {
+        let (n, line) = l.map_err(io)?;
+        if !line.trim().is_empty() {
+            read_item(&line, &origin, n, instruments, emit)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_item(
+    text: &str,
+    origin: &str,
+    line: u64,
+    instruments: &[String],
+    emit: &mut dyn FnMut(AnyEvent) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
     match item(text, origin, line, instruments) {
-        Ok(Some(ev)) => out.push(fit(ev, origin, line, text.as_bytes())),
-        Ok(None) => {}
-        Err((reason, error, ts)) => out.push(AnyEvent::DeadLetter(letter(
+        Ok(Some(ev)) => emit(fit(ev, origin, line, text.as_bytes())),
+        Ok(None) => Ok(()),
+        Err((reason, error, ts)) => emit(AnyEvent::DeadLetter(letter(
             origin,
             line,
             reason,

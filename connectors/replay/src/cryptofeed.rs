@@ -99,6 +99,21 @@ fn exchange_id(path: &Path) -> Option<&str> {
 /// Reads cryptofeed capture files (`.ws.` and `.http.` ones; the `.http.` siblings of a `.ws.`
 /// file are found by name when not given) into events, each venue's in receive order.
 pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
+    let mut out = Vec::new();
+    stream_cryptofeed(files, &mut |ev| {
+        out.push(ev);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`read_cryptofeed`], each event to `emit` as it is made. A venue's files are merged by
+/// receive time one line at a time (each file is in receive order, as cryptofeed writes it); a
+/// file that is not is read whole and sorted, as before.
+pub fn stream_cryptofeed(
+    files: &[PathBuf],
+    emit: &mut dyn FnMut(AnyEvent) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
     let mut paths: Vec<PathBuf> = files.to_vec();
     for f in files {
         for s in sibling_http_files(f) {
@@ -126,54 +141,180 @@ pub fn read_cryptofeed(files: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
             .1
             .push(p);
     }
-    let mut events = Vec::new();
     for (venue, paths) in venues.into_values() {
-        events.extend(read_venue(venue, &paths)?);
+        read_venue(venue, &paths, emit)?;
     }
-    Ok(events)
+    Ok(())
 }
 
-/// One venue's capture files, merged by receive time.
-fn read_venue(venue: Venue, paths: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadError> {
-    let mut texts = Vec::with_capacity(paths.len());
-    for p in paths {
-        texts.push(std::fs::read_to_string(p).map_err(|source| ReadError::Io {
-            path: p.display().to_string(),
-            source,
-        })?);
-    }
-    let exchange = venue.name().to_owned();
-    let rule = venue.depth_rule();
-    let origins: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let (mut mark_prices, mut liquidations) = (0u64, 0u64);
+const NOT_A_LINE: &str =
+    "not a cryptofeed capture line (`<ts>: <json>`, `<url> <-> <ts>` or `<url> -> <ts>: <body>`)";
 
-    let mut events = Vec::new();
-    let mut lines = Vec::new();
-    for (fi, text) in texts.iter().enumerate() {
-        for (li, raw) in text.lines().enumerate() {
-            let line = li as u64 + 1;
+/// One venue's capture files, merged by receive time: first the dead letters of lines that are
+/// no capture lines (by file and line), then what the lines give in receive order (ties in file
+/// and line order).
+fn read_venue(
+    venue: Venue,
+    paths: &[PathBuf],
+    emit: &mut dyn FnMut(AnyEvent) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let origins: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let io = |fi: usize| {
+        let path = origins[fi].clone();
+        move |source| ReadError::Io { path, source }
+    };
+    // A first pass: the bad lines, and whether each file is in receive order.
+    let mut in_order = true;
+    for (fi, p) in paths.iter().enumerate() {
+        let mut last = Micros::MIN;
+        for l in crate::stream::lines(p)? {
+            let (line, raw) = l.map_err(io(fi))?;
             if raw.trim().is_empty() {
                 continue;
             }
-            match parse_line(raw) {
-                Some((ts, item)) => lines.push(Line { ts, file: fi, line, item }),
-                None => events.push(AnyEvent::DeadLetter(letter(
+            match parse_line(&raw) {
+                Some((ts, _)) => {
+                    in_order &= ts >= last;
+                    last = ts;
+                }
+                None => emit(AnyEvent::DeadLetter(letter(
                     &origins[fi],
                     line,
                     "bad_record",
-                    "not a cryptofeed capture line (`<ts>: <json>`, `<url> <-> <ts>` or `<url> -> <ts>: <body>`)",
+                    NOT_A_LINE,
                     raw.as_bytes(),
                     0,
-                ))),
+                )))?,
             }
         }
     }
-    // Receive order; ties keep file and line order.
-    lines.sort_by_key(|l| (l.ts, l.file, l.line));
+    let mut sync = VenueSync::new(venue, &origins);
+    if !in_order {
+        // Read whole and sorted.
+        let mut texts = Vec::with_capacity(paths.len());
+        for (fi, p) in paths.iter().enumerate() {
+            texts.push(std::fs::read_to_string(p).map_err(io(fi))?);
+        }
+        let mut lines = Vec::new();
+        for (fi, text) in texts.iter().enumerate() {
+            for (li, raw) in text.lines().enumerate() {
+                if raw.trim().is_empty() {
+                    continue;
+                }
+                if let Some((ts, item)) = parse_line(raw) {
+                    lines.push(Line {
+                        ts,
+                        file: fi,
+                        line: li as u64 + 1,
+                        item,
+                    });
+                }
+            }
+        }
+        lines.sort_by_key(|l| (l.ts, l.file, l.line));
+        for l in lines {
+            sync.line(l, emit)?;
+        }
+        sync.finish();
+        return Ok(());
+    }
+    // Each file in receive order: a k-way merge holding one line per file.
+    let mut readers = Vec::with_capacity(paths.len());
+    for p in paths {
+        readers.push(crate::stream::lines(p)?);
+    }
+    let mut heads: Vec<Option<(Micros, u64, String)>> = Vec::with_capacity(paths.len());
+    let next = |fi: usize,
+                r: &mut dyn Iterator<Item = std::io::Result<(u64, String)>>|
+     -> Result<Option<(Micros, u64, String)>, ReadError> {
+        for l in r {
+            let (line, raw) = l.map_err(io(fi))?;
+            if raw.trim().is_empty() {
+                continue;
+            }
+            if let Some((ts, _)) = parse_line(&raw) {
+                return Ok(Some((ts, line, raw)));
+            }
+        }
+        Ok(None)
+    };
+    let mut heap = std::collections::BinaryHeap::new();
+    for (fi, r) in readers.iter_mut().enumerate() {
+        let h = next(fi, r)?;
+        if let Some((ts, line, _)) = &h {
+            heap.push(std::cmp::Reverse((*ts, fi, *line)));
+        }
+        heads.push(h);
+    }
+    while let Some(std::cmp::Reverse((_, fi, _))) = heap.pop() {
+        let Some((_, line, raw)) = heads[fi].take() else {
+            continue;
+        };
+        let h = next(fi, &mut readers[fi])?;
+        if let Some((ts, l, _)) = &h {
+            heap.push(std::cmp::Reverse((*ts, fi, *l)));
+        }
+        heads[fi] = h;
+        if let Some((ts, item)) = parse_line(&raw) {
+            sync.line(
+                Line {
+                    ts,
+                    file: fi,
+                    line,
+                    item,
+                },
+                emit,
+            )?;
+        }
+    }
+    sync.finish();
+    Ok(())
+}
 
-    let decoder = Decoder::new(&exchange);
-    let mut books: BTreeMap<String, BookSync> = BTreeMap::new();
-    for l in lines {
+/// A venue's decoder and books, fed capture lines in receive order.
+struct VenueSync<'o> {
+    exchange: String,
+    rule: auroraq_binance::DepthRule,
+    origins: &'o [String],
+    decoder: Decoder,
+    books: BTreeMap<String, BookSync>,
+    mark_prices: u64,
+    liquidations: u64,
+    /// What the current line gives.
+    events: Vec<AnyEvent>,
+}
+
+impl<'o> VenueSync<'o> {
+    fn new(venue: Venue, origins: &'o [String]) -> Self {
+        let exchange = venue.name().to_owned();
+        VenueSync {
+            decoder: Decoder::new(&exchange),
+            exchange,
+            rule: venue.depth_rule(),
+            origins,
+            books: BTreeMap::new(),
+            mark_prices: 0,
+            liquidations: 0,
+            events: Vec::new(),
+        }
+    }
+
+    fn line(
+        &mut self,
+        l: Line<'_>,
+        emit: &mut dyn FnMut(AnyEvent) -> Result<(), ReadError>,
+    ) -> Result<(), ReadError> {
+        let VenueSync {
+            exchange,
+            rule,
+            origins,
+            decoder,
+            books,
+            mark_prices,
+            liquidations,
+            events,
+        } = self;
+        let (exchange, rule, decoder) = (&*exchange, *rule, &*decoder);
         // What this line gives; each event too large for a bus message becomes its dead letter.
         let before = events.len();
         let raw = match &l.item {
@@ -190,7 +331,7 @@ fn read_venue(venue: Venue, paths: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadErro
                 events.push(AnyEvent::FeedStatus(FeedStatus {
                     meta: Meta::raw(
                         EventKind::FeedStatus,
-                        &exchange,
+                        exchange,
                         &format!("connected:{}", l.ts),
                         l.ts,
                         l.ts,
@@ -210,12 +351,12 @@ fn read_venue(venue: Venue, paths: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadErro
                 Ok(MarketEvent::Depth(d)) => {
                     let sync = books
                         .entry(d.symbol.clone())
-                        .or_insert_with(|| BookSync::new(&exchange, &d.symbol, 10_000).with_rule(rule));
-                    push_sync(&mut events, sync.on_diff(d));
+                        .or_insert_with(|| BookSync::new(exchange, &d.symbol, 10_000).with_rule(rule));
+                    push_sync(events, sync.on_diff(d));
                 }
                 // Decoded and checked, but the schemas have no event type for them.
-                Ok(MarketEvent::MarkPrice(_)) => mark_prices += 1,
-                Ok(MarketEvent::Liquidation(_)) => liquidations += 1,
+                Ok(MarketEvent::MarkPrice(_)) => *mark_prices += 1,
+                Ok(MarketEvent::Liquidation(_)) => *liquidations += 1,
                 Ok(MarketEvent::Ignored(_)) => {}
                 Err(e) => events.push(AnyEvent::DeadLetter(letter(
                     &origins[l.file],
@@ -230,8 +371,8 @@ fn read_venue(venue: Venue, paths: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadErro
                 Ok(snap) => {
                     let sync = books
                         .entry(symbol.clone())
-                        .or_insert_with(|| BookSync::new(&exchange, &symbol, 10_000).with_rule(rule));
-                    push_sync(&mut events, sync.on_snapshot(snap));
+                        .or_insert_with(|| BookSync::new(exchange, &symbol, 10_000).with_rule(rule));
+                    push_sync(events, sync.on_snapshot(snap));
                 }
                 Err(e) => events.push(AnyEvent::DeadLetter(letter(
                     &origins[l.file],
@@ -243,24 +384,28 @@ fn read_venue(venue: Venue, paths: &[PathBuf]) -> Result<Vec<AnyEvent>, ReadErro
                 ))),
             },
         }
-        if raw.len() > auroraq_schemas::MAX_EVENT_BYTES / 4 {
-            let given = events.split_off(before);
-            events.extend(
-                given
-                    .into_iter()
-                    .map(|e| fit(e, &origins[l.file], l.line, raw.as_bytes())),
+        let big = raw.len() > auroraq_schemas::MAX_EVENT_BYTES / 4;
+        for e in events.drain(before..) {
+            emit(if big {
+                fit(e, &origins[l.file], l.line, raw.as_bytes())
+            } else {
+                e
+            })?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) {
+        let (mark_prices, liquidations) = (self.mark_prices, self.liquidations);
+        if mark_prices + liquidations > 0 {
+            tracing::info!(
+                exchange = %self.exchange,
+                mark_prices,
+                liquidations,
+                "mark prices and liquidations read but not replayed: no event type for them"
             );
         }
     }
-    if mark_prices + liquidations > 0 {
-        tracing::info!(
-            exchange = %exchange,
-            mark_prices,
-            liquidations,
-            "mark prices and liquidations read but not replayed: no event type for them"
-        );
-    }
-    Ok(events)
 }
 
 fn push_sync(events: &mut Vec<AnyEvent>, out: Vec<SyncOutput>) {

@@ -7,6 +7,8 @@
 //! then publishes the events in the order AuroraQ first received them (receive time, which
 //! recordings keep), at the recorded pace, scaled, or as fast as the bus takes them, the same way
 //! every time. Records that cannot be read become dead letters, counted, never dropped.
+//! [`replay_files`] does the same for files with bounded memory ([`stream`]: each file read as
+//! a stream, an external merge sort by receive time across them).
 
 pub mod bars;
 pub mod barter;
@@ -16,12 +18,13 @@ pub mod format;
 pub mod news_csv;
 pub mod recorded;
 pub mod reuters;
+pub mod stream;
 pub mod time;
 
 use std::time::Duration;
 
 use auroraq_bus::{Bus, OutMessage};
-use auroraq_schemas::{AnyEvent, DeadLetter, EventKind, FeedState, Meta, Micros};
+use auroraq_schemas::{AnyEvent, DeadLetter, EventKind, Meta, Micros};
 use auroraq_stage::{to_message, StageError};
 use auroraq_util::{until_cancelled, CancellationToken};
 use tracing::{info, warn};
@@ -29,6 +32,7 @@ use tracing::{info, warn};
 pub use bars::{read_bars, BadRow, Bars, BarsError, BarsOptions};
 pub use format::{load, Format, LoadOptions};
 pub use recorded::{fit, letter, ReadError};
+pub use stream::StreamOptions;
 
 /// How fast to replay.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -79,23 +83,27 @@ impl ReplayStats {
     }
 
     fn count(&mut self, ev: &AnyEvent) {
-        match ev {
-            AnyEvent::DeadLetter(_) => {
+        self.count_class(stream::Class::of(ev));
+    }
+
+    fn count_class(&mut self, class: stream::Class) {
+        use stream::Class;
+        match class {
+            Class::DeadLetter => {
                 self.dead_letters += 1;
                 return;
             }
-            AnyEvent::TradeTick(_) => self.trades += 1,
-            AnyEvent::BookTicker(_) => self.tickers += 1,
-            AnyEvent::Kline(_) => self.candles += 1,
-            AnyEvent::BookUpdate(_) => self.book_updates += 1,
-            AnyEvent::Article(_) => self.articles += 1,
-            AnyEvent::FeedStatus(s) => {
+            Class::Trade => self.trades += 1,
+            Class::Ticker => self.tickers += 1,
+            Class::Candle => self.candles += 1,
+            Class::Book => self.book_updates += 1,
+            Class::Article => self.articles += 1,
+            Class::Status => self.statuses += 1,
+            Class::Gap => {
                 self.statuses += 1;
-                if s.status == FeedState::Gap {
-                    self.gaps += 1;
-                }
+                self.gaps += 1;
             }
-            _ => {}
+            Class::Other => {}
         }
         self.events += 1;
     }
@@ -114,18 +122,94 @@ pub async fn replay(
     cancel: CancellationToken,
 ) -> Result<ReplayStats, StageError> {
     events.sort_by_key(|e| e.meta().ts_ingest);
+    let total = events.len() as u64;
+    let items = events.into_iter().map(|ev| {
+        let msg = to_message(&ev).map_err(StageError::Encode)?;
+        Ok(Outgoing {
+            ts: ev.meta().ts_ingest,
+            class: stream::Class::of(&ev),
+            msg,
+            event: Some(ev),
+        })
+    });
+    publish(bus, items, total, pace, cancel).await
+}
+
+/// Why [`replay_files`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    #[error("temporary run file: {0}")]
+    Spill(#[source] std::io::Error),
+}
+
+/// [`load`] then [`replay`], with bounded memory: every file is read as a stream into an
+/// external merge sort by receive time ([`stream`]), and the merged runs are published in the
+/// order `replay` gives the loaded list, the same events with the same ids. Reading fails as
+/// `load` fails, before anything is published.
+pub async fn replay_files(
+    bus: &dyn Bus,
+    format: Option<Format>,
+    files: &[std::path::PathBuf],
+    opts: &LoadOptions,
+    stream_opts: stream::StreamOptions,
+    pace: Pace,
+    cancel: CancellationToken,
+) -> Result<ReplayStats, ReplayError> {
+    let mut sorter = stream::Sorter::new(stream_opts.buffer_bytes);
+    let total = stream::read_all(format, files, opts, &mut sorter)?;
+    info!(
+        files = files.len(),
+        events = total,
+        runs = sorter.runs(),
+        held_bytes = sorter.peak,
+        "read recorded files"
+    );
+    let merged = sorter.finish().map_err(ReplayError::Spill)?;
+    let items = merged.map(|p| match p {
+        Ok(p) => Ok(Outgoing {
+            ts: p.key.0,
+            class: p.class,
+            msg: p.msg,
+            event: None,
+        }),
+        Err(e) => Err(ReplayError::Spill(e)),
+    });
+    publish(bus, items, total, pace, cancel).await
+}
+
+/// One event on its way to the bus.
+struct Outgoing {
+    ts: Micros,
+    class: stream::Class,
+    msg: OutMessage,
+    /// The event, where it is at hand (else decoded from the message when traces need it).
+    event: Option<AnyEvent>,
+}
+
+async fn publish<E: From<StageError>>(
+    bus: &dyn Bus,
+    items: impl Iterator<Item = Result<Outgoing, E>>,
+    total: u64,
+    pace: Pace,
+    cancel: CancellationToken,
+) -> Result<ReplayStats, E> {
     let mut stats = ReplayStats::default();
     let started = tokio::time::Instant::now();
-    let t0: Option<Micros> = events.first().map(|e| e.meta().ts_ingest);
+    let mut t0: Option<Micros> = None;
     let mut batch: Vec<OutMessage> = Vec::with_capacity(256);
-    let total = events.len();
-    for (i, ev) in events.iter().enumerate() {
+    let mut done = 0u64;
+    for item in items {
         if cancel.is_cancelled() {
             break;
         }
-        if let (Pace::Speed(speed), Some(t0)) = (pace, t0) {
-            let due =
-                Duration::from_secs_f64(((ev.meta().ts_ingest - t0).max(0) as f64 / 1e6) / speed.max(1e-9));
+        let item = item?;
+        let t0 = *t0.get_or_insert(item.ts);
+        if let Pace::Speed(speed) = pace {
+            let due = Duration::from_secs_f64(((item.ts - t0).max(0) as f64 / 1e6) / speed.max(1e-9));
             if started + due > tokio::time::Instant::now() {
                 flush(bus, &mut batch, &mut stats).await?;
                 if until_cancelled(&cancel, tokio::time::sleep_until(started + due))
@@ -136,15 +220,24 @@ pub async fn replay(
                 }
             }
         }
-        stats.count(ev);
+        stats.count_class(item.class);
         // The receipt: where the event's trace starts (exported only when traces are on).
-        auroraq_stage::trace::record_receipts("replay", std::slice::from_ref(ev));
-        batch.push(to_message(ev).map_err(StageError::Encode)?);
+        if auroraq_stage::trace::enabled() {
+            let ev = match item.event {
+                Some(ev) => Some(ev),
+                None => AnyEvent::decode(&item.msg.payload).ok(),
+            };
+            if let Some(ev) = ev {
+                auroraq_stage::trace::record_receipts("replay", std::slice::from_ref(&ev));
+            }
+        }
+        batch.push(item.msg);
         if batch.len() >= 256 {
             flush(bus, &mut batch, &mut stats).await?;
         }
-        if (i + 1) % 10_000 == 0 {
-            info!(done = i + 1, total, "replaying");
+        done += 1;
+        if done.is_multiple_of(10_000) {
+            info!(done, total, "replaying");
         }
     }
     flush(bus, &mut batch, &mut stats).await?;

@@ -65,6 +65,20 @@ pub fn native_id(url: &str, headline: &str) -> String {
 
 /// Reads a news CSV into article events from `feed` (the article topic's last token).
 pub fn read_news_csv(path: &Path, feed: &str) -> Result<Vec<AnyEvent>, ReadError> {
+    let mut out = Vec::new();
+    stream_news_csv(path, feed, &mut |ev| {
+        out.push(ev);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`read_news_csv`], each event to `emit` as it is read (one row held at a time).
+pub fn stream_news_csv(
+    path: &Path,
+    feed: &str,
+    emit: &mut dyn FnMut(AnyEvent) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
     let origin = path.display().to_string();
     let io = |source| ReadError::Io {
         path: origin.clone(),
@@ -90,7 +104,6 @@ pub fn read_news_csv(path: &Path, feed: &str) -> Result<Vec<AnyEvent>, ReadError
         });
     };
     let (source, url, tags) = (col(SOURCE), col(URL), col(TAGS));
-    let mut out = Vec::new();
     let mut rec = csv::StringRecord::new();
     loop {
         let line = rdr.position().line();
@@ -98,14 +111,14 @@ pub fn read_news_csv(path: &Path, feed: &str) -> Result<Vec<AnyEvent>, ReadError
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
-                out.push(AnyEvent::DeadLetter(letter(
+                emit(AnyEvent::DeadLetter(letter(
                     &origin,
                     line,
                     "bad_record",
                     &format!("unreadable CSV: {e}"),
                     b"",
                     0,
-                )));
+                )))?;
                 continue;
             }
         }
@@ -115,7 +128,7 @@ pub fn read_news_csv(path: &Path, feed: &str) -> Result<Vec<AnyEvent>, ReadError
             AnyEvent::DeadLetter(letter(&origin, line, "bad_record", &why, raw.as_bytes(), ts))
         };
         let Some(ts) = parse_timestamp(field(Some(time))) else {
-            out.push(bad(format!("bad published time {:?}", field(Some(time))), 0));
+            emit(bad(format!("bad published time {:?}", field(Some(time))), 0))?;
             continue;
         };
         let title = field(Some(headline))
@@ -123,7 +136,7 @@ pub fn read_news_csv(path: &Path, feed: &str) -> Result<Vec<AnyEvent>, ReadError
             .collect::<Vec<_>>()
             .join(" ");
         if title.is_empty() {
-            out.push(bad("no headline".into(), ts));
+            emit(bad("no headline".into(), ts))?;
             continue;
         }
         let link = field(url);
@@ -148,14 +161,14 @@ pub fn read_news_csv(path: &Path, feed: &str) -> Result<Vec<AnyEvent>, ReadError
             ts_crawled: None,
         });
         // An article too large for a bus message is this row's dead letter.
-        out.push(if rec.as_slice().len() > MAX_EVENT_BYTES / 4 {
+        emit(if rec.as_slice().len() > MAX_EVENT_BYTES / 4 {
             let raw = rec.iter().collect::<Vec<_>>().join(",");
             fit(article, &origin, line, raw.as_bytes())
         } else {
             article
-        });
+        })?;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -29,14 +29,27 @@ struct Row {
 
 /// Reads a news JSONL file into article events from `source` (the article topic's last token).
 pub fn read_news_jsonl(path: &Path, source: &str) -> Result<Vec<AnyEvent>, ReadError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
-        path: origin.clone(),
-        source,
-    })?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i as u64 + 1;
+    stream_news_jsonl(path, source, &mut |ev| {
+        out.push(ev);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`read_news_jsonl`], each event to `emit` as it is read (one line held at a time).
+pub fn stream_news_jsonl(
+    path: &Path,
+    source: &str,
+    emit: &mut dyn FnMut(AnyEvent) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let origin = path.display().to_string();
+    for l in crate::stream::lines(path)? {
+        let (n, line) = l.map_err(|source| ReadError::Io {
+            path: origin.clone(),
+            source,
+        })?;
+        let line = line.as_str();
         if line.trim().is_empty() {
             continue;
         }
@@ -46,12 +59,12 @@ pub fn read_news_jsonl(path: &Path, source: &str) -> Result<Vec<AnyEvent>, ReadE
         let row: Row = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {
-                out.push(bad(e.to_string(), 0));
+                emit(bad(e.to_string(), 0))?;
                 continue;
             }
         };
         let Some(ts) = parse_timestamp(&row.published) else {
-            out.push(bad(format!("bad published time {:?}", row.published), 0));
+            emit(bad(format!("bad published time {:?}", row.published), 0))?;
             continue;
         };
         let body = row.body.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -60,7 +73,7 @@ pub fn read_news_jsonl(path: &Path, source: &str) -> Result<Vec<AnyEvent>, ReadE
             .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
             .filter(|t| !t.is_empty());
         if body.is_empty() && title.is_none() {
-            out.push(bad("no title and no body".into(), ts));
+            emit(bad("no title and no body".into(), ts))?;
             continue;
         }
         let publisher = row
@@ -80,7 +93,7 @@ pub fn read_news_jsonl(path: &Path, source: &str) -> Result<Vec<AnyEvent>, ReadE
             ts_crawled: None,
         });
         // An article too large for a bus message is this line's dead letter.
-        out.push(fit(article, &origin, n, line.as_bytes()));
+        emit(fit(article, &origin, n, line.as_bytes()))?;
     }
-    Ok(out)
+    Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use auroraq_bus::{Bus, SubscribeOptions};
 use auroraq_feedly::{FeedlyConnector, FeedlyStats, FeedlyStore, MemoryStore, RedisStore};
-use auroraq_replay::{load, replay, Format, LoadOptions, Pace, ReplayStats};
+use auroraq_replay::{load, replay_files, Format, LoadOptions, Pace, ReplayStats, StreamOptions};
 use auroraq_schemas::{AnyEvent, EventKind};
 use auroraq_sink_jsonl::JsonlSink;
 use auroraq_stage::{run_subscription, subscribe_stage, Handler, HandlerError, StageMetrics, StageStats};
@@ -38,9 +38,12 @@ pub async fn connect_replay(
     pace: Pace,
     stop: CancellationToken,
 ) -> Result<ReplayStats> {
-    let events = load_recorded(format, files, opts)?;
+    // Streamed: each file read as it is published, through an external merge sort by receive
+    // time, so memory stays bounded whatever the input's size.
     let bus = crate::wiring::connect_bus(&cfg.bus).await?;
-    let stats = replay(&*bus, events, pace, stop).await.context("replay")?;
+    let stats = replay_files(&*bus, format, files, opts, StreamOptions::default(), pace, stop)
+        .await
+        .context("replay")?;
     bus.flush().await?;
     bus.close().await;
     info!(?stats, "replay done");
