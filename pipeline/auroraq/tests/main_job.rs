@@ -243,7 +243,11 @@ fn backtest_from_a_nats_stream_of_the_default_data_gives_the_files_fingerprint()
     )
     .unwrap();
     let news = dir.path().join("news.csv");
-    std::fs::write(&news, text.lines().take(601).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    std::fs::write(
+        &news,
+        text.lines().take(601).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
     let all_bars =
         std::fs::read_to_string(repo_root().join("data/crypto/btc_usd_1h_2024-08_2025-11.csv")).unwrap();
     let mut lines = all_bars.lines();
@@ -271,7 +275,10 @@ fn backtest_from_a_nats_stream_of_the_default_data_gives_the_files_fingerprint()
     };
     let backtest = |c: &mut Command| {
         let s = last_json(&c.arg("--out").arg(dir.path().join("bt")).output().unwrap());
-        let (fp, trades) = (s["fingerprint"].as_str().unwrap_or("").to_owned(), s["trades"].clone());
+        let (fp, trades) = (
+            s["fingerprint"].as_str().unwrap_or("").to_owned(),
+            s["trades"].clone(),
+        );
         println!("fingerprint {fp}, trades {trades}, events {}", s["events"]);
         (s, fp, trades)
     };

@@ -333,7 +333,11 @@ async fn bus_nats_split(url: &str, p: &[(String, Bytes)], batch: usize, round: u
         }
         bus.publish(chunk).await?;
     }
-    let publish = Figure::new(&format!("auroraq NATS bus publish only (batch {batch})"), n, t0.elapsed());
+    let publish = Figure::new(
+        &format!("auroraq NATS bus publish only (batch {batch})"),
+        n,
+        t0.elapsed(),
+    );
     let t1 = Instant::now();
     let mut got = 0;
     while got < n {
