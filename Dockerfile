@@ -13,8 +13,9 @@
 # ---- toolchain: Rust (>= 1.92, which the locked `ort` crate needs) and python3-pip for
 # scripts/onnxruntime.sh, which takes ONNX Runtime's library from the PyPI wheel.
 FROM rust:1.95.0-bookworm AS toolchain
+# cmake: the Kafka bus builds librdkafka from its bundled sources.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3-pip \
+ && apt-get install -y --no-install-recommends python3-pip cmake \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 

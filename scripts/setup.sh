@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is needed: install Rust (rustup) first" >&2; exit 1; }
 scripts/onnxruntime.sh
+scripts/build-deps.sh
 echo "[setup] building auroraq (release)" >&2
 cargo build --release --locked -p auroraq
 echo "[setup] done: run it with 'cargo run --release -p auroraq -- <command>'" >&2

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auroraq_bus::{Bus, InProcBus, InProcConfig, NatsBus, NatsConfig};
+use auroraq_bus::{Bus, InProcBus, InProcConfig, KafkaBus, KafkaConfig, NatsBus, NatsConfig};
 
 /// The NATS server the tests use: `AURORAQ_TEST_NATS_URL`, or the local one.
 pub fn nats_url() -> String {
@@ -98,6 +98,60 @@ impl Drop for DeleteStreamOnDrop {
             }
         })
         .join();
+    }
+}
+
+/// The Kafka-protocol broker the tests use: `AURORAQ_TEST_KAFKA_URL`, or the one
+/// `scripts/services.sh` starts (tansu on 127.0.0.1:19092).
+pub fn kafka_url() -> String {
+    std::env::var("AURORAQ_TEST_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:19092".to_owned())
+}
+
+/// A Kafka config under its own topic and group root, so tests never see each other's messages.
+pub fn isolated_kafka_config(url: &str, partitions: u32) -> KafkaConfig {
+    let mut cfg = KafkaConfig::new(url);
+    cfg.root = unique("t");
+    cfg.partitions = partitions;
+    cfg.retention = Duration::from_secs(600);
+    cfg
+}
+
+/// A Kafka bus on the shared broker under an isolated root (its topics and groups deleted on
+/// drop of the guard).
+pub async fn kafka_bus(partitions: u32) -> (Arc<KafkaBus>, KafkaGuard) {
+    kafka_bus_with(isolated_kafka_config(&kafka_url(), partitions)).await
+}
+
+/// [`kafka_bus`] with settings of the test's own.
+pub async fn kafka_bus_with(cfg: KafkaConfig) -> (Arc<KafkaBus>, KafkaGuard) {
+    let bus = KafkaBus::connect(cfg).await.unwrap_or_else(|e| {
+        panic!(
+            "a Kafka-protocol broker must run at {} for these tests (scripts/services.sh starts one): {e}",
+            kafka_url()
+        )
+    });
+    let bus = Arc::new(bus);
+    (bus.clone(), KafkaGuard(Some(bus)))
+}
+
+/// Deletes a test's Kafka topics and groups when dropped.
+pub struct KafkaGuard(Option<Arc<KafkaBus>>);
+
+impl Drop for KafkaGuard {
+    fn drop(&mut self) {
+        if let Some(bus) = self.0.take() {
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    rt.block_on(async move {
+                        // Members stop (and commit) on the test's runtime, still running.
+                        bus.close().await;
+                        bus.stopped(Duration::from_secs(15)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(10), bus.delete_all()).await;
+                    });
+                }
+            })
+            .join();
+        }
     }
 }
 

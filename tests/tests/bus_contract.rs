@@ -1,5 +1,7 @@
-//! The bus contract, run against every bus: the in-process bus and NATS JetStream (the real
-//! server at 127.0.0.1:4222, one isolated stream per test).
+//! The bus contract, run against every bus: the in-process bus, NATS JetStream (the real
+//! server at 127.0.0.1:4222, one isolated stream per test) and Kafka (the real Kafka-protocol
+//! broker at 127.0.0.1:19092 that `scripts/services.sh` starts, tansu here; one isolated topic
+//! and group root per test).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -410,5 +412,9 @@ macro_rules! contract {
 contract!(inproc, (dyn_bus(inproc_bus(4, 1024)), ()));
 contract!(nats, {
     let (b, g) = nats_bus(4).await;
+    (dyn_bus(b), g)
+});
+contract!(kafka, {
+    let (b, g) = kafka_bus(4).await;
     (dyn_bus(b), g)
 });

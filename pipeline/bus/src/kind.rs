@@ -9,6 +9,8 @@ pub enum BusKind {
     InProc,
     /// NATS JetStream.
     Nats,
+    /// Apache Kafka (or Redpanda, or another Kafka-protocol broker).
+    Kafka,
 }
 
 impl BusKind {
@@ -16,11 +18,13 @@ impl BusKind {
         match self {
             BusKind::InProc => "inproc",
             BusKind::Nats => "nats",
+            BusKind::Kafka => "kafka",
         }
     }
 }
 
-/// A bus address: `inproc`, or `nats://host:port[,host:port...]`. Parsed from the configuration's
+/// A bus address: `inproc`, `nats://host:port[,host:port...]` or
+/// `kafka://host:port[,host:port...]`. Parsed from the configuration's
 /// string form and written back as the same string.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -29,10 +33,12 @@ pub enum BusUrl {
     InProc,
     /// The URL as given, `nats://...`.
     Nats(String),
+    /// The URL as given, `kafka://host:port[,host:port...]`.
+    Kafka(String),
 }
 
 impl BusUrl {
-    /// Parses `inproc` or `nats://...`; the error says what is accepted.
+    /// Parses `inproc`, `nats://...` or `kafka://...`; the error says what is accepted.
     pub fn parse(s: &str) -> Result<Self, String> {
         let t = s.trim();
         if t == "inproc" {
@@ -44,8 +50,21 @@ impl BusUrl {
             }
             return Ok(BusUrl::Nats(t.to_owned()));
         }
+        if let Some(rest) = t.strip_prefix("kafka://") {
+            let rest = rest.trim_end_matches('/');
+            if rest.is_empty()
+                || rest
+                    .split(',')
+                    .any(|h| h.trim().is_empty() || h.contains(['/', '?', '@']))
+            {
+                return Err(format!(
+                    "bus.url (--bus) {s:?}: kafka://host:port[,host:port] (brokers only, no path or credentials)"
+                ));
+            }
+            return Ok(BusUrl::Kafka(t.to_owned()));
+        }
         Err(format!(
-            "bus.url (--bus) must be \"inproc\" or nats://host:port, not {s:?}"
+            "bus.url (--bus) must be \"inproc\", nats://host:port or kafka://host:port, not {s:?}"
         ))
     }
 
@@ -53,13 +72,14 @@ impl BusUrl {
         match self {
             BusUrl::InProc => BusKind::InProc,
             BusUrl::Nats(_) => BusKind::Nats,
+            BusUrl::Kafka(_) => BusKind::Kafka,
         }
     }
 
     pub fn as_str(&self) -> &str {
         match self {
             BusUrl::InProc => "inproc",
-            BusUrl::Nats(u) => u,
+            BusUrl::Nats(u) | BusUrl::Kafka(u) => u,
         }
     }
 }
@@ -102,12 +122,18 @@ mod tests {
         assert_eq!(n.to_string(), "nats://127.0.0.1:4222");
         assert_eq!(String::from(n.clone()), "nats://127.0.0.1:4222");
         assert_eq!(BusUrl::InProc.kind().as_str(), "inproc");
+        let k = BusUrl::parse("kafka://127.0.0.1:19092,127.0.0.2:19092").unwrap();
+        assert_eq!(k.kind(), BusKind::Kafka);
+        assert_eq!(k.to_string(), "kafka://127.0.0.1:19092,127.0.0.2:19092");
     }
 
     #[test]
     fn refuses_what_it_cannot_reach() {
         for bad in [
-            "kafka://x:9092",
+            "kafka://",
+            "kafka://a,,b",
+            "kafka://u:p@x:9092",
+            "redis://x:6379",
             "nats://",
             "nats://a,,b",
             "",

@@ -1,8 +1,9 @@
 //! The bus that AuroraQ's stages meet on.
 //!
-//! One trait, [`Bus`], with two implementations: [`inproc::InProcBus`] for the embedded
-//! single-process mode and [`nats::NatsBus`] (JetStream) for distributed runs. Both give the same
-//! contract, which the bus contract suite (`tests/tests/bus_contract.rs`) checks against each:
+//! One trait, [`Bus`], with three implementations: [`inproc::InProcBus`] for the embedded
+//! single-process mode, and [`nats::NatsBus`] (JetStream) and [`kafka::KafkaBus`] (Apache Kafka,
+//! Redpanda) for distributed runs. All give the same contract, which the bus contract suite
+//! (`tests/tests/bus_contract.rs`) checks against each:
 //!
 //! - **Topics** are dot-separated paths built by [`topics`]; subscriptions take NATS-style
 //!   wildcards.
@@ -28,12 +29,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod inproc;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod kind;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod topics;
 
 pub use inproc::{InProcBus, InProcConfig};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaBus, KafkaConfig};
 pub use kind::{BusKind, BusUrl};
 #[cfg(feature = "nats")]
 pub use nats::{NatsBus, NatsConfig};
@@ -422,7 +427,7 @@ pub trait Subscription: Send {
 /// A message bus.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// `inproc` or `nats`.
+    /// `inproc`, `nats` or `kafka`.
     fn kind(&self) -> &'static str;
     /// Number of partitions every topic is split into.
     fn partitions(&self) -> u32;
@@ -459,7 +464,7 @@ pub trait Bus: Send + Sync + 'static {
     /// Buses that keep no history (the in-process bus) say so with [`BusError::Unsupported`].
     async fn history(&self, opts: HistoryOptions) -> Result<Box<dyn History>, BusError> {
         Err(BusError::Unsupported(format!(
-            "the {} bus keeps no history to read {} from; record to a retained bus (NATS JetStream) or to files",
+            "the {} bus keeps no history to read {} from; record to a retained bus (NATS JetStream, Kafka) or to files",
             self.kind(),
             opts.filter
         )))

@@ -73,7 +73,8 @@ impl Default for Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
-    /// `inproc` (embedded, the default) or a NATS URL `nats://host:port`.
+    /// `inproc` (embedded, the default), a NATS URL `nats://host:port`, or Kafka brokers
+    /// `kafka://host:port[,host:port]`.
     pub url: auroraq_bus::BusUrl,
     /// Partitions per topic; every process on one bus must agree.
     pub partitions: u32,
@@ -517,7 +518,7 @@ mod tests {
         assert!(e.contains("colour"), "{e}");
         let e = format!(
             "{:#}",
-            Config::load(None, env(&[("AURORAQ_BUS_URL", "kafka://x")])).unwrap_err()
+            Config::load(None, env(&[("AURORAQ_BUS_URL", "amqp://x")])).unwrap_err()
         );
         assert!(e.contains("bus.url"), "{e}");
         let e = format!(

@@ -28,6 +28,9 @@ async fn open_bus(cfg: &BusConfig) -> Result<Arc<dyn Bus>> {
             ..InProcConfig::default()
         })));
     }
+    if let auroraq_bus::BusUrl::Kafka(url) = &cfg.url {
+        return open_kafka(cfg, url).await;
+    }
     #[cfg(feature = "nats")]
     {
         let mut n = auroraq_bus::NatsConfig::new(cfg.url.to_string());
@@ -35,18 +38,40 @@ async fn open_bus(cfg: &BusConfig) -> Result<Arc<dyn Bus>> {
         n.stream = cfg.stream.clone();
         n.subject_root = cfg.subject_root.clone();
         let url = cfg.url.as_str();
-        // The bus's errors quote its URL as given: hide its credentials.
-        let bus = auroraq_bus::NatsBus::connect(n).await.map_err(|e| {
-            anyhow::anyhow!(
-                "connecting to the bus at {}: {}",
-                auroraq_util::redact(url),
-                auroraq_util::scrub(&e.to_string(), url)
-            )
-        })?;
+        let bus = auroraq_bus::NatsBus::connect(n)
+            .await
+            .map_err(|e| connect_error(url, &e))?;
         Ok(Arc::new(bus))
     }
     #[cfg(not(feature = "nats"))]
     anyhow::bail!("this build has no NATS support (feature `nats`); bus.url must be \"inproc\"")
+}
+
+/// `kafka://host:port[,host:port]`: topics `<bus.subject_root>.<family>` with `bus.partitions`.
+#[cfg(feature = "kafka")]
+async fn open_kafka(cfg: &BusConfig, url: &str) -> Result<Arc<dyn Bus>> {
+    let mut k = auroraq_bus::KafkaConfig::new(url);
+    k.partitions = cfg.partitions;
+    k.root = cfg.subject_root.clone();
+    let bus = auroraq_bus::KafkaBus::connect(k)
+        .await
+        .map_err(|e| connect_error(url, &e))?;
+    Ok(Arc::new(bus))
+}
+
+/// A bus's connect error: the bus quotes its URL as given, so its credentials are hidden.
+#[allow(dead_code)] // unused in a build with neither networked bus
+fn connect_error(url: &str, e: &auroraq_bus::BusError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "connecting to the bus at {}: {}",
+        auroraq_util::redact(url),
+        auroraq_util::scrub(&e.to_string(), url)
+    )
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn open_kafka(_cfg: &BusConfig, _url: &str) -> Result<Arc<dyn Bus>> {
+    anyhow::bail!("this build has no Kafka support (feature `kafka`); bus.url must be \"inproc\" or nats://")
 }
 
 /// Stage settings from the bus section.

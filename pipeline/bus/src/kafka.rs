@@ -1,0 +1,1730 @@
+//! The Kafka bus (Apache Kafka, Redpanda, or any broker speaking the Kafka protocol), through
+//! librdkafka.
+//!
+//! Layout and semantics, mirroring the NATS bus:
+//!
+//! - **Topics**: every AuroraQ topic of one family (its first token: `market`, `news`,
+//!   `sentiment`, `dlq`, ...) lives in one Kafka topic `<root>.<family>`, created on first use
+//!   (by a publish or a subscription) with the bus's partition count and retention. The AuroraQ
+//!   topic travels in the header `aq-topic`, so a filter such as `market.trades.>` is applied by
+//!   the consumer; the messages of a family that a filter does not take are skipped (and
+//!   committed past) without being delivered. One Kafka topic per family keeps the contract's
+//!   per-key order across the topics of a filter (as NATS's one stream does), which one Kafka
+//!   topic per AuroraQ topic could not.
+//! - **Keys and partitions**: the record key is the message's partition key (asset or symbol),
+//!   and the record's partition is [`partition_of`] of it, the same FNV hash every AuroraQ bus
+//!   uses (not Kafka's murmur2), so per-key order holds and members split partitions as on NATS.
+//! - **Producer**: idempotent (`enable.idempotence`, `acks=all`), so librdkafka's own retries
+//!   never store a message twice or out of order. Kafka has no de-duplication by message id, so
+//!   this bus keeps one in two places, each over a bounded window (`duplicate_window`, at most
+//!   `dedup_capacity` ids): the publisher drops an id it published itself within the window
+//!   (counted in [`PublishReport::duplicates`]), and each group member drops a message whose id it
+//!   already saw at an earlier offset of the same partition within the window (a re-publish by
+//!   another process; it is acked without being delivered). What neither saw (a re-publish after
+//!   the window, or across a member's restart) is delivered twice: the stages are idempotent by
+//!   event id.
+//! - **Consumer groups**: the AuroraQ group `g` reading filter `f` is the Kafka group
+//!   `<root>.<g>.<f>` (one AuroraQ group may hold several filters, as on NATS). Members take their
+//!   partitions by `member`/`members` (partition `p` when `p % members == member`) with an
+//!   explicit assignment, not through Kafka's group protocol: the split is static and the same on
+//!   every bus, and no broker-driven rebalance can hand a key to two members in turn. The group
+//!   only keeps the committed offsets.
+//! - **Acks and commits**: a member commits, per partition, the end of the contiguous prefix of
+//!   settled offsets (acked, or skipped), so an ack out of order never commits past an unacked
+//!   message. Commits go out at most every `commit_interval`, on [`Bus::flush`] and when the member
+//!   stops. The commit's metadata carries the highest offset the member had delivered (`d=<n>`),
+//!   so a member that takes the partition over counts the attempts of what it gets again (≥ 2).
+//! - **Redelivery**: a nacked delivery, one not acked within `ack_wait`, and one dropped unsettled
+//!   is delivered again by the member (Kafka has no per-message nack; the member keeps the
+//!   message until it is acked). When a member goes away (dies, stops, or the split changes on a
+//!   restart), the next owner of the partition resumes at the committed offset: everything not
+//!   acked is delivered again.
+//! - **History** ([`Bus::history`]) finds its start per partition with `offsetsForTimes` and
+//!   merges the partitions by publish time (the header `aq-ts`, microseconds); **backlogs**
+//!   ([`Bus::backlogs`]) are the consumer lag per partition: log end offset minus committed
+//!   offset, split into delivered-unacked and pending by the commit's metadata.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::{
+    partition_of, topics, Acker, Backlog, Bus, BusError, Delivery, History, HistoryOptions, OutMessage,
+    PartitionBacklog, PublishReport, Stored, SubscribeOptions, Subscription,
+};
+
+/// The header that carries the AuroraQ topic.
+pub const TOPIC_HEADER: &str = "aq-topic";
+/// The header that carries the message id (the event id).
+pub const ID_HEADER: &str = "aq-id";
+/// The header that carries the publish time, Unix microseconds.
+pub const TIME_HEADER: &str = "aq-ts";
+
+/// Settings of the Kafka bus.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// The URL as given (`kafka://host:port[,host:port]`), for messages.
+    pub url: String,
+    /// `bootstrap.servers`: `host:port[,host:port]`.
+    pub brokers: String,
+    /// First part of every Kafka topic and group name: topics are `<root>.<family>`.
+    pub root: String,
+    /// Partitions of the topics this bus creates. All processes on one bus must agree.
+    pub partitions: u32,
+    /// Replication factor of the topics this bus creates; -1: the broker's default.
+    pub replication: i32,
+    /// How long the topics this bus creates keep messages (`retention.ms`).
+    pub retention: Duration,
+    /// Window in which a re-published id is dropped (see the module's notes).
+    pub duplicate_window: Duration,
+    /// Most ids the de-duplication remembers per publisher and per member partition.
+    pub dedup_capacity: usize,
+    /// Most time between an ack and the commit that covers it.
+    pub commit_interval: Duration,
+    /// How often a subscription with a wildcard family looks for new topics.
+    pub discovery_interval: Duration,
+    /// `session.timeout.ms` of the consumers.
+    pub session_timeout: Duration,
+    /// Timeout of the broker requests made at start-up and by admin calls.
+    pub request_timeout: Duration,
+    /// Further librdkafka settings for every client (producer, consumers, admin), applied last.
+    pub client: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// Settings for `kafka://host:port[,host:port]` (or a bare `host:port` list).
+    pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        let brokers = url
+            .trim()
+            .trim_start_matches("kafka://")
+            .trim_end_matches('/')
+            .to_owned();
+        KafkaConfig {
+            url,
+            brokers,
+            root: "aq".into(),
+            partitions: 8,
+            replication: -1,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            dedup_capacity: 100_000,
+            commit_interval: Duration::from_millis(100),
+            discovery_interval: Duration::from_secs(1),
+            session_timeout: Duration::from_secs(6),
+            request_timeout: Duration::from_secs(10),
+            client: Vec::new(),
+        }
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "auroraq")
+            .set("socket.keepalive.enable", "true")
+            .set("topic.metadata.refresh.interval.ms", "10000");
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
+            // What librdkafka prefetches per partition: the member holds at most max_in_flight
+            // deliveries, this bounds what waits behind them.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.wait.max.ms", "100");
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// The Kafka topic of an AuroraQ topic: `<root>.<family>`.
+fn kafka_topic(root: &str, topic: &str) -> String {
+    let family = topic.split('.').next().unwrap_or(topic);
+    format!("{root}.{family}")
+}
+
+/// The Kafka group of a group's subscription to a filter: `<root>.<group>.<filter>`, the
+/// filter's wildcards spelled `ANY` (`*`) and `ALL` (`>`), which no topic token can be (tokens
+/// are lower-case). Plain `[A-Za-z0-9._-]` names: tansu (0.6) does not list groups whose ids
+/// hold `>`.
+fn group_id(root: &str, group: &str, filter: &str) -> String {
+    let filter: Vec<&str> = filter
+        .split('.')
+        .map(|t| match t {
+            "*" => "ANY",
+            ">" => "ALL",
+            t => t,
+        })
+        .collect();
+    format!("{root}.{group}.{}", filter.join("."))
+}
+
+/// The group and filter of a Kafka group id of this bus.
+fn parse_group_id(root: &str, id: &str) -> Option<(String, String)> {
+    let rest = id.strip_prefix(root)?.strip_prefix('.')?;
+    let (group, filter) = rest.split_once('.')?;
+    let filter: Vec<&str> = filter
+        .split('.')
+        .map(|t| match t {
+            "ANY" => "*",
+            "ALL" => ">",
+            t => t,
+        })
+        .collect();
+    let filter = filter.join(".");
+    (!group.is_empty() && topics::validate_filter(&filter).is_ok()).then(|| (group.to_owned(), filter))
+}
+
+/// Whether the Kafka topic `<root>.<family>` can hold topics `filter` takes.
+fn family_matches(root: &str, filter: &str, ktopic: &str) -> bool {
+    let Some(family) = ktopic.strip_prefix(root).and_then(|r| r.strip_prefix('.')) else {
+        return false;
+    };
+    if family.is_empty() || family.contains('.') {
+        return false;
+    }
+    match filter.split('.').next() {
+        Some("*") | Some(">") => true,
+        Some(f) => f == family,
+        None => false,
+    }
+}
+
+/// The family's Kafka topic when the filter names one (not a wildcard).
+fn concrete_family(root: &str, filter: &str) -> Option<String> {
+    match filter.split('.').next() {
+        Some("*") | Some(">") | None => None,
+        Some(f) => Some(format!("{root}.{f}")),
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Drops a librdkafka client (or what holds one) on a thread of its own. Destroying a consumer
+/// that read assigned partitions blocked (in `rd_kafka_destroy`, joining its broker thread) when
+/// done on a runtime worker, so the last reference never goes there; if the destroy hangs, only
+/// that thread waits.
+fn drop_off_runtime<T: Send + 'static>(t: T) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("kafka-drop".into())
+        .spawn(move || drop(t))
+    {
+        warn!(error = %e, "cannot start a thread to drop a Kafka client; leaking it");
+    }
+}
+
+/// A shared librdkafka client whose reference is dropped by [`drop_off_runtime`].
+struct OffRuntime<T: Send + Sync + 'static>(Option<Arc<T>>);
+
+impl<T: Send + Sync + 'static> OffRuntime<T> {
+    fn new(t: T) -> Self {
+        OffRuntime(Some(Arc::new(t)))
+    }
+
+    fn share(&self) -> Self {
+        OffRuntime(self.0.clone())
+    }
+}
+
+impl<T: Send + Sync + 'static> std::ops::Deref for OffRuntime<T> {
+    type Target = Arc<T>;
+    fn deref(&self) -> &Arc<T> {
+        // Some until dropped.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("an OffRuntime client used after drop"))
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for OffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            drop_off_runtime(t);
+        }
+    }
+}
+
+/// Runs a blocking librdkafka call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("a blocking Kafka call failed: {e}"))
+}
+
+/// Ids seen within a window, oldest evicted first.
+struct IdWindow {
+    window: Duration,
+    capacity: usize,
+    ids: HashMap<String, (i64, i64)>,
+    order: VecDeque<(i64, String)>,
+}
+
+impl IdWindow {
+    fn new(window: Duration, capacity: usize) -> Self {
+        IdWindow {
+            window,
+            capacity: capacity.max(1),
+            ids: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn expire(&mut self, now_us: i64) {
+        let horizon = now_us - self.window.as_micros() as i64;
+        while let Some((t, _)) = self.order.front() {
+            if *t >= horizon && self.order.len() <= self.capacity {
+                break;
+            }
+            if let Some((t, id)) = self.order.pop_front() {
+                if self.ids.get(&id).is_some_and(|(seen, _)| *seen == t) {
+                    self.ids.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// The offset (or other tag) the id was seen with, if within the window.
+    fn seen(&mut self, id: &str, at_us: i64) -> Option<i64> {
+        self.expire(at_us);
+        self.ids.get(id).map(|(_, tag)| *tag)
+    }
+
+    fn insert(&mut self, id: &str, at_us: i64, tag: i64) {
+        self.ids.insert(id.to_owned(), (at_us, tag));
+        self.order.push_back((at_us, id.to_owned()));
+        self.expire(at_us);
+    }
+}
+
+type Tp = (Arc<str>, i32);
+
+/// A member that has stopped: what it had delivered, for the next owner of its partitions in
+/// this process (brokers that drop commit metadata, as tansu does, lose this across processes).
+type Handover = HashMap<(String, Arc<str>, i32), i64>;
+
+impl MemberHandle {
+    /// Stopping or stopped: its subscription is gone (or the member let go of it), and it has
+    /// not finished committing.
+    fn leaving(&self) -> bool {
+        !*self.done.borrow() && self.tx.upgrade().is_none_or(|tx| tx.is_closed())
+    }
+
+    fn running(&self) -> bool {
+        !*self.done.borrow() && self.tx.upgrade().is_some_and(|tx| !tx.is_closed())
+    }
+}
+
+/// A running group member, as the bus sees it.
+struct MemberHandle {
+    group_id: String,
+    /// Closed once the member's subscription is gone (weak: the member's end of it must close
+    /// the subscription when the member stops).
+    tx: mpsc::WeakSender<Result<Delivery, BusError>>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    done: watch::Receiver<bool>,
+    transient: bool,
+}
+
+struct Shared {
+    cfg: KafkaConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// For metadata, watermarks and group listings.
+    meta: Arc<BaseConsumer>,
+    /// One idle consumer per Kafka group, to read its committed offsets.
+    group_readers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    known_topics: Mutex<HashSet<String>>,
+    published: Mutex<IdWindow>,
+    last_stamp: AtomicU64,
+    members: Mutex<Vec<MemberHandle>>,
+    handover: Mutex<Handover>,
+    closed: AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The Kafka bus. Cheap to clone; clones share the clients.
+#[derive(Clone)]
+pub struct KafkaBus {
+    inner: Arc<Shared>,
+}
+
+impl KafkaBus {
+    /// Connects (checks that a broker answers) and prepares the producer.
+    pub async fn connect(cfg: KafkaConfig) -> Result<Self, BusError> {
+        let connect_err = |reason: String| BusError::Connect {
+            url: cfg.url.clone(),
+            reason,
+        };
+        if cfg.partitions == 0 {
+            return Err(connect_err("partitions must be at least 1".into()));
+        }
+        if cfg.brokers.is_empty() || cfg.brokers.split(',').any(|b| b.trim().is_empty()) {
+            return Err(connect_err("no broker: kafka://host:port[,host:port]".into()));
+        }
+        topics::validate_topic(&cfg.root).map_err(connect_err)?;
+        let mut pc = cfg.client_config();
+        pc.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in &cfg.client {
+            pc.set(k, v);
+        }
+        let producer: FutureProducer = pc.create().map_err(|e| connect_err(format!("producer: {e}")))?;
+        let admin: AdminClient<DefaultClientContext> = cfg
+            .client_config()
+            .create()
+            .map_err(|e| connect_err(format!("admin client: {e}")))?;
+        let meta: BaseConsumer = cfg
+            .consumer_config(&format!("{}.-meta", cfg.root))
+            .create()
+            .map_err(|e| connect_err(format!("metadata client: {e}")))?;
+        let meta = Arc::new(meta);
+        let timeout = cfg.request_timeout;
+        let m = meta.clone();
+        let brokers = blocking(move || m.fetch_metadata(None, timeout).map(|md| md.brokers().len()))
+            .await
+            .map_err(connect_err)?
+            .map_err(|e| connect_err(e.to_string()))?;
+        info!(brokers, url = %cfg.brokers, "connected to Kafka");
+        let (shutdown, _) = watch::channel(false);
+        let published = IdWindow::new(cfg.duplicate_window, cfg.dedup_capacity);
+        Ok(KafkaBus {
+            inner: Arc::new(Shared {
+                cfg,
+                producer,
+                admin,
+                meta,
+                group_readers: Mutex::new(HashMap::new()),
+                known_topics: Mutex::new(HashSet::new()),
+                published: Mutex::new(published),
+                last_stamp: AtomicU64::new(0),
+                members: Mutex::new(Vec::new()),
+                handover: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+                shutdown,
+            }),
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.cfg
+    }
+
+    /// Deletes every Kafka topic and group under this bus's root. For tests and admin use.
+    pub async fn delete_all(&self) -> Result<(), BusError> {
+        let cfg = &self.inner.cfg;
+        let err = |reason: String| BusError::Connect {
+            url: cfg.url.clone(),
+            reason,
+        };
+        let names = self.topics_under_root().await.map_err(err)?;
+        let opts = AdminOptions::new().request_timeout(Some(cfg.request_timeout));
+        if !names.is_empty() {
+            let refs: Vec<&str> = names.keys().map(String::as_str).collect();
+            self.inner
+                .admin
+                .delete_topics(&refs, &opts)
+                .await
+                .map_err(|e| err(format!("deleting topics: {e}")))?;
+        }
+        let groups = self.groups().await.map_err(err)?;
+        if !groups.is_empty() {
+            let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
+            let _ = self.inner.admin.delete_groups(&refs, &opts).await;
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `timeout`) until every member of this bus has committed and stopped, as
+    /// they do after [`Bus::close`] or once their subscriptions are dropped. A process should
+    /// close the bus and wait for this before its runtime goes: librdkafka does not finish
+    /// destroying a consumer dropped mid-flight with the runtime (the drop hangs).
+    pub async fn stopped(&self, timeout: Duration) -> bool {
+        let running: Vec<watch::Receiver<bool>> = match self.inner.members.lock() {
+            Ok(m) => m.iter().map(|h| h.done.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        tokio::time::timeout(timeout, async {
+            for mut done in running {
+                let _ = done.wait_for(|d| *d).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// A publish time that never goes backwards in this process (microseconds).
+    fn stamp(&self) -> i64 {
+        let now = now_us().max(0) as u64;
+        let mut prev = self.inner.last_stamp.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self
+                .inner
+                .last_stamp
+                .compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return next as i64,
+                Err(p) => prev = p,
+            }
+        }
+    }
+
+    /// Creates the Kafka topic if this process has not seen it yet (an existing one is fine).
+    async fn ensure_topic(&self, ktopic: &str) -> Result<(), String> {
+        if self
+            .inner
+            .known_topics
+            .lock()
+            .map(|k| k.contains(ktopic))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let cfg = &self.inner.cfg;
+        let retention = cfg.retention.as_millis().to_string();
+        let topic = NewTopic::new(
+            ktopic,
+            cfg.partitions as i32,
+            TopicReplication::Fixed(cfg.replication),
+        )
+        .set("retention.ms", &retention);
+        let opts = AdminOptions::new()
+            .request_timeout(Some(cfg.request_timeout))
+            .operation_timeout(Some(cfg.request_timeout));
+        let results = self
+            .inner
+            .admin
+            .create_topics([&topic], &opts)
+            .await
+            .map_err(|e| format!("creating topic {ktopic}: {e}"))?;
+        for r in results {
+            match r {
+                Ok(name) => info!(topic = %name, partitions = cfg.partitions, "created Kafka topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
+            }
+        }
+        if let Ok(mut k) = self.inner.known_topics.lock() {
+            k.insert(ktopic.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Every Kafka topic under the root, with its partition count.
+    async fn topics_under_root(&self) -> Result<BTreeMap<String, i32>, String> {
+        let meta = self.inner.meta.clone();
+        let timeout = self.inner.cfg.request_timeout;
+        let prefix = format!("{}.", self.inner.cfg.root);
+        blocking(move || {
+            meta.fetch_metadata(None, timeout).map(|md| {
+                md.topics()
+                    .iter()
+                    .filter(|t| t.name().starts_with(&prefix) && t.error().is_none())
+                    .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+                    .collect::<BTreeMap<_, _>>()
+            })
+        })
+        .await?
+        .map_err(|e| format!("reading the topics: {e}"))
+    }
+
+    /// The Kafka topics (with partition counts) a filter reads now.
+    async fn topics_for(&self, filter: &str) -> Result<BTreeMap<String, i32>, String> {
+        let root = &self.inner.cfg.root;
+        Ok(self
+            .topics_under_root()
+            .await?
+            .into_iter()
+            .filter(|(t, n)| *n > 0 && family_matches(root, filter, t))
+            .collect())
+    }
+
+    /// The Kafka groups of this bus.
+    async fn groups(&self) -> Result<Vec<String>, String> {
+        let meta = self.inner.meta.clone();
+        let timeout = self.inner.cfg.request_timeout;
+        let root = self.inner.cfg.root.clone();
+        blocking(move || {
+            meta.fetch_group_list(None, timeout).map(|l| {
+                l.groups()
+                    .iter()
+                    .map(|g| g.name().to_owned())
+                    .filter(|g| parse_group_id(&root, g).is_some())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await?
+        .map_err(|e| format!("listing the consumer groups: {e}"))
+    }
+
+    /// Offsets by timestamp (`Offset::End` / `Beginning` for the log end and start) of many
+    /// partitions in one request.
+    async fn offsets(
+        &self,
+        tps: &[(String, i32)],
+        at: Offset,
+    ) -> Result<HashMap<(String, i32), i64>, String> {
+        if tps.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in tps {
+            tpl.add_partition_offset(t, *p, at)
+                .map_err(|e| format!("offsets of {t}/{p}: {e}"))?;
+        }
+        let meta = self.inner.meta.clone();
+        let timeout = self.inner.cfg.request_timeout;
+        let out = blocking(move || meta.offsets_for_times(tpl, timeout))
+            .await?
+            .map_err(|e| format!("listing offsets: {e}"))?;
+        Ok(out
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Waits for this process's members of `group_id` whose subscriptions are gone to commit
+    /// and stop, so that a new member starts where they left off.
+    async fn wait_for_leavers(&self, group_id: &str) {
+        let leaving: Vec<watch::Receiver<bool>> = match self.inner.members.lock() {
+            Ok(m) => m
+                .iter()
+                .filter(|h| h.group_id == group_id && h.leaving())
+                .map(|h| h.done.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for mut done in leaving {
+            let _ = tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn partitions(&self) -> u32 {
+        self.inner.cfg.partitions
+    }
+
+    async fn publish(&self, batch: Vec<OutMessage>) -> Result<PublishReport, BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        for m in &batch {
+            topics::validate_topic(&m.topic).map_err(BusError::InvalidTopic)?;
+        }
+        let cfg = &self.inner.cfg;
+        let mut report = PublishReport::default();
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut in_batch = HashSet::new();
+        let now = now_us();
+        for m in batch {
+            if !m.id.is_empty() {
+                let seen = self
+                    .inner
+                    .published
+                    .lock()
+                    .map(|mut w| w.seen(&m.id, now).is_some())
+                    .unwrap_or(false);
+                if seen || !in_batch.insert(m.id.clone()) {
+                    report.duplicates += 1;
+                    continue;
+                }
+            }
+            let ktopic = kafka_topic(&cfg.root, &m.topic);
+            self.ensure_topic(&ktopic)
+                .await
+                .map_err(|reason| BusError::Publish {
+                    topic: m.topic.clone(),
+                    reason,
+                })?;
+            let partition = partition_of(m.key.as_deref(), cfg.partitions) as i32;
+            let stamp = self.stamp();
+            let stamp_s = stamp.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: TOPIC_HEADER,
+                    value: Some(m.topic.as_str()),
+                })
+                .insert(Header {
+                    key: ID_HEADER,
+                    value: Some(m.id.as_str()),
+                })
+                .insert(Header {
+                    key: TIME_HEADER,
+                    value: Some(stamp_s.as_str()),
+                });
+            let fut = loop {
+                let mut record = FutureRecord::<str, [u8]>::to(&ktopic)
+                    .payload(&m.payload[..])
+                    .partition(partition)
+                    .timestamp(stamp / 1000)
+                    .headers(headers.clone());
+                if let Some(k) = &m.key {
+                    record = record.key(k.as_str());
+                }
+                match self.inner.producer.send_result(record) {
+                    Ok(f) => break f,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // librdkafka's queue is full: wait for deliveries to make room.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => {
+                        return Err(BusError::Publish {
+                            topic: m.topic.clone(),
+                            reason: e.to_string(),
+                        })
+                    }
+                }
+            };
+            pending.push((m, fut));
+        }
+        for (m, fut) in pending {
+            match fut.await {
+                Ok(Ok(_)) => {
+                    report.stored += 1;
+                    if !m.id.is_empty() {
+                        if let Ok(mut w) = self.inner.published.lock() {
+                            w.insert(&m.id, now_us(), 0);
+                        }
+                    }
+                }
+                Ok(Err((e, _))) => {
+                    return Err(BusError::Publish {
+                        topic: m.topic.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+                Err(_) => {
+                    return Err(BusError::Publish {
+                        topic: m.topic.clone(),
+                        reason: "the producer went away before the broker answered".into(),
+                    })
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn subscribe(&self, opts: SubscribeOptions) -> Result<Box<dyn Subscription>, BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let cfg = &self.inner.cfg;
+        let mine = opts.validate(cfg.partitions)?;
+        let err = |reason: String| BusError::Subscribe {
+            group: opts.group.clone(),
+            filter: opts.filter.clone(),
+            reason,
+        };
+        let gid = group_id(&cfg.root, &opts.group, &opts.filter);
+        self.wait_for_leavers(&gid).await;
+        if let Some(family) = concrete_family(&cfg.root, &opts.filter) {
+            // Create it now, so that the member reads it from its first message on.
+            self.ensure_topic(&family).await.map_err(err)?;
+        }
+        let consumer: StreamConsumer = cfg
+            .consumer_config(&gid)
+            .create()
+            .map_err(|e| err(format!("consumer: {e}")))?;
+        let (tx, rx) = mpsc::channel(opts.max_in_flight.clamp(1, 4096));
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = watch::channel(false);
+        let mut member = Member {
+            bus: self.clone(),
+            consumer: OffRuntime::new(consumer),
+            group_id: gid.clone(),
+            joined_us: now_us(),
+            mine: mine.iter().map(|p| *p as i32).collect(),
+            opts: opts.clone(),
+            parts: HashMap::new(),
+            inflight: HashMap::new(),
+            redeliver: VecDeque::new(),
+            permits: Arc::new(Semaphore::new(opts.max_in_flight)),
+            tx: Some(tx.clone()),
+            cmd_tx: cmd_tx.clone(),
+            cmd_rx,
+            shutdown: self.inner.shutdown.subscribe(),
+            last_commit: Instant::now(),
+            duplicates: 0,
+        };
+        // Assign what exists now before returning: the group exists (and keeps its place) from
+        // this call on.
+        member.discover().await.map_err(err)?;
+        if let Ok(mut m) = self.inner.members.lock() {
+            m.retain(|h| !*h.done.borrow());
+            m.push(MemberHandle {
+                group_id: gid,
+                tx: tx.downgrade(),
+                cmd: cmd_tx,
+                done: done_rx,
+                transient: opts.transient,
+            });
+        }
+        tokio::spawn(async move {
+            member.run().await;
+            let _ = done_tx.send(true);
+        });
+        Ok(Box::new(KafkaSubscription { rx }))
+    }
+
+    async fn backlogs(&self) -> Result<BTreeMap<String, Backlog>, BusError> {
+        let mut groups = BTreeMap::<String, Backlog>::new();
+        for p in self.partition_backlogs().await? {
+            let b = groups.entry(p.group).or_default();
+            b.pending += p.backlog.pending;
+            b.unacked += p.backlog.unacked;
+        }
+        Ok(groups)
+    }
+
+    async fn partition_backlogs(&self) -> Result<Vec<PartitionBacklog>, BusError> {
+        let cfg = &self.inner.cfg;
+        let err = |reason: String| BusError::Connect {
+            url: cfg.url.clone(),
+            reason,
+        };
+        let groups = self.groups().await.map_err(err)?;
+        let topics = self.topics_under_root().await.map_err(err)?;
+        let all: Vec<(String, i32)> = topics
+            .iter()
+            .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
+            .collect();
+        let ends = self.offsets(&all, Offset::End).await.map_err(err)?;
+        let starts = self.offsets(&all, Offset::Beginning).await.map_err(err)?;
+        let mut parts = BTreeMap::<(String, u32), Backlog>::new();
+        for gid in groups {
+            let Some((group, filter)) = parse_group_id(&cfg.root, &gid) else {
+                continue;
+            };
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &all {
+                if family_matches(&cfg.root, &filter, t) {
+                    tpl.add_partition(t, *p);
+                }
+            }
+            if tpl.count() == 0 {
+                continue;
+            }
+            let reader = {
+                let mut readers = self
+                    .inner
+                    .group_readers
+                    .lock()
+                    .map_err(|_| err("a group reader panicked".into()))?;
+                match readers.get(&gid) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r: BaseConsumer = cfg
+                            .consumer_config(&gid)
+                            .create()
+                            .map_err(|e| err(format!("group reader for {gid}: {e}")))?;
+                        let r = Arc::new(r);
+                        readers.insert(gid.clone(), r.clone());
+                        r
+                    }
+                }
+            };
+            let timeout = cfg.request_timeout;
+            let committed = blocking(move || reader.committed_offsets(tpl, timeout))
+                .await
+                .map_err(err)?
+                .map_err(|e| err(format!("committed offsets of {gid}: {e}")))?;
+            for e in committed.elements() {
+                let key = (e.topic().to_owned(), e.partition());
+                let end = ends.get(&key).copied().unwrap_or(0);
+                let start = starts.get(&key).copied().unwrap_or(0);
+                let at = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => start,
+                };
+                let lag = (end - at).max(0) as u64;
+                let delivered = delivered_through(e.metadata()).map(|d| (d + 1).min(end));
+                let unacked = delivered.map(|d| (d - at).max(0) as u64).unwrap_or(0).min(lag);
+                let b = parts.entry((group.clone(), e.partition() as u32)).or_default();
+                b.pending += lag - unacked;
+                b.unacked += unacked;
+            }
+        }
+        Ok(PartitionBacklog::from_map(parts))
+    }
+
+    async fn history(&self, opts: HistoryOptions) -> Result<Box<dyn History>, BusError> {
+        topics::validate_filter(&opts.filter).map_err(BusError::InvalidSubscription)?;
+        let cfg = &self.inner.cfg;
+        let err = |reason: String| BusError::History {
+            filter: opts.filter.clone(),
+            reason,
+        };
+        let began = now_us();
+        let topics = self.topics_for(&opts.filter).await.map_err(err)?;
+        let all: Vec<(String, i32)> = topics
+            .iter()
+            .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
+            .collect();
+        let ends = self.offsets(&all, Offset::End).await.map_err(err)?;
+        let starts = match opts.since {
+            // The first offset at or after the start (in ms, Kafka's resolution; the rest is
+            // skipped by the publish time in microseconds).
+            Some(us) => self
+                .offsets(&all, Offset::Offset(us.div_euclid(1000)))
+                .await
+                .map_err(err)?,
+            None => self.offsets(&all, Offset::Beginning).await.map_err(err)?,
+        };
+        let consumer: StreamConsumer = cfg
+            .consumer_config(&format!("{}.-history", cfg.root))
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(|e| err(format!("reader: {e}")))?;
+        let consumer = OffRuntime::new(consumer);
+        let mut tpl = TopicPartitionList::new();
+        let mut total = 0u64;
+        let mut live = Vec::new();
+        for tp in &all {
+            let end = ends.get(tp).copied().unwrap_or(0);
+            // No offset at or after the start time: nothing to read there.
+            // (Kafka answers no offset for a start time after the last message: nothing there.)
+            let Some(start) = starts.get(tp).copied() else {
+                continue;
+            };
+            total += (end - start).max(0) as u64;
+            tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(start))
+                .map_err(|e| err(e.to_string()))?;
+            live.push(tp.clone());
+        }
+        if !live.is_empty() {
+            consumer
+                .assign(&tpl)
+                .map_err(|e| err(format!("assigning: {e}")))?;
+        }
+        let mut queues = Vec::new();
+        for (t, p) in live {
+            match consumer.split_partition_queue(&t, p) {
+                Some(q) => queues.push(PartQueue {
+                    queue: q,
+                    head: None,
+                    done: false,
+                }),
+                None => return Err(err(format!("cannot read {t}/{p} on its own"))),
+            }
+        }
+        // The main queue must be served for librdkafka's events; it gets no messages.
+        let c = consumer.share();
+        let server = tokio::spawn(async move {
+            loop {
+                if let Err(e) = c.recv().await {
+                    debug!(error = %e, "history reader event");
+                }
+            }
+        });
+        debug!(filter = %opts.filter, since = ?opts.since, until = ?opts.until, total, "history read");
+        Ok(Box::new(KafkaHistory {
+            _consumer: consumer,
+            server,
+            queues,
+            filter: opts.filter,
+            since: opts.since,
+            until: opts.until.map_or(began, |u| u.min(began)),
+            total,
+            sequence: 0,
+        }))
+    }
+
+    async fn health(&self) -> Result<String, BusError> {
+        let cfg = &self.inner.cfg;
+        let meta = self.inner.meta.clone();
+        let timeout = cfg.request_timeout;
+        let prefix = format!("{}.", cfg.root);
+        let (brokers, topics) = blocking(move || {
+            meta.fetch_metadata(None, timeout).map(|md| {
+                (
+                    md.brokers().len(),
+                    md.topics()
+                        .iter()
+                        .filter(|t| t.name().starts_with(&prefix))
+                        .count(),
+                )
+            })
+        })
+        .await
+        .map_err(|reason| BusError::Connect {
+            url: cfg.url.clone(),
+            reason,
+        })?
+        .map_err(|e| BusError::Connect {
+            url: cfg.url.clone(),
+            reason: format!("Kafka unavailable: {e}"),
+        })?;
+        Ok(format!(
+            "Kafka at {}: {brokers} broker(s), {topics} topic(s) under {}.*",
+            cfg.brokers, cfg.root
+        ))
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        let producer = self.inner.producer.clone();
+        let timeout = self.inner.cfg.request_timeout;
+        blocking(move || producer.flush(timeout))
+            .await
+            .map_err(BusError::Ack)?
+            .map_err(|e| BusError::Ack(format!("flush: {e}")))?;
+        let cmds: Vec<mpsc::UnboundedSender<Cmd>> = match self.inner.members.lock() {
+            Ok(m) => m.iter().map(|h| h.cmd.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        for cmd in cmds {
+            let (tx, rx) = oneshot::channel();
+            if cmd.send(Cmd::Commit(tx)).is_ok() {
+                let _ = tokio::time::timeout(timeout, rx).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let _ = self.inner.shutdown.send(true);
+        let producer = self.inner.producer.clone();
+        let timeout = self.inner.cfg.request_timeout;
+        match blocking(move || producer.flush(timeout)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "Kafka producer flush on close failed"),
+            Err(e) => warn!(error = %e, "Kafka producer flush on close failed"),
+        }
+    }
+}
+
+/// The highest offset delivered, from a commit's metadata (`d=<n>`).
+fn delivered_through(metadata: &str) -> Option<i64> {
+    metadata
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("d="))
+        .and_then(|d| d.parse().ok())
+}
+
+enum Cmd {
+    Ack(Tp, i64),
+    Nack(Tp, i64, Option<Duration>),
+    Commit(oneshot::Sender<()>),
+}
+
+/// One partition a member reads.
+struct Part {
+    /// Every offset below is settled (acked or skipped): the offset to commit.
+    next: i64,
+    /// Offsets received at or above `next`, and whether each is settled.
+    received: BTreeMap<i64, bool>,
+    /// Highest offset delivered (by this member or, from the commit metadata, a predecessor).
+    delivered: i64,
+    /// Offsets up to here had been delivered before this member started: attempt ≥ 2.
+    before: i64,
+    committed: (i64, i64),
+    ids: IdWindow,
+}
+
+impl Part {
+    fn settle(&mut self, offset: i64) {
+        if let Some(s) = self.received.get_mut(&offset) {
+            *s = true;
+        }
+        while let Some((&o, &settled)) = self.received.iter().next() {
+            if !settled {
+                break;
+            }
+            self.received.remove(&o);
+            self.next = o + 1;
+        }
+    }
+}
+
+struct Inflight {
+    msg: Arc<OutMessage>,
+    attempt: u32,
+    due: Instant,
+    /// Waiting in `redeliver`.
+    queued: bool,
+}
+
+struct Member {
+    bus: KafkaBus,
+    consumer: OffRuntime<StreamConsumer>,
+    group_id: String,
+    joined_us: i64,
+    mine: BTreeSet<i32>,
+    opts: SubscribeOptions,
+    parts: HashMap<Tp, Part>,
+    inflight: HashMap<Tp, HashMap<i64, Inflight>>,
+    /// Deliveries to send again, with the time they are due.
+    redeliver: VecDeque<(Instant, Tp, i64)>,
+    permits: Arc<Semaphore>,
+    tx: Option<mpsc::Sender<Result<Delivery, BusError>>>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    shutdown: watch::Receiver<bool>,
+    last_commit: Instant,
+    duplicates: u64,
+}
+
+impl Drop for Member {
+    /// Lets go of the partitions before the consumer goes: librdkafka cannot finish destroying
+    /// a consumer whose partitions are still assigned (the test runtime's shutdown hung on it).
+    fn drop(&mut self) {
+        if let Err(e) = self.consumer.unassign() {
+            debug!(group = %self.group_id, error = %e, "unassign on drop failed");
+        }
+    }
+}
+
+/// A received record: its partition, offset, AuroraQ message (None outside the layout) and
+/// publish time.
+type Received = (Tp, i64, Option<OutMessage>, i64);
+
+enum Step {
+    Cmd(Option<Cmd>),
+    Message(Result<Received, KafkaError>, OwnedSemaphorePermit),
+    Tick,
+    Stop,
+    Gone,
+}
+
+impl Member {
+    /// Assigns the partitions of Kafka topics not yet read, at the group's committed offsets.
+    async fn discover(&mut self) -> Result<(), String> {
+        let topics = self.bus.topics_for(&self.opts.filter).await?;
+        let mut tpl = TopicPartitionList::new();
+        let mut new = Vec::new();
+        for (t, n) in topics {
+            if n as u32 != self.bus.inner.cfg.partitions {
+                debug!(topic = %t, partitions = n, configured = self.bus.inner.cfg.partitions, "topic has another partition count");
+            }
+            let t: Arc<str> = Arc::from(t.as_str());
+            for p in self.mine.iter().copied().filter(|p| *p < n) {
+                if !self.parts.contains_key(&(t.clone(), p)) {
+                    tpl.add_partition(&t, p);
+                    new.push((t.clone(), p));
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let timeout = self.bus.inner.cfg.request_timeout;
+        let committed = blocking(move || consumer.committed_offsets(tpl, timeout))
+            .await?
+            .map_err(|e| format!("committed offsets: {e}"))?;
+        let mut committed_at = HashMap::new();
+        for e in committed.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                committed_at.insert(
+                    (e.topic().to_owned(), e.partition()),
+                    (o, delivered_through(e.metadata())),
+                );
+            }
+        }
+        let keys: Vec<(String, i32)> = new.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+        let lows = self.bus.offsets(&keys, Offset::Beginning).await?;
+        let highs = if self.opts.from_now {
+            self.bus.offsets(&keys, Offset::End).await?
+        } else {
+            HashMap::new()
+        };
+        let mut assign = TopicPartitionList::new();
+        let handover = self
+            .bus
+            .inner
+            .handover
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        for (t, p) in new {
+            let key = (t.to_string(), p);
+            let low = lows.get(&key).copied().unwrap_or(0);
+            let (start, meta_delivered) = match committed_at.get(&key) {
+                Some((o, d)) => ((*o).max(low), *d),
+                None if self.opts.from_now => (highs.get(&key).copied().unwrap_or(low), None),
+                None => (low, None),
+            };
+            let handed = handover.get(&(self.group_id.clone(), t.clone(), p)).copied();
+            let before = meta_delivered.into_iter().chain(handed).max().unwrap_or(-1);
+            assign
+                .add_partition_offset(&t, p, Offset::Offset(start))
+                .map_err(|e| e.to_string())?;
+            self.parts.insert(
+                (t, p),
+                Part {
+                    next: start,
+                    received: BTreeMap::new(),
+                    delivered: before.max(start - 1),
+                    before,
+                    // Not committed yet: the first commit records where the group starts.
+                    committed: (-1, -1),
+                    ids: IdWindow::new(
+                        self.bus.inner.cfg.duplicate_window,
+                        self.bus.inner.cfg.dedup_capacity,
+                    ),
+                },
+            );
+        }
+        self.consumer
+            .incremental_assign(&assign)
+            .map_err(|e| format!("assigning partitions: {e}"))?;
+        debug!(group = %self.group_id, partitions = assign.count(), "assigned");
+        self.commit(CommitMode::Sync).await;
+        Ok(())
+    }
+
+    /// Commits what changed since the last commit.
+    async fn commit(&mut self, mode: CommitMode) {
+        self.last_commit = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        let mut changed = Vec::new();
+        for ((t, p), part) in &self.parts {
+            if part.committed == (part.next, part.delivered) {
+                continue;
+            }
+            let meta = format!("aq1 d={}", part.delivered);
+            if tpl
+                .add_partition_offset(t, *p, Offset::Offset(part.next))
+                .is_err()
+            {
+                continue;
+            }
+            if let Some(mut e) = tpl.find_partition(t, *p) {
+                e.set_metadata(meta);
+            }
+            changed.push(((t.clone(), *p), (part.next, part.delivered)));
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let consumer = self.consumer.clone();
+        let result = match mode {
+            CommitMode::Sync => blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                .await
+                .unwrap_or_else(|e| Err(KafkaError::Subscription(e))),
+            CommitMode::Async => consumer.commit(&tpl, CommitMode::Async),
+        };
+        match result {
+            Ok(()) => {
+                for (k, v) in changed {
+                    if let Some(part) = self.parts.get_mut(&k) {
+                        part.committed = v;
+                    }
+                }
+            }
+            Err(e) => warn!(group = %self.group_id, error = %e, "Kafka offset commit failed; retrying"),
+        }
+    }
+
+    async fn run(mut self) {
+        let commit_every = self.bus.inner.cfg.commit_interval;
+        let discover_every = self.bus.inner.cfg.discovery_interval;
+        let wildcard = concrete_family(&self.bus.inner.cfg.root, &self.opts.filter).is_none();
+        let mut last_discovery = Instant::now();
+        let mut tick = tokio::time::interval(commit_every.min(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let gone = loop {
+            self.redeliver_due().await;
+            let step = {
+                let Some(tx) = self.tx.clone() else { break false };
+                let permits = self.permits.clone();
+                let consumer = self.consumer.clone();
+                tokio::select! {
+                    biased;
+                    // Settlements first: an ack sent before the subscription went must count.
+                    c = self.cmd_rx.recv() => Step::Cmd(c),
+                    _ = self.shutdown.changed() => Step::Stop,
+                    _ = tx.closed() => Step::Gone,
+                    _ = tick.tick() => Step::Tick,
+                    (m, permit) = async {
+                        let permit = permits.acquire_owned().await;
+                        let m = consumer.recv().await.map(|m| Self::read(&m));
+                        (m, permit)
+                    }, if self.redeliver.is_empty() => match permit {
+                        Ok(p) => Step::Message(m, p),
+                        Err(_) => Step::Stop,
+                    },
+                }
+            };
+            match step {
+                Step::Stop => break false,
+                Step::Gone => break true,
+                Step::Cmd(Some(c)) => self.command(c).await,
+                Step::Cmd(None) => {}
+                Step::Tick => {
+                    self.expire();
+                    if self.last_commit.elapsed() >= commit_every {
+                        self.commit(CommitMode::Async).await;
+                    }
+                    if wildcard && last_discovery.elapsed() >= discover_every {
+                        last_discovery = Instant::now();
+                        if let Err(e) = self.discover().await {
+                            warn!(group = %self.group_id, error = %e, "looking for new topics failed");
+                        }
+                    }
+                }
+                Step::Message(Ok(m), permit) => self.deliver(m, permit).await,
+                Step::Message(Err(e), _) => {
+                    warn!(group = %self.group_id, error = %e, "Kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        // Stopping: no more deliveries. On close, what was delivered may still be settled for
+        // a while (the stage drains); when the subscription is gone nothing more can be.
+        self.tx = None;
+        if !gone {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.inflight.values().any(|m| !m.is_empty()) {
+                match tokio::time::timeout_at(deadline, self.cmd_rx.recv()).await {
+                    Ok(Some(Cmd::Nack(..))) => {}
+                    Ok(Some(c)) => self.command(c).await,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        // Settlements already sent count, whichever way the member stops.
+        while let Ok(c) = self.cmd_rx.try_recv() {
+            if !matches!(c, Cmd::Nack(..)) {
+                self.command(c).await;
+            }
+        }
+        self.commit(CommitMode::Sync).await;
+        if let Ok(mut h) = self.bus.inner.handover.lock() {
+            for ((t, p), part) in &self.parts {
+                h.insert((self.group_id.clone(), t.clone(), *p), part.delivered);
+            }
+        }
+        if self.duplicates > 0 {
+            info!(group = %self.group_id, duplicates = self.duplicates, "dropped re-published ids");
+        }
+        if self.opts.transient {
+            let others = self
+                .bus
+                .inner
+                .members
+                .lock()
+                .map(|m| {
+                    m.iter()
+                        .filter(|h| h.group_id == self.group_id && h.transient && h.running())
+                        .count()
+                })
+                .unwrap_or(0);
+            if others == 0 {
+                let opts = AdminOptions::new().request_timeout(Some(self.bus.inner.cfg.request_timeout));
+                let _ = self.bus.inner.admin.delete_groups(&[&self.group_id], &opts).await;
+            }
+        }
+        debug!(group = %self.group_id, "member stopped");
+    }
+
+    fn read(m: &BorrowedMessage<'_>) -> Received {
+        let tp: Tp = (Arc::from(m.topic()), m.partition());
+        let (message, ts) = decode(m);
+        (tp, m.offset(), message, ts)
+    }
+
+    async fn deliver(&mut self, (tp, offset, message, ts): Received, permit: OwnedSemaphorePermit) {
+        let Some(part) = self.parts.get_mut(&tp) else {
+            return;
+        };
+        if offset < part.next || part.received.contains_key(&offset) {
+            return;
+        }
+        part.received.insert(offset, false);
+        let Some(message) = message else {
+            warn!(topic = %tp.0, partition = tp.1, offset, "a record outside AuroraQ's layout; skipped");
+            part.settle(offset);
+            return;
+        };
+        let skip = !topics::matches(&self.opts.filter, &message.topic)
+            || (self.opts.from_now && ts < self.joined_us);
+        if skip {
+            part.settle(offset);
+            return;
+        }
+        if !message.id.is_empty() {
+            match part.ids.seen(&message.id, ts) {
+                Some(o) if o != offset => {
+                    debug!(group = %self.group_id, id = %message.id, offset, first = o, "duplicate id dropped");
+                    self.duplicates += 1;
+                    part.settle(offset);
+                    return;
+                }
+                Some(_) => {}
+                None => part.ids.insert(&message.id, ts, offset),
+            }
+        }
+        let attempt = if offset <= part.before { 2 } else { 1 };
+        part.delivered = part.delivered.max(offset);
+        let msg = Arc::new(message);
+        self.inflight.entry(tp.clone()).or_default().insert(
+            offset,
+            Inflight {
+                msg: msg.clone(),
+                attempt,
+                due: Instant::now() + self.opts.ack_wait,
+                queued: false,
+            },
+        );
+        self.send(tp, offset, msg, attempt, permit).await;
+    }
+
+    async fn send(
+        &mut self,
+        tp: Tp,
+        offset: i64,
+        msg: Arc<OutMessage>,
+        attempt: u32,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let Some(tx) = &self.tx else { return };
+        let partition = tp.1 as u32;
+        let acker = KafkaAcker {
+            cmd: self.cmd_tx.clone(),
+            tp,
+            offset,
+            _permit: permit,
+        };
+        let d = Delivery::shared(msg, partition, attempt, Box::new(acker));
+        // Never full: each delivery in the channel holds one of max_in_flight permits.
+        let _ = tx.send(Ok(d)).await;
+    }
+
+    async fn command(&mut self, c: Cmd) {
+        match c {
+            Cmd::Ack(tp, offset) => {
+                if let Some(m) = self.inflight.get_mut(&tp) {
+                    m.remove(&offset);
+                }
+                if let Some(part) = self.parts.get_mut(&tp) {
+                    part.settle(offset);
+                }
+                if self.last_commit.elapsed() >= self.bus.inner.cfg.commit_interval {
+                    self.commit(CommitMode::Async).await;
+                }
+            }
+            Cmd::Nack(tp, offset, delay) => {
+                if let Some(f) = self.inflight.get_mut(&tp).and_then(|m| m.get_mut(&offset)) {
+                    if !f.queued {
+                        f.queued = true;
+                        let due = Instant::now() + delay.unwrap_or_default();
+                        self.redeliver.push_back((due, tp, offset));
+                    }
+                }
+            }
+            Cmd::Commit(done) => {
+                self.commit(CommitMode::Sync).await;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Deliveries not acked within ack_wait are due again.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        for (tp, m) in &mut self.inflight {
+            for (offset, f) in m.iter_mut() {
+                if f.due <= now && !f.queued {
+                    f.queued = true;
+                    self.redeliver.push_back((now, tp.clone(), *offset));
+                }
+            }
+        }
+    }
+
+    /// Sends again what is due, while permits last.
+    async fn redeliver_due(&mut self) {
+        let now = Instant::now();
+        let mut later = VecDeque::new();
+        while let Some((due, tp, offset)) = self.redeliver.pop_front() {
+            if due > now {
+                later.push_back((due, tp, offset));
+                continue;
+            }
+            let Some(f) = self.inflight.get_mut(&tp).and_then(|m| m.get_mut(&offset)) else {
+                continue;
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                later.push_back((due, tp, offset));
+                later.extend(self.redeliver.drain(..));
+                break;
+            };
+            f.attempt += 1;
+            f.due = now + self.opts.ack_wait;
+            f.queued = false;
+            let (msg, attempt) = (f.msg.clone(), f.attempt);
+            self.send(tp, offset, msg, attempt, permit).await;
+        }
+        // What is not due yet (or waits for a permit) goes out on a later turn of the loop,
+        // which a tick, an ack or a message starts.
+        self.redeliver = later;
+    }
+}
+
+/// The AuroraQ message of a record (None outside the layout) and its publish time (µs).
+fn decode(m: &impl Message) -> (Option<OutMessage>, i64) {
+    let mut topic = None;
+    let mut id = String::new();
+    let mut ts = None;
+    if let Some(h) = m.headers() {
+        for h in h.iter() {
+            let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
+            match h.key {
+                TOPIC_HEADER => topic = v.map(str::to_owned),
+                ID_HEADER => id = v.unwrap_or_default().to_owned(),
+                TIME_HEADER => ts = v.and_then(|v| v.parse::<i64>().ok()),
+                _ => {}
+            }
+        }
+    }
+    let ts = ts.unwrap_or_else(|| m.timestamp().to_millis().unwrap_or(0).saturating_mul(1000));
+    let message = topic.map(|topic| OutMessage {
+        topic,
+        key: m
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(str::to_owned),
+        id,
+        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+    });
+    (message, ts)
+}
+
+struct KafkaSubscription {
+    rx: mpsc::Receiver<Result<Delivery, BusError>>,
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
+        self.rx.recv().await
+    }
+}
+
+struct KafkaAcker {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    tp: Tp,
+    offset: i64,
+    /// Released when the delivery is settled: frees a slot of the member's max_in_flight.
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl Acker for KafkaAcker {
+    /// Settling is a message to the member's task: never waits. (When the member is gone the
+    /// message stays uncommitted and its next owner delivers it again.)
+    fn settle_now(&self, ack: bool) -> bool {
+        let c = if ack {
+            Cmd::Ack(self.tp.clone(), self.offset)
+        } else {
+            Cmd::Nack(self.tp.clone(), self.offset, None)
+        };
+        let _ = self.cmd.send(c);
+        true
+    }
+
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        self.settle_now(true);
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError> {
+        let _ = self.cmd.send(Cmd::Nack(self.tp.clone(), self.offset, delay));
+        Ok(())
+    }
+}
+
+struct PartQueue {
+    queue: rdkafka::consumer::stream_consumer::StreamPartitionQueue<DefaultConsumerContext>,
+    head: Option<(i64, i64, OutMessage)>,
+    done: bool,
+}
+
+/// A history read: one queue per partition, merged by publish time.
+struct KafkaHistory {
+    _consumer: OffRuntime<StreamConsumer>,
+    server: tokio::task::JoinHandle<()>,
+    queues: Vec<PartQueue>,
+    filter: String,
+    since: Option<i64>,
+    /// Stop at messages published after this (the read's start, or `until`).
+    until: i64,
+    total: u64,
+    sequence: u64,
+}
+
+impl Drop for KafkaHistory {
+    fn drop(&mut self) {
+        self.server.abort();
+        // The partition queues hold the consumer too.
+        drop_off_runtime(std::mem::take(&mut self.queues));
+    }
+}
+
+impl KafkaHistory {
+    /// Fills the head of one partition: its next message in range, or done.
+    async fn fill(q: &mut PartQueue, filter: &str, since: Option<i64>, until: i64) -> Result<(), BusError> {
+        while q.head.is_none() && !q.done {
+            match q.queue.recv().await {
+                Ok(m) => {
+                    let (message, ts) = decode(&m);
+                    if ts > until {
+                        q.done = true;
+                        break;
+                    }
+                    if since.is_some_and(|s| ts < s) {
+                        continue;
+                    }
+                    match message {
+                        Some(message) if topics::matches(filter, &message.topic) => {
+                            q.head = Some((ts, m.offset(), message));
+                        }
+                        _ => {}
+                    }
+                }
+                Err(KafkaError::PartitionEOF(_)) => q.done = true,
+                Err(e) => {
+                    q.done = true;
+                    return Err(BusError::History {
+                        filter: filter.to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl History for KafkaHistory {
+    async fn next(&mut self) -> Option<Result<Stored, BusError>> {
+        for q in &mut self.queues {
+            if let Err(e) = Self::fill(q, &self.filter, self.since, self.until).await {
+                return Some(Err(e));
+            }
+        }
+        let (i, _) = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| q.head.as_ref().map(|h| (i, h.0)))
+            .min_by_key(|(_, ts)| *ts)?;
+        let (ts, _offset, message) = self.queues[i].head.take()?;
+        self.sequence += 1;
+        Some(Ok(Stored {
+            message,
+            sequence: self.sequence,
+            stored_at: ts,
+        }))
+    }
+
+    fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(kafka_topic("aq", "market.trades.binance.btcusdt"), "aq.market");
+        assert_eq!(kafka_topic("aq", "alerts"), "aq.alerts");
+        let g = group_id("aq", "fusion", "sentiment.*.>");
+        assert_eq!(g, "aq.fusion.sentiment.ANY.ALL");
+        assert_eq!(
+            parse_group_id("aq", &g),
+            Some(("fusion".to_owned(), "sentiment.*.>".to_owned()))
+        );
+        assert_eq!(parse_group_id("aq", "other.fusion.x"), None);
+        assert_eq!(parse_group_id("aq", "aq.-meta"), None);
+        assert!(family_matches("aq", "market.>", "aq.market"));
+        assert!(family_matches("aq", ">", "aq.dlq"));
+        assert!(!family_matches("aq", "market.>", "aq.news"));
+        assert!(!family_matches("aq", "market.>", "aqx.market"));
+        assert_eq!(concrete_family("aq", "*.x"), None);
+        assert_eq!(concrete_family("aq", "dlq.>").as_deref(), Some("aq.dlq"));
+        assert_eq!(delivered_through("aq1 d=41"), Some(41));
+        assert_eq!(delivered_through(""), None);
+        assert_eq!(KafkaConfig::new("kafka://a:1,b:2").brokers, "a:1,b:2");
+    }
+
+    #[test]
+    fn id_window_forgets_old_and_excess_ids() {
+        let mut w = IdWindow::new(Duration::from_secs(1), 3);
+        w.insert("a", 0, 1);
+        assert_eq!(w.seen("a", 500_000), Some(1));
+        assert_eq!(w.seen("a", 1_500_001), None, "outside the window");
+        for (i, id) in ["b", "c", "d", "e"].iter().enumerate() {
+            w.insert(id, 2_000_000 + i as i64, i as i64);
+        }
+        assert_eq!(w.seen("b", 2_000_010), None, "over capacity");
+        assert_eq!(w.seen("e", 2_000_010), Some(3));
+    }
+
+    #[test]
+    fn commits_only_a_contiguous_prefix() {
+        let mut p = Part {
+            next: 10,
+            received: BTreeMap::new(),
+            delivered: 9,
+            before: -1,
+            committed: (-1, -1),
+            ids: IdWindow::new(Duration::from_secs(1), 10),
+        };
+        for o in [10, 11, 13, 14] {
+            p.received.insert(o, false);
+        }
+        p.settle(11);
+        p.settle(14);
+        assert_eq!(p.next, 10, "10 is unacked");
+        p.settle(10);
+        assert_eq!(p.next, 12, "13 is unacked (12, a gap, is fetched as 13)");
+        p.settle(13);
+        assert_eq!(p.next, 15);
+    }
+}
