@@ -277,7 +277,7 @@ fn bad_configuration_is_refused_clearly() {
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[bus]\nurl = \"kafka://x\"\n").unwrap();
+    std::fs::write(&cfg, "[bus]\nurl = \"amqp://x\"\n").unwrap();
     let out = auroraq()
         .arg("--config")
         .arg(&cfg)
