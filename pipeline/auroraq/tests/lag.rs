@@ -33,6 +33,18 @@ fn backlog(stream: &str, root: &str) -> (u64, Value) {
     (total, v)
 }
 
+/// Takes `n` deliveries and acks them.
+async fn ack(sub: &mut dyn auroraq_bus::Subscription, n: usize) {
+    for _ in 0..n {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a delivery in time")
+            .expect("open")
+            .expect("a delivery");
+        d.ack().await.expect("ack");
+    }
+}
+
 async fn settle(stream: &str, root: &str, want: u64) -> Value {
     let mut last = Value::Null;
     for _ in 0..50 {
@@ -89,14 +101,7 @@ async fn lag_shows_a_groups_backlog_per_partition_and_it_drains() {
     assert_eq!(v["bus"], "nats", "{v}");
 
     // Ten acked: twenty left.
-    for _ in 0..10 {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("a delivery in time")
-            .expect("open")
-            .expect("a delivery");
-        d.ack().await.expect("ack");
-    }
+    ack(&mut *sub, 10).await;
     bus.flush().await.expect("flush");
     settle(&stream, &root, 20).await;
 
@@ -113,14 +118,7 @@ async fn lag_shows_a_groups_backlog_per_partition_and_it_drains() {
     assert_eq!(nums.iter().sum::<u64>(), 20, "{table}");
 
     // Drained.
-    for _ in 0..20 {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("a delivery in time")
-            .expect("open")
-            .expect("a delivery");
-        d.ack().await.expect("ack");
-    }
+    ack(&mut *sub, 20).await;
     bus.flush().await.expect("flush");
     settle(&stream, &root, 0).await;
 

@@ -122,10 +122,8 @@ fn check(s: &serde_json::Value, pin: &Pin, what: &str) {
     );
 }
 
-#[test]
-fn the_main_job_on_a_subset_of_the_default_news_is_pinned() {
-    let dir = tempfile::tempdir().unwrap();
-    let news = dir.path().join("news.csv");
+/// The header and the first `rows` headlines of the default news, as `dir/news.csv`.
+fn first_headlines(dir: &Path, rows: usize) -> PathBuf {
     let mut text = String::new();
     std::io::Read::read_to_string(
         &mut flate2::read::GzDecoder::new(
@@ -135,8 +133,16 @@ fn the_main_job_on_a_subset_of_the_default_news_is_pinned() {
     )
     .unwrap();
     // No headline holds a line break: the header and the first rows are the first lines.
-    let rows: Vec<&str> = text.lines().take(SUBSET_ROWS + 1).collect();
-    std::fs::write(&news, rows.join("\n") + "\n").unwrap();
+    let lines: Vec<&str> = text.lines().take(rows + 1).collect();
+    let news = dir.join("news.csv");
+    std::fs::write(&news, lines.join("\n") + "\n").unwrap();
+    news
+}
+
+#[test]
+fn the_main_job_on_a_subset_of_the_default_news_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let news = first_headlines(dir.path(), SUBSET_ROWS);
     let run = || {
         let out_dir = dir.path().join("out");
         last_json(
@@ -234,20 +240,7 @@ fn the_main_job_on_the_default_data_is_pinned() {
 #[test]
 fn backtest_from_a_nats_stream_of_the_default_data_gives_the_files_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut flate2::read::GzDecoder::new(
-            std::fs::File::open(repo_root().join("data/crypto/crypto_news_2025-05_2025-08.csv.gz")).unwrap(),
-        ),
-        &mut text,
-    )
-    .unwrap();
-    let news = dir.path().join("news.csv");
-    std::fs::write(
-        &news,
-        text.lines().take(601).collect::<Vec<_>>().join("\n") + "\n",
-    )
-    .unwrap();
+    let news = first_headlines(dir.path(), 600);
     let all_bars =
         std::fs::read_to_string(repo_root().join("data/crypto/btc_usd_1h_2024-08_2025-11.csv")).unwrap();
     let mut lines = all_bars.lines();

@@ -168,32 +168,44 @@ async fn bus_path(
     Ok(Figure::new(name, n, d))
 }
 
+/// A fresh file-backed stream for the bare loops and a durable pull consumer on it, acking
+/// explicitly with 4,096 acks pending at most.
 #[cfg(feature = "nats")]
-async fn bare_nats(url: &str, p: &[(String, Bytes)], batch: usize) -> Result<Figure> {
+async fn bare_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    subject: &str,
+) -> Result<async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>> {
     use async_nats::jetstream::{self, consumer::pull, stream};
-    let client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    let js = jetstream::new(client.clone());
-    let name = format!("BENCHBARE{}", std::process::id());
-    let subject = format!("benchbare{}.x", std::process::id());
-    let _ = js.delete_stream(&name).await;
+    let _ = js.delete_stream(name).await;
     let stream = js
         .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
+            name: name.to_owned(),
+            subjects: vec![subject.to_owned()],
             storage: stream::StorageType::File,
             ..Default::default()
         })
         .await?;
-    let consumer = stream
+    Ok(stream
         .create_consumer(pull::Config {
             durable_name: Some("bench".into()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             max_ack_pending: 4096,
             ..Default::default()
         })
-        .await?;
+        .await?)
+}
+
+#[cfg(feature = "nats")]
+async fn bare_nats(url: &str, p: &[(String, Bytes)], batch: usize) -> Result<Figure> {
+    use async_nats::jetstream;
+    let client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let js = jetstream::new(client.clone());
+    let name = format!("BENCHBARE{}", std::process::id());
+    let subject = format!("benchbare{}.x", std::process::id());
+    let consumer = bare_stream(&js, &name, &subject).await?;
     let n = p.len();
     let data: Vec<(String, Bytes)> = p.to_vec();
     let t0 = Instant::now();
@@ -243,30 +255,14 @@ struct Split {
 /// (the oldest awaited when the window is full), then a pull consumer acking each message.
 #[cfg(feature = "nats")]
 async fn bare_nats_split(url: &str, p: &[(String, Bytes)], window: usize, round: usize) -> Result<Split> {
-    use async_nats::jetstream::{self, consumer::pull, stream};
+    use async_nats::jetstream;
     let client = async_nats::connect(url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let js = jetstream::new(client.clone());
     let name = format!("BENCHSPLIT{}X{round}", std::process::id());
     let subject = format!("benchsplit{}x{round}.x", std::process::id());
-    let _ = js.delete_stream(&name).await;
-    let stream = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("bench".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: 4096,
-            ..Default::default()
-        })
-        .await?;
+    let consumer = bare_stream(&js, &name, &subject).await?;
     let n = p.len();
     let t0 = Instant::now();
     let mut acks = std::collections::VecDeque::with_capacity(window);
