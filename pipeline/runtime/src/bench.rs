@@ -117,6 +117,43 @@ async fn channel_baseline(p: &[(String, Bytes)], batch: usize) -> Figure {
     Figure::new("tokio mpsc channel (bare)", n, t0.elapsed())
 }
 
+/// Receives and acks up to `n` deliveries; how many came before the subscription ended.
+async fn bus_consume(sub: &mut dyn auroraq_bus::Subscription, n: usize) -> Result<usize> {
+    let mut got = 0;
+    while got < n {
+        match sub.next().await {
+            Some(Ok(d)) => {
+                d.ack().await?;
+                got += 1;
+            }
+            Some(Err(e)) => return Err(anyhow::Error::from(e)),
+            None => break,
+        }
+    }
+    Ok(got)
+}
+
+/// The bare loops' consumer: pulls in batches of 256 and acks each message, up to `n`.
+#[cfg(feature = "nats")]
+async fn bare_consume(
+    consumer: async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
+    n: usize,
+) -> Result<usize> {
+    let mut msgs = consumer.stream().max_messages_per_batch(256).messages().await?;
+    let mut got = 0;
+    while got < n {
+        match msgs.next().await {
+            Some(Ok(m)) => {
+                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                got += 1;
+            }
+            Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
+            None => break,
+        }
+    }
+    Ok(got)
+}
+
 /// Publishes everything in batches while one member consumes and acks; timed to the last ack.
 async fn bus_path(
     name: &str,
@@ -131,20 +168,7 @@ async fn bus_path(
     let msgs = messages(topic, p);
     let n = msgs.len();
     let t0 = Instant::now();
-    let consumer = tokio::spawn(async move {
-        let mut got = 0;
-        while got < n {
-            match sub.next().await {
-                Some(Ok(d)) => {
-                    d.ack().await?;
-                    got += 1;
-                }
-                Some(Err(e)) => return Err(anyhow::Error::from(e)),
-                None => break,
-            }
-        }
-        Ok::<usize, anyhow::Error>(got)
-    });
+    let consumer = tokio::spawn(async move { bus_consume(&mut *sub, n).await });
     let producer = {
         let bus = bus.clone();
         tokio::spawn(async move {
@@ -209,21 +233,7 @@ async fn bare_nats(url: &str, p: &[(String, Bytes)], batch: usize) -> Result<Fig
     let n = p.len();
     let data: Vec<(String, Bytes)> = p.to_vec();
     let t0 = Instant::now();
-    let cons = tokio::spawn(async move {
-        let mut msgs = consumer.stream().max_messages_per_batch(256).messages().await?;
-        let mut got = 0;
-        while got < n {
-            match msgs.next().await {
-                Some(Ok(m)) => {
-                    m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    got += 1;
-                }
-                Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
-                None => break,
-            }
-        }
-        Ok::<usize, anyhow::Error>(got)
-    });
+    let cons = tokio::spawn(async move { bare_consume(consumer, n).await });
     for chunk in data.chunks(batch) {
         let mut acks = Vec::with_capacity(chunk.len());
         for (id, b) in chunk {
@@ -287,18 +297,7 @@ async fn bare_nats_split(url: &str, p: &[(String, Bytes)], window: usize, round:
         t0.elapsed(),
     );
     let t1 = Instant::now();
-    let mut msgs = consumer.stream().max_messages_per_batch(256).messages().await?;
-    let mut got = 0;
-    while got < n {
-        match msgs.next().await {
-            Some(Ok(m)) => {
-                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                got += 1;
-            }
-            Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
-            None => break,
-        }
-    }
+    let got = bare_consume(consumer, n).await?;
     let consume = Figure::new("async-nats consume only, explicit acks (bare)", got, t1.elapsed());
     anyhow::ensure!(got == n, "bare JetStream: consumed {got} of {n}");
     let _ = js.delete_stream(&name).await;
@@ -335,17 +334,7 @@ async fn bus_nats_split(url: &str, p: &[(String, Bytes)], batch: usize, round: u
         t0.elapsed(),
     );
     let t1 = Instant::now();
-    let mut got = 0;
-    while got < n {
-        match sub.next().await {
-            Some(Ok(d)) => {
-                d.ack().await?;
-                got += 1;
-            }
-            Some(Err(e)) => return Err(anyhow::Error::from(e)),
-            None => break,
-        }
-    }
+    let got = bus_consume(&mut *sub, n).await?;
     bus.flush().await?;
     let consume = Figure::new("auroraq NATS bus consume only", got, t1.elapsed());
     drop(sub);
