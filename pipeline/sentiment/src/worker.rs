@@ -10,10 +10,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use auroraq_bus::{topics, Bus, Delivery, OutMessage};
+use auroraq_bus::{topics, Bus, Delivery, OutMessage, Subscription};
 use auroraq_schemas::{decode, now_micros, AnyEvent, Article, EventKind, Meta, SentimentScore};
 use auroraq_stage::{
-    send_dead_letter, subscribe_stage, to_message, StageConfig, StageError, StageMetrics, StageStats,
+    retry_after, send_dead_letter, send_dead_letter_after, subscribe_stage, to_message, Retries, StageConfig,
+    StageError, StageMetrics, StageStats,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -72,7 +73,20 @@ pub async fn run_worker(
     batching: BatchConfig,
     metrics: Arc<StageMetrics>,
 ) -> Result<StageStats, StageError> {
-    let mut sub = subscribe_stage(&*bus, &cfg).await?;
+    let sub = subscribe_stage(&*bus, &cfg).await?;
+    run_worker_on(bus, cfg, sub, classifier, aliases, batching, metrics).await
+}
+
+/// [`run_worker`] on a subscription made beforehand; scores and dead letters go to `bus`.
+pub async fn run_worker_on(
+    bus: Arc<dyn Bus>,
+    cfg: StageConfig,
+    mut sub: Box<dyn Subscription>,
+    classifier: Classifier,
+    aliases: AliasTable,
+    batching: BatchConfig,
+    metrics: Arc<StageMetrics>,
+) -> Result<StageStats, StageError> {
     let classifier = Arc::new(classifier);
     let (tx, mut rx) = mpsc::channel::<Job>(batching.queue.max(1));
 
@@ -156,7 +170,8 @@ pub async fn run_worker(
                                 .await?;
                         } else {
                             metrics.retried.fetch_add(1, Ordering::Relaxed);
-                            j.delivery.nack(Some(cfg.retry_delay)).await?;
+                            let delay = retry_after(cfg.retry_delay, j.delivery.attempt);
+                            j.delivery.nack(Some(delay)).await?;
                         }
                     }
                 }
@@ -232,20 +247,77 @@ async fn publish_scores(
         batch.push(m);
     }
     let n = batch.len() as u64;
+    // Kept for the one-by-one fallback below (the payloads are shared, not copied).
+    let singles = batch.clone();
     if let Err(e) = bus.publish(batch).await {
-        warn!(stage = %cfg.name, error = %e, "publishing scores failed; will retry");
-        for j in jobs {
-            j.delivery.nack(Some(cfg.retry_delay)).await?;
-        }
-        return Ok(());
+        warn!(stage = %cfg.name, error = %e, scores = n, "publishing a batch of scores failed; publishing them one by one");
+        return publish_one_by_one(bus, cfg, jobs, singles, metrics).await;
     }
-    metrics.published.fetch_add(n, Ordering::Relaxed);
-    metrics::counter!("auroraq_events_published_total", "stage" => cfg.name.clone(), "topic" => topics::SENTIMENT_SCORES)
-        .increment(n);
+    count_scores_published(cfg, metrics, n);
     for j in jobs {
         j.delivery.ack().await?;
         metrics.processed.fetch_add(1, Ordering::Relaxed);
     }
     debug!(stage = %cfg.name, scored = n, "batch scored");
+    Ok(())
+}
+
+fn count_scores_published(cfg: &StageConfig, metrics: &StageMetrics, n: u64) {
+    metrics.published.fetch_add(n, Ordering::Relaxed);
+    metrics::counter!("auroraq_events_published_total", "stage" => cfg.name.clone(), "topic" => topics::SENTIMENT_SCORES)
+        .increment(n);
+}
+
+/// After a batch of scores could not be published: each score alone, so that one the bus refuses
+/// (e.g. over its max payload) holds up neither its batch-mates nor the stage. A score that fails
+/// is retried by redelivery of its article (nacked, backing off) and, once the article has been
+/// delivered `max_attempts` times, dead-lettered with reason `publish_error` (or, if even that
+/// cannot be published, acked with an error log and counted dropped). Two failures in a row look
+/// like a bus that is down rather than a bad message: the rest are nacked without a try.
+async fn publish_one_by_one(
+    bus: &dyn Bus,
+    cfg: &StageConfig,
+    jobs: Vec<Job>,
+    messages: Vec<OutMessage>,
+    metrics: &StageMetrics,
+) -> Result<(), StageError> {
+    let mut failures_in_a_row = 0u32;
+    for (j, m) in jobs.into_iter().zip(messages) {
+        let d = j.delivery;
+        let result = if failures_in_a_row >= 2 {
+            Err("not tried: the bus refused the scores before it".to_owned())
+        } else {
+            bus.publish(vec![m]).await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => {
+                failures_in_a_row = 0;
+                count_scores_published(cfg, metrics, 1);
+                d.ack().await?;
+                metrics.processed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                failures_in_a_row += 1;
+                if d.attempt >= cfg.max_attempts {
+                    let why = format!("publishing its score failed {} times, last: {e}", d.attempt);
+                    send_dead_letter_after(
+                        bus,
+                        &cfg.name,
+                        d,
+                        "publish_error",
+                        &why,
+                        metrics,
+                        Retries::of(cfg),
+                    )
+                    .await?;
+                } else {
+                    warn!(stage = %cfg.name, id = %d.id(), attempt = d.attempt, error = %e, "publishing a score failed; will retry");
+                    metrics.retried.fetch_add(1, Ordering::Relaxed);
+                    let delay = retry_after(cfg.retry_delay, d.attempt);
+                    d.nack(Some(delay)).await?;
+                }
+            }
+        }
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@ use auroraq_schemas::{decode, encode, Article, DeadLetter, EventKind, Meta, Sent
 use auroraq_sentiment::assets::AliasTable;
 use auroraq_sentiment::batcher::BatchConfig;
 use auroraq_sentiment::eval::read_examples;
-use auroraq_sentiment::worker::run_worker;
+use auroraq_sentiment::worker::{run_worker, run_worker_on};
 use auroraq_sentiment::{runtime, Classifier, ModelOptions};
 use auroraq_stage::{publish_events, subscribe_stage, StageConfig, StageMetrics};
 use auroraq_tests::{dyn_bus, inproc_bus, nats_bus};
@@ -281,4 +281,101 @@ async fn nats_nothing_lost_when_a_worker_dies() {
         .is_err());
     bus.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(20), second).await;
+}
+
+/// A score the bus refuses (over NATS's 1 MiB max payload: its article's id is 1.1 MB; the
+/// articles come from the in-process bus, which takes them) is retried by redelivery of its
+/// article, then dead-lettered after `max_attempts` with its original bytes bounded; its batch-mates
+/// are scored at once and the worker goes on. (Before, the whole batch was nacked every time,
+/// forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_score_the_bus_refuses_is_dead_lettered_and_its_batch_mates_are_scored() {
+    let input = dyn_bus(inproc_bus(1, 1024));
+    let (nats, _guard) = nats_bus(1).await;
+    let output = dyn_bus(nats);
+    let mut scores = output
+        .subscribe(SubscribeOptions::new("scores", topics::SENTIMENT_SCORES))
+        .await
+        .unwrap();
+    let mut dlq = output
+        .subscribe(SubscribeOptions::new("dlq", "dlq.>"))
+        .await
+        .unwrap();
+    let mut cfg = StageConfig::new("sentiment", topics::ALL_ARTICLES);
+    cfg.max_attempts = 3;
+    cfg.retry_delay = Duration::from_millis(100);
+    let sub = subscribe_stage(&*input, &cfg).await.unwrap();
+    let mut arts = articles(6);
+    arts[2].article_id = "x".repeat(1_100_000);
+    let big = encode(&arts[2]).unwrap();
+    let events: Vec<_> = arts
+        .iter()
+        .cloned()
+        .map(auroraq_schemas::AnyEvent::Article)
+        .collect();
+    publish_events(&*input, &events).await.unwrap();
+    let metrics = Arc::new(StageMetrics::default());
+    let worker = tokio::spawn(run_worker_on(
+        output.clone(),
+        cfg,
+        sub,
+        classifier(),
+        AliasTable::default(),
+        BatchConfig {
+            max_batch_size: 8,
+            max_batch_tokens: 1024,
+            ..BatchConfig::default()
+        },
+        metrics.clone(),
+    ));
+
+    let mut scored = HashSet::new();
+    while scored.len() < 5 {
+        let d = tokio::time::timeout(Duration::from_secs(60), scores.next())
+            .await
+            .expect("the refused score's batch-mates are scored")
+            .unwrap()
+            .unwrap();
+        let s: SentimentScore = decode(d.payload()).unwrap();
+        assert!(scored.insert(s.article_id), "a score seen twice");
+        d.ack().await.unwrap();
+    }
+    let expected: HashSet<String> = [0, 1, 3, 4, 5].iter().map(|i| format!("a{i}")).collect();
+    assert_eq!(scored, expected);
+
+    let d = tokio::time::timeout(Duration::from_secs(60), dlq.next())
+        .await
+        .expect("the refused score's article is dead-lettered (it was retried forever)")
+        .unwrap()
+        .unwrap();
+    let dl: DeadLetter = decode(d.payload()).unwrap();
+    d.ack().await.unwrap();
+    assert_eq!(dl.reason, "publish_error");
+    assert_eq!(dl.attempts, 3);
+    assert!(dl.error.contains("failed 3 times"), "{}", dl.error);
+    assert!(
+        dl.original_bytes.len() < big.len(),
+        "the dead letter's copy is bounded"
+    );
+    assert!(
+        big.starts_with(&dl.original_bytes),
+        "it keeps the original's head"
+    );
+    for _ in 0..100 {
+        if metrics.snapshot().dead_letters == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = metrics.snapshot();
+    assert_eq!((s.processed, s.dead_letters, s.dropped), (5, 1, 0), "{s:?}");
+    assert_eq!((s.redelivered, s.retried), (2, 2), "{s:?}");
+    input.close().await;
+    output.close().await;
+    let stats = tokio::time::timeout(Duration::from_secs(20), worker)
+        .await
+        .expect("the worker ends once its bus closes")
+        .unwrap()
+        .expect("the worker ends cleanly");
+    assert_eq!(stats.received, 8, "{stats:?}");
 }
