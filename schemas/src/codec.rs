@@ -189,6 +189,8 @@ event_kinds! {
     Kline => "kline.avsc",
     BookTicker => "book_ticker.avsc",
     BookUpdate => "book_update.avsc",
+    MarkPrice => "mark_price.avsc",
+    Liquidation => "liquidation.avsc",
     Article => "article.avsc",
     SentimentScore => "sentiment_score.avsc",
     FusedSignal => "fused_signal.avsc",

@@ -180,6 +180,47 @@ pub struct BookUpdate {
     pub asks: Vec<Level>,
 }
 
+/// A futures contract's mark price, index price and funding (`mark_price.avsc`; Binance USDⓈ-M
+/// `<symbol>@markPrice`). `meta.ts_event` is the venue's event time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MarkPrice {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub exchange: String,
+    pub symbol: String,
+    pub mark_price: Dec,
+    pub index_price: Option<Dec>,
+    /// Only meaningful in the last hour before a settlement.
+    pub estimated_settle_price: Option<Dec>,
+    /// `None` for contracts without funding (delivery).
+    pub funding_rate: Option<Dec>,
+    /// `None` for contracts without funding (delivery).
+    pub next_funding_time: Option<Micros>,
+}
+
+/// A forced liquidation order (`liquidation.avsc`; Binance USDⓈ-M `<symbol>@forceOrder`). Its
+/// fills are also in the trade streams, so it is not a trade. `meta.ts_event` is the venue's
+/// event time; the venue's order type, time in force and status are kept as it spells them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Liquidation {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub exchange: String,
+    pub symbol: String,
+    pub side: OrderSide,
+    pub order_type: String,
+    pub time_in_force: String,
+    /// Original order quantity.
+    pub quantity: Dec,
+    pub price: Dec,
+    pub average_price: Dec,
+    pub status: String,
+    pub last_filled_quantity: Dec,
+    /// Accumulated filled quantity.
+    pub filled_quantity: Dec,
+    pub trade_time: Micros,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Article {
     #[serde(flatten)]

@@ -34,6 +34,51 @@ pub fn trade(seq: u64) -> TradeTick {
     }
 }
 
+/// A mark price as Binance's USDⓈ-M futures documentation shows one ("Mark Price Stream").
+pub fn mark_price() -> MarkPrice {
+    MarkPrice {
+        meta: Meta::raw(
+            EventKind::MarkPrice,
+            "binance_futures",
+            "BTCUSDT:1562305380000",
+            1_562_305_380_000_000,
+            1_562_305_380_000_350,
+        ),
+        exchange: "binance_futures".into(),
+        symbol: "BTCUSDT".into(),
+        mark_price: d("11794.15000000"),
+        index_price: Some(d("11784.62659091")),
+        estimated_settle_price: Some(d("11784.25641265")),
+        funding_rate: Some(d("0.00038167")),
+        next_funding_time: Some(1_562_306_400_000_000),
+    }
+}
+
+/// A liquidation as Binance's USDⓈ-M futures documentation shows one ("Liquidation Order Streams").
+pub fn liquidation() -> Liquidation {
+    Liquidation {
+        meta: Meta::raw(
+            EventKind::Liquidation,
+            "binance_futures",
+            "BTCUSDT:1568014460893:1568014460893",
+            1_568_014_460_893_000,
+            1_568_014_460_893_420,
+        ),
+        exchange: "binance_futures".into(),
+        symbol: "BTCUSDT".into(),
+        side: OrderSide::Sell,
+        order_type: "LIMIT".into(),
+        time_in_force: "IOC".into(),
+        quantity: d("0.014"),
+        price: d("9910"),
+        average_price: d("9910"),
+        status: "FILLED".into(),
+        last_filled_quantity: d("0.014"),
+        filled_quantity: d("0.014"),
+        trade_time: 1_568_014_460_893_000,
+    }
+}
+
 /// One of each event kind.
 pub fn all() -> Vec<AnyEvent> {
     let t = trade(1);
@@ -152,6 +197,8 @@ pub fn all() -> Vec<AnyEvent> {
                 quantity: d("0"),
             }],
         }),
+        AnyEvent::MarkPrice(mark_price()),
+        AnyEvent::Liquidation(liquidation()),
         AnyEvent::Article(Article {
             meta: art_meta.clone(),
             article_id: "feed/1/entry/9".into(),

@@ -31,11 +31,13 @@ use crate::strict::{Malformed, MAX_EMPTY_ITEMS};
 
 /// The fingerprints of the schemas the typed readers were written for, by [`EventKind`] index.
 /// A test checks them against the bundled schemas: a schema change must update its reader here.
-pub const FINGERPRINTS: [(EventKind, u64); 14] = [
+pub const FINGERPRINTS: [(EventKind, u64); 16] = [
     (EventKind::TradeTick, 0xcaa9_2b21_d1df_95d4),
     (EventKind::Kline, 0x90a6_d70a_e6dd_cc9f),
     (EventKind::BookTicker, 0x5955_d773_b076_e6fc),
     (EventKind::BookUpdate, 0x77f2_6c43_5ef1_cccc),
+    (EventKind::MarkPrice, 0x4c5a_5a08_caf8_c236),
+    (EventKind::Liquidation, 0x0ebf_41fc_b618_8922),
     (EventKind::Article, 0x1ae8_cca0_cd1a_31b2),
     (EventKind::SentimentScore, 0x146a_85eb_580e_515b),
     (EventKind::FusedSignal, 0x57d6_9ae2_9c2a_dd87),
@@ -50,10 +52,10 @@ pub const FINGERPRINTS: [(EventKind, u64); 14] = [
 
 /// The fingerprints the typed path takes, by [`EventKind`] index: a reader's fingerprint where
 /// it is still its kind's current one, else `None` (that kind decodes on the generic path).
-fn fast_table() -> &'static [Option<u64>; 14] {
-    static TABLE: OnceLock<[Option<u64>; 14]> = OnceLock::new();
+fn fast_table() -> &'static [Option<u64>; 16] {
+    static TABLE: OnceLock<[Option<u64>; 16]> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let mut t = [None; 14];
+        let mut t = [None; 16];
         for (kind, fp) in FINGERPRINTS {
             if let Some(slot) = t.get_mut(kind as usize) {
                 *slot = (kind.fingerprint() == fp).then_some(fp);
@@ -600,6 +602,14 @@ records! {
     }
     BookTicker { meta, exchange, symbol, update_id, bid_price, bid_qty, ask_price, ask_qty }
     BookUpdate { meta, exchange, symbol, first_update_id, final_update_id, snapshot, bids, asks }
+    MarkPrice {
+        meta, exchange, symbol, mark_price, index_price, estimated_settle_price, funding_rate,
+        next_funding_time,
+    }
+    Liquidation {
+        meta, exchange, symbol, side, order_type, time_in_force, quantity, price, average_price,
+        status, last_filled_quantity, filled_quantity, trade_time,
+    }
     Article { meta, article_id, feed, title, text, url, origin, keywords, tickers, ts_crawled }
     SentimentScore {
         meta, article_id, assets, label, probabilities, sentiment_score, confidence, model_id,
@@ -740,6 +750,7 @@ mod tests {
             EventKind::OrderIntent,
             EventKind::RiskDecision,
             EventKind::OrderUpdate,
+            EventKind::Liquidation,
         ] {
             assert_eq!(symbols(k, "OrderSide"), names(&os), "{k}");
         }

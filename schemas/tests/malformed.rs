@@ -73,13 +73,23 @@ proptest! {
 fn every_kind() -> Vec<AnyEvent> {
     let mut out = samples::all();
     for ev in samples::all() {
-        if let AnyEvent::Article(a) = ev {
-            let mut none = a.clone();
-            none.ts_crawled = None;
-            let mut some = a;
-            some.ts_crawled = Some(1_700_000_002_000_000);
-            out.push(AnyEvent::Article(none));
-            out.push(AnyEvent::Article(some));
+        match ev {
+            AnyEvent::Article(a) => {
+                let mut none = a.clone();
+                none.ts_crawled = None;
+                let mut some = a;
+                some.ts_crawled = Some(1_700_000_002_000_000);
+                out.push(AnyEvent::Article(none));
+                out.push(AnyEvent::Article(some));
+            }
+            AnyEvent::MarkPrice(m) => {
+                // Its last field, next_funding_time, is ["null", long]: the sample sets it.
+                let mut none = m;
+                none.next_funding_time = None;
+                none.funding_rate = None;
+                out.push(AnyEvent::MarkPrice(none));
+            }
+            _ => {}
         }
     }
     out

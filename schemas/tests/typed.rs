@@ -35,6 +35,8 @@ fn decode_as(like: &AnyEvent, bytes: &[u8]) -> Result<AnyEvent, CodecError> {
         AnyEvent::Kline(_) => decode::<Kline>(bytes).map(Into::into),
         AnyEvent::BookTicker(_) => decode::<BookTicker>(bytes).map(Into::into),
         AnyEvent::BookUpdate(_) => decode::<BookUpdate>(bytes).map(Into::into),
+        AnyEvent::MarkPrice(_) => decode::<MarkPrice>(bytes).map(Into::into),
+        AnyEvent::Liquidation(_) => decode::<Liquidation>(bytes).map(Into::into),
         AnyEvent::Article(_) => decode::<Article>(bytes).map(Into::into),
         AnyEvent::SentimentScore(_) => decode::<SentimentScore>(bytes).map(Into::into),
         AnyEvent::FusedSignal(_) => decode::<FusedSignal>(bytes).map(Into::into),
@@ -103,6 +105,25 @@ fn corpus() -> Vec<AnyEvent> {
                     .collect();
                 b.asks.clear();
                 AnyEvent::BookUpdate(b)
+            }
+            AnyEvent::MarkPrice(mut m) => {
+                // A delivery contract: no funding; no index or settle price given.
+                m.index_price = None;
+                m.estimated_settle_price = None;
+                m.funding_rate = None;
+                m.next_funding_time = None;
+                m.mark_price = Dec::new(i64::MAX, 28);
+                AnyEvent::MarkPrice(m)
+            }
+            AnyEvent::Liquidation(mut l) => {
+                l.side = OrderSide::Buy;
+                l.order_type = String::new();
+                l.time_in_force = "GTX".into();
+                l.status = "PARTIALLY_FILLED".into();
+                l.last_filled_quantity = Dec::new(0, 0);
+                l.average_price = Dec::new(i64::MIN, 0);
+                l.trade_time = i64::MIN;
+                AnyEvent::Liquidation(l)
             }
             AnyEvent::Article(mut a) => {
                 a.title = None;

@@ -157,7 +157,7 @@ fn trades(range: std::ops::Range<u64>) -> Vec<AnyEvent> {
     range.map(|i| AnyEvent::TradeTick(samples::trade(i))).collect()
 }
 
-const ALL_TABLES: [&str; 16] = [
+const ALL_TABLES: [&str; 18] = [
     "trades",
     "klines",
     "book_tickers",
@@ -174,6 +174,8 @@ const ALL_TABLES: [&str; 16] = [
     "alerts",
     "dead_letters",
     "feed_statuses",
+    "mark_prices",
+    "liquidations",
 ];
 
 #[tokio::test]
@@ -183,24 +185,24 @@ async fn migrations_apply_from_empty_and_twice() {
     cfg.timescaledb = TimescaleMode::Auto; // no extension on this server: native partitioning
     let first = migrate_url(&db.url, &cfg).await.expect("first migration");
     assert_eq!(first.flavor, Flavor::Postgres);
-    assert_eq!(first.applied, vec![1, 2, 3]);
-    assert_eq!(first.versions, vec![1, 2, 3]);
+    assert_eq!(first.applied, vec![1, 2, 3, 4]);
+    assert_eq!(first.versions, vec![1, 2, 3, 4]);
     let again = migrate_url(&db.url, &cfg).await.expect("second migration");
     assert!(
         again.applied.is_empty(),
         "nothing to apply twice: {:?}",
         again.applied
     );
-    assert_eq!(again.versions, vec![1, 2, 3]);
+    assert_eq!(again.versions, vec![1, 2, 3, 4]);
     let c = db.client().await;
-    assert_eq!(count(&c, "SELECT count(*) FROM aq_schema_migrations").await, 3);
+    assert_eq!(count(&c, "SELECT count(*) FROM aq_schema_migrations").await, 4);
     assert_eq!(
         count(
             &c,
             "SELECT count(*) FROM aq_schema_migrations WHERE flavor = 'postgres'"
         )
         .await,
-        3
+        4
     );
 
     // The sink's column lists and types are the tables'.
@@ -308,7 +310,7 @@ async fn migrations_apply_from_empty_and_twice() {
         applied.extend(r.expect("concurrent migration").applied);
     }
     applied.sort();
-    assert_eq!(applied, vec![1, 2, 3], "each migration applied once");
+    assert_eq!(applied, vec![1, 2, 3, 4], "each migration applied once");
 
     // A database set up without TimescaleDB is not taken for one that has it.
     let mut require = cfg.clone();
@@ -453,6 +455,22 @@ async fn every_kind_lands_once_when_delivered_twice() {
         (
             "SELECT status || ' ' || (attributes->>'expected') FROM feed_statuses",
             "gap 1027025",
+        ),
+        (
+            "SELECT mark_price::text || ' ' || index_price::text || ' ' || funding_rate::text FROM mark_prices",
+            "11794.15000000 11784.62659091 0.00038167",
+        ),
+        (
+            "SELECT (extract(epoch FROM next_funding_time) * 1000)::bigint::text FROM mark_prices",
+            "1562306400000",
+        ),
+        (
+            "SELECT side || ' ' || order_type || ' ' || time_in_force || ' ' || status FROM liquidations",
+            "sell LIMIT IOC FILLED",
+        ),
+        (
+            "SELECT quantity::text || ' @ ' || average_price::text || ' ' || filled_quantity::text FROM liquidations",
+            "0.014 @ 9910 0.014",
         ),
     ];
     for (sql, want) in checks {

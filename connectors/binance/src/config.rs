@@ -173,8 +173,13 @@ pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("unknown stream kind {0:?}: expected trade, aggTrade, kline_<interval>, bookTicker or depth")]
+    #[error(
+        "unknown stream kind {0:?}: expected trade, aggTrade, kline_<interval>, bookTicker, depth, \
+         markPrice or forceOrder (the last two on binance_futures)"
+    )]
     UnknownStream(String),
+    #[error("stream {stream} is served on binance_futures only, not on {venue}")]
+    FuturesOnly { stream: String, venue: Venue },
     #[error("unknown kline interval {0:?}: expected one of {intervals}", intervals = INTERVALS.join(", "))]
     UnknownInterval(String),
     #[error("no symbols given")]
@@ -218,11 +223,19 @@ pub enum StreamKind {
     BookTicker,
     /// `<symbol>@depth@100ms`: order-book diffs, kept as a local book with REST snapshots.
     Depth,
+    /// `<symbol>@markPrice@1s` (USDⓈ-M futures only): mark and index price, estimated settle
+    /// price, funding rate and next funding time, every second (Binance's "Mark Price Stream";
+    /// `<symbol>@markPrice` without `@1s` is every 3 s). Published as `MarkPrice`.
+    MarkPrice,
+    /// `<symbol>@forceOrder` (USDⓈ-M futures only): liquidation orders, at most the latest one
+    /// per symbol per second (Binance's "Liquidation Order Streams"). Published as `Liquidation`.
+    ForceOrder,
 }
 
 impl StreamKind {
-    /// Parses `trade`, `aggTrade`, `kline_1m`, `bookTicker`, `depth` (or `depth@100ms`); the
-    /// camel-case names are also accepted in lower case.
+    /// Parses `trade`, `aggTrade`, `kline_1m`, `bookTicker`, `depth` (or `depth@100ms`),
+    /// `markPrice` (or `markPrice@1s`), `forceOrder`; the camel-case names are also accepted in
+    /// lower case.
     pub fn parse(s: &str) -> Result<StreamKind, ConfigError> {
         let t = s.trim();
         Ok(match t {
@@ -230,6 +243,8 @@ impl StreamKind {
             "aggTrade" | "aggtrade" => StreamKind::AggTrade,
             "bookTicker" | "bookticker" => StreamKind::BookTicker,
             "depth" | "depth@100ms" => StreamKind::Depth,
+            "markPrice" | "markprice" | "markPrice@1s" | "markprice@1s" => StreamKind::MarkPrice,
+            "forceOrder" | "forceorder" => StreamKind::ForceOrder,
             k => match k.strip_prefix("kline_") {
                 Some(i) => StreamKind::Kline(Interval::parse(i)?),
                 None => return Err(ConfigError::UnknownStream(s.to_owned())),
@@ -238,10 +253,11 @@ impl StreamKind {
     }
 
     /// The name configurations use (what [`StreamKind::parse`] reads back): `trade`, `aggTrade`,
-    /// `kline_<interval>`, `bookTicker`, `depth`.
+    /// `kline_<interval>`, `bookTicker`, `depth`, `markPrice`, `forceOrder`.
     pub fn name(&self) -> String {
         match self {
             StreamKind::Depth => "depth".into(),
+            StreamKind::MarkPrice => "markPrice".into(),
             k => k.suffix(),
         }
     }
@@ -254,7 +270,15 @@ impl StreamKind {
             StreamKind::Kline(i) => format!("kline_{}", i.name()),
             StreamKind::BookTicker => "bookTicker".into(),
             StreamKind::Depth => "depth@100ms".into(),
+            StreamKind::MarkPrice => "markPrice@1s".into(),
+            StreamKind::ForceOrder => "forceOrder".into(),
         }
+    }
+
+    /// Whether only USDⓈ-M futures serve it (`markPrice`, `forceOrder`): spot and Binance.US
+    /// have no such streams, and [`LiveConfig::validate`] refuses them there.
+    pub fn futures_only(&self) -> bool {
+        matches!(self, StreamKind::MarkPrice | StreamKind::ForceOrder)
     }
 }
 
@@ -600,6 +624,14 @@ impl LiveConfig {
                 return Err(ConfigError::BadSymbol(s.clone()));
             }
         }
+        if self.venue != Venue::UsdmFutures {
+            if let Some(k) = self.streams.iter().find(|k| k.futures_only()) {
+                return Err(ConfigError::FuturesOnly {
+                    stream: k.name(),
+                    venue: self.venue,
+                });
+            }
+        }
         let n = self.symbols.len() * self.streams.len();
         if n > MAX_STREAMS_PER_CONNECTION {
             return Err(ConfigError::TooManyStreams(n));
@@ -683,7 +715,10 @@ pub struct BinanceSettings {
     pub exchange: String,
     /// Symbols, e.g. `["btcusdt", "ethusdt"]`.
     pub symbols: Vec<String>,
-    /// Streams: trade, aggTrade, kline_<interval>, bookTicker, depth.
+    /// Streams: trade, aggTrade, kline_<interval>, bookTicker, depth; on `binance_futures` also
+    /// markPrice (`<symbol>@markPrice@1s`: `MarkPrice` events on
+    /// `market.mark_prices.<exchange>.<symbol>`) and forceOrder (`<symbol>@forceOrder`:
+    /// `Liquidation` events on `market.liquidations.<exchange>.<symbol>`).
     pub streams: Vec<StreamKind>,
 }
 
@@ -1110,6 +1145,51 @@ mod tests {
             Some(Venue::UsdmFutures)
         );
         assert_eq!(Venue::from_cryptofeed("BINANCE_DELIVERY"), None);
+    }
+
+    #[test]
+    fn futures_mark_price_and_liquidation_streams() {
+        // Binance's documented stream names: `<symbol>@markPrice@1s`, `<symbol>@forceOrder`.
+        let streams = parse_streams("markPrice, forceorder, markPrice@1s, depth").expect("parses");
+        assert_eq!(
+            streams,
+            vec![StreamKind::MarkPrice, StreamKind::ForceOrder, StreamKind::Depth]
+        );
+        for k in &streams[..2] {
+            assert!(k.futures_only());
+            assert_eq!(StreamKind::parse(&k.name()).as_ref(), Ok(k));
+        }
+        let s: BinanceSettings = serde_json::from_value(serde_json::json!({
+            "venue": "binance_futures", "symbols": ["btcusdt"], "streams": ["markPrice", "forceOrder"],
+        }))
+        .expect("parses");
+        assert_eq!(
+            serde_json::to_value(&s).expect("serialises")["streams"],
+            serde_json::json!(["markPrice", "forceOrder"])
+        );
+        let live = s.live_config().expect("valid on futures");
+        assert_eq!(
+            live.url(),
+            "wss://fstream.binance.com/stream?streams=btcusdt@markPrice@1s/btcusdt@forceOrder"
+        );
+        // Spot and Binance.US have no such streams.
+        for venue in [Venue::Spot, Venue::Us] {
+            let spot = BinanceSettings {
+                streams: vec![StreamKind::Trade, StreamKind::ForceOrder],
+                ..BinanceSettings::for_venue(venue)
+            };
+            let e = spot.live_config().expect_err("futures only");
+            assert_eq!(
+                e,
+                ConfigError::FuturesOnly {
+                    stream: "forceOrder".into(),
+                    venue
+                }
+            );
+            assert!(e.to_string().contains("binance_futures"), "{e}");
+        }
+        let e = parse_streams("markPrices").expect_err("unknown");
+        assert!(e.to_string().contains("markPrice or forceOrder"), "{e}");
     }
 
     #[test]

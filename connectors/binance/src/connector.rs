@@ -66,11 +66,9 @@ pub struct LiveStats {
     pub statuses: u64,
     /// Frames of stream kinds that are read but not published.
     pub ignored: u64,
-    /// USDⓈ-M futures mark prices (`markPrice`) decoded and checked but not published: the
-    /// schemas have no event type for them yet.
+    /// USDⓈ-M futures mark prices (`markPrice`) published as `MarkPrice`.
     pub mark_prices: u64,
-    /// USDⓈ-M futures liquidation orders (`forceOrder`) decoded and checked but not published:
-    /// the schemas have no event type for them yet.
+    /// USDⓈ-M futures liquidation orders (`forceOrder`) published as `Liquidation`.
     pub liquidations: u64,
     pub dead_letters: u64,
     pub snapshots: u64,
@@ -461,13 +459,12 @@ impl Session {
                 self.request_snapshots();
             }
             Ok(MarketEvent::MarkPrice(m)) => {
-                debug!(symbol = %m.symbol, mark = %m.mark_price, "mark price decoded; not published (no event type)");
                 self.stats.update(|s| s.mark_prices += 1);
+                self.batch.push(AnyEvent::MarkPrice(m));
             }
             Ok(MarketEvent::Liquidation(l)) => {
-                debug!(symbol = %l.symbol, side = ?l.side, qty = %l.quantity, price = %l.price,
-                    "liquidation decoded; not published (no event type)");
                 self.stats.update(|s| s.liquidations += 1);
+                self.batch.push(AnyEvent::Liquidation(l));
             }
             Ok(MarketEvent::Ignored(_)) => self.stats.update(|s| s.ignored += 1),
             Err(DecodeError::UnknownStream(s)) if s == SERVER_SHUTDOWN => {

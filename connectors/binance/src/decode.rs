@@ -16,13 +16,14 @@
 //!
 //! The same decoder reads spot (Binance, Binance.US) and USDⓈ-M futures frames: futures depth
 //! diffs carry `pu` ([`DepthDiff::prev_final_update_id`]); futures `markPrice` and `forceOrder`
-//! frames decode into [`MarkPrice`] and [`Liquidation`], which have no AuroraQ event type yet
-//! (the connector and the replay count them and do not publish them).
+//! frames decode into the [`MarkPrice`] and [`Liquidation`] events, which the connector and the
+//! replay publish like trades and tickers.
 
 use std::fmt;
 
 use auroraq_schemas::{
-    BookTicker, Dec, EventKind, Kline, Level, Meta, Micros, Side, TraceContext, TradeTick,
+    BookTicker, Dec, EventKind, Kline, Level, Liquidation, MarkPrice, Meta, Micros, OrderSide, Side,
+    TraceContext, TradeTick,
 };
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -82,57 +83,6 @@ pub struct DepthSnapshot {
     pub asks: Vec<Level>,
 }
 
-/// A USDⓈ-M futures mark price (`<symbol>@markPrice`, `markPriceUpdate`): mark and index
-/// price, funding rate and next funding time. AuroraQ's schemas have no event type for it yet.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MarkPrice {
-    pub symbol: String,
-    /// `E`, in microseconds.
-    pub event_time: Micros,
-    pub ts_ingest: Micros,
-    /// `p`.
-    pub mark_price: Dec,
-    /// `i`.
-    pub index_price: Option<Dec>,
-    /// `P`: only meaningful in the last hour before a settlement.
-    pub estimated_settle_price: Option<Dec>,
-    /// `r`: empty (`None`) for delivery contracts.
-    pub funding_rate: Option<Dec>,
-    /// `T`, in microseconds: 0 (`None`) for delivery contracts.
-    pub next_funding_time: Option<Micros>,
-}
-
-/// A USDⓈ-M futures liquidation order (`<symbol>@forceOrder`, `forceOrder`): Binance pushes the
-/// latest one per symbol per second at most. Its fills also appear in the trade streams, so it is
-/// not a trade. AuroraQ's schemas have no event type for it yet.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Liquidation {
-    pub symbol: String,
-    /// `E`, in microseconds.
-    pub event_time: Micros,
-    pub ts_ingest: Micros,
-    /// `S`: the liquidation order's side.
-    pub side: Side,
-    /// `o`, e.g. `LIMIT`.
-    pub order_type: String,
-    /// `f`, e.g. `IOC`.
-    pub time_in_force: String,
-    /// `q`: original quantity.
-    pub quantity: Dec,
-    /// `p`.
-    pub price: Dec,
-    /// `ap`.
-    pub average_price: Dec,
-    /// `X`, e.g. `FILLED`.
-    pub status: String,
-    /// `l`: last filled quantity.
-    pub last_filled_quantity: Dec,
-    /// `z`: accumulated filled quantity.
-    pub filled_quantity: Dec,
-    /// `T`: order trade time, in microseconds.
-    pub trade_time: Micros,
-}
-
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MarketEvent {
@@ -141,9 +91,13 @@ pub enum MarketEvent {
     Ticker(BookTicker),
     /// Goes through [`crate::book::BookSync`] before it becomes a `BookUpdate`.
     Depth(DepthDiff),
-    /// Decoded and checked, but not an AuroraQ event (no schema for it yet).
+    /// A USDⓈ-M futures mark price (`<symbol>@markPrice`, `markPriceUpdate`): mark, index and
+    /// estimated settle price, funding rate (`r` empty: `None`) and next funding time (`T` 0:
+    /// `None`). Its id comes from the symbol and the event time `E`.
     MarkPrice(MarkPrice),
-    /// Decoded and checked, but not an AuroraQ event (no schema for it yet).
+    /// A USDⓈ-M futures liquidation order (`<symbol>@forceOrder`, `forceOrder`; Binance pushes
+    /// the latest one per symbol per second at most). Its id comes from the symbol, the order's
+    /// trade time `T` and the event time `E`.
     Liquidation(Liquidation),
     /// A stream kind AuroraQ reads but does not publish (24hr tickers and the like).
     Ignored(&'static str),
@@ -774,33 +728,41 @@ impl Decoder {
                 bids: d.bids.into_levels("b")?,
                 asks: d.asks.into_levels("a")?,
             }),
-            Payload::MarkPrice(m) => MarketEvent::MarkPrice(MarkPrice {
-                symbol: m.symbol.to_owned(),
-                event_time: ms("E", m.event_time)?,
-                ts_ingest,
-                mark_price: dec("p", m.mark)?,
-                index_price: m.index.map(|v| dec("i", v)).transpose()?,
-                estimated_settle_price: m.settle.map(|v| dec("P", v)).transpose()?,
-                funding_rate: m
-                    .funding_rate
-                    .filter(|r| !r.is_empty())
-                    .map(|v| dec("r", v))
-                    .transpose()?,
-                next_funding_time: m
-                    .next_funding
-                    .filter(|t| *t > 0)
-                    .map(|t| ms("T", t))
-                    .transpose()?,
-            }),
+            Payload::MarkPrice(m) => {
+                let ts = ms("E", m.event_time)?;
+                let event = Int::new(m.event_time);
+                let native = [m.symbol, ":", event.as_str()];
+                MarketEvent::MarkPrice(MarkPrice {
+                    meta: raw_meta(EventKind::MarkPrice, ex, &native, ts, ts_ingest),
+                    exchange: ex.to_owned(),
+                    symbol: m.symbol.to_owned(),
+                    mark_price: dec("p", m.mark)?,
+                    index_price: m.index.map(|v| dec("i", v)).transpose()?,
+                    estimated_settle_price: m.settle.map(|v| dec("P", v)).transpose()?,
+                    funding_rate: m
+                        .funding_rate
+                        .filter(|r| !r.is_empty())
+                        .map(|v| dec("r", v))
+                        .transpose()?,
+                    next_funding_time: m
+                        .next_funding
+                        .filter(|t| *t > 0)
+                        .map(|t| ms("T", t))
+                        .transpose()?,
+                })
+            }
             Payload::ForceOrder(f) => {
                 let o = f.o;
+                let ts = ms("E", f.event_time)?;
+                let (trade, event) = (Int::new(o.trade_time), Int::new(f.event_time));
+                let native = [o.symbol, ":", trade.as_str(), ":", event.as_str()];
                 MarketEvent::Liquidation(Liquidation {
+                    meta: raw_meta(EventKind::Liquidation, ex, &native, ts, ts_ingest),
+                    exchange: ex.to_owned(),
                     symbol: o.symbol.to_owned(),
-                    event_time: ms("E", f.event_time)?,
-                    ts_ingest,
                     side: match o.side {
-                        "BUY" => Side::Buy,
-                        "SELL" => Side::Sell,
+                        "BUY" => OrderSide::Buy,
+                        "SELL" => OrderSide::Sell,
                         other => {
                             return Err(DecodeError::BadValue {
                                 field: "S",
@@ -1333,9 +1295,23 @@ mod tests {
         else {
             panic!("not a mark price")
         };
-        assert_eq!(m.symbol, "BTCUSDT");
-        assert_eq!(m.event_time, 1_562_305_380_000_000);
-        assert_eq!(m.ts_ingest, 9);
+        assert_eq!(
+            (m.exchange.as_str(), m.symbol.as_str()),
+            ("binance_futures", "BTCUSDT")
+        );
+        assert_eq!(m.meta.source, "binance_futures");
+        assert_eq!(m.meta.ts_event, 1_562_305_380_000_000);
+        assert_eq!(m.meta.ts_ingest, 9);
+        assert_eq!(
+            m.meta,
+            Meta::raw(
+                EventKind::MarkPrice,
+                "binance_futures",
+                "BTCUSDT:1562305380000",
+                1_562_305_380_000_000,
+                9
+            )
+        );
         assert_eq!(m.mark_price.to_string(), "11794.15000000");
         assert_eq!(
             m.index_price.map(|d| d.to_string()).as_deref(),
@@ -1350,6 +1326,14 @@ mod tests {
             Some("0.00038167")
         );
         assert_eq!(m.next_funding_time, Some(1_562_306_400_000_000));
+        // A re-sent frame is the same event.
+        let MarketEvent::MarkPrice(again) = Decoder::new("binance_futures")
+            .frame(MARK_PRICE, 99)
+            .expect("decodes")
+        else {
+            panic!("not a mark price")
+        };
+        assert_eq!(again.meta.event_id, m.meta.event_id);
         // A contract without funding: "r" empty, "T" 0 (as the coin-M docs show it).
         let none = MARK_PRICE
             .replace(r#""0.00038167""#, r#""""#)
@@ -1373,8 +1357,11 @@ mod tests {
         else {
             panic!("not a liquidation")
         };
-        assert_eq!(l.symbol, "BTCUSDT");
-        assert_eq!(l.side, Side::Sell);
+        assert_eq!(
+            (l.exchange.as_str(), l.symbol.as_str()),
+            ("binance_futures", "BTCUSDT")
+        );
+        assert_eq!(l.side, OrderSide::Sell);
         assert_eq!(
             (l.order_type.as_str(), l.time_in_force.as_str(), l.status.as_str()),
             ("LIMIT", "IOC", "FILLED")
@@ -1385,9 +1372,24 @@ mod tests {
         assert_eq!(l.last_filled_quantity.to_string(), "0.014");
         assert_eq!(l.filled_quantity.to_string(), "0.014");
         assert_eq!(
-            (l.event_time, l.trade_time),
-            (1_568_014_460_893_000, 1_568_014_460_893_000)
+            (l.meta.ts_event, l.meta.ts_ingest, l.trade_time),
+            (1_568_014_460_893_000, 3, 1_568_014_460_893_000)
         );
+        assert_eq!(
+            l.meta,
+            Meta::raw(
+                EventKind::Liquidation,
+                "binance_futures",
+                "BTCUSDT:1568014460893:1568014460893",
+                1_568_014_460_893_000,
+                3
+            )
+        );
+        let buy = FORCE_ORDER.replace(r#""S":"SELL""#, r#""S":"BUY""#);
+        let MarketEvent::Liquidation(b) = Decoder::new("x").frame(&buy, 0).expect("decodes") else {
+            panic!("not a liquidation")
+        };
+        assert_eq!(b.side, OrderSide::Buy);
         let bad = FORCE_ORDER.replace(r#""S":"SELL""#, r#""S":"sideways""#);
         assert!(matches!(
             Decoder::new("x").frame(&bad, 0),

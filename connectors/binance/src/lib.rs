@@ -4,7 +4,8 @@
 //! on other hosts) and USDⓈ-M futures (other paths, `pu`-chained depth diffs).
 //!
 //! - [`decode`]: frames and REST bodies into events ([`Decoder`], [`decode::snapshot`],
-//!   [`decode::rest_klines`]).
+//!   [`decode::rest_klines`]); on USDⓈ-M futures also mark prices and liquidations
+//!   (`auroraq_schemas::MarkPrice`, `auroraq_schemas::Liquidation`).
 //! - [`book`]: the order-book sync per symbol ([`BookSync`]), shared by the live connector and
 //!   the replay of recorded captures.
 //! - [`connector`]: the live connector ([`LiveConnector`], [`run_live`]): combined streams,
@@ -32,6 +33,6 @@ pub use config::{
     FUTURES_WS_BASE, US_REST_BASE, US_WS_BASE,
 };
 pub use connector::{run_live, ConnectorError, LiveConnector, LiveStats, StatsHandle};
-pub use decode::{DecodeError, Decoder, DepthDiff, DepthSnapshot, Liquidation, MarkPrice, MarketEvent};
+pub use decode::{DecodeError, Decoder, DepthDiff, DepthSnapshot, MarketEvent};
 pub use rest::{RestClient, RestCounters, RestError};
 pub use stream::ConnectError;

@@ -207,6 +207,8 @@ fn outcome(
                 MarketEvent::Trade(t) => Some(AnyEvent::TradeTick(t.clone())),
                 MarketEvent::Kline(k) => Some(AnyEvent::Kline(k.clone())),
                 MarketEvent::Ticker(t) => Some(AnyEvent::BookTicker(t.clone())),
+                MarketEvent::MarkPrice(m) => Some(AnyEvent::MarkPrice(m.clone())),
+                MarketEvent::Liquidation(l) => Some(AnyEvent::Liquidation(l.clone())),
                 _ => None,
             };
             // (A decimal of more than 64 bits decodes but does not encode: the same for both.)

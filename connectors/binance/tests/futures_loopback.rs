@@ -1,7 +1,8 @@
 //! The live connector and the REST client on USDⓈ-M futures, against a loopback server that
 //! speaks the protocol with real recorded payloads: cryptofeed's `BINANCE_FUTURES` capture
 //! (`tests/data/cryptofeed/`), its WebSocket frames sent as recorded and its `/fapi/v1/depth`
-//! bodies served for the snapshots. Nothing leaves 127.0.0.1.
+//! bodies served for the snapshots; and Binance's documented `markPrice` and `forceOrder`
+//! examples (the capture has none). Nothing leaves 127.0.0.1.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use auroraq_binance::{
     parse_streams, parse_symbols, LiveConfig, LiveConnector, RestClient, RestConfig, Venue,
 };
-use auroraq_bus::{Bus, InProcBus, InProcConfig};
+use auroraq_bus::{Bus, InProcBus, InProcConfig, SubscribeOptions};
+use auroraq_schemas::{samples, AnyEvent};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -91,18 +93,30 @@ async fn rest_server() -> (String, Arc<Mutex<Vec<String>>>) {
 
 /// A WebSocket server that sends the capture's frames in order, then holds the connection.
 async fn ws_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let frames: Vec<String> = capture("BINANCE_FUTURES.ws.1.0")
         .lines()
         .skip(1)
         .filter_map(|l| l.split_once(": ").map(|(_, f)| f.to_owned()))
         .collect();
+    ws_server_of(frames, Arc::default()).await
+}
+
+/// A WebSocket server that sends `frames` in order on every connection, then holds it; the
+/// request paths (with their `streams=` query) go to `asked`.
+async fn ws_server_of(frames: Vec<String>, asked: Arc<Mutex<Vec<String>>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
-            let frames = frames.clone();
+            let (frames, asked) = (frames.clone(), asked.clone());
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else {
+                // The callback's type is tungstenite's, error response and all.
+                #[allow(clippy::result_large_err)]
+                let record = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                    asked.lock().unwrap().push(req.uri().to_string());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(sock, record).await else {
                     return;
                 };
                 for f in frames {
@@ -195,4 +209,71 @@ async fn the_live_connector_keeps_futures_books_by_the_pu_chain() {
         paths.iter().all(|p| p.starts_with("/fapi/v1/depth?symbol=")),
         "{paths:?}"
     );
+}
+
+/// Binance's documented examples ("Mark Price Stream", "Liquidation Order Streams",
+/// developers.binance.com/docs/derivatives/usds-margined-futures/websocket-market-streams),
+/// comments removed, in combined-stream frames as the streams subscribed name them.
+const MARK_PRICE: &str = r#"{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1562305380000,"s":"BTCUSDT","p":"11794.15000000","i":"11784.62659091","P":"11784.25641265","r":"0.00038167","T":1562306400000}}"#;
+const FORCE_ORDER: &str = r#"{"stream":"btcusdt@forceOrder","data":{"e":"forceOrder","E":1568014460893,"o":{"s":"BTCUSDT","S":"SELL","o":"LIMIT","f":"IOC","q":"0.014","p":"9910","ap":"9910","X":"FILLED","l":"0.014","z":"0.014","T":1568014460893}}}"#;
+
+#[tokio::test]
+async fn the_live_connector_publishes_mark_prices_and_liquidations() {
+    let (rest, _) = rest_server().await;
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let ws = ws_server_of(vec![MARK_PRICE.to_owned(), FORCE_ORDER.to_owned()], asked.clone()).await;
+    let cfg = LiveConfig::new(
+        parse_symbols("btcusdt").unwrap(),
+        parse_streams("markPrice,forceOrder").unwrap(),
+    )
+    .with_venue(Venue::UsdmFutures)
+    .with_endpoints(ws, rest);
+    let bus: Arc<dyn Bus> = Arc::new(InProcBus::new(InProcConfig::default()));
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new("futures-test", "market.>").transient())
+        .await
+        .unwrap();
+    let connector = LiveConnector::new(cfg, bus.clone()).unwrap();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(connector.run(cancel.clone()));
+    let mut got: Vec<(String, AnyEvent)> = Vec::new();
+    while got.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("the two events arrive in time")
+            .expect("the subscription is open")
+            .unwrap();
+        got.push((d.topic().to_owned(), AnyEvent::decode(d.payload()).unwrap()));
+        d.ack().await.unwrap();
+    }
+    cancel.cancel();
+    let stats = run.await.unwrap().unwrap();
+    assert_eq!((stats.mark_prices, stats.liquidations), (1, 1), "{stats:?}");
+    assert_eq!(stats.dead_letters, 0, "{stats:?}");
+    // Binance's documented stream names were asked for.
+    assert_eq!(
+        asked.lock().unwrap().first().map(String::as_str),
+        Some("/stream?streams=btcusdt@markPrice@1s/btcusdt@forceOrder")
+    );
+    // The events carry the frames' values exactly (the samples are the same documented
+    // examples); only the receive time is the run's.
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let [(lt, AnyEvent::Liquidation(l)), (mt, AnyEvent::MarkPrice(m))] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(mt, "market.mark_prices.binance_futures.btcusdt");
+    assert_eq!(lt, "market.liquidations.binance_futures.btcusdt");
+    let mut want = samples::mark_price();
+    want.meta.ts_ingest = m.meta.ts_ingest;
+    assert_eq!(m, &want);
+    assert_eq!(m.mark_price.to_string(), "11794.15000000");
+    assert_eq!(
+        m.funding_rate.map(|r| r.to_string()).as_deref(),
+        Some("0.00038167")
+    );
+    let mut want = samples::liquidation();
+    want.meta.ts_ingest = l.meta.ts_ingest;
+    assert_eq!(l, &want);
+    assert_eq!(l.average_price.to_string(), "9910");
+    assert!(m.meta.ts_ingest > 1_700_000_000_000_000, "received now");
 }

@@ -15,9 +15,8 @@
 //! The reader merges a venue's files by receive time and drives the same decoder and order-book
 //! sync as the live connector: frames become events, depth diffs go through [`BookSync`] with the
 //! venue's rule (buffered until their snapshot, stale ones dropped, gaps reported), so a replay
-//! publishes what the live run published. Futures `markPrice` and `forceOrder` frames are decoded
-//! and checked (a bad one is a dead letter) but not published: the schemas have no event type for
-//! them; their number is logged.
+//! publishes what the live run published. Futures `markPrice` and `forceOrder` frames become
+//! `MarkPrice` and `Liquidation` events, as live (a bad one is a dead letter).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -215,7 +214,6 @@ fn read_venue(
         for l in lines {
             sync.line(l, emit)?;
         }
-        sync.finish();
         return Ok(());
     }
     // Each file in receive order: a k-way merge holding one line per file.
@@ -267,7 +265,6 @@ fn read_venue(
             )?;
         }
     }
-    sync.finish();
     Ok(())
 }
 
@@ -278,8 +275,6 @@ struct VenueSync<'o> {
     origins: &'o [String],
     decoder: Decoder,
     books: BTreeMap<String, BookSync>,
-    mark_prices: u64,
-    liquidations: u64,
     /// What the current line gives.
     events: Vec<AnyEvent>,
 }
@@ -293,8 +288,6 @@ impl<'o> VenueSync<'o> {
             rule: venue.depth_rule(),
             origins,
             books: BTreeMap::new(),
-            mark_prices: 0,
-            liquidations: 0,
             events: Vec::new(),
         }
     }
@@ -310,8 +303,6 @@ impl<'o> VenueSync<'o> {
             origins,
             decoder,
             books,
-            mark_prices,
-            liquidations,
             events,
         } = self;
         let (exchange, rule, decoder) = (&*exchange, *rule, &*decoder);
@@ -354,9 +345,8 @@ impl<'o> VenueSync<'o> {
                         .or_insert_with(|| BookSync::new(exchange, &d.symbol, 10_000).with_rule(rule));
                     push_sync(events, sync.on_diff(d));
                 }
-                // Decoded and checked, but the schemas have no event type for them.
-                Ok(MarketEvent::MarkPrice(_)) => *mark_prices += 1,
-                Ok(MarketEvent::Liquidation(_)) => *liquidations += 1,
+                Ok(MarketEvent::MarkPrice(m)) => events.push(AnyEvent::MarkPrice(m)),
+                Ok(MarketEvent::Liquidation(l)) => events.push(AnyEvent::Liquidation(l)),
                 Ok(MarketEvent::Ignored(_)) => {}
                 Err(e) => events.push(AnyEvent::DeadLetter(letter(
                     &origins[l.file],
@@ -393,18 +383,6 @@ impl<'o> VenueSync<'o> {
             })?;
         }
         Ok(())
-    }
-
-    fn finish(self) {
-        let (mark_prices, liquidations) = (self.mark_prices, self.liquidations);
-        if mark_prices + liquidations > 0 {
-            tracing::info!(
-                exchange = %self.exchange,
-                mark_prices,
-                liquidations,
-                "mark prices and liquidations read but not replayed: no event type for them"
-            );
-        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use auroraq_replay::{load, Format, LoadOptions, ReadError};
-use auroraq_schemas::{AnyEvent, BookUpdate, EventKind, FeedState, FeedStatus};
+use auroraq_schemas::{AnyEvent, BookUpdate, EventKind, FeedState, FeedStatus, OrderSide};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -51,6 +51,8 @@ fn exchange_of(e: &AnyEvent) -> Option<&str> {
         AnyEvent::Kline(k) => Some(&k.exchange),
         AnyEvent::BookTicker(t) => Some(&t.exchange),
         AnyEvent::BookUpdate(u) => Some(&u.exchange),
+        AnyEvent::MarkPrice(m) => Some(&m.exchange),
+        AnyEvent::Liquidation(l) => Some(&l.exchange),
         AnyEvent::FeedStatus(s) => Some(&s.feed),
         _ => None,
     }
@@ -172,6 +174,125 @@ fn a_missing_futures_diff_is_a_gap_by_pu() {
         .count();
     assert_eq!(after_gap, 0);
     assert!(statuses(&events, FeedState::Resynced).is_empty());
+}
+
+/// The futures capture with Binance's documented `markPrice` and `forceOrder` examples ("Mark
+/// Price Stream", "Liquidation Order Streams") appended as frames received after it, and a
+/// `forceOrder` frame with a side Binance does not send: the two become events with the decoded
+/// values, on their topics; the bad one a dead letter.
+#[test]
+fn futures_mark_prices_and_liquidations_are_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ws = std::fs::read_to_string(data("BINANCE_FUTURES.ws.1.0")).unwrap();
+    if !ws.ends_with('\n') {
+        ws.push('\n');
+    }
+    let mark = r#"{"stream":"btcusdt@markPrice","data":{"e":"markPriceUpdate","E":1562305380000,"s":"BTCUSDT","p":"11794.15000000","i":"11784.62659091","P":"11784.25641265","r":"0.00038167","T":1562306400000}}"#;
+    let force = r#"{"stream":"btcusdt@forceOrder","data":{"e":"forceOrder","E":1568014460893,"o":{"s":"BTCUSDT","S":"SELL","o":"LIMIT","f":"IOC","q":"0.014","p":"9910","ap":"9910","X":"FILLED","l":"0.014","z":"0.014","T":1568014460893}}}"#;
+    ws.push_str(&format!("1626992772.000001: {mark}\n"));
+    ws.push_str(&format!("1626992772.5: {force}\n"));
+    ws.push_str(&format!(
+        "1626992773.25: {}\n",
+        force.replace(r#""S":"SELL""#, r#""S":"HOLD""#)
+    ));
+    let path = dir.path().join("BINANCE_FUTURES.ws.1.0");
+    std::fs::write(&path, ws).unwrap();
+    std::fs::copy(
+        data("BINANCE_FUTURES.http.0.0"),
+        dir.path().join("BINANCE_FUTURES.http.0.0"),
+    )
+    .unwrap();
+    let events = load(Some(Format::Cryptofeed), &[path], &LoadOptions::default()).unwrap();
+    let kinds = by_kind(&events);
+    assert_eq!(kinds.get(&EventKind::MarkPrice), Some(&1), "{kinds:?}");
+    assert_eq!(kinds.get(&EventKind::Liquidation), Some(&1), "{kinds:?}");
+    assert_eq!(kinds.get(&EventKind::DeadLetter), Some(&1), "{kinds:?}");
+    // The rest of the capture is read as before.
+    assert_eq!(kinds.get(&EventKind::BookUpdate), Some(&756), "{kinds:?}");
+    let m = events
+        .iter()
+        .find_map(|e| match e {
+            AnyEvent::MarkPrice(m) => Some(m),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (m.exchange.as_str(), m.symbol.as_str()),
+        ("binance_futures", "BTCUSDT")
+    );
+    assert_eq!(
+        (m.meta.ts_event, m.meta.ts_ingest),
+        (1_562_305_380_000_000, 1_626_992_772_000_001)
+    );
+    assert_eq!(m.mark_price.to_string(), "11794.15000000");
+    assert_eq!(
+        m.index_price.map(|d| d.to_string()).as_deref(),
+        Some("11784.62659091")
+    );
+    assert_eq!(
+        m.estimated_settle_price.map(|d| d.to_string()).as_deref(),
+        Some("11784.25641265")
+    );
+    assert_eq!(
+        m.funding_rate.map(|d| d.to_string()).as_deref(),
+        Some("0.00038167")
+    );
+    assert_eq!(m.next_funding_time, Some(1_562_306_400_000_000));
+    let l = events
+        .iter()
+        .find_map(|e| match e {
+            AnyEvent::Liquidation(l) => Some(l),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (l.exchange.as_str(), l.symbol.as_str()),
+        ("binance_futures", "BTCUSDT")
+    );
+    assert_eq!(l.side, OrderSide::Sell);
+    assert_eq!(
+        (l.order_type.as_str(), l.time_in_force.as_str(), l.status.as_str()),
+        ("LIMIT", "IOC", "FILLED")
+    );
+    assert_eq!(
+        [
+            &l.quantity,
+            &l.price,
+            &l.average_price,
+            &l.last_filled_quantity,
+            &l.filled_quantity
+        ]
+        .map(|d| d.to_string()),
+        ["0.014", "9910", "9910", "0.014", "0.014"]
+    );
+    assert_eq!(
+        (l.meta.ts_event, l.meta.ts_ingest, l.trade_time),
+        (
+            1_568_014_460_893_000,
+            1_626_992_772_500_000,
+            1_568_014_460_893_000
+        )
+    );
+    let topics: Vec<String> = events
+        .iter()
+        .filter(|e| matches!(e, AnyEvent::MarkPrice(_) | AnyEvent::Liquidation(_)))
+        .map(auroraq_stage::topic_for)
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "market.mark_prices.binance_futures.btcusdt",
+            "market.liquidations.binance_futures.btcusdt"
+        ]
+    );
+    let AnyEvent::DeadLetter(dl) = events
+        .iter()
+        .find(|e| matches!(e, AnyEvent::DeadLetter(_)))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    assert!(dl.error.contains("HOLD"), "{}", dl.error);
 }
 
 #[test]

@@ -9,6 +9,8 @@
 //! | `market.klines.<exchange>.<symbol>` | `Kline` (the interval is a field) |
 //! | `market.tickers.<exchange>.<symbol>` | `BookTicker` |
 //! | `market.book.<exchange>.<symbol>` | `BookUpdate` |
+//! | `market.mark_prices.<exchange>.<symbol>` | `MarkPrice` (futures mark price, index price, funding) |
+//! | `market.liquidations.<exchange>.<symbol>` | `Liquidation` (futures forced liquidation orders) |
 //! | `news.articles.<source>` | `Article` |
 //! | `sentiment.scores` | `SentimentScore` |
 //! | `sentiment.fused.<asset>` | `FusedSignal` |
@@ -33,6 +35,8 @@ pub const TABLE: &[(&str, &str)] = &[
     ("market.klines.<exchange>.<symbol>", "Kline"),
     ("market.tickers.<exchange>.<symbol>", "BookTicker"),
     ("market.book.<exchange>.<symbol>", "BookUpdate"),
+    ("market.mark_prices.<exchange>.<symbol>", "MarkPrice"),
+    ("market.liquidations.<exchange>.<symbol>", "Liquidation"),
     ("news.articles.<source>", "Article"),
     ("sentiment.scores", "SentimentScore"),
     ("sentiment.fused.<asset>", "FusedSignal"),
@@ -85,6 +89,16 @@ pub fn tickers(exchange: &str, symbol: &str) -> String {
 
 pub fn book(exchange: &str, symbol: &str) -> String {
     format!("market.book.{}.{}", token(exchange), token(symbol))
+}
+
+/// Futures mark prices (with index price and funding) of one contract.
+pub fn mark_prices(exchange: &str, symbol: &str) -> String {
+    format!("market.mark_prices.{}.{}", token(exchange), token(symbol))
+}
+
+/// Futures forced liquidation orders of one contract.
+pub fn liquidations(exchange: &str, symbol: &str) -> String {
+    format!("market.liquidations.{}.{}", token(exchange), token(symbol))
 }
 
 pub fn articles(source: &str) -> String {
@@ -184,6 +198,16 @@ mod tests {
             "market.trades.binance_us.btc_usdt"
         );
         assert_eq!(fused("BTC"), "sentiment.fused.btc");
+        assert_eq!(
+            mark_prices("binance_futures", "BTCUSDT"),
+            "market.mark_prices.binance_futures.btcusdt"
+        );
+        assert_eq!(
+            liquidations("binance_futures", "BTCUSDT"),
+            "market.liquidations.binance_futures.btcusdt"
+        );
+        assert!(matches(ALL_MARKET, &mark_prices("x", "y")));
+        assert!(matches(ALL_MARKET, &liquidations("x", "y")));
         assert_eq!(dlq("sentiment"), "dlq.sentiment");
         assert_eq!(articles(""), "news.articles._");
         for t in [
@@ -191,6 +215,8 @@ mod tests {
             klines("a", "b"),
             tickers("a", "b"),
             book("a", "b"),
+            mark_prices("a", "b"),
+            liquidations("a", "b"),
             articles("x"),
         ] {
             validate_topic(&t).unwrap();
@@ -204,6 +230,8 @@ mod tests {
             klines("E", "S"),
             tickers("E", "S"),
             book("E", "S"),
+            mark_prices("E", "S"),
+            liquidations("E", "S"),
             articles("E"),
             SENTIMENT_SCORES.to_owned(),
             fused("E"),

@@ -42,6 +42,8 @@ pub fn topic_for(ev: &AnyEvent) -> String {
         AnyEvent::Kline(e) => topics::klines(&e.exchange, &e.symbol),
         AnyEvent::BookTicker(e) => topics::tickers(&e.exchange, &e.symbol),
         AnyEvent::BookUpdate(e) => topics::book(&e.exchange, &e.symbol),
+        AnyEvent::MarkPrice(e) => topics::mark_prices(&e.exchange, &e.symbol),
+        AnyEvent::Liquidation(e) => topics::liquidations(&e.exchange, &e.symbol),
         AnyEvent::Article(e) => topics::articles(&e.meta.source),
         AnyEvent::SentimentScore(_) => topics::SENTIMENT_SCORES.to_owned(),
         AnyEvent::FusedSignal(e) => topics::fused(&e.asset),
@@ -64,6 +66,8 @@ pub fn topic_key(ev: &AnyEvent) -> (auroraq_schemas::EventKind, &str, &str) {
         AnyEvent::Kline(e) => (&e.exchange, &e.symbol),
         AnyEvent::BookTicker(e) => (&e.exchange, &e.symbol),
         AnyEvent::BookUpdate(e) => (&e.exchange, &e.symbol),
+        AnyEvent::MarkPrice(e) => (&e.exchange, &e.symbol),
+        AnyEvent::Liquidation(e) => (&e.exchange, &e.symbol),
         AnyEvent::Article(e) => (&e.meta.source, ""),
         AnyEvent::FusedSignal(e) => (&e.asset, ""),
         AnyEvent::DeadLetter(e) => (&e.stage, ""),
@@ -85,6 +89,8 @@ pub fn key_for(ev: &AnyEvent) -> Option<String> {
         AnyEvent::Kline(e) => Some(e.symbol.clone()),
         AnyEvent::BookTicker(e) => Some(e.symbol.clone()),
         AnyEvent::BookUpdate(e) => Some(e.symbol.clone()),
+        AnyEvent::MarkPrice(e) => Some(e.symbol.clone()),
+        AnyEvent::Liquidation(e) => Some(e.symbol.clone()),
         AnyEvent::Article(e) => Some(e.article_id.clone()),
         AnyEvent::SentimentScore(e) => e.assets.first().cloned(),
         AnyEvent::FusedSignal(e) => Some(e.asset.clone()),
@@ -478,8 +484,14 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
 
 /// Counts a consumed delivery on the `auroraq_events_consumed_total{stage,topic}` metric.
 pub fn count_consumed(stage: &str, topic: &str) {
+    count_consumed_n(stage, topic, 1);
+}
+
+/// Counts `n` events consumed from `topic` at once (a batch's run of one topic): one metric
+/// lookup instead of `n`.
+pub fn count_consumed_n(stage: &str, topic: &str, n: u64) {
     metrics::counter!("auroraq_events_consumed_total", "stage" => stage.to_owned(), "topic" => topic.to_owned())
-        .increment(1);
+        .increment(n);
 }
 
 /// Counts a published event on the `auroraq_events_published_total{stage,topic}` metric.
@@ -618,6 +630,8 @@ mod tests {
                     AnyEvent::Kline(e) => (e.exchange, e.symbol) = (a.into(), b.into()),
                     AnyEvent::BookTicker(e) => (e.exchange, e.symbol) = (a.into(), b.into()),
                     AnyEvent::BookUpdate(e) => (e.exchange, e.symbol) = (a.into(), b.into()),
+                    AnyEvent::MarkPrice(e) => (e.exchange, e.symbol) = (a.into(), b.into()),
+                    AnyEvent::Liquidation(e) => (e.exchange, e.symbol) = (a.into(), b.into()),
                     AnyEvent::Article(e) => e.meta.source = a.into(),
                     AnyEvent::FusedSignal(e) => e.asset = a.into(),
                     AnyEvent::DeadLetter(e) => e.stage = a.into(),

@@ -97,6 +97,8 @@ pub fn span_name(ev: &AnyEvent) -> &'static str {
         AnyEvent::Kline(_) => "receive Kline",
         AnyEvent::BookTicker(_) => "receive BookTicker",
         AnyEvent::BookUpdate(_) => "receive BookUpdate",
+        AnyEvent::MarkPrice(_) => "receive MarkPrice",
+        AnyEvent::Liquidation(_) => "receive Liquidation",
         AnyEvent::FeedStatus(_) => "receive FeedStatus",
     }
 }

@@ -51,6 +51,13 @@ pub const POSTGRES_AGGREGATES_SQL: &str = include_str!("../sql/postgres/aggregat
 pub const HYPERTABLES_SQL: &str = include_str!("../sql/timescaledb/hypertables.sql");
 /// TimescaleDB: continuous aggregates and their policies.
 pub const TIMESCALEDB_AGGREGATES_SQL: &str = include_str!("../sql/timescaledb/aggregates.sql");
+/// Migration 4: the futures market tables (`mark_prices`, `liquidations`), written for native
+/// partitioning as [`TABLES_SQL`] is.
+pub const FUTURES_TABLES_SQL: &str = include_str!("../sql/common/futures_tables.sql");
+/// Migration 4, native partitioning: the futures tables among the partitioned ones.
+pub const FUTURES_PARTITIONS_SQL: &str = include_str!("../sql/postgres/futures_partitions.sql");
+/// Migration 4, TimescaleDB: the futures tables as hypertables.
+pub const FUTURES_HYPERTABLES_SQL: &str = include_str!("../sql/timescaledb/futures_hypertables.sql");
 
 /// The dashboard views (`dashboards/sql/` at the repository root), in file order.
 pub const DASHBOARD_SQL: &[(&str, &str)] = &[
@@ -102,6 +109,13 @@ pub fn migrations(flavor: Flavor) -> Vec<Migration> {
         Flavor::Postgres => POSTGRES_AGGREGATES_SQL.to_owned(),
         Flavor::Timescaledb => TIMESCALEDB_AGGREGATES_SQL.to_owned(),
     };
+    let futures = match flavor {
+        Flavor::Postgres => format!("{FUTURES_TABLES_SQL}\n{FUTURES_PARTITIONS_SQL}"),
+        Flavor::Timescaledb => format!(
+            "{}\n{FUTURES_HYPERTABLES_SQL}",
+            FUTURES_TABLES_SQL.replace(PARTITION_CLAUSE, "")
+        ),
+    };
     let dashboards = DASHBOARD_SQL
         .iter()
         .map(|(name, sql)| format!("-- dashboards/sql/{name}\n{sql}"))
@@ -122,6 +136,11 @@ pub fn migrations(flavor: Flavor) -> Vec<Migration> {
             version: 3,
             name: "dashboard views",
             sql: dashboards,
+        },
+        Migration {
+            version: 4,
+            name: "futures market tables",
+            sql: futures,
         },
     ]
 }
@@ -331,16 +350,31 @@ mod tests {
 
     #[test]
     fn every_table_is_partitioned_on_postgres_and_not_on_timescaledb() {
-        let creates = TABLES_SQL.matches("CREATE TABLE IF NOT EXISTS").count();
+        let tables = [TABLES_SQL, FUTURES_TABLES_SQL];
+        let creates: usize = tables
+            .iter()
+            .map(|t| t.matches("CREATE TABLE IF NOT EXISTS").count())
+            .sum();
         assert_eq!(creates, crate::tables::Table::ALL.len());
-        assert_eq!(TABLES_SQL.matches(PARTITION_CLAUSE).count(), creates);
-        let ts = &migrations(Flavor::Timescaledb)[0].sql;
-        assert!(!ts.contains(") PARTITION BY"));
+        let partitioned: usize = tables.iter().map(|t| t.matches(PARTITION_CLAUSE).count()).sum();
+        assert_eq!(partitioned, creates);
+        for m in migrations(Flavor::Timescaledb) {
+            assert!(!m.sql.contains(") PARTITION BY"), "migration {}", m.version);
+        }
         assert_eq!(
-            HYPERTABLES_SQL.matches("create_hypertable(").count(),
+            HYPERTABLES_SQL.matches("create_hypertable(").count()
+                + FUTURES_HYPERTABLES_SQL.matches("create_hypertable(").count(),
             creates,
             "every table becomes a hypertable"
         );
+        // Native partitioning knows every table (monthly and default partitions).
+        for t in crate::tables::Table::ALL {
+            assert!(
+                FUTURES_PARTITIONS_SQL.contains(&format!("'{}'", t.name())),
+                "{} is not in aq_partitioned_tables()",
+                t.name()
+            );
+        }
     }
 
     #[test]

@@ -201,6 +201,7 @@ pub async fn run_subscriptions(
             // The batch's time is up.
             None => {
                 deadline = None;
+                count_consumed(&batch.deliveries);
                 if btx.send(std::mem::take(&mut batch)).await.is_err() {
                     break;
                 }
@@ -211,7 +212,6 @@ pub async fn run_subscriptions(
             Some(Some(d)) => d,
         };
         metrics.received.fetch_add(1, Ordering::Relaxed);
-        auroraq_stage::count_consumed("sink-postgres", d.topic());
         if d.attempt > 1 {
             metrics.redelivered.fetch_add(1, Ordering::Relaxed);
         }
@@ -222,12 +222,14 @@ pub async fn run_subscriptions(
         }
         if batch.len() >= cfg.batch_rows {
             deadline = None;
+            count_consumed(&batch.deliveries);
             if btx.send(std::mem::take(&mut batch)).await.is_err() {
                 break;
             }
         }
     }
     if batch.len() > 0 {
+        count_consumed(&batch.deliveries);
         let _ = btx.send(batch).await;
     }
     drop(btx);
@@ -439,6 +441,26 @@ async fn write_batches(
         }
     }
     Ok(writer.flavor())
+}
+
+/// Counts a batch's deliveries on `auroraq_events_consumed_total`, once per run of one topic
+/// rather than once per delivery (a metric lookup and two strings each).
+fn count_consumed(deliveries: &[Delivery]) {
+    let mut run: Option<(&str, u64)> = None;
+    for d in deliveries {
+        match &mut run {
+            Some((topic, n)) if *topic == d.topic() => *n += 1,
+            _ => {
+                if let Some((topic, n)) = run {
+                    auroraq_stage::count_consumed_n("sink-postgres", topic, n);
+                }
+                run = Some((d.topic(), 1));
+            }
+        }
+    }
+    if let Some((topic, n)) = run {
+        auroraq_stage::count_consumed_n("sink-postgres", topic, n);
+    }
 }
 
 async fn ack_all(deliveries: Vec<Delivery>, metrics: &SinkMetrics) {

@@ -34,6 +34,8 @@ pub enum Table {
     Alerts,
     DeadLetters,
     FeedStatuses,
+    MarkPrices,
+    Liquidations,
 }
 
 const META_COLUMNS: [&str; 8] = [
@@ -139,9 +141,24 @@ const PORTFOLIO_SNAPSHOTS: &[Type] = meta_types!(TEXT, JSONB, NUMERIC, NUMERIC, 
 const ALERTS: &[Type] = meta_types!(TEXT, TEXT, TEXT, TEXT, JSONB);
 const DEAD_LETTERS: &[Type] = meta_types!(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, BYTEA, INT4);
 const FEED_STATUSES: &[Type] = meta_types!(TEXT, TEXT, TEXT, TEXT, TEXT, JSONB);
+const MARK_PRICES: &[Type] = meta_types!(TEXT, TEXT, NUMERIC, NUMERIC, NUMERIC, NUMERIC, TIMESTAMPTZ);
+const LIQUIDATIONS: &[Type] = meta_types!(
+    TEXT,
+    TEXT,
+    TEXT,
+    TEXT,
+    TEXT,
+    NUMERIC,
+    NUMERIC,
+    NUMERIC,
+    TEXT,
+    NUMERIC,
+    NUMERIC,
+    TIMESTAMPTZ
+);
 
 impl Table {
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 18] = [
         Table::Trades,
         Table::Klines,
         Table::BookTickers,
@@ -158,6 +175,8 @@ impl Table {
         Table::Alerts,
         Table::DeadLetters,
         Table::FeedStatuses,
+        Table::MarkPrices,
+        Table::Liquidations,
     ];
 
     pub fn name(self) -> &'static str {
@@ -178,6 +197,8 @@ impl Table {
             Table::Alerts => "alerts",
             Table::DeadLetters => "dead_letters",
             Table::FeedStatuses => "feed_statuses",
+            Table::MarkPrices => "mark_prices",
+            Table::Liquidations => "liquidations",
         }
     }
 
@@ -199,6 +220,8 @@ impl Table {
             EventKind::Alert => Table::Alerts,
             EventKind::DeadLetter => Table::DeadLetters,
             EventKind::FeedStatus => Table::FeedStatuses,
+            EventKind::MarkPrice => Table::MarkPrices,
+            EventKind::Liquidation => Table::Liquidations,
         }
     }
 
@@ -373,6 +396,29 @@ impl Table {
                 "attempts",
             ],
             Table::FeedStatuses => &["feed", "stream", "symbol", "status", "detail", "attributes"],
+            Table::MarkPrices => &[
+                "exchange",
+                "symbol",
+                "mark_price",
+                "index_price",
+                "estimated_settle_price",
+                "funding_rate",
+                "next_funding_time",
+            ],
+            Table::Liquidations => &[
+                "exchange",
+                "symbol",
+                "side",
+                "order_type",
+                "time_in_force",
+                "quantity",
+                "price",
+                "average_price",
+                "status",
+                "last_filled_quantity",
+                "filled_quantity",
+                "trade_time",
+            ],
         };
         META_COLUMNS.iter().chain(own).copied().collect()
     }
@@ -396,6 +442,8 @@ impl Table {
             Table::Alerts => ALERTS,
             Table::DeadLetters => DEAD_LETTERS,
             Table::FeedStatuses => FEED_STATUSES,
+            Table::MarkPrices => MARK_PRICES,
+            Table::Liquidations => LIQUIDATIONS,
         }
     }
 
@@ -439,6 +487,12 @@ pub fn check(ev: &AnyEvent) -> Result<(), String> {
             times.push(("window_start", f.window_start));
             times.push(("window_end", f.window_end));
         }
+        AnyEvent::MarkPrice(m) => {
+            if let Some(t) = m.next_funding_time {
+                times.push(("next_funding_time", t));
+            }
+        }
+        AnyEvent::Liquidation(l) => times.push(("trade_time", l.trade_time)),
         _ => {}
     }
     for (name, t) in times {
@@ -466,6 +520,8 @@ pub struct Grouped<'a> {
     pub alerts: Vec<&'a Alert>,
     pub dead_letters: Vec<&'a DeadLetter>,
     pub feed_statuses: Vec<&'a FeedStatus>,
+    pub mark_prices: Vec<&'a MarkPrice>,
+    pub liquidations: Vec<&'a Liquidation>,
     /// Events left out as repeats within the batch.
     pub repeats: usize,
     /// Order updates with a last fill quantity but no price ([`FillClass::Priceless`]): in `orders`,
@@ -510,6 +566,8 @@ impl<'a> Grouped<'a> {
                 AnyEvent::Alert(e) => g.alerts.push(e),
                 AnyEvent::DeadLetter(e) => g.dead_letters.push(e),
                 AnyEvent::FeedStatus(e) => g.feed_statuses.push(e),
+                AnyEvent::MarkPrice(e) => g.mark_prices.push(e),
+                AnyEvent::Liquidation(e) => g.liquidations.push(e),
             }
         }
         g
@@ -547,6 +605,8 @@ impl<'a> Grouped<'a> {
             Table::Alerts => ts(&self.alerts),
             Table::DeadLetters => ts(&self.dead_letters),
             Table::FeedStatuses => ts(&self.feed_statuses),
+            Table::MarkPrices => ts(&self.mark_prices),
+            Table::Liquidations => ts(&self.liquidations),
         }
     }
 
@@ -573,6 +633,8 @@ impl<'a> Grouped<'a> {
             Table::Alerts => self.alerts.len(),
             Table::DeadLetters => self.dead_letters.len(),
             Table::FeedStatuses => self.feed_statuses.len(),
+            Table::MarkPrices => self.mark_prices.len(),
+            Table::Liquidations => self.liquidations.len(),
         }
     }
 }
@@ -846,6 +908,23 @@ pub async fn copy_rows(mut w: W<'_>, table: Table, g: &Grouped<'_>) -> PgResult 
                 row!(w, MetaRow::of(&e.meta);
                     &clean(&e.feed), &clean(&e.stream), &clean_opt(&e.symbol), &e.status.as_str(),
                     &clean(&e.detail), &json_strings(&e.attributes))?;
+            }
+        }
+        Table::MarkPrices => {
+            for e in &g.mark_prices {
+                row!(w, MetaRow::of(&e.meta);
+                    &clean(&e.exchange), &clean(&e.symbol), &dec(e.mark_price), &opt_dec(e.index_price),
+                    &opt_dec(e.estimated_settle_price), &opt_dec(e.funding_rate),
+                    &e.next_funding_time.map(Ts))?;
+            }
+        }
+        Table::Liquidations => {
+            for e in &g.liquidations {
+                row!(w, MetaRow::of(&e.meta);
+                    &clean(&e.exchange), &clean(&e.symbol), &e.side.as_str(), &clean(&e.order_type),
+                    &clean(&e.time_in_force), &dec(e.quantity), &dec(e.price), &dec(e.average_price),
+                    &clean(&e.status), &dec(e.last_filled_quantity), &dec(e.filled_quantity),
+                    &Ts(e.trade_time))?;
             }
         }
     }

@@ -5,8 +5,11 @@
 
 use std::fmt;
 
-use auroraq_binance::decode::{DecodeError, DepthDiff, Liquidation, MarkPrice, MarketEvent};
-use auroraq_schemas::{BookTicker, Dec, EventKind, Kline, Level, Meta, Micros, Side, TradeTick};
+use auroraq_binance::decode::{DecodeError, DepthDiff, MarketEvent};
+use auroraq_schemas::{
+    BookTicker, Dec, EventKind, Kline, Level, Liquidation, MarkPrice, Meta, Micros, OrderSide, Side,
+    TradeTick,
+};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -428,33 +431,39 @@ impl ReferenceDecoder {
                 bids: levels("b", &d.bids)?,
                 asks: levels("a", &d.asks)?,
             }),
-            Payload::MarkPrice(m) => MarketEvent::MarkPrice(MarkPrice {
-                symbol: m.symbol.to_owned(),
-                event_time: ms("E", m.event_time)?,
-                ts_ingest,
-                mark_price: dec("p", m.mark)?,
-                index_price: m.index.map(|v| dec("i", v)).transpose()?,
-                estimated_settle_price: m.settle.map(|v| dec("P", v)).transpose()?,
-                funding_rate: m
-                    .funding_rate
-                    .filter(|r| !r.is_empty())
-                    .map(|v| dec("r", v))
-                    .transpose()?,
-                next_funding_time: m
-                    .next_funding
-                    .filter(|t| *t > 0)
-                    .map(|t| ms("T", t))
-                    .transpose()?,
-            }),
+            Payload::MarkPrice(m) => {
+                let ts = ms("E", m.event_time)?;
+                let native = format!("{}:{}", m.symbol, m.event_time);
+                MarketEvent::MarkPrice(MarkPrice {
+                    meta: Meta::raw(EventKind::MarkPrice, ex, &native, ts, ts_ingest),
+                    exchange: ex.to_owned(),
+                    symbol: m.symbol.to_owned(),
+                    mark_price: dec("p", m.mark)?,
+                    index_price: m.index.map(|v| dec("i", v)).transpose()?,
+                    estimated_settle_price: m.settle.map(|v| dec("P", v)).transpose()?,
+                    funding_rate: m
+                        .funding_rate
+                        .filter(|r| !r.is_empty())
+                        .map(|v| dec("r", v))
+                        .transpose()?,
+                    next_funding_time: m
+                        .next_funding
+                        .filter(|t| *t > 0)
+                        .map(|t| ms("T", t))
+                        .transpose()?,
+                })
+            }
             Payload::ForceOrder(f) => {
                 let o = f.o;
+                let ts = ms("E", f.event_time)?;
+                let native = format!("{}:{}:{}", o.symbol, o.trade_time, f.event_time);
                 MarketEvent::Liquidation(Liquidation {
+                    meta: Meta::raw(EventKind::Liquidation, ex, &native, ts, ts_ingest),
+                    exchange: ex.to_owned(),
                     symbol: o.symbol.to_owned(),
-                    event_time: ms("E", f.event_time)?,
-                    ts_ingest,
                     side: match o.side {
-                        "BUY" => Side::Buy,
-                        "SELL" => Side::Sell,
+                        "BUY" => OrderSide::Buy,
+                        "SELL" => OrderSide::Sell,
                         other => {
                             return Err(DecodeError::BadValue {
                                 field: "S",
