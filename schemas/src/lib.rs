@@ -18,6 +18,7 @@ pub mod samples;
 pub mod strict;
 pub mod trace;
 pub mod typed;
+pub mod watermark;
 
 pub use codec::{
     decode, decode_generic, encode, encode_generic, fingerprint, registry, split_header, AnyEvent,
@@ -29,3 +30,4 @@ pub use holding::Holding;
 pub use meta::{event_id, now_micros, Meta, Micros};
 pub use routing::FillClass;
 pub use trace::TraceContext;
+pub use watermark::{is_watermark, Watermark};

@@ -1280,3 +1280,33 @@ async fn stop_gives_up_waiting_and_leaves_the_batch_unacked() {
     let c = db.client().await;
     assert_eq!(count(&c, "SELECT count(*) FROM trades").await, 50);
 }
+
+/// Watermarks (event-time progress on a topic, not events) that reach the sink on a topic it
+/// reads are acked and skipped: no row, no dead letter, and the events around them land.
+#[tokio::test]
+async fn watermarks_are_skipped_not_stored_or_dead_lettered() {
+    let db = TestDb::new().await;
+    let bus = inproc_bus(4, 4096);
+    let mut cfg = sink_cfg(&db.url);
+    cfg.batch_rows = 50;
+    cfg.batch_delay = Duration::from_millis(200);
+    let sink = start(bus.clone(), cfg).await;
+    let events = trades(0..20);
+    publish(&*bus, &events[..10], "").await;
+    let topic = auroraq_stage::topic_for(&events[0]);
+    auroraq_stage::watermark::publish_watermark(&*bus, &[topic], 1_700_000_000_000_000, "test")
+        .await
+        .expect("publish watermarks");
+    publish(&*bus, &events[10..], "").await;
+    let m = sink.metrics.clone();
+    wait_until("the trades are acked", Duration::from_secs(60), || {
+        m.acked.load(Ordering::Relaxed) >= 20
+    })
+    .await;
+    bus.close().await;
+    let stats = sink.task.await.expect("join").expect("sink");
+    assert_eq!((stats.received, stats.dead_letters), (20, 0), "{stats:?}");
+    let c = db.client().await;
+    assert_eq!(count(&c, "SELECT count(*) FROM trades").await, 20);
+    assert_eq!(count(&c, "SELECT count(*) FROM dead_letters").await, 0);
+}

@@ -15,6 +15,7 @@
 pub mod merge;
 pub mod processor;
 pub mod trace;
+pub mod watermark;
 
 pub use processor::{
     available_at, run_processor, subscribe_processor, Clock, Processor, ProcessorHandler, SimClock, WallClock,
@@ -373,6 +374,11 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
                 continue;
             }
         };
+        if auroraq_schemas::is_watermark(d.payload()) {
+            // Event-time progress, not an event: a single-input stage skips it.
+            skip_watermark(&cfg.name, d).await?;
+            continue;
+        }
         metrics.received.fetch_add(1, Ordering::Relaxed);
         count_consumed(&cfg.name, d.topic());
         if d.attempt > 1 {
@@ -480,6 +486,14 @@ pub async fn run_subscription<E: Incoming, H: Handler<E>>(
     }
     bus.flush().await?;
     Ok(metrics.snapshot())
+}
+
+/// Acks a [watermark](auroraq_schemas::Watermark) delivery that a stage or sink has no use for
+/// (event-time progress, not an event: single-input stages and sinks skip them) and counts it on
+/// `auroraq_watermarks_consumed_total{stage}`.
+pub async fn skip_watermark(stage: &str, d: Delivery) -> Result<(), auroraq_bus::BusError> {
+    metrics::counter!("auroraq_watermarks_consumed_total", "stage" => stage.to_owned()).increment(1);
+    d.ack().await
 }
 
 /// Counts a consumed delivery on the `auroraq_events_consumed_total{stage,topic}` metric.

@@ -67,6 +67,17 @@ pub trait Processor: Send {
     /// Live runs only: called after an event that produced outputs, to export the processor's
     /// state as metrics (a risk book's VaR, ...). Backtests never call it.
     fn observe(&self) {}
+    /// The topics it publishes on, which get its watermark when it runs merged on event time
+    /// (`crate::watermark::run_processor_merged`). None: it announces no watermark.
+    fn outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Those of [`Processor::inputs`] that carry what its own outputs cause (feedback): they
+    /// cannot hold its event-time frontier at the time they are caused at (see
+    /// `crate::watermark`).
+    fn feedback(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The metrics an output event stands for: order updates and fills by venue, risk decisions by

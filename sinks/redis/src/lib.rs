@@ -694,6 +694,11 @@ pub async fn run_subscriptions(
                     open = false;
                     flush = true;
                 }
+                Some(Some(d)) if auroraq_schemas::is_watermark(d.payload()) => {
+                    if let Err(e) = auroraq_stage::skip_watermark("sink-redis", d).await {
+                        debug!(error = %e, "acking a watermark failed; it will come back");
+                    }
+                }
                 Some(Some(d)) => {
                     metrics.received.fetch_add(1, Ordering::Relaxed);
                     auroraq_stage::count_consumed("sink-redis", d.topic());

@@ -211,6 +211,12 @@ pub async fn run_subscriptions(
             Some(None) => break,
             Some(Some(d)) => d,
         };
+        if auroraq_schemas::is_watermark(d.payload()) {
+            if let Err(e) = auroraq_stage::skip_watermark("sink-postgres", d).await {
+                debug!(error = %e, "acking a watermark failed; it will come back");
+            }
+            continue;
+        }
         metrics.received.fetch_add(1, Ordering::Relaxed);
         if d.attempt > 1 {
             metrics.redelivered.fetch_add(1, Ordering::Relaxed);
