@@ -155,6 +155,34 @@ impl Drop for KafkaGuard {
     }
 }
 
+/// Deletes the Kafka topics and groups under `root` on the test broker when dropped (for tests
+/// that let a child process create them).
+pub struct DeleteKafkaRootOnDrop {
+    pub root: String,
+}
+
+impl Drop for DeleteKafkaRootOnDrop {
+    fn drop(&mut self) {
+        let root = std::mem::take(&mut self.root);
+        if root.is_empty() {
+            return;
+        }
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async move {
+                    let mut cfg = KafkaConfig::new(kafka_url());
+                    cfg.root = root;
+                    if let Ok(bus) = KafkaBus::connect(cfg).await {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), bus.delete_all()).await;
+                        bus.close().await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
 pub fn inproc_bus(partitions: u32, queue_capacity: usize) -> Arc<InProcBus> {
     Arc::new(InProcBus::new(InProcConfig {
         partitions,

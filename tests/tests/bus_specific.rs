@@ -171,6 +171,36 @@ async fn nats_keeps_acked_state_across_a_server_restart() {
 }
 
 /// Reads every stored message of a filter (acks nothing).
+/// Batches larger than async-nats' limit of publish acks in flight (5,000), and several of them at
+/// once: every message is stored. (Before, a batch sent whole and then awaited blocked forever on
+/// the 5,001st send: the ack permits are freed only by awaiting the acks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_publishes_batches_larger_than_the_ack_limit_concurrently() {
+    let (bus, _guard) = nats_bus(2).await;
+    let batch = |from: usize, n: usize| (from..from + n).map(msg).collect::<Vec<_>>();
+    let one = tokio::time::timeout(Duration::from_secs(60), bus.publish(batch(0, 12_000)))
+        .await
+        .expect("a batch of 12,000 is published (it hung)")
+        .unwrap();
+    assert_eq!((one.stored, one.duplicates), (12_000, 0));
+    let (a, b, c) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(
+            bus.publish(batch(12_000, 8_000)),
+            bus.publish(batch(20_000, 8_000)),
+            bus.publish(batch(0, 3_000)),
+        )
+    })
+    .await
+    .expect("three batches at once are published (they hung)");
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!((a.stored, b.stored), (8_000, 8_000));
+    assert_eq!(
+        (c.stored, c.duplicates),
+        (0, 3_000),
+        "re-published ids are dropped"
+    );
+}
+
 async fn read_history(bus: &dyn Bus, opts: HistoryOptions) -> Vec<auroraq_bus::Stored> {
     let mut h = bus.history(opts).await.unwrap();
     let total = h.total();

@@ -178,6 +178,13 @@ impl From<DeviceArg> for auroraq_runtime::config::Device {
 struct ScoreArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// This worker's place in the `sentiment` group's static split: it takes the partitions p
+    /// with p % members == member (Kafka scaling; on NATS, workers left at 0 of 1 share them all).
+    #[arg(long, default_value_t = 0)]
+    member: u32,
+    /// Workers in the static split (see --member).
+    #[arg(long, default_value_t = 1)]
+    members: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -520,6 +527,26 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Score workers scaled by consumer group: for each worker count, a fresh backlog of real
+    /// headlines on a namespace of its own and that many `auroraq score` processes; articles/s
+    /// from the first score to the last (--bus nats://... or kafka://...).
+    Scale {
+        /// Worker counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        workers: Vec<usize>,
+        /// Articles in each backlog.
+        #[arg(long, default_value_t = 5_000)]
+        articles: usize,
+        /// Partitions of each namespace (12 splits evenly over 1, 2, 3, 4, 6 Kafka members).
+        #[arg(long, default_value_t = 12)]
+        partitions: u32,
+        /// ONNX Runtime threads per worker (default: the cores divided by the workers, at least 1).
+        #[arg(long)]
+        threads: Option<u64>,
+        /// Rounds over every worker count, interleaved; the median is reported.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
     /// Bus throughput, publish to ack, beside bare baselines.
     Bus {
         /// Events through the in-process paths.
@@ -531,6 +558,12 @@ enum Bench {
         /// Also measure NATS at this URL.
         #[arg(long)]
         nats: Option<String>,
+        /// Also measure the Kafka bus at kafka://host:port beside bare rdkafka loops.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// Events through the Kafka paths.
+        #[arg(long, default_value_t = 100_000)]
+        kafka_events: usize,
         /// Publish batch size.
         #[arg(long, default_value_t = 256)]
         batch: usize,
@@ -796,10 +829,34 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             events,
             nats_events,
             nats,
+            kafka,
+            kafka_events,
             batch,
             rounds,
         }) => {
-            let r = bench::bus(events, nats_events, nats.as_deref(), batch.max(1), rounds).await?;
+            let mut r = bench::bus(events, nats_events, nats.as_deref(), batch.max(1), rounds).await?;
+            if let Some(url) = kafka.as_deref() {
+                auroraq_runtime::bench_kafka::add_to(&mut r, url, kafka_events, batch.max(1), rounds).await?;
+            }
+            r.print();
+            emit(&r)?;
+        }
+        Command::Bench(Bench::Scale {
+            workers,
+            articles,
+            partitions,
+            threads,
+            rounds,
+        }) => {
+            let opts = auroraq_runtime::bench_scale::BenchOptions {
+                workers,
+                articles,
+                partitions: partitions.max(1),
+                threads,
+                news: cfg.run.news.first().cloned().unwrap_or_default(),
+                rounds,
+            };
+            let r = auroraq_runtime::bench_scale::bench(&cfg, &opts).await?;
             r.print();
             emit(&r)?;
         }
@@ -811,6 +868,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                     &cfg,
                     a.model.model,
                     a.model.device.map(Into::into),
+                    (a.member, a.members),
                     stop_on_signals(),
                 )
                 .await?,

@@ -227,6 +227,30 @@ fn doctor_reports_what_is_reachable() {
     assert!(table.contains("JetStream"), "{table}");
     assert!(table.contains("PostgreSQL"), "{table}");
 
+    // The bus check on Kafka: the broker answers, and one that does not fails it.
+    let kafka_bus = |url: &str| {
+        let out = auroraq()
+            .args(["doctor", "--json"])
+            .env("AURORAQ_BUS_URL", url)
+            .output()
+            .unwrap();
+        let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let bus = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == "bus")
+            .cloned()
+            .unwrap();
+        (out.status.code(), bus)
+    };
+    let (code, bus) = kafka_bus(&auroraq_tests::kafka_url());
+    assert_eq!((code, &bus["status"]), (Some(0), &"ok".into()), "{bus}");
+    assert!(bus["detail"].as_str().unwrap().contains("Kafka at"), "{bus}");
+    let port = auroraq_tests::free_port();
+    let (code, bus) = kafka_bus(&format!("kafka://127.0.0.1:{port}"));
+    assert_eq!((code, &bus["status"]), (Some(1), &"failed".into()), "{bus}");
+
     // A required service that is down makes doctor fail, and says which.
     let bad = auroraq()
         .args(["doctor", "--json"])
@@ -854,6 +878,44 @@ fn backtest_from_a_retained_stream_by_time() {
 /// job on the same data, and the results in the PostgreSQL tables.
 #[test]
 fn main_job_as_processes_on_nats_with_postgres() {
+    let nats = IsolatedNats::new("job");
+    main_job_as_processes_with_postgres("nats", &nats.envs, |s| {
+        Box::new(auroraq_tests::DeleteStreamOnDrop {
+            stream: s["stream"].as_str().unwrap_or_default().to_owned(),
+        })
+    });
+}
+
+/// The same on Kafka (topics `<run root>.<family>`, a Kafka group per role and input): about 4
+/// minutes on tansu, the job pacing each of its 1,579 events until every group has committed.
+#[test]
+fn main_job_as_processes_on_kafka_with_postgres() {
+    let root = unique("job");
+    let envs = [
+        ("AURORAQ_BUS_URL", auroraq_tests::kafka_url()),
+        ("AURORAQ_BUS_SUBJECT_ROOT", root),
+    ];
+    main_job_as_processes_with_postgres("kafka", &envs, |s| {
+        Box::new(auroraq_tests::DeleteKafkaRootOnDrop {
+            root: s["subject_root"].as_str().unwrap_or_default().to_owned(),
+        })
+    });
+}
+
+/// `kind` (`nats` or `kafka`): the bus `envs` put `auroraq` on; `cleanup`: a guard deleting what
+/// the run (its summary given) left on the bus.
+fn main_job_as_processes_with_postgres(
+    kind: &str,
+    envs: &[(&'static str, String)],
+    cleanup: impl Fn(&serde_json::Value) -> Box<dyn std::any::Any>,
+) {
+    let on_bus = || {
+        let mut c = auroraq();
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c
+    };
     let dir = tempfile::tempdir().unwrap();
     // The newest 1,500 bundled bars (the news then falls on them as in the full job's last days).
     let text = std::fs::read_to_string(repo_root().join("data/market/Coinbase_BTCUSD_1h.csv")).unwrap();
@@ -898,23 +960,19 @@ fn main_job_as_processes_on_nats_with_postgres() {
     });
     let url = format!("{}/{db}", admin.rsplit_once('/').unwrap().0);
 
-    let nats = IsolatedNats::new("job");
-    let out = nats
-        .auroraq()
+    let out = on_bus()
         .env("AURORAQ_BUS_PARTITIONS", "1")
         .args(["run", "--bars"])
         .arg(&bars)
         .arg("--out")
-        .arg(dir.path().join("nats"))
+        .arg(dir.path().join("on-bus"))
         .args(["--sink", &url])
         .output()
         .unwrap();
     let s = last_json(&out);
-    let _stream = auroraq_tests::DeleteStreamOnDrop {
-        stream: s["stream"].as_str().unwrap_or_default().to_owned(),
-    };
+    let _cleanup = cleanup(&s);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(s["bus"], "nats");
+    assert_eq!(s["bus"], kind);
     let roles: Vec<&str> = s["processes"]
         .as_array()
         .unwrap()
@@ -939,7 +997,7 @@ fn main_job_as_processes_on_nats_with_postgres() {
     );
     // The same decisions as the embedded job: the same orders, at the same times and prices.
     let trades = |run: &str| std::fs::read_to_string(dir.path().join(run).join("report/trades.csv")).unwrap();
-    assert_eq!(trades("nats"), trades("embedded"));
+    assert_eq!(trades("on-bus"), trades("embedded"));
     let (e, n) = (
         &embedded["backtest"]["emitted_by_kind"],
         &s["backtest"]["emitted_by_kind"],
@@ -951,7 +1009,7 @@ fn main_job_as_processes_on_nats_with_postgres() {
         "RiskDecision",
         "OrderUpdate",
     ] {
-        assert_eq!(e[kind], n[kind], "{kind}: embedded {e}, on NATS {n}");
+        assert_eq!(e[kind], n[kind], "{kind}: embedded {e}, on the bus {n}");
     }
     for figure in ["total_return", "sharpe", "max_drawdown"] {
         assert_eq!(
@@ -962,8 +1020,7 @@ fn main_job_as_processes_on_nats_with_postgres() {
     assert_eq!(s["published"], 1500 + 79);
 
     // The run's stream stays for backtests: its recorded scores are used, not recomputed.
-    let bt = nats
-        .auroraq()
+    let bt = on_bus()
         .env("AURORAQ_BUS_PARTITIONS", "1")
         .env("AURORAQ_BUS_STREAM", s["stream"].as_str().unwrap())
         .env("AURORAQ_BUS_SUBJECT_ROOT", s["subject_root"].as_str().unwrap())

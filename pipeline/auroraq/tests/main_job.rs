@@ -232,13 +232,38 @@ fn the_main_job_on_the_default_data_is_pinned() {
     check(&s, &FULL, "full");
 }
 
-/// `backtest --from-bus` over a NATS stream holding the default data gives the fingerprint of the
+/// `backtest --from-bus` over a NATS stream (or Kafka topics) holding the default data gives the fingerprint of the
 /// backtest of the same files: the first 600 headlines (2 to 13 May 2025) with the BTC bars from
 /// 45 days before them (risk's lookback) to two days after, published with `replay` onto a stream
 /// of the test's own, read back from JetStream and scored by the backtest; both backtests with the
 /// README's analyst configuration `loose.toml` (hourly windows, a looser rule), so that they trade.
 #[test]
 fn backtest_from_a_nats_stream_of_the_default_data_gives_the_files_fingerprint() {
+    let stream = auroraq_tests::unique("btreal");
+    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
+        stream: stream.to_uppercase(),
+    };
+    backtest_from_bus_gives_the_files_fingerprint(&[
+        ("AURORAQ_BUS_URL", auroraq_tests::nats_url()),
+        ("AURORAQ_BUS_STREAM", stream.to_uppercase()),
+        ("AURORAQ_BUS_SUBJECT_ROOT", stream),
+    ]);
+}
+
+/// The same on Kafka: `replay` publishes to topics of the test's own root, `backtest --from-bus`
+/// reads them back (offsetsForTimes, partitions merged by publish time).
+#[test]
+fn backtest_from_kafka_topics_of_the_default_data_gives_the_files_fingerprint() {
+    let root = auroraq_tests::unique("btreal");
+    let _cleanup = auroraq_tests::DeleteKafkaRootOnDrop { root: root.clone() };
+    backtest_from_bus_gives_the_files_fingerprint(&[
+        ("AURORAQ_BUS_URL", auroraq_tests::kafka_url()),
+        ("AURORAQ_BUS_SUBJECT_ROOT", root),
+    ]);
+}
+
+/// `bus`: the environment that puts `auroraq` on the test's own part of a bus.
+fn backtest_from_bus_gives_the_files_fingerprint(bus: &[(&str, String)]) {
     let dir = tempfile::tempdir().unwrap();
     let news = first_headlines(dir.path(), 600);
     let all_bars =
@@ -257,14 +282,10 @@ fn backtest_from_a_nats_stream_of_the_default_data_gives_the_files_fingerprint()
          [agents.auroraq.rule]\nbuy_above = 0.6\nsell_below = 0.45\nmin_confidence = 0.4\n",
     )
     .unwrap();
-    let stream = auroraq_tests::unique("btreal");
-    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
-        stream: stream.to_uppercase(),
-    };
-    let on_nats = |c: &mut Command| {
-        c.env("AURORAQ_BUS_URL", auroraq_tests::nats_url())
-            .env("AURORAQ_BUS_STREAM", stream.to_uppercase())
-            .env("AURORAQ_BUS_SUBJECT_ROOT", &stream);
+    let on_bus = |c: &mut Command| {
+        for (k, v) in bus {
+            c.env(k, v);
+        }
     };
     let backtest = |c: &mut Command| {
         let s = last_json(&c.arg("--out").arg(dir.path().join("bt")).output().unwrap());
@@ -289,7 +310,7 @@ fn backtest_from_a_nats_stream_of_the_default_data_gives_the_files_fingerprint()
     assert!(files_trades.as_u64().is_some_and(|t| t >= 1), "{files}");
 
     let mut replay = auroraq();
-    on_nats(&mut replay);
+    on_bus(&mut replay);
     let replayed = last_json(
         &replay
             .args(["replay", "--stats", "--exchange", "cryptocompare"])
@@ -300,7 +321,7 @@ fn backtest_from_a_nats_stream_of_the_default_data_gives_the_files_fingerprint()
     );
     assert_eq!(replayed["published"].as_u64(), Some(n_bars + 600), "{replayed}");
     let mut from_bus = auroraq();
-    on_nats(&mut from_bus);
+    on_bus(&mut from_bus);
     let (bus, bus_fp, bus_trades) = backtest(
         from_bus
             .arg("--config")

@@ -42,7 +42,20 @@
 //! - **History** ([`Bus::history`]) finds its start per partition with `offsetsForTimes` and
 //!   merges the partitions by publish time (the header `aq-ts`, microseconds); **backlogs**
 //!   ([`Bus::backlogs`]) are the consumer lag per partition: log end offset minus committed
-//!   offset, split into delivered-unacked and pending by the commit's metadata.
+//!   offset, split into delivered-unacked and pending by the highest offset the member received
+//!   (delivered, or skipped behind an unacked one). That mark goes in the commit's metadata and,
+//!   since brokers such as tansu (0.6) drop commit metadata, is also committed as an offset
+//!   (mark + 1) to a marks group `<root>-delivered.<group>.<filter>`. An idle member (every
+//!   delivery taken, no settlement waiting) commits within ~10 ms rather than at
+//!   `commit_interval`, so the multi-process `auroraq run`, which waits on backlogs between
+//!   events, is not paced by the commit cadence.
+//! - **Client teardown**: a consumer that read assigned partitions could block in
+//!   `rd_kafka_destroy` when dropped on a runtime worker (cause not pinned down: likely its
+//!   broker thread waiting on a fetch/commit reply whose op must be served by a queue nobody
+//!   polls any more). Members unassign on drop and every client is dropped on a thread of its
+//!   own ([`drop_off_runtime`]): the thread ends when the destroy does (no thread per
+//!   subscription is kept in a long-running process unless a destroy hangs), and a hung destroy
+//!   never blocks the runtime or process exit (the process exits without joining it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,6 +78,9 @@ use crate::{
     partition_of, topics, Acker, Backlog, Bus, BusError, Delivery, History, HistoryOptions, OutMessage,
     PartitionBacklog, PublishReport, Stored, SubscribeOptions, Subscription,
 };
+
+/// Least time between two commits of an idle member (see `Member::commit_due`), and its tick.
+const IDLE_COMMIT_GAP: Duration = Duration::from_millis(10);
 
 /// The header that carries the AuroraQ topic.
 pub const TOPIC_HEADER: &str = "aq-topic";
@@ -130,7 +146,8 @@ impl KafkaConfig {
         }
     }
 
-    fn client_config(&self) -> ClientConfig {
+    /// Settings every client of the bus starts from: the brokers, then [`KafkaConfig::client`].
+    pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", "auroraq")
@@ -142,7 +159,24 @@ impl KafkaConfig {
         c
     }
 
-    fn consumer_config(&self, group_id: &str) -> ClientConfig {
+    /// The producer's settings: idempotent (`acks=all`), `linger.ms` 2, a 30 s delivery timeout,
+    /// then [`KafkaConfig::client`]. Public so that a baseline (`auroraq bench bus --kafka`) runs
+    /// with exactly the bus's settings.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A consumer's settings in the Kafka group `group_id`: manual commits, from the earliest
+    /// offset when the group has none, then [`KafkaConfig::client`].
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
         let mut c = self.client_config();
         c.set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -180,6 +214,16 @@ fn group_id(root: &str, group: &str, filter: &str) -> String {
         })
         .collect();
     format!("{root}.{group}.{}", filter.join("."))
+}
+
+/// The Kafka group that keeps a group's delivered marks: `<root>-delivered.<group>.<filter>`
+/// (see the module's notes; [`parse_group_id`] does not take it for a group of the bus).
+fn marks_group_id(root: &str, group_id: &str) -> String {
+    let rest = group_id
+        .strip_prefix(root)
+        .and_then(|r| r.strip_prefix('.'))
+        .unwrap_or(group_id);
+    format!("{root}-delivered.{rest}")
 }
 
 /// The group and filter of a Kafka group id of this bus.
@@ -283,8 +327,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 struct IdWindow {
     window: Duration,
     capacity: usize,
-    ids: HashMap<String, (i64, i64)>,
-    order: VecDeque<(i64, String)>,
+    /// Ids are kept as 128-bit keyed hashes (two independent random seeds): no allocation per
+    /// message, and a false duplicate needs a 128-bit collision.
+    seeds: (foldhash::quality::RandomState, foldhash::quality::RandomState),
+    ids: HashMap<u128, (i64, i64), foldhash::fast::RandomState>,
+    order: VecDeque<(i64, u128)>,
 }
 
 impl IdWindow {
@@ -292,9 +339,16 @@ impl IdWindow {
         IdWindow {
             window,
             capacity: capacity.max(1),
-            ids: HashMap::new(),
+            seeds: Default::default(),
+            ids: HashMap::default(),
             order: VecDeque::new(),
         }
+    }
+
+    /// The id's key in this window.
+    fn key(&self, id: &str) -> u128 {
+        use std::hash::BuildHasher;
+        ((self.seeds.0.hash_one(id) as u128) << 64) | self.seeds.1.hash_one(id) as u128
     }
 
     fn expire(&mut self, now_us: i64) {
@@ -303,9 +357,9 @@ impl IdWindow {
             if *t >= horizon && self.order.len() <= self.capacity {
                 break;
             }
-            if let Some((t, id)) = self.order.pop_front() {
-                if self.ids.get(&id).is_some_and(|(seen, _)| *seen == t) {
-                    self.ids.remove(&id);
+            if let Some((t, k)) = self.order.pop_front() {
+                if self.ids.get(&k).is_some_and(|(seen, _)| *seen == t) {
+                    self.ids.remove(&k);
                 }
             }
         }
@@ -313,18 +367,52 @@ impl IdWindow {
 
     /// The offset (or other tag) the id was seen with, if within the window.
     fn seen(&mut self, id: &str, at_us: i64) -> Option<i64> {
+        let k = self.key(id);
+        self.seen_key(k, at_us)
+    }
+
+    fn seen_key(&mut self, k: u128, at_us: i64) -> Option<i64> {
         self.expire(at_us);
-        self.ids.get(id).map(|(_, tag)| *tag)
+        self.ids.get(&k).map(|(_, tag)| *tag)
     }
 
     fn insert(&mut self, id: &str, at_us: i64, tag: i64) {
-        self.ids.insert(id.to_owned(), (at_us, tag));
-        self.order.push_back((at_us, id.to_owned()));
+        let k = self.key(id);
+        self.insert_key(k, at_us, tag);
+    }
+
+    fn insert_key(&mut self, k: u128, at_us: i64, tag: i64) {
+        self.ids.insert(k, (at_us, tag));
+        self.order.push_back((at_us, k));
         self.expire(at_us);
     }
 }
 
 type Tp = (Arc<str>, i32);
+
+/// A buffer for [`itoa`]: an i64's digits and sign.
+fn itoa_buf() -> [u8; 20] {
+    [0; 20]
+}
+
+/// `n` in decimal, written into `buf` (no allocation per message for the time header).
+fn itoa(n: i64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or_default()
+}
 
 /// A member that has stopped: what it had delivered, for the next owner of its partitions in
 /// this process (brokers that drop commit metadata, as tansu does, lose this across processes).
@@ -359,7 +447,8 @@ struct Shared {
     admin: AdminClient<DefaultClientContext>,
     /// For metadata, watermarks and group listings.
     meta: Arc<BaseConsumer>,
-    /// One idle consumer per Kafka group, to read its committed offsets.
+    /// One idle consumer per Kafka group (a group of the bus, or its marks group), to read and
+    /// commit its offsets.
     group_readers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     known_topics: Mutex<HashSet<String>>,
     published: Mutex<IdWindow>,
@@ -390,15 +479,10 @@ impl KafkaBus {
             return Err(connect_err("no broker: kafka://host:port[,host:port]".into()));
         }
         topics::validate_topic(&cfg.root).map_err(connect_err)?;
-        let mut pc = cfg.client_config();
-        pc.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", "30000");
-        for (k, v) in &cfg.client {
-            pc.set(k, v);
-        }
-        let producer: FutureProducer = pc.create().map_err(|e| connect_err(format!("producer: {e}")))?;
+        let producer: FutureProducer = cfg
+            .producer_config()
+            .create()
+            .map_err(|e| connect_err(format!("producer: {e}")))?;
         let admin: AdminClient<DefaultClientContext> = cfg
             .client_config()
             .create()
@@ -457,7 +541,9 @@ impl KafkaBus {
                 .await
                 .map_err(|e| err(format!("deleting topics: {e}")))?;
         }
-        let groups = self.groups().await.map_err(err)?;
+        let mut groups = self.groups().await.map_err(err)?;
+        let marks: Vec<String> = groups.iter().map(|g| marks_group_id(&cfg.root, g)).collect();
+        groups.extend(marks);
         if !groups.is_empty() {
             let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
             let _ = self.inner.admin.delete_groups(&refs, &opts).await;
@@ -618,6 +704,58 @@ impl KafkaBus {
             .collect())
     }
 
+    /// The idle client of a Kafka group (created on first use), to read and commit its offsets.
+    fn group_client(&self, gid: &str) -> Result<Arc<BaseConsumer>, String> {
+        let mut readers = self
+            .inner
+            .group_readers
+            .lock()
+            .map_err(|_| "a group reader panicked".to_owned())?;
+        if let Some(r) = readers.get(gid) {
+            return Ok(r.clone());
+        }
+        let r: BaseConsumer = self
+            .inner
+            .cfg
+            .consumer_config(gid)
+            .create()
+            .map_err(|e| format!("group reader for {gid}: {e}"))?;
+        let r = Arc::new(r);
+        readers.insert(gid.to_owned(), r.clone());
+        Ok(r)
+    }
+
+    /// The committed offsets (None: none committed) and their metadata of a Kafka group.
+    async fn committed(
+        &self,
+        gid: &str,
+        tps: &[(String, i32)],
+    ) -> Result<HashMap<(String, i32), (Option<i64>, String)>, String> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in tps {
+            tpl.add_partition(t, *p);
+        }
+        let reader = self.group_client(gid)?;
+        let timeout = self.inner.cfg.request_timeout;
+        let committed = blocking(move || reader.committed_offsets(tpl, timeout))
+            .await?
+            .map_err(|e| format!("committed offsets of {gid}: {e}"))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (
+                    (e.topic().to_owned(), e.partition()),
+                    (offset, e.metadata().to_owned()),
+                )
+            })
+            .collect())
+    }
+
     /// Waits for this process's members of `group_id` whose subscriptions are gone to commit
     /// and stop, so that a new member starts where they left off.
     async fn wait_for_leavers(&self, group_id: &str) {
@@ -655,32 +793,42 @@ impl Bus for KafkaBus {
         let cfg = &self.inner.cfg;
         let mut report = PublishReport::default();
         let mut pending = Vec::with_capacity(batch.len());
-        let mut in_batch = HashSet::new();
+        let mut in_batch: HashSet<u128, foldhash::fast::RandomState> = HashSet::default();
+        // The Kafka topic of the last AuroraQ topic (a batch is mostly one topic).
+        let mut last_topic: Option<(String, String)> = None;
         let now = now_us();
         for m in batch {
+            let mut key = None;
             if !m.id.is_empty() {
-                let seen = self
-                    .inner
-                    .published
-                    .lock()
-                    .map(|mut w| w.seen(&m.id, now).is_some())
-                    .unwrap_or(false);
-                if seen || !in_batch.insert(m.id.clone()) {
+                let (k, seen) = match self.inner.published.lock() {
+                    Ok(mut w) => {
+                        let k = w.key(&m.id);
+                        (Some(k), w.seen_key(k, now).is_some())
+                    }
+                    Err(_) => (None, false),
+                };
+                if seen || k.is_some_and(|k| !in_batch.insert(k)) {
                     report.duplicates += 1;
                     continue;
                 }
+                key = k;
             }
-            let ktopic = kafka_topic(&cfg.root, &m.topic);
-            self.ensure_topic(&ktopic)
-                .await
-                .map_err(|reason| BusError::Publish {
-                    topic: m.topic.clone(),
-                    reason,
-                })?;
+            if last_topic.as_ref().is_none_or(|(t, _)| *t != m.topic) {
+                let ktopic = kafka_topic(&cfg.root, &m.topic);
+                self.ensure_topic(&ktopic)
+                    .await
+                    .map_err(|reason| BusError::Publish {
+                        topic: m.topic.clone(),
+                        reason,
+                    })?;
+                last_topic = Some((m.topic.clone(), ktopic));
+            }
+            let ktopic = last_topic.as_ref().map_or("", |(_, k)| k.as_str());
             let partition = partition_of(m.key.as_deref(), cfg.partitions) as i32;
             let stamp = self.stamp();
-            let stamp_s = stamp.to_string();
-            let headers = OwnedHeaders::new()
+            let mut stamp_buf = itoa_buf();
+            let stamp_s = itoa(stamp, &mut stamp_buf);
+            let headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
                     key: TOPIC_HEADER,
                     value: Some(m.topic.as_str()),
@@ -691,21 +839,22 @@ impl Bus for KafkaBus {
                 })
                 .insert(Header {
                     key: TIME_HEADER,
-                    value: Some(stamp_s.as_str()),
+                    value: Some(stamp_s),
                 });
+            let mut record = FutureRecord::<str, [u8]>::to(ktopic)
+                .payload(&m.payload[..])
+                .partition(partition)
+                .timestamp(stamp / 1000)
+                .headers(headers);
+            if let Some(k) = &m.key {
+                record = record.key(k.as_str());
+            }
             let fut = loop {
-                let mut record = FutureRecord::<str, [u8]>::to(&ktopic)
-                    .payload(&m.payload[..])
-                    .partition(partition)
-                    .timestamp(stamp / 1000)
-                    .headers(headers.clone());
-                if let Some(k) = &m.key {
-                    record = record.key(k.as_str());
-                }
                 match self.inner.producer.send_result(record) {
                     Ok(f) => break f,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         // librdkafka's queue is full: wait for deliveries to make room.
+                        record = r;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((e, _)) => {
@@ -716,15 +865,15 @@ impl Bus for KafkaBus {
                     }
                 }
             };
-            pending.push((m, fut));
+            pending.push((m, key, fut));
         }
-        for (m, fut) in pending {
+        for (m, key, fut) in pending {
             match fut.await {
                 Ok(Ok(_)) => {
                     report.stored += 1;
-                    if !m.id.is_empty() {
+                    if let Some(k) = key {
                         if let Ok(mut w) = self.inner.published.lock() {
-                            w.insert(&m.id, now_us(), 0);
+                            w.insert_key(k, now_us(), 0);
                         }
                     }
                 }
@@ -769,10 +918,15 @@ impl Bus for KafkaBus {
         let (tx, rx) = mpsc::channel(opts.max_in_flight.clamp(1, 4096));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = watch::channel(false);
+        let marks_id = marks_group_id(&cfg.root, &gid);
+        let marks = self.group_client(&marks_id).map_err(err)?;
         let mut member = Member {
             bus: self.clone(),
             consumer: OffRuntime::new(consumer),
             group_id: gid.clone(),
+            marks_id,
+            marks,
+            marking: None,
             joined_us: now_us(),
             mine: mine.iter().map(|p| *p as i32).collect(),
             opts: opts.clone(),
@@ -823,64 +977,57 @@ impl Bus for KafkaBus {
             url: cfg.url.clone(),
             reason,
         };
-        let groups = self.groups().await.map_err(err)?;
-        let topics = self.topics_under_root().await.map_err(err)?;
+        // Every request at once: `auroraq run` on processes asks this between any two events.
+        let (groups, topics) = futures::join!(self.groups(), self.topics_under_root());
+        let (groups, topics) = (groups.map_err(err)?, topics.map_err(err)?);
         let all: Vec<(String, i32)> = topics
             .iter()
             .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
             .collect();
-        let ends = self.offsets(&all, Offset::End).await.map_err(err)?;
-        let starts = self.offsets(&all, Offset::Beginning).await.map_err(err)?;
-        let mut parts = BTreeMap::<(String, u32), Backlog>::new();
+        let (ends, starts) = futures::join!(
+            self.offsets(&all, Offset::End),
+            self.offsets(&all, Offset::Beginning)
+        );
+        let (ends, starts) = (ends.map_err(err)?, starts.map_err(err)?);
+        let mut reads = Vec::new();
         for gid in groups {
             let Some((group, filter)) = parse_group_id(&cfg.root, &gid) else {
                 continue;
             };
-            let mut tpl = TopicPartitionList::new();
-            for (t, p) in &all {
-                if family_matches(&cfg.root, &filter, t) {
-                    tpl.add_partition(t, *p);
-                }
-            }
-            if tpl.count() == 0 {
+            let tps: Vec<(String, i32)> = all
+                .iter()
+                .filter(|(t, _)| family_matches(&cfg.root, &filter, t))
+                .cloned()
+                .collect();
+            if tps.is_empty() {
                 continue;
             }
-            let reader = {
-                let mut readers = self
-                    .inner
-                    .group_readers
-                    .lock()
-                    .map_err(|_| err("a group reader panicked".into()))?;
-                match readers.get(&gid) {
-                    Some(r) => r.clone(),
-                    None => {
-                        let r: BaseConsumer = cfg
-                            .consumer_config(&gid)
-                            .create()
-                            .map_err(|e| err(format!("group reader for {gid}: {e}")))?;
-                        let r = Arc::new(r);
-                        readers.insert(gid.clone(), r.clone());
-                        r
-                    }
-                }
-            };
-            let timeout = cfg.request_timeout;
-            let committed = blocking(move || reader.committed_offsets(tpl, timeout))
-                .await
-                .map_err(err)?
-                .map_err(|e| err(format!("committed offsets of {gid}: {e}")))?;
-            for e in committed.elements() {
-                let key = (e.topic().to_owned(), e.partition());
+            let marks = marks_group_id(&cfg.root, &gid);
+            reads.push(async move {
+                let (committed, marked) =
+                    futures::join!(self.committed(&gid, &tps), self.committed(&marks, &tps));
+                (group, committed, marked)
+            });
+        }
+        let mut parts = BTreeMap::<(String, u32), Backlog>::new();
+        for (group, committed, marked) in futures::future::join_all(reads).await {
+            let (committed, marked) = (committed.map_err(err)?, marked.map_err(err)?);
+            for (key, (offset, metadata)) in committed {
                 let end = ends.get(&key).copied().unwrap_or(0);
                 let start = starts.get(&key).copied().unwrap_or(0);
-                let at = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => start,
-                };
+                let at = offset.unwrap_or(start);
                 let lag = (end - at).max(0) as u64;
-                let delivered = delivered_through(e.metadata()).map(|d| (d + 1).min(end));
+                // Delivered up to here: the mark, or (a broker keeping commit metadata) the
+                // commit's own record of it.
+                let mark = marked.get(&key).and_then(|(o, _)| *o);
+                let delivered = delivered_through(&metadata)
+                    .map(|d| d + 1)
+                    .into_iter()
+                    .chain(mark)
+                    .max()
+                    .map(|d| d.min(end));
                 let unacked = delivered.map(|d| (d - at).max(0) as u64).unwrap_or(0).min(lag);
-                let b = parts.entry((group.clone(), e.partition() as u32)).or_default();
+                let b = parts.entry((group.clone(), key.1 as u32)).or_default();
                 b.pending += lag - unacked;
                 b.unacked += unacked;
             }
@@ -1054,11 +1201,14 @@ struct Part {
     next: i64,
     /// Offsets received at or above `next`, and whether each is settled.
     received: BTreeMap<i64, bool>,
-    /// Highest offset delivered (by this member or, from the commit metadata, a predecessor).
+    /// Highest offset delivered or skipped (by this member or, from the commit metadata or the
+    /// marks group, a predecessor).
     delivered: i64,
     /// Offsets up to here had been delivered before this member started: attempt ≥ 2.
     before: i64,
     committed: (i64, i64),
+    /// `delivered` as last committed to the marks group.
+    marked: i64,
     ids: IdWindow,
 }
 
@@ -1089,6 +1239,10 @@ struct Member {
     bus: KafkaBus,
     consumer: OffRuntime<StreamConsumer>,
     group_id: String,
+    /// The group's marks group, its client, and the marks commit under way.
+    marks_id: String,
+    marks: Arc<BaseConsumer>,
+    marking: Option<tokio::task::JoinHandle<bool>>,
     joined_us: i64,
     mine: BTreeSet<i32>,
     opts: SubscribeOptions,
@@ -1163,6 +1317,13 @@ impl Member {
             }
         }
         let keys: Vec<(String, i32)> = new.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+        // What earlier members delivered (the marks: the next offset after it).
+        let marked = self.bus.committed(&self.marks_id, &keys).await?;
+        for (k, (o, _)) in &marked {
+            if let (Some(o), Some((_, d))) = (o, committed_at.get_mut(k)) {
+                *d = (*d).max(Some(o - 1));
+            }
+        }
         let lows = self.bus.offsets(&keys, Offset::Beginning).await?;
         let highs = if self.opts.from_now {
             self.bus.offsets(&keys, Offset::End).await?
@@ -1199,6 +1360,7 @@ impl Member {
                     before,
                     // Not committed yet: the first commit records where the group starts.
                     committed: (-1, -1),
+                    marked: before,
                     ids: IdWindow::new(
                         self.bus.inner.cfg.duplicate_window,
                         self.bus.inner.cfg.dedup_capacity,
@@ -1214,9 +1376,11 @@ impl Member {
         Ok(())
     }
 
-    /// Commits what changed since the last commit.
+    /// Commits what changed since the last commit: the settled prefix to the group, what was
+    /// delivered to its marks group.
     async fn commit(&mut self, mode: CommitMode) {
         self.last_commit = Instant::now();
+        self.mark(mode).await;
         let mut tpl = TopicPartitionList::new();
         let mut changed = Vec::new();
         for ((t, p), part) in &self.parts {
@@ -1257,13 +1421,67 @@ impl Member {
         }
     }
 
+    /// Commits the delivered marks that changed (offset: the next after the last delivered) to
+    /// the marks group, on a blocking thread: waited for when `Sync`, else left to finish while
+    /// the member goes on (one at a time; what changes meanwhile goes with the next commit).
+    async fn mark(&mut self, mode: CommitMode) {
+        if let Some(h) = self.marking.take() {
+            if matches!(mode, CommitMode::Sync) || h.is_finished() {
+                if !h.await.unwrap_or(false) {
+                    // Failed: every mark goes again.
+                    for part in self.parts.values_mut() {
+                        part.marked = i64::MIN;
+                    }
+                }
+            } else {
+                self.marking = Some(h);
+                return;
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), part) in &mut self.parts {
+            if part.marked == part.delivered || part.delivered < 0 {
+                continue;
+            }
+            if tpl
+                .add_partition_offset(t, *p, Offset::Offset(part.delivered + 1))
+                .is_ok()
+            {
+                part.marked = part.delivered;
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let marks = self.marks.clone();
+        let group = self.marks_id.clone();
+        let h = tokio::task::spawn_blocking(move || match marks.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => true,
+            Err(e) => {
+                // Until the next commit sends them again the backlog counts them pending.
+                warn!(group = %group, error = %e, "committing delivered marks failed; retrying");
+                false
+            }
+        });
+        if matches!(mode, CommitMode::Sync) {
+            if !h.await.unwrap_or(false) {
+                for part in self.parts.values_mut() {
+                    part.marked = i64::MIN;
+                }
+            }
+        } else {
+            self.marking = Some(h);
+        }
+    }
+
     async fn run(mut self) {
         let commit_every = self.bus.inner.cfg.commit_interval;
         let discover_every = self.bus.inner.cfg.discovery_interval;
         let wildcard = concrete_family(&self.bus.inner.cfg.root, &self.opts.filter).is_none();
         let mut last_discovery = Instant::now();
-        let mut tick = tokio::time::interval(commit_every.min(Duration::from_millis(100)));
+        let mut tick = tokio::time::interval(commit_every.min(IDLE_COMMIT_GAP));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_expiry = Instant::now();
         let gone = loop {
             self.redeliver_due().await;
             let step = {
@@ -1293,8 +1511,11 @@ impl Member {
                 Step::Cmd(Some(c)) => self.command(c).await,
                 Step::Cmd(None) => {}
                 Step::Tick => {
-                    self.expire();
-                    if self.last_commit.elapsed() >= commit_every {
+                    if last_expiry.elapsed() >= Duration::from_millis(100) {
+                        last_expiry = Instant::now();
+                        self.expire();
+                    }
+                    if self.commit_due() {
                         self.commit(CommitMode::Async).await;
                     }
                     if wildcard && last_discovery.elapsed() >= discover_every {
@@ -1353,7 +1574,8 @@ impl Member {
                 .unwrap_or(0);
             if others == 0 {
                 let opts = AdminOptions::new().request_timeout(Some(self.bus.inner.cfg.request_timeout));
-                let _ = self.bus.inner.admin.delete_groups(&[&self.group_id], &opts).await;
+                let groups = [self.group_id.as_str(), self.marks_id.as_str()];
+                let _ = self.bus.inner.admin.delete_groups(&groups, &opts).await;
             }
         }
         debug!(group = %self.group_id, "member stopped");
@@ -1373,6 +1595,11 @@ impl Member {
             return;
         }
         part.received.insert(offset, false);
+        // Received: delivered below, or settled at once (skipped). A skipped offset behind an
+        // unacked one stays uncommitted; counting it as delivered keeps it out of the pending
+        // backlog (a member that holds messages, as fusion does, would otherwise never show
+        // a settled group).
+        part.delivered = part.delivered.max(offset);
         let Some(message) = message else {
             warn!(topic = %tp.0, partition = tp.1, offset, "a record outside AuroraQ's layout; skipped");
             part.settle(offset);
@@ -1397,7 +1624,6 @@ impl Member {
             }
         }
         let attempt = if offset <= part.before { 2 } else { 1 };
-        part.delivered = part.delivered.max(offset);
         let msg = Arc::new(message);
         self.inflight.entry(tp.clone()).or_default().insert(
             offset,
@@ -1441,7 +1667,7 @@ impl Member {
                 if let Some(part) = self.parts.get_mut(&tp) {
                     part.settle(offset);
                 }
-                if self.last_commit.elapsed() >= self.bus.inner.cfg.commit_interval {
+                if self.commit_due() {
                     self.commit(CommitMode::Async).await;
                 }
             }
@@ -1459,6 +1685,24 @@ impl Member {
                 let _ = done.send(());
             }
         }
+    }
+
+    /// Whether to commit now: `commit_interval` after the last commit, or, sooner, once the
+    /// member is idle (every delivery taken by the subscriber, no settlement waiting) and
+    /// [`IDLE_COMMIT_GAP`] has passed. A busy member commits at its interval; an idle one's
+    /// backlog shows what it settled within milliseconds (`auroraq run` on processes waits on
+    /// it between events).
+    fn commit_due(&self) -> bool {
+        let since = self.last_commit.elapsed();
+        if since >= self.bus.inner.cfg.commit_interval {
+            return true;
+        }
+        let idle = self.cmd_rx.is_empty()
+            && self
+                .tx
+                .as_ref()
+                .is_some_and(|tx| tx.capacity() == tx.max_capacity());
+        idle && since >= IDLE_COMMIT_GAP
     }
 
     /// Deliveries not acked within ack_wait are due again.
@@ -1694,6 +1938,14 @@ mod tests {
     }
 
     #[test]
+    fn itoa_writes_every_i64() {
+        for n in [0, 7, -7, 1_765_000_000_000_000, i64::MAX, i64::MIN] {
+            let mut b = itoa_buf();
+            assert_eq!(itoa(n, &mut b), n.to_string());
+        }
+    }
+
+    #[test]
     fn id_window_forgets_old_and_excess_ids() {
         let mut w = IdWindow::new(Duration::from_secs(1), 3);
         w.insert("a", 0, 1);
@@ -1714,6 +1966,7 @@ mod tests {
             delivered: 9,
             before: -1,
             committed: (-1, -1),
+            marked: -1,
             ids: IdWindow::new(Duration::from_secs(1), 10),
         };
         for o in [10, 11, 13, 14] {

@@ -4,15 +4,23 @@
 //!   `<root>.<partition>.<topic>`, ensured at start-up with file storage, a duplicate window and
 //!   a retention limit, so analysts can replay topics from any start time.
 //! - Publishes carry `Nats-Msg-Id` = the event id, so the server drops re-publishes within the
-//!   duplicate window, and are pipelined: a batch waits for all its publish acks at the end.
+//!   duplicate window, and are pipelined with a sliding window of `publish_window` outstanding
+//!   acks: once the window is full, the oldest ack is awaited before the next message goes out,
+//!   and a `publish` call returns when every message of its batch is acked (stored). Large batches
+//!   therefore keep the server busy without a stall per batch; a batch smaller than the window
+//!   waits for its last ack before the call returns (the durability the `Bus` trait promises).
 //! - A group member gets one durable pull consumer per partition it takes, filtered on
 //!   `<root>.<partition>.<filter>`, with explicit acks, `max_ack_pending` = `max_in_flight` and
 //!   `ack_wait`. Messages are acked only when the stage says so.
 //! - Deliveries in flight per member are capped by a semaphore, so memory stays bounded whatever
-//!   the backlog on the server.
+//!   the backlog on the server; each partition's pull asks for at most `max_in_flight` divided
+//!   over the member's partitions (and `pull_batch`), so messages do not wait in the client's
+//!   buffers with their `ack_wait` running (a slow member with many partitions would otherwise
+//!   hold hundreds each and see them redelivered).
 //! - The client reconnects by itself; pull loops that fail while the server is away are rebuilt
 //!   with backoff, and the durable consumers resume where their acks left them.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +40,16 @@ use tracing::{debug, warn};
 /// Times an unacked publish is sent again before it fails (backing off 0.2 s .. 5 s).
 const PUBLISH_RETRIES: u32 = 5;
 
+/// Publish acks in flight at most over all `publish` calls of one bus (see `NatsBus::connect`).
+const MAX_ACKS_IN_FLIGHT: usize = 16_384;
+
 use crate::{
     partition_of, topics, Acker, Bus, BusError, Delivery, History, HistoryOptions, OutMessage, PublishReport,
     Stored, SubscribeOptions, Subscription,
 };
+
+/// A message sent, awaiting its publish ack: the message and subject for a retry, and the ack.
+type Pending = (OutMessage, String, PublishAckFuture);
 
 /// The header that carries a message's partition key.
 pub const KEY_HEADER: &str = "Aq-Key";
@@ -59,6 +73,8 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// Messages per pull request.
     pub pull_batch: usize,
+    /// Publish acks outstanding at most while a batch is being published (see the module docs).
+    pub publish_window: usize,
     pub connect_timeout: Duration,
 }
 
@@ -73,6 +89,7 @@ impl NatsConfig {
             max_bytes: -1,
             duplicate_window: Duration::from_secs(120),
             pull_batch: 256,
+            publish_window: 4096,
             connect_timeout: Duration::from_secs(5),
         }
     }
@@ -118,7 +135,15 @@ impl NatsBus {
             .connect(cfg.url.as_str())
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        let js = async_nats::jetstream::new(client.clone());
+        // Publish acks are bounded by the bus's own window per `publish` call. The context's
+        // limit on acks in flight (a permit per ack, freed only when its future is polled) must
+        // not block a send while the caller holds unpolled acks: that deadlocks once batches in
+        // flight pass it (async-nats' default: 5,000, waiting). So a send that finds no permit
+        // fails at once and `publish` settles its oldest ack, or waits a moment, and sends again.
+        let js = async_nats::jetstream::context::ContextBuilder::new()
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .backpressure_on_inflight(false)
+            .build(client.clone());
         let stream_cfg = StreamConfig {
             name: cfg.stream.clone(),
             subjects: vec![format!("{}.>", cfg.subject_root)],
@@ -144,21 +169,66 @@ impl NatsBus {
         })
     }
 
-    /// Sends one message (its id is JetStream's `Nats-Msg-Id`); the future is its ack.
-    async fn send(&self, subject: &str, m: &OutMessage) -> Result<PublishAckFuture, BusError> {
-        let mut publish = PublishMessage::build()
-            .payload(m.payload.clone())
-            .message_id(&m.id);
-        if let Some(k) = &m.key {
-            publish = publish.header(KEY_HEADER, k.as_str());
+    /// Sends one message (its id is JetStream's `Nats-Msg-Id`); the future is its ack. When the
+    /// acks in flight are at the bus's limit, settles `pending`'s oldest first (or, holding none,
+    /// waits for other calls to settle theirs).
+    async fn send(
+        &self,
+        subject: &str,
+        m: &OutMessage,
+        pending: &mut VecDeque<Pending>,
+        report: &mut PublishReport,
+    ) -> Result<PublishAckFuture, BusError> {
+        loop {
+            let mut publish = PublishMessage::build()
+                .payload(m.payload.clone())
+                .message_id(&m.id);
+            if let Some(k) = &m.key {
+                publish = publish.header(KEY_HEADER, k.as_str());
+            }
+            match self.js.send_publish(subject.to_owned(), publish).await {
+                Ok(f) => return Ok(f),
+                Err(e) if matches!(e.kind(), PublishErrorKind::MaxAckPending) => match pending.pop_front() {
+                    Some(oldest) => self.settle(oldest, report).await?,
+                    None => tokio::time::sleep(Duration::from_millis(1)).await,
+                },
+                Err(e) => {
+                    return Err(BusError::Publish {
+                        topic: m.topic.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
         }
-        self.js
-            .send_publish(subject.to_owned(), publish)
-            .await
-            .map_err(|e| BusError::Publish {
-                topic: m.topic.clone(),
-                reason: e.to_string(),
-            })
+    }
+
+    /// Awaits the ack of a sent message and counts it. An ack that does not come in time (a
+    /// loaded broker) is asked for again by sending the message again: JetStream drops the copy by
+    /// its message id within the stream's duplicate window, so a retry never stores a message twice.
+    async fn settle(&self, (m, subject, fut): Pending, report: &mut PublishReport) -> Result<(), BusError> {
+        let mut result = fut.await;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        while let Err(e) = &result {
+            if !matches!(e.kind(), PublishErrorKind::TimedOut) || backoff.failures() >= PUBLISH_RETRIES {
+                break;
+            }
+            let wait = backoff.next_delay();
+            warn!(topic = %m.topic, error = %e, ?wait, "publish ack timed out; sending again");
+            tokio::time::sleep(wait).await;
+            result = Box::pin(self.send(&subject, &m, &mut VecDeque::new(), report))
+                .await?
+                .await;
+        }
+        let ack = result.map_err(|e| BusError::Publish {
+            topic: m.topic.clone(),
+            reason: e.to_string(),
+        })?;
+        if ack.duplicate {
+            report.duplicates += 1;
+        } else {
+            report.stored += 1;
+        }
+        Ok(())
     }
 
     fn subject(&self, topic: &str, partition: u32) -> String {
@@ -244,38 +314,22 @@ impl Bus for NatsBus {
         if self.closed.load(Ordering::Acquire) {
             return Err(BusError::Closed);
         }
-        let mut pending: Vec<(OutMessage, String, PublishAckFuture)> = Vec::with_capacity(batch.len());
+        let window = self.cfg.publish_window.max(1);
+        let mut pending: VecDeque<Pending> = VecDeque::with_capacity(batch.len().min(window));
+        let mut report = PublishReport::default();
         for m in batch {
             topics::validate_topic(&m.topic).map_err(BusError::InvalidTopic)?;
-            let subject = self.subject(&m.topic, partition_of(m.key.as_deref(), self.cfg.partitions));
-            let fut = self.send(&subject, &m).await?;
-            pending.push((m, subject, fut));
-        }
-        let mut report = PublishReport::default();
-        for (m, subject, fut) in pending {
-            let mut result = fut.await;
-            // An ack that does not come in time (a loaded broker) is asked for again by sending
-            // the message again: JetStream drops the copy by its message id within the stream's
-            // duplicate window, so a retry never stores a message twice.
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-            while let Err(e) = &result {
-                if !matches!(e.kind(), PublishErrorKind::TimedOut) || backoff.failures() >= PUBLISH_RETRIES {
-                    break;
+            if pending.len() >= window {
+                if let Some(oldest) = pending.pop_front() {
+                    self.settle(oldest, &mut report).await?;
                 }
-                let wait = backoff.next_delay();
-                warn!(topic = %m.topic, error = %e, ?wait, "publish ack timed out; sending again");
-                tokio::time::sleep(wait).await;
-                result = self.send(&subject, &m).await?.await;
             }
-            let ack = result.map_err(|e| BusError::Publish {
-                topic: m.topic.clone(),
-                reason: e.to_string(),
-            })?;
-            if ack.duplicate {
-                report.duplicates += 1;
-            } else {
-                report.stored += 1;
-            }
+            let subject = self.subject(&m.topic, partition_of(m.key.as_deref(), self.cfg.partitions));
+            let fut = self.send(&subject, &m, &mut pending, &mut report).await?;
+            pending.push_back((m, subject, fut));
+        }
+        for p in pending {
+            self.settle(p, &mut report).await?;
         }
         Ok(report)
     }
@@ -285,6 +339,14 @@ impl Bus for NatsBus {
             return Err(BusError::Closed);
         }
         let parts = opts.validate(self.cfg.partitions)?;
+        // What each partition's pull asks the server for: the member's in-flight cap shared over
+        // its partitions (at most `pull_batch`), so that a member never holds much more than
+        // `max_in_flight` delivered messages whose `ack_wait` runs while they wait for a permit.
+        let pull_batch = self
+            .cfg
+            .pull_batch
+            .min(opts.max_in_flight.div_ceil(parts.len().max(1)))
+            .max(1);
         let permits = Arc::new(Semaphore::new(opts.max_in_flight));
         let (tx, rx) = mpsc::channel(opts.max_in_flight.min(4096));
         for p in parts {
@@ -295,6 +357,7 @@ impl Bus for NatsBus {
                 bus: self.clone(),
                 opts: opts.clone(),
                 partition: p,
+                pull_batch,
                 permits: permits.clone(),
                 tx: tx.clone(),
                 shutdown: self.shutdown.subscribe(),
@@ -446,6 +509,8 @@ struct Puller {
     bus: NatsBus,
     opts: SubscribeOptions,
     partition: u32,
+    /// Messages per pull request (see `subscribe`).
+    pull_batch: usize,
     permits: Arc<Semaphore>,
     tx: mpsc::Sender<Result<Delivery, BusError>>,
     shutdown: watch::Receiver<bool>,
@@ -460,7 +525,7 @@ impl Puller {
             }
             let messages = consumer
                 .stream()
-                .max_messages_per_batch(self.bus.cfg.pull_batch.min(self.opts.max_in_flight).max(1))
+                .max_messages_per_batch(self.pull_batch)
                 .heartbeat(Duration::from_secs(2))
                 .expires(Duration::from_secs(10))
                 .messages()

@@ -57,6 +57,8 @@ pub struct BusBench {
     pub nats_publish_vs_bare: Option<f64>,
     /// Consume only: a group member acking each delivery beside a bare pull consumer.
     pub nats_consume_vs_bare: Option<f64>,
+    /// Kafka bus over bare rdkafka, publish only and consume only (`--kafka`; crate::bench_kafka).
+    pub kafka_vs_bare: Option<crate::bench_kafka::KafkaVsBare>,
 }
 
 /// A realistic event payload of about 200 bytes: a trade with a W3C traceparent.
@@ -226,7 +228,10 @@ async fn bare_nats(url: &str, p: &[(String, Bytes)], batch: usize) -> Result<Fig
     let client = async_nats::connect(url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
-    let js = jetstream::new(client.clone());
+    // Room for a whole batch of unawaited acks (async-nats' default, 5,000, would block).
+    let js = jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(batch.max(5_000))
+        .build(client.clone());
     let name = format!("BENCHBARE{}", std::process::id());
     let subject = format!("benchbare{}.x", std::process::id());
     let consumer = bare_stream(&js, &name, &subject).await?;
@@ -440,6 +445,7 @@ pub async fn bus(
         nats_vs_bare,
         nats_publish_vs_bare,
         nats_consume_vs_bare,
+        kafka_vs_bare: None,
     })
 }
 

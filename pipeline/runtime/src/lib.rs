@@ -8,7 +8,7 @@
 //! - [`sentiment`]: the score role and the model tools (score, eval, bench).
 //! - [`api`]: the API role (feature `api`), standalone or embedded in `run`.
 //! - [`doctor`]: checks of every configured dependency.
-//! - [`bench`], [`bench_decode`]: throughput measurements with their baselines.
+//! - [`bench`], [`bench_decode`], [`bench_kafka`]: throughput measurements with their baselines.
 //!
 //! Every long-running function takes a [`CancellationToken`]: cancel it to stop intake, drain and
 //! return.
@@ -20,6 +20,8 @@ pub mod bench;
 #[cfg(feature = "api")]
 pub mod bench_api;
 pub mod bench_decode;
+pub mod bench_kafka;
+pub mod bench_scale;
 pub mod config;
 pub mod doctor;
 pub mod lag;

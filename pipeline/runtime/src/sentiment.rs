@@ -143,16 +143,20 @@ pub fn print_report(r: &Report) {
     }
 }
 
-/// `auroraq score`: the sentiment worker on the bus until stopped.
+/// `auroraq score`: the sentiment worker on the bus until stopped, as `member` of `members` of
+/// the `sentiment` group (`(0, 1)`: every partition; on NATS several such workers share them).
 pub async fn role(
     cfg: &Config,
     model: Option<PathBuf>,
     device: Option<crate::config::Device>,
+    (member, members): (u32, u32),
     stop: auroraq_util::CancellationToken,
 ) -> Result<StageStats> {
     let c = load(cfg, model.as_deref(), device)?;
     let bus = connect_bus(&cfg.bus).await?;
-    let scfg = stage_config(cfg, "sentiment", auroraq_bus::topics::ALL_ARTICLES);
+    let mut scfg = stage_config(cfg, "sentiment", auroraq_bus::topics::ALL_ARTICLES);
+    scfg.member = member;
+    scfg.members = members;
     let metrics = Arc::new(StageMetrics::default());
     let worker = tokio::spawn(run_worker(
         bus.clone(),
