@@ -169,6 +169,8 @@ pub fn is_recorded_input(ev: &AnyEvent) -> bool {
             | AnyEvent::Kline(_)
             | AnyEvent::BookTicker(_)
             | AnyEvent::BookUpdate(_)
+            | AnyEvent::MarkPrice(_)
+            | AnyEvent::Liquidation(_)
             | AnyEvent::Article(_)
             | AnyEvent::SentimentScore(_)
             | AnyEvent::FeedStatus(_)
@@ -1130,6 +1132,42 @@ impl BacktestBench {
         eprintln!(
             "engine (agents, risk, execution) {:>12.0} events/s; plain loop {:>12.0} events/s; ratio {:.3}",
             self.engine_events_per_s, self.loop_events_per_s, self.ratio
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_recorded_input;
+    use auroraq_schemas::{samples, AnyEvent};
+
+    #[test]
+    fn recorded_inputs_are_what_connectors_record_and_scores() {
+        let recorded: Vec<&str> = samples::all()
+            .iter()
+            .filter(|e| is_recorded_input(e))
+            .map(|e| e.kind().as_str())
+            .collect();
+        for kind in [
+            "TradeTick",
+            "Kline",
+            "BookTicker",
+            "BookUpdate",
+            "MarkPrice",
+            "Liquidation",
+            "Article",
+        ] {
+            assert!(
+                recorded.contains(&kind),
+                "{kind} is read as a recorded input: {recorded:?}"
+            );
+        }
+        let fused = samples::all()
+            .into_iter()
+            .find(|e| matches!(e, AnyEvent::FusedSignal(_)));
+        assert!(
+            fused.is_some_and(|f| !is_recorded_input(&f)),
+            "a fused signal is the backtest's own"
         );
     }
 }
