@@ -77,9 +77,11 @@ pub fn payloads(n: usize) -> Result<Vec<(String, Bytes)>> {
         .collect()
 }
 
-const KEYS: [&str; 4] = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"];
+/// The partition keys the bus benchmarks cycle through.
+pub(crate) const KEYS: [&str; 4] = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"];
 
-fn messages(topic: &str, p: &[(String, Bytes)]) -> Vec<OutMessage> {
+/// The payloads as messages on `topic`, keyed in turn by [`KEYS`].
+pub(crate) fn messages(topic: &str, p: &[(String, Bytes)]) -> Vec<OutMessage> {
     p.iter()
         .enumerate()
         .map(|(i, (id, b))| {

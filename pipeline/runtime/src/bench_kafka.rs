@@ -87,7 +87,7 @@ mod with_kafka {
     use super::{KafkaBench, KafkaVsBare};
     use crate::bench::{payloads, Figure};
 
-    const KEYS: [&str; 4] = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"];
+    use crate::bench::{messages, KEYS};
     /// Deliveries the bare producer keeps outstanding (as the bare NATS loop keeps acks).
     const WINDOW: usize = 4096;
 
@@ -269,18 +269,7 @@ mod with_kafka {
         let mut sub = bus
             .subscribe(SubscribeOptions::new("bench", topic).max_in_flight(4096))
             .await?;
-        let msgs: Vec<OutMessage> = p
-            .iter()
-            .enumerate()
-            .map(|(i, (id, b))| {
-                OutMessage::new(
-                    topic,
-                    Some(KEYS[i % KEYS.len()].to_owned()),
-                    id.clone(),
-                    b.clone(),
-                )
-            })
-            .collect();
+        let msgs: Vec<OutMessage> = messages(topic, p);
         let n = msgs.len();
         // Untimed, as the bare loop's: the producer's start, on another topic of the same family
         // (the same Kafka topic; the group's member skips it).
