@@ -19,6 +19,7 @@
 //! frames decode into the [`MarkPrice`] and [`Liquidation`] events, which the connector and the
 //! replay publish like trades and tickers.
 
+use auroraq_util::IntDigits;
 use std::fmt;
 
 use auroraq_schemas::{
@@ -483,37 +484,6 @@ fn parse_dec(s: &str) -> Option<Dec> {
     )))
 }
 
-/// An integer's decimal digits, on the stack (for ids built without an intermediate string).
-struct Int {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Int {
-    fn new(v: i64) -> Int {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        let mut n = v.unsigned_abs();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        if v < 0 {
-            i -= 1;
-            buf[i] = b'-';
-        }
-        Int { buf, start: i }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[self.start..]).unwrap_or_default()
-    }
-}
-
 /// [`Meta::raw`] for the native id made of `native` concatenated, without building it: the
 /// SHA-256 input ([`auroraq_schemas::event_id`]'s length-prefixed kind, source and native id)
 /// is written into one buffer on the stack and hashed once. The same id and trace context as
@@ -635,7 +605,7 @@ impl Decoder {
                 ex,
                 ":t",
                 t.symbol,
-                Int::new(t.id).as_str(),
+                IntDigits::new(t.id).as_str(),
                 t.price,
                 t.qty,
                 t.time,
@@ -647,7 +617,7 @@ impl Decoder {
                 ex,
                 ":a",
                 t.symbol,
-                Int::new(t.id).as_str(),
+                IntDigits::new(t.id).as_str(),
                 t.price,
                 t.qty,
                 t.time,
@@ -658,7 +628,7 @@ impl Decoder {
             Payload::Kline(f) => {
                 let k = f.k;
                 let ts = ms("E", f.event_time)?;
-                let (open, event) = (Int::new(k.open_time), Int::new(f.event_time));
+                let (open, event) = (IntDigits::new(k.open_time), IntDigits::new(f.event_time));
                 let native = [f.symbol, ":", k.interval, ":", open.as_str(), ":", event.as_str()];
                 MarketEvent::Kline(Kline {
                     meta: raw_meta(EventKind::Kline, ex, &native, ts, ts_ingest),
@@ -687,7 +657,7 @@ impl Decoder {
                     Some(u) => raw_meta(
                         EventKind::BookTicker,
                         ex,
-                        &[t.symbol, ":u", Int::new(u).as_str()],
+                        &[t.symbol, ":u", IntDigits::new(u).as_str()],
                         ts,
                         ts_ingest,
                     ),
@@ -697,7 +667,7 @@ impl Decoder {
                         &[
                             t.symbol,
                             ":r",
-                            Int::new(ts_ingest).as_str(),
+                            IntDigits::new(ts_ingest).as_str(),
                             ":",
                             t.bid,
                             ":",
@@ -730,7 +700,7 @@ impl Decoder {
             }),
             Payload::MarkPrice(m) => {
                 let ts = ms("E", m.event_time)?;
-                let event = Int::new(m.event_time);
+                let event = IntDigits::new(m.event_time);
                 let native = [m.symbol, ":", event.as_str()];
                 MarketEvent::MarkPrice(MarkPrice {
                     meta: raw_meta(EventKind::MarkPrice, ex, &native, ts, ts_ingest),
@@ -754,7 +724,7 @@ impl Decoder {
             Payload::ForceOrder(f) => {
                 let o = f.o;
                 let ts = ms("E", f.event_time)?;
-                let (trade, event) = (Int::new(o.trade_time), Int::new(f.event_time));
+                let (trade, event) = (IntDigits::new(o.trade_time), IntDigits::new(f.event_time));
                 let native = [o.symbol, ":", trade.as_str(), ":", event.as_str()];
                 MarketEvent::Liquidation(Liquidation {
                     meta: raw_meta(EventKind::Liquidation, ex, &native, ts, ts_ingest),
@@ -1437,9 +1407,6 @@ mod tests {
         ] {
             let want = Meta::raw(kind, source, &native.concat(), 3, 4);
             assert_eq!(raw_meta(kind, source, &native, 3, 4), want, "{kind:?} {native:?}");
-        }
-        for v in [0, 7, -7, 10, 4_000_000_000, i64::MAX, i64::MIN] {
-            assert_eq!(Int::new(v).as_str(), v.to_string());
         }
     }
 

@@ -390,30 +390,6 @@ impl IdWindow {
 
 type Tp = (Arc<str>, i32);
 
-/// A buffer for [`itoa`]: an i64's digits and sign.
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-/// `n` in decimal, written into `buf` (no allocation per message for the time header).
-fn itoa(n: i64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or_default()
-}
-
 /// A member that has stopped: what it had delivered, for the next owner of its partitions in
 /// this process (brokers that drop commit metadata, as tansu does, lose this across processes).
 type Handover = HashMap<(String, Arc<str>, i32), i64>;
@@ -826,8 +802,7 @@ impl Bus for KafkaBus {
             let ktopic = last_topic.as_ref().map_or("", |(_, k)| k.as_str());
             let partition = partition_of(m.key.as_deref(), cfg.partitions) as i32;
             let stamp = self.stamp();
-            let mut stamp_buf = itoa_buf();
-            let stamp_s = itoa(stamp, &mut stamp_buf);
+            let stamp_s = auroraq_util::IntDigits::new(stamp);
             let headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
                     key: TOPIC_HEADER,
@@ -839,7 +814,7 @@ impl Bus for KafkaBus {
                 })
                 .insert(Header {
                     key: TIME_HEADER,
-                    value: Some(stamp_s),
+                    value: Some(stamp_s.as_str()),
                 });
             let mut record = FutureRecord::<str, [u8]>::to(ktopic)
                 .payload(&m.payload[..])
@@ -1935,14 +1910,6 @@ mod tests {
         assert_eq!(delivered_through("aq1 d=41"), Some(41));
         assert_eq!(delivered_through(""), None);
         assert_eq!(KafkaConfig::new("kafka://a:1,b:2").brokers, "a:1,b:2");
-    }
-
-    #[test]
-    fn itoa_writes_every_i64() {
-        for n in [0, 7, -7, 1_765_000_000_000_000, i64::MAX, i64::MIN] {
-            let mut b = itoa_buf();
-            assert_eq!(itoa(n, &mut b), n.to_string());
-        }
     }
 
     #[test]

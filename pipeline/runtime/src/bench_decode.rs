@@ -131,24 +131,9 @@ fn typed_depth(fr: &str) -> usize {
 
 /// Writes an integer's digits at the start of `out` (20 bytes or more), returns how many.
 fn digits(v: i64, out: &mut [u8]) -> usize {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = v.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if v < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    let len = buf.len() - i;
-    out[..len].copy_from_slice(&buf[i..]);
-    len
+    let d = auroraq_util::IntDigits::new(v);
+    out[..d.as_bytes().len()].copy_from_slice(d.as_bytes());
+    d.as_bytes().len()
 }
 
 /// `n` distinct trade frames as Binance sends them on a combined stream.
