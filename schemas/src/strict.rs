@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use crate::typed::{blocks, Cursor, Reader};
 use apache_avro::schema::{InnerDecimalSchema, Name, Schema, UuidSchema};
 
 /// Deepest nesting of records, arrays, maps and unions a body may have (bounds the recursion of
@@ -65,90 +66,41 @@ pub type Names<'s> = HashMap<Name, &'s Schema>;
 /// took (fewer than `body.len()` means trailing bytes).
 pub fn check(schema: &Schema, names: &Names<'_>, body: &[u8]) -> Result<usize, Malformed> {
     let mut w = Walk {
-        buf: body,
-        pos: 0,
+        r: Reader::new(body),
         names,
     };
     w.value(schema, None, 0)?;
-    Ok(w.pos)
+    Ok(w.r.pos)
 }
 
+/// The check: a [`Reader`] (the typed codec's cursor, whose primitives do the byte-level checks)
+/// walked along a schema.
 struct Walk<'b, 'n, 's> {
-    buf: &'b [u8],
-    pos: usize,
+    r: Reader<'b>,
     names: &'n Names<'s>,
 }
 
+impl<'b> Cursor<'b> for Walk<'b, '_, '_> {
+    fn reader(&mut self) -> &mut Reader<'b> {
+        &mut self.r
+    }
+}
+
 impl<'s> Walk<'_, '_, 's> {
-    fn left(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
     fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], Malformed> {
-        if n > self.left() {
-            return Err(Malformed::Truncated {
-                at: self.buf.len(),
-                what,
-            });
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-
-    /// A varint of at most 64 bits, in its shortest form.
-    fn varint(&mut self) -> Result<u64, Malformed> {
-        let at = self.pos;
-        let mut v = 0u64;
-        for i in 0..10 {
-            let Some(&b) = self.buf.get(self.pos) else {
-                return Err(Malformed::Truncated {
-                    at: self.buf.len(),
-                    what: "a varint",
-                });
-            };
-            self.pos += 1;
-            // The tenth byte holds bit 63 only.
-            if i == 9 && b > 1 {
-                return Err(Malformed::VarintOverflow { at });
-            }
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                if i > 0 && b == 0 {
-                    return Err(Malformed::OverlongVarint { at });
-                }
-                return Ok(v);
-            }
-        }
-        Err(Malformed::VarintOverflow { at })
+        self.r.take(n, what)
     }
 
     fn long(&mut self) -> Result<i64, Malformed> {
-        let z = self.varint()?;
-        Ok((z >> 1) as i64 ^ -((z & 1) as i64))
+        self.r.long()
     }
 
     fn int(&mut self) -> Result<i64, Malformed> {
-        let at = self.pos;
-        let v = self.long()?;
-        if i32::try_from(v).is_err() {
-            return Err(Malformed::IntRange { at, value: v });
-        }
-        Ok(v)
+        self.r.int().map(i64::from)
     }
 
-    /// A length prefix, checked against the bytes left.
     fn len(&mut self) -> Result<usize, Malformed> {
-        let at = self.pos;
-        let len = self.long()?;
-        if len < 0 {
-            return Err(Malformed::NegativeLength { at, len });
-        }
-        let left = self.left();
-        match usize::try_from(len) {
-            Ok(n) if n <= left => Ok(n),
-            _ => Err(Malformed::LengthPastEnd { at, len, left }),
-        }
+        self.r.len()
     }
 
     fn bytes(&mut self) -> Result<(), Malformed> {
@@ -157,11 +109,7 @@ impl<'s> Walk<'_, '_, 's> {
     }
 
     fn string(&mut self) -> Result<(), Malformed> {
-        let n = self.len()?;
-        let at = self.pos;
-        let s = self.take(n, "a string")?;
-        std::str::from_utf8(s).map_err(|_| Malformed::Utf8 { at })?;
-        Ok(())
+        self.r.str_ref().map(|_| ())
     }
 
     fn resolve(&self, name: &Name, ns: Option<&str>) -> Result<(&'s Schema, Name), Malformed> {
@@ -212,66 +160,13 @@ impl<'s> Walk<'_, '_, 's> {
     }
 
     /// Array or map blocks: a count (negative: followed by the block's size in bytes), that many
-    /// items, until a count of 0.
+    /// items, until a count of 0 (see [`crate::typed::blocks`]).
     fn blocks(
         &mut self,
         item_min: u64,
         mut item: impl FnMut(&mut Self) -> Result<(), Malformed>,
     ) -> Result<(), Malformed> {
-        let mut empty_items = 0u64;
-        loop {
-            let at = self.pos;
-            let count = self.long()?;
-            if count == 0 {
-                return Ok(());
-            }
-            let sized = if count < 0 {
-                let size_at = self.pos;
-                let size = self.long()?;
-                let left = self.left();
-                if size < 0 {
-                    return Err(Malformed::NegativeLength {
-                        at: size_at,
-                        len: size,
-                    });
-                }
-                if usize::try_from(size).map_or(true, |s| s > left) {
-                    return Err(Malformed::LengthPastEnd {
-                        at: size_at,
-                        len: size,
-                        left,
-                    });
-                }
-                Some((size_at, size))
-            } else {
-                None
-            };
-            let n = count.unsigned_abs();
-            let left = self.left();
-            let fits = if item_min == 0 {
-                empty_items = empty_items.saturating_add(n);
-                empty_items <= MAX_EMPTY_ITEMS
-            } else {
-                n.saturating_mul(item_min) <= left as u64
-            };
-            if !fits {
-                return Err(Malformed::BlockCount { at, count, left });
-            }
-            let start = self.pos;
-            for _ in 0..n {
-                item(self)?;
-            }
-            if let Some((size_at, size)) = sized {
-                let actual = self.pos - start;
-                if actual as u64 != size as u64 {
-                    return Err(Malformed::BlockSize {
-                        at: size_at,
-                        size,
-                        actual,
-                    });
-                }
-            }
-        }
+        blocks(self, item_min, |w, _| item(w))
     }
 
     fn value(&mut self, schema: &Schema, ns: Option<&str>, depth: usize) -> Result<(), Malformed> {
@@ -281,7 +176,7 @@ impl<'s> Walk<'_, '_, 's> {
         match schema {
             Schema::Null => Ok(()),
             Schema::Boolean => {
-                let at = self.pos;
+                let at = self.r.pos;
                 let b = self.take(1, "a boolean")?[0];
                 if b > 1 {
                     return Err(Malformed::Boolean { at, byte: b });
@@ -321,7 +216,7 @@ impl<'s> Walk<'_, '_, 's> {
                 })
             }
             Schema::Union(u) => {
-                let at = self.pos;
+                let at = self.r.pos;
                 let index = self.long()?;
                 let variants = u.variants();
                 match usize::try_from(index).ok().and_then(|i| variants.get(i)) {
@@ -341,7 +236,7 @@ impl<'s> Walk<'_, '_, 's> {
                 Ok(())
             }
             Schema::Enum(e) => {
-                let at = self.pos;
+                let at = self.r.pos;
                 let index = self.int()?;
                 if usize::try_from(index).map_or(true, |i| i >= e.symbols.len()) {
                     return Err(Malformed::EnumIndex {

@@ -82,17 +82,95 @@ pub fn fast_kind(fp: u64) -> Option<EventKind> {
 
 type R<T> = Result<T, Malformed>;
 
+/// What reads an Avro body through a [`Reader`]: the reader itself, or the strict check that
+/// walks a schema with one.
+pub(crate) trait Cursor<'b> {
+    fn reader(&mut self) -> &mut Reader<'b>;
+}
+
+impl<'b> Cursor<'b> for Reader<'b> {
+    fn reader(&mut self) -> &mut Reader<'b> {
+        self
+    }
+}
+
+/// Array or map blocks (the typed reader's and the strict check's): a count (negative: followed by the
+/// block's size in bytes), that many items, until a count of 0. `item_min` is the fewest
+/// bytes an item takes.
+pub(crate) fn blocks<'b, C: Cursor<'b>>(
+    c: &mut C,
+    item_min: u64,
+    mut item: impl FnMut(&mut C, usize) -> R<()>,
+) -> R<()> {
+    let mut empty_items = 0u64;
+    loop {
+        let at = c.reader().pos;
+        let count = c.reader().long()?;
+        if count == 0 {
+            return Ok(());
+        }
+        let sized = if count < 0 {
+            let size_at = c.reader().pos;
+            let size = c.reader().long()?;
+            let left = c.reader().left();
+            if size < 0 {
+                return Err(Malformed::NegativeLength {
+                    at: size_at,
+                    len: size,
+                });
+            }
+            if usize::try_from(size).map_or(true, |s| s > left) {
+                return Err(Malformed::LengthPastEnd {
+                    at: size_at,
+                    len: size,
+                    left,
+                });
+            }
+            Some((size_at, size))
+        } else {
+            None
+        };
+        let n = count.unsigned_abs();
+        let left = c.reader().left();
+        let fits = if item_min == 0 {
+            empty_items = empty_items.saturating_add(n);
+            empty_items <= MAX_EMPTY_ITEMS
+        } else {
+            n.saturating_mul(item_min) <= left as u64
+        };
+        if !fits {
+            return Err(Malformed::BlockCount { at, count, left });
+        }
+        let start = c.reader().pos;
+        // `n` items fit the bytes left (or the cap on empty items), so this is bounded.
+        let n = n as usize;
+        for _ in 0..n {
+            item(c, n)?;
+        }
+        if let Some((size_at, size)) = sized {
+            let actual = c.reader().pos - start;
+            if actual as u64 != size as u64 {
+                return Err(Malformed::BlockSize {
+                    at: size_at,
+                    size,
+                    actual,
+                });
+            }
+        }
+    }
+}
+
 /// A cursor over an Avro body that checks as [`crate::strict`] does while it reads.
 pub(crate) struct Reader<'b> {
     buf: &'b [u8],
-    pos: usize,
+    pub(crate) pos: usize,
     /// The first value the typed structs cannot hold (reported after the body proved whole,
     /// as the generic path reports it after its strict pass).
     invalid: Option<String>,
 }
 
 impl<'b> Reader<'b> {
-    fn new(buf: &'b [u8]) -> Self {
+    pub(crate) fn new(buf: &'b [u8]) -> Self {
         Reader {
             buf,
             pos: 0,
@@ -101,12 +179,12 @@ impl<'b> Reader<'b> {
     }
 
     #[inline]
-    fn left(&self) -> usize {
+    pub(crate) fn left(&self) -> usize {
         self.buf.len() - self.pos
     }
 
     #[inline]
-    fn take(&mut self, n: usize, what: &'static str) -> R<&'b [u8]> {
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> R<&'b [u8]> {
         match self.buf.get(self.pos..self.pos.saturating_add(n)) {
             Some(s) => {
                 self.pos += n;
@@ -158,13 +236,13 @@ impl<'b> Reader<'b> {
     }
 
     #[inline]
-    fn long(&mut self) -> R<i64> {
+    pub(crate) fn long(&mut self) -> R<i64> {
         let z = self.varint()?;
         Ok((z >> 1) as i64 ^ -((z & 1) as i64))
     }
 
     #[inline]
-    fn int(&mut self) -> R<i32> {
+    pub(crate) fn int(&mut self) -> R<i32> {
         let at = self.pos;
         let v = self.long()?;
         i32::try_from(v).map_err(|_| Malformed::IntRange { at, value: v })
@@ -172,7 +250,7 @@ impl<'b> Reader<'b> {
 
     /// A length prefix, checked against the bytes left.
     #[inline]
-    fn len(&mut self) -> R<usize> {
+    pub(crate) fn len(&mut self) -> R<usize> {
         let at = self.pos;
         let len = self.long()?;
         if len < 0 {
@@ -192,13 +270,16 @@ impl<'b> Reader<'b> {
 
     #[inline]
     fn string(&mut self) -> R<String> {
+        self.str_ref().map(str::to_owned)
+    }
+
+    /// A string, borrowed from the body (checked UTF-8).
+    #[inline]
+    pub(crate) fn str_ref(&mut self) -> R<&'b str> {
         let n = self.len()?;
         let at = self.pos;
         let s = self.take(n, "a string")?;
-        match std::str::from_utf8(s) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(_) => Err(Malformed::Utf8 { at }),
-        }
+        std::str::from_utf8(s).map_err(|_| Malformed::Utf8 { at })
     }
 
     #[inline]
@@ -254,66 +335,8 @@ impl<'b> Reader<'b> {
         }
     }
 
-    /// Array or map blocks (as [`crate::strict`] reads them): a count (negative: followed by the
-    /// block's size in bytes), that many items, until a count of 0. `item_min` is the fewest
-    /// bytes an item takes.
-    fn blocks(&mut self, item_min: u64, mut item: impl FnMut(&mut Self, usize) -> R<()>) -> R<()> {
-        let mut empty_items = 0u64;
-        loop {
-            let at = self.pos;
-            let count = self.long()?;
-            if count == 0 {
-                return Ok(());
-            }
-            let sized = if count < 0 {
-                let size_at = self.pos;
-                let size = self.long()?;
-                let left = self.left();
-                if size < 0 {
-                    return Err(Malformed::NegativeLength {
-                        at: size_at,
-                        len: size,
-                    });
-                }
-                if usize::try_from(size).map_or(true, |s| s > left) {
-                    return Err(Malformed::LengthPastEnd {
-                        at: size_at,
-                        len: size,
-                        left,
-                    });
-                }
-                Some((size_at, size))
-            } else {
-                None
-            };
-            let n = count.unsigned_abs();
-            let left = self.left();
-            let fits = if item_min == 0 {
-                empty_items = empty_items.saturating_add(n);
-                empty_items <= MAX_EMPTY_ITEMS
-            } else {
-                n.saturating_mul(item_min) <= left as u64
-            };
-            if !fits {
-                return Err(Malformed::BlockCount { at, count, left });
-            }
-            let start = self.pos;
-            // `n` items fit the bytes left (or the cap on empty items), so this is bounded.
-            let n = n as usize;
-            for _ in 0..n {
-                item(self, n)?;
-            }
-            if let Some((size_at, size)) = sized {
-                let actual = self.pos - start;
-                if actual as u64 != size as u64 {
-                    return Err(Malformed::BlockSize {
-                        at: size_at,
-                        size,
-                        actual,
-                    });
-                }
-            }
-        }
+    fn blocks(&mut self, item_min: u64, item: impl FnMut(&mut Self, usize) -> R<()>) -> R<()> {
+        blocks(self, item_min, item)
     }
 
     fn array<T>(&mut self, item_min: u64, mut read: impl FnMut(&mut Self) -> R<T>) -> R<Vec<T>> {
