@@ -12,6 +12,12 @@ use auroraq_runtime::{backtest, bench, bench_decode, doctor, roles, run, Cancell
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+/// Events are many small allocations (ids, symbols, payload copies, delivery records): mimalloc
+/// serves them faster than the system allocator (`BENCHMARKS.md`, "Allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "auroraq",
