@@ -1260,7 +1260,6 @@ impl Member {
     /// Assigns the partitions of Kafka topics not yet read, at the group's committed offsets.
     async fn discover(&mut self) -> Result<(), String> {
         let topics = self.bus.topics_for(&self.opts.filter).await?;
-        let mut tpl = TopicPartitionList::new();
         let mut new = Vec::new();
         for (t, n) in topics {
             if n as u32 != self.bus.inner.cfg.partitions {
@@ -1269,7 +1268,6 @@ impl Member {
             let t: Arc<str> = Arc::from(t.as_str());
             for p in self.mine.iter().copied().filter(|p| *p < n) {
                 if !self.parts.contains_key(&(t.clone(), p)) {
-                    tpl.add_partition(&t, p);
                     new.push((t.clone(), p));
                 }
             }
@@ -1277,21 +1275,18 @@ impl Member {
         if new.is_empty() {
             return Ok(());
         }
-        let consumer = self.consumer.clone();
-        let timeout = self.bus.inner.cfg.request_timeout;
-        let committed = blocking(move || consumer.committed_offsets(tpl, timeout))
-            .await?
-            .map_err(|e| format!("committed offsets: {e}"))?;
+        let keys: Vec<(String, i32)> = new.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+        // The group's committed offsets come through the bus's reader of the group, not through
+        // this member's consumer: librdkafka 2.3 holds back a consumer's first fetch by about a
+        // second after that consumer asked for committed offsets (a fetch starts in ~40 ms
+        // otherwise; `bench bus --kafka` shows it as the time to the first delivery).
+        let committed = self.bus.committed(&self.group_id, &keys).await?;
         let mut committed_at = HashMap::new();
-        for e in committed.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                committed_at.insert(
-                    (e.topic().to_owned(), e.partition()),
-                    (o, delivered_through(e.metadata())),
-                );
+        for (k, (o, meta)) in committed {
+            if let Some(o) = o {
+                committed_at.insert(k, (o, delivered_through(&meta)));
             }
         }
-        let keys: Vec<(String, i32)> = new.iter().map(|(t, p)| (t.to_string(), *p)).collect();
         // What earlier members delivered (the marks: the next offset after it).
         let marked = self.bus.committed(&self.marks_id, &keys).await?;
         for (k, (o, _)) in &marked {

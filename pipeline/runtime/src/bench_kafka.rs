@@ -11,10 +11,13 @@
 //!   ([`KafkaConfig::producer_config`]: idempotent, `acks=all`, `linger.ms` 2, librdkafka's
 //!   default batch size), the same key per message and an id header (the bus adds its topic and
 //!   time headers).
-//! - **consume only**: a group that existed before the publish reads everything; the bus's member
-//!   (a delivery per message, acked, offsets committed as the bus does) beside a bare
-//!   `StreamConsumer` on the same consumer settings ([`KafkaConfig::consumer_config`]) reading
-//!   the partition from its start and committing once at the end.
+//!   No consumer runs during the publish, on either side.
+//! - **consume only**: then a new group reads everything; the bus's member (a delivery per
+//!   message, acked, offsets committed as the bus does) beside a bare `StreamConsumer` on the
+//!   same consumer settings ([`KafkaConfig::consumer_config`]) reading the partition from its
+//!   start and committing once at the end. Both clocks start before the consumer takes its
+//!   partition (the bus assigns partitions itself, without Kafka's group protocol, as `assign`
+//!   does), so both include the first fetch.
 //!
 //! Topics have one partition (as the NATS bench's stream has one), created for the round and
 //! deleted after it.
@@ -211,19 +214,24 @@ mod with_kafka {
             .create()
             .context("bare consumer")?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+        // An explicit offset, as the bus assigns (a new topic starts at 0): `Offset::Beginning`
+        // would add a ListOffsets round trip, about half a second here.
+        tpl.add_partition_offset(topic, 0, Offset::Offset(0))?;
         let t1 = Instant::now();
         consumer.assign(&tpl)?;
         let (mut got, mut bytes, mut last) = (0usize, 0usize, -1i64);
+        let mut first = None;
         // The warm-up message first, then the n timed ones.
         while got < n + 1 {
             let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
                 .await
                 .context("bare consumer: nothing for 30 s")??;
+            first.get_or_insert_with(|| t1.elapsed());
             bytes += m.payload().map_or(0, <[u8]>::len);
             last = m.offset();
             got += 1;
         }
+        tracing::info!(first_message_after = ?first, total = ?t1.elapsed(), "bare consumer: start and total");
         let mut commit = TopicPartitionList::new();
         commit.add_partition_offset(topic, 0, Offset::Offset(last + 1))?;
         consumer.commit(&commit, CommitMode::Async)?;
@@ -264,15 +272,10 @@ mod with_kafka {
 
     async fn bus_paths(bus: &Arc<KafkaBus>, p: &[(String, Bytes)], batch: usize) -> Result<Split> {
         let topic = "bench.kafka";
-        // The group exists before the publish (and creates the topic before the timing starts,
-        // as the bare loop's exists), as in the NATS bench.
-        let mut sub = bus
-            .subscribe(SubscribeOptions::new("bench", topic).max_in_flight(4096))
-            .await?;
         let msgs: Vec<OutMessage> = messages(topic, p);
         let n = msgs.len();
-        // Untimed, as the bare loop's: the producer's start, on another topic of the same family
-        // (the same Kafka topic; the group's member skips it).
+        // Untimed, as the bare loop's: the producer's start and the topic's creation, on another
+        // AuroraQ topic of the same family (the same Kafka topic; the group's member skips it).
         bus.publish(vec![OutMessage::new(
             "bench.warmup",
             Some(KEYS[0].to_owned()),
@@ -280,6 +283,7 @@ mod with_kafka {
             Bytes::from_static(b"warm-up"),
         )])
         .await?;
+        // Publish only: no consumer runs yet (as in the bare loop).
         let t0 = Instant::now();
         let mut it = msgs.into_iter();
         let mut stored = 0;
@@ -296,11 +300,20 @@ mod with_kafka {
             t0.elapsed(),
         );
         anyhow::ensure!(stored == n, "Kafka bus: stored {stored} of {n}");
+        // Consume only: a new group reads the topic from its start. The bus assigns its
+        // partitions itself (no group protocol, no rebalance), so the clock starts before the
+        // subscription, as the bare consumer's starts before its `assign`.
         let t1 = Instant::now();
+        let mut sub = bus
+            .subscribe(SubscribeOptions::new("bench", topic).max_in_flight(4096))
+            .await?;
+        let subscribed = t1.elapsed();
+        let mut first = None;
         let mut got = 0;
         while got < n {
             match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
                 Ok(Some(Ok(d))) => {
+                    first.get_or_insert_with(|| t1.elapsed());
                     d.ack().await?;
                     got += 1;
                 }
@@ -311,6 +324,7 @@ mod with_kafka {
         }
         bus.flush().await?;
         let consume = figure("auroraq Kafka bus consume only", got, t1.elapsed());
+        tracing::info!(?subscribed, first_delivery_after = ?first, total = ?t1.elapsed(), "bus consumer: start and total");
         anyhow::ensure!(got == n, "Kafka bus: consumed {got} of {n}");
         drop(sub);
         Ok(Split { publish, consume })
