@@ -1280,15 +1280,19 @@ impl Member {
         // this member's consumer: librdkafka 2.3 holds back a consumer's first fetch by about a
         // second after that consumer asked for committed offsets (a fetch starts in ~40 ms
         // otherwise; `bench bus --kafka` shows it as the time to the first delivery).
-        let committed = self.bus.committed(&self.group_id, &keys).await?;
+        // The marks group's offsets (what earlier members delivered: the next offset after it)
+        // are read at the same time.
+        let (committed, marked) = futures::join!(
+            self.bus.committed(&self.group_id, &keys),
+            self.bus.committed(&self.marks_id, &keys)
+        );
+        let (committed, marked) = (committed?, marked?);
         let mut committed_at = HashMap::new();
         for (k, (o, meta)) in committed {
             if let Some(o) = o {
                 committed_at.insert(k, (o, delivered_through(&meta)));
             }
         }
-        // What earlier members delivered (the marks: the next offset after it).
-        let marked = self.bus.committed(&self.marks_id, &keys).await?;
         for (k, (o, _)) in &marked {
             if let (Some(o), Some((_, d))) = (o, committed_at.get_mut(k)) {
                 *d = (*d).max(Some(o - 1));

@@ -23,7 +23,7 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn new(path: &str, events: usize, d: Duration) -> Self {
+    pub(crate) fn new(path: &str, events: usize, d: Duration) -> Self {
         let seconds = d.as_secs_f64();
         let eps = events as f64 / seconds;
         Figure {
@@ -36,7 +36,7 @@ impl Figure {
     }
 
     /// The median of several rounds of the same path.
-    fn median(mut rounds: Vec<Figure>) -> Figure {
+    pub(crate) fn median(mut rounds: Vec<Figure>) -> Figure {
         rounds.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
         let all: Vec<f64> = rounds.iter().map(|f| f.events_per_s).collect();
         let mut m = rounds.swap_remove(rounds.len() / 2);

@@ -94,28 +94,6 @@ mod with_kafka {
     /// Deliveries the bare producer keeps outstanding (as the bare NATS loop keeps acks).
     const WINDOW: usize = 4096;
 
-    fn figure(path: &str, events: usize, d: Duration) -> Figure {
-        let seconds = d.as_secs_f64();
-        let eps = events as f64 / seconds.max(1e-9);
-        Figure {
-            path: path.into(),
-            events,
-            seconds,
-            events_per_s: eps,
-            rounds: vec![eps],
-        }
-    }
-
-    /// The median round, with every round's events/s.
-    fn median(mut rounds: Vec<Figure>) -> Result<Figure> {
-        anyhow::ensure!(!rounds.is_empty(), "no rounds");
-        rounds.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
-        let all: Vec<f64> = rounds.iter().map(|f| f.events_per_s).collect();
-        let mut m = rounds.swap_remove(rounds.len() / 2);
-        m.rounds = all;
-        Ok(m)
-    }
-
     struct Split {
         publish: Figure,
         consume: Figure,
@@ -202,7 +180,7 @@ mod with_kafka {
         for f in window {
             delivered(f).await?;
         }
-        let publish = figure(
+        let publish = Figure::new(
             &format!("rdkafka publish only (bare, window {WINDOW})"),
             n,
             t0.elapsed(),
@@ -235,7 +213,7 @@ mod with_kafka {
         let mut commit = TopicPartitionList::new();
         commit.add_partition_offset(topic, 0, Offset::Offset(last + 1))?;
         consumer.commit(&commit, CommitMode::Async)?;
-        let consume = figure("rdkafka consume only (bare)", got - 1, t1.elapsed());
+        let consume = Figure::new("rdkafka consume only (bare)", got - 1, t1.elapsed());
         anyhow::ensure!(bytes > 0, "bare consumer read no payload");
         consumer.unassign()?;
         drop_blocking(consumer).await;
@@ -294,7 +272,7 @@ mod with_kafka {
             }
             stored += bus.publish(chunk).await?.stored;
         }
-        let publish = figure(
+        let publish = Figure::new(
             &format!("auroraq Kafka bus publish only (batch {batch})"),
             n,
             t0.elapsed(),
@@ -323,7 +301,7 @@ mod with_kafka {
             }
         }
         bus.flush().await?;
-        let consume = figure("auroraq Kafka bus consume only", got, t1.elapsed());
+        let consume = Figure::new("auroraq Kafka bus consume only", got, t1.elapsed());
         tracing::info!(?subscribed, first_delivery_after = ?first, total = ?t1.elapsed(), "bus consumer: start and total");
         anyhow::ensure!(got == n, "Kafka bus: consumed {got} of {n}");
         drop(sub);
@@ -355,7 +333,12 @@ mod with_kafka {
             op.push(o.publish);
             oc.push(o.consume);
         }
-        let (bp, op, bc, oc) = (median(bp)?, median(op)?, median(bc)?, median(oc)?);
+        let (bp, op, bc, oc) = (
+            Figure::median(bp),
+            Figure::median(op),
+            Figure::median(bc),
+            Figure::median(oc),
+        );
         let kafka_vs_bare = KafkaVsBare {
             publish: op.events_per_s / bp.events_per_s,
             consume: oc.events_per_s / bc.events_per_s,
