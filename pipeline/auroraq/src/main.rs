@@ -726,8 +726,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => {
             cfg.run.apply(a.bars, a.out);
             if let Some(api) = a.api {
-                cfg.run.api = api;
-                cfg.api.insecure_no_auth |= a.insecure_no_auth;
+                cfg.serve_api_in_run(api, a.insecure_no_auth);
             }
             let summary = run::run(&cfg, pace(a.speed)?, &a.sinks, stop_on_signals(), progress).await?;
             emit(&summary)?;

@@ -413,6 +413,18 @@ impl Config {
         ]
     }
 
+    /// Serves the API on `listen` beside the embedded job (`run --api`); `insecure_no_auth` lets
+    /// it run without keys. A build without the API keeps the address, and the job says so.
+    pub fn serve_api_in_run(&mut self, listen: String, insecure_no_auth: bool) {
+        self.run.api = listen;
+        #[cfg(feature = "api")]
+        {
+            self.api.insecure_no_auth |= insecure_no_auth;
+        }
+        #[cfg(not(feature = "api"))]
+        let _ = insecure_no_auth;
+    }
+
     /// Points the configuration at another bus (`--bus`).
     pub fn set_bus_url(&mut self, url: &str) -> Result<()> {
         self.bus.url = auroraq_bus::BusUrl::parse(url).map_err(anyhow::Error::msg)?;
