@@ -339,6 +339,23 @@ impl Processor for Agent {
         ]
     }
 
+    fn outputs(&self) -> Vec<String> {
+        vec![auroraq_bus::topics::ORDER_INTENTS.into()]
+    }
+
+    /// Order updates and risk decisions are what its own intents caused.
+    fn feedback(&self) -> Vec<String> {
+        vec![
+            auroraq_bus::topics::EXEC_ORDERS.into(),
+            auroraq_bus::topics::RISK_DECISIONS.into(),
+        ]
+    }
+
+    /// Intents come from fused signals only (prices and updates only change its state).
+    fn triggers(&self, _output: &str) -> Vec<String> {
+        vec!["sentiment.fused.>".into()]
+    }
+
     fn process(&mut self, event: &AnyEvent, clock: &dyn Clock) -> Result<Vec<AnyEvent>, HandlerError> {
         match event {
             AnyEvent::FusedSignal(f) => return Ok(self.on_signal(f, clock)),

@@ -113,6 +113,11 @@ pub fn fused(asset: &str) -> String {
     format!("sentiment.fused.{}", token(asset))
 }
 
+/// Where fusion announces its watermarks (on event time): a topic of the fused family that no
+/// asset's signals use, so that a reader of `sentiment.fused.>` hears fusion's progress before
+/// (and whatever) assets it has met. Only watermark messages go there.
+pub const FUSED_PROGRESS: &str = "sentiment.fused.progress";
+
 pub const ORDER_INTENTS: &str = "agents.intents";
 pub const RISK_DECISIONS: &str = "risk.decisions";
 pub const EXEC_ORDERS: &str = "exec.orders";

@@ -510,6 +510,14 @@ impl Processor for ExecutionProcessor {
         ]
     }
 
+    fn outputs(&self) -> Vec<String> {
+        vec![
+            topics::EXEC_ORDERS.to_owned(),
+            topics::EXEC_FILLS.to_owned(),
+            topics::PORTFOLIO.to_owned(),
+        ]
+    }
+
     fn process(&mut self, event: &AnyEvent, clock: &dyn Clock) -> Result<Vec<AnyEvent>, HandlerError> {
         Ok(match event {
             AnyEvent::RiskDecision(d) => self.on_decision(d, clock),

@@ -33,6 +33,23 @@ enum Source {
     Articles,
 }
 
+impl Source {
+    fn filter(self) -> &'static str {
+        match self {
+            Source::Scores => topics::SENTIMENT_SCORES,
+            Source::Market => topics::ALL_MARKET,
+            Source::Articles => topics::ALL_ARTICLES,
+        }
+    }
+}
+
+/// What the driver takes in: a delivery of one of its inputs or, on event time, how far the
+/// inputs have come (everything before it in the channel is all there is up to that time).
+enum Intake {
+    Delivery(Source, Result<Delivery, BusError>),
+    Progress(Micros),
+}
+
 /// The fusion stage, subscribed to its inputs. Subscribe before producers start when the bus
 /// keeps messages only for existing groups (the in-process bus).
 pub struct FusionStage {
@@ -64,19 +81,28 @@ impl FusionStage {
         cfg.validate()?;
         let group = cfg.group_name();
         let hold = Duration::from_secs(cfg.hold_ack_wait());
+        // On event time the inputs are merged: each may hold what the merge holds (see
+        // `auroraq_stage::watermark::MERGED_IN_FLIGHT`).
+        let merged = |n: usize| {
+            if cfg.stamp_window_close {
+                n.max(auroraq_stage::watermark::MERGED_IN_FLIGHT)
+            } else {
+                n
+            }
+        };
         let mut subs = Vec::new();
         let scores = SubscribeOptions::new(&group, topics::SENTIMENT_SCORES)
-            .max_in_flight(cfg.max_in_flight_scores)
+            .max_in_flight(merged(cfg.max_in_flight_scores))
             .ack_wait(hold);
         subs.push((Source::Scores, bus.subscribe(scores).await?));
         if cfg.join_articles {
             let articles = SubscribeOptions::new(&group, topics::ALL_ARTICLES)
-                .max_in_flight(cfg.max_in_flight_articles)
+                .max_in_flight(merged(cfg.max_in_flight_articles))
                 .ack_wait(hold);
             subs.push((Source::Articles, bus.subscribe(articles).await?));
         }
         let market =
-            SubscribeOptions::new(&group, topics::ALL_MARKET).max_in_flight(cfg.max_in_flight_market);
+            SubscribeOptions::new(&group, topics::ALL_MARKET).max_in_flight(merged(cfg.max_in_flight_market));
         subs.push((Source::Market, bus.subscribe(market).await?));
         Ok(FusionStage {
             bus,
@@ -109,25 +135,35 @@ impl FusionStage {
             grace_secs = cfg.grace_secs,
             "fusion starting"
         );
-        let (tx, rx) = mpsc::channel::<(Source, Result<Delivery, BusError>)>(cfg.batch_max.clamp(64, 8192));
+        let (tx, rx) = mpsc::channel::<Intake>(cfg.batch_max.clamp(64, 8192));
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        for (src, mut sub) in subs {
-            let tx = tx.clone();
-            let delay = if src == Source::Market {
-                Duration::from_millis(cfg.startup_delay_ms)
-            } else {
-                Duration::ZERO
-            };
-            tasks.push(tokio::spawn(async move {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                while let Some(d) = sub.next().await {
-                    if tx.send((src, d)).await.is_err() {
-                        break;
+        if cfg.stamp_window_close {
+            // On event time: the inputs merged in event-time order by their watermarks.
+            tasks.push(tokio::spawn(merged_intake(
+                bus.clone(),
+                cfg.clone(),
+                subs,
+                tx.clone(),
+            )));
+        } else {
+            for (src, mut sub) in subs {
+                let tx = tx.clone();
+                let delay = if src == Source::Market {
+                    Duration::from_millis(cfg.startup_delay_ms)
+                } else {
+                    Duration::ZERO
+                };
+                tasks.push(tokio::spawn(async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
                     }
-                }
-            }));
+                    while let Some(d) = sub.next().await {
+                        if tx.send(Intake::Delivery(src, d)).await.is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
         }
         drop(tx);
         let stamp = if cfg.stamp_window_close {
@@ -136,6 +172,7 @@ impl FusionStage {
             Stamp::Wall
         };
         let settings = Arc::new(Settings::new(&cfg, stamp));
+        let cfg_symbols = cfg.symbols.clone();
         let engine = Engine::start(settings, cfg.workers, metrics.clone())?;
         let mut driver = Driver {
             feeder: Feeder::new(&cfg, metrics.clone()),
@@ -148,6 +185,10 @@ impl FusionStage {
             articles: BTreeMap::new(),
             article_seq: 0,
             pruned_to: None,
+            progress: None,
+            announced: None,
+            symbols: crate::SymbolMap::new(&cfg_symbols),
+            epoch_ticks: HashMap::new(),
         };
         let result = driver.run(engine, rx, &cancel).await;
         // Leave the group first, so that the deliveries released below are not handed back to
@@ -187,13 +228,19 @@ struct Driver {
     articles: BTreeMap<(Micros, u64), Delivery>,
     article_seq: u64,
     pruned_to: Option<Micros>,
+    /// On event time: how far the inputs fed so far have come, and what was announced.
+    progress: Option<Micros>,
+    announced: Option<Micros>,
+    symbols: crate::SymbolMap,
+    /// On event time: each asset's market times fed in the current epoch (see `restamp`).
+    epoch_ticks: HashMap<String, Vec<Micros>>,
 }
 
 impl Driver {
     async fn run(
         &mut self,
         mut engine: Engine,
-        mut rx: mpsc::Receiver<(Source, Result<Delivery, BusError>)>,
+        mut rx: mpsc::Receiver<Intake>,
         cancel: &CancellationToken,
     ) -> Result<(), FusionError> {
         let result = self.main_loop(&mut engine, &mut rx, cancel).await;
@@ -206,7 +253,7 @@ impl Driver {
     async fn main_loop(
         &mut self,
         engine: &mut Engine,
-        rx: &mut mpsc::Receiver<(Source, Result<Delivery, BusError>)>,
+        rx: &mut mpsc::Receiver<Intake>,
         cancel: &CancellationToken,
     ) -> Result<(), FusionError> {
         let wait = Duration::from_millis(self.cfg.batch_wait_ms.max(1));
@@ -214,6 +261,10 @@ impl Driver {
         let mut open = true;
         while open && !cancel.is_cancelled() {
             let deadline = tokio::time::Instant::now() + wait;
+            // Articles are pruned by the market clock as it was before this epoch's records: an
+            // epoch may hold days of market data (on event time, a replay's backlog), and the
+            // windows it closes still need the articles of their time.
+            let clock_before = self.feeder.clock;
             while self.feeder.len() < self.cfg.batch_max {
                 let next = tokio::select! {
                     biased;
@@ -226,11 +277,16 @@ impl Driver {
                         open = false;
                         break;
                     }
-                    Some((_, Err(e))) => warn!(error = %e, "delivery error"),
-                    Some((src, Ok(d))) => self.intake(src, d).await?,
+                    Some(Intake::Delivery(_, Err(e))) => warn!(error = %e, "delivery error"),
+                    Some(Intake::Delivery(src, Ok(d))) => self.intake(src, d).await?,
+                    Some(Intake::Progress(w)) => {
+                        // Everything up to `w` is in: run the epoch now, then announce it.
+                        self.progress = Some(w);
+                        break;
+                    }
                 }
             }
-            if let Some(clock) = self.feeder.clock {
+            if let Some(clock) = clock_before {
                 let before = clock.saturating_sub(retention);
                 if self.pruned_to.is_none_or(|p| p < before) {
                     self.feeder.push_control(Control::Prune(before));
@@ -240,8 +296,56 @@ impl Driver {
             if !self.epoch(engine, cancel).await? {
                 break;
             }
+            if self.progress == Some(Micros::MAX) && self.announced != self.progress && self.cfg.close_at_end
+            {
+                // Every input ended: close what is still open, as a batch run does (after the
+                // last inputs' epoch, so that none of them comes after its window closed).
+                self.feeder.push_control(Control::Flush);
+                if !self.epoch(engine, cancel).await? {
+                    break;
+                }
+            }
+            self.announce().await;
         }
         Ok(())
+    }
+
+    /// On event time: an epoch holds many market events, and the dataflow stamps a signal with its
+    /// asset's clock when the epoch closed its window; as a batch run does (and a live run seeing
+    /// them one by one would), it is stamped at the first market event that passed the window's
+    /// close instead.
+    fn restamp(&mut self, signals: &mut [AnyEvent]) {
+        if !self.cfg.stamp_window_close {
+            return;
+        }
+        let grace = self.cfg.grace_secs as i64 * MICROS;
+        for ev in signals.iter_mut() {
+            if let AnyEvent::FusedSignal(s) = ev {
+                let close = s.window_end + grace;
+                if let Some(&t) = self
+                    .epoch_ticks
+                    .get(&s.asset)
+                    .and_then(|ts| ts.get(ts.partition_point(|&x| x < close)))
+                {
+                    s.meta.ts_processed = Some(t);
+                }
+            }
+        }
+        self.epoch_ticks.clear();
+    }
+
+    /// On event time, after an epoch: its inputs' progress on the fused family (its signals are
+    /// published, and any later one is stamped at a later market event).
+    async fn announce(&mut self) {
+        let Some(w) = self.progress else { return };
+        if self.announced.is_some_and(|a| a >= w) {
+            return;
+        }
+        let progress = [topics::FUSED_PROGRESS.to_owned()];
+        match auroraq_stage::watermark::publish_watermark(&*self.bus, &progress, w, &self.cfg.name).await {
+            Ok(()) => self.announced = Some(w),
+            Err(e) => warn!(error = %e, "cannot publish the fused signals' watermark; will retry"),
+        }
     }
 
     /// Takes one delivery into the next epoch (or dead-letters it).
@@ -282,6 +386,13 @@ impl Driver {
             Source::Market => match AnyEvent::decode(d.payload()) {
                 Err(e) => self.dead_letter(d, "decode_error", &e.to_string()).await?,
                 Ok(ev) => {
+                    if self.cfg.stamp_window_close {
+                        if let Some((symbol, ts)) = crate::feed::market_time(&ev) {
+                            if let Some(asset) = self.symbols.asset_of_symbol(symbol) {
+                                self.epoch_ticks.entry(asset).or_default().push(ts);
+                            }
+                        }
+                    }
                     self.feeder.market(&ev);
                     self.epoch_acks.push(d);
                 }
@@ -325,6 +436,7 @@ impl Driver {
                 })
                 .await?;
             add(&self.metrics.epochs, 1);
+            self.restamp(&mut signals);
             debug!(
                 records = n,
                 signals = signals.len(),
@@ -424,6 +536,78 @@ impl Driver {
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+}
+
+/// On event time: reads the inputs merged in event-time order and feeds them to the driver, with
+/// how far they have come whenever nothing more is ready.
+async fn merged_intake(
+    bus: Arc<dyn Bus>,
+    cfg: FusionConfig,
+    subs: Vec<(Source, Box<dyn Subscription>)>,
+    tx: mpsc::Sender<Intake>,
+) {
+    use auroraq_stage::watermark::{EventTimeReader, Next};
+    let scfg = auroraq_stage::StageConfig::new(&cfg.name, "");
+    let sources: Vec<Source> = subs.iter().map(|(s, _)| *s).collect();
+    let subs = subs
+        .into_iter()
+        .map(|(s, sub)| (s.filter().to_owned(), sub))
+        .collect();
+    let metrics = Arc::new(StageMetrics::default());
+    let mut reader = EventTimeReader::new(
+        bus,
+        &scfg,
+        subs,
+        Vec::new(),
+        Vec::new(),
+        auroraq_stage::merge::MergeConfig::default(),
+        metrics,
+    );
+    loop {
+        let next = match reader.next().await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "reading the inputs in event time failed");
+                return;
+            }
+        };
+        let item = match next {
+            Next::Event(h) => {
+                let src = sources
+                    .iter()
+                    .copied()
+                    .find(|s| s.filter() == h.filter)
+                    .unwrap_or(Source::Market);
+                Intake::Delivery(src, Ok(h.delivery))
+            }
+            Next::Idle => {
+                let mut w: Option<Micros> = None;
+                for s in &sources {
+                    match reader.bound(s.filter()) {
+                        Some(b) => w = Some(w.map_or(b, |m| m.min(b))),
+                        None => {
+                            w = None;
+                            break;
+                        }
+                    }
+                }
+                match w {
+                    Some(w) => Intake::Progress(w),
+                    None => continue,
+                }
+            }
+            Next::End => {
+                let _ = tx.send(Intake::Progress(Micros::MAX)).await;
+                if let Err(e) = reader.drain_late().await {
+                    warn!(error = %e, "after the end of the inputs");
+                }
+                return;
+            }
+        };
+        if tx.send(item).await.is_err() {
+            return;
         }
     }
 }

@@ -944,6 +944,29 @@ impl Processor for RiskProcessor {
         ]
     }
 
+    fn outputs(&self) -> Vec<String> {
+        vec![topics::RISK_DECISIONS.to_owned(), topics::ALERTS.to_owned()]
+    }
+
+    /// Order updates are what its own decisions caused.
+    fn feedback(&self) -> Vec<String> {
+        vec![topics::EXEC_ORDERS.to_owned()]
+    }
+
+    /// Decisions come from intents only; alerts from anything.
+    fn triggers(&self, output: &str) -> Vec<String> {
+        if output == topics::RISK_DECISIONS {
+            vec![topics::ORDER_INTENTS.to_owned()]
+        } else {
+            self.inputs()
+        }
+    }
+
+    /// Alerts are read for operators' resets, handled when they come (its own are ignored).
+    fn unordered(&self) -> Vec<String> {
+        vec![topics::ALERTS.to_owned()]
+    }
+
     /// Each agent's gross exposure and portfolio VaR (quote currency) as gauges.
     fn observe(&self) {
         for (agent, book) in &self.agents {

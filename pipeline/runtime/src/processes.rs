@@ -6,11 +6,14 @@
 //! bars and news itself, as the replay connector does. Each run gets its own JetStream stream
 //! (`<bus.stream>_RUN_<id>`, kept for the bus's retention: `backtest --from-bus` can read it).
 //!
-//! The stages run on event time (`stages.clock = "event"`), and the job paces the replay so that
-//! each stage sees what a backtest would have it see: the bars before the first article go out
-//! at full speed (nothing can trade before there is news), then every event waits until every
-//! consumer group has settled what came before (the bus's per-group backlogs; fusion may hold the
-//! scores of open windows). The report is built from the events the stages published.
+//! The stages run on event time (`stages.clock = "event"`) and merge their inputs by watermarks
+//! (`auroraq_stage::watermark`): the job publishes the data as fast as the bus takes it, each
+//! batch followed by its watermark ("nothing at or before T follows") on every market family and
+//! the articles, and [`Watermark::END`](auroraq_schemas::Watermark::END) at the end; every stage
+//! hands its events to its logic in event-time order and announces its own progress on its
+//! outputs, so each sees what a backtest would have it see, whatever the timing. The job is done
+//! when every stage has announced the end on each of its outputs and every consumer group
+//! (the sinks' too) has settled. The report is built from the events the stages published.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -57,6 +60,8 @@ struct Seen {
     /// Bus message ids already counted: a delivery that comes back (its ack was late under load)
     /// is the same message, counted once.
     ids: std::collections::HashSet<String>,
+    /// (producer, topic) pairs that announced the end of their output.
+    ended: std::collections::BTreeSet<(String, String)>,
 }
 
 /// Kinds the stages emit (the report's input); `exec.fills` copies are skipped (`exec.orders` has them).
@@ -91,9 +96,6 @@ pub async fn run(
     job.bus.stream = format!("{}_RUN_{run_id}", cfg.bus.stream);
     job.bus.subject_root = format!("{}-run{run_id}", cfg.bus.subject_root);
     job.stages.clock = auroraq_stage::ClockKind::Event;
-    // Paced one event at a time: no stage should wait for a batch to fill.
-    job.fusion.batch_wait_ms = 1;
-    job.sentiment.max_wait_ms = 1;
     job.feedly.token = auroraq_feedly::Token::default();
     #[cfg(feature = "api")]
     job.api.keys.clear();
@@ -186,6 +188,16 @@ pub async fn run(
                     let _ = d.ack().await;
                     continue;
                 }
+                if auroraq_schemas::is_watermark(d.payload()) {
+                    if let (Ok(w), Ok(mut s)) = (auroraq_schemas::Watermark::decode(d.payload()), seen.lock())
+                    {
+                        if w.watermark == auroraq_schemas::Watermark::END {
+                            s.ended.insert((w.producer, w.topic));
+                        }
+                    }
+                    let _ = d.ack().await;
+                    continue;
+                }
                 let decoded = AnyEvent::decode(d.payload());
                 if let Ok(mut s) = seen.lock() {
                     match decoded {
@@ -231,13 +243,21 @@ pub async fn run(
     }
     info!(roles = roles.len(), stage_groups = ?stage_groups, "every role has joined; publishing");
     let mut result = match started {
-        Ok(()) => drive(&job, &*bus, &mut roles, &stage_groups, bundled, &stop, progress).await,
+        Ok(()) => drive(&*bus, bundled, &stop, progress).await,
         Err(e) => Err(e),
     };
     if result.is_ok() {
-        // The job's own consumer has seen everything too (a delivery lost with a pull comes back).
-        let own = std::collections::BTreeSet::from([watcher_group.clone()]);
-        if let Err(e) = settle(&*bus, &mut roles, &own, "", &stop).await {
+        // Every stage has ended each of its outputs, then every group (the sinks' and the job's
+        // own too) has settled what it was given.
+        let ends = expected_ends(&job);
+        if let Err(e) = wait_ended(&seen, &ends, &mut roles, &stop).await {
+            result = Err(e);
+        }
+    }
+    if result.is_ok() {
+        let mut all = joined.clone();
+        all.extend(stage_groups.iter().cloned());
+        if let Err(e) = settle(&*bus, &mut roles, &all, &job.fusion.group, &stop).await {
             result = Err(e);
         }
     }
@@ -356,67 +376,133 @@ struct Published {
     duplicates: u64,
 }
 
-/// Publishes the events, paced on the stages (see the module docs).
+/// The producer name the job's own watermarks carry.
+const REPLAY: &str = "replay";
+
+/// Where the job announces its watermarks: one topic of each family a stage reads the data on
+/// (the merge follows each producer per input partition, whatever topic of the family carries
+/// it), for the instrument of each market topic published, and for the articles.
+fn progress_topics(events: &[AnyEvent]) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for e in events {
+        let t = auroraq_stage::topic_for(e);
+        let mut parts = t.splitn(3, '.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("market"), Some(_), Some(instrument)) => {
+                for family in ["trades", "tickers", "klines"] {
+                    out.insert(format!("market.{family}.{instrument}"));
+                }
+            }
+            (Some("news"), Some("articles"), Some(_))
+                if !out.iter().any(|t: &String| t.starts_with("news.")) =>
+            {
+                out.insert(t);
+            }
+            _ => {}
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Publishes the events in time order as fast as the bus takes them, each batch followed by its
+/// watermark, and the end (see the module docs).
 async fn drive(
-    job: &Config,
     bus: &dyn Bus,
-    roles: &mut [Role],
-    stage_groups: &std::collections::BTreeSet<String>,
     mut events: Vec<AnyEvent>,
     stop: &auroraq_util::CancellationToken,
     progress: bool,
 ) -> Result<Published> {
     in_time_order(&mut events);
-    let first_article = events
-        .iter()
-        .position(|e| matches!(e, AnyEvent::Article(_)))
-        .unwrap_or(events.len());
+    let topics = progress_topics(&events);
     let bar = crate::wiring::progress_bar(
         progress,
         events.len() as u64,
         "job on the bus {wide_bar} {pos}/{len} events {per_sec} eta {eta}",
     );
-    let holding = job.fusion.group.clone();
     let mut out = Published::default();
-    let encode = |batch: &[AnyEvent]| -> Result<Vec<auroraq_bus::OutMessage>> {
-        let mut msgs = Vec::with_capacity(batch.len());
+    let mut start = 0;
+    while start < events.len() {
+        if stop.is_cancelled() {
+            break;
+        }
+        let end = (start + 256).min(events.len());
+        let chunk = &events[start..end];
+        let mut msgs = Vec::with_capacity(chunk.len());
         // The job is the replay connector here: its receipt starts each event's trace.
-        auroraq_stage::trace::record_receipts("replay", batch);
-        for e in batch {
+        auroraq_stage::trace::record_receipts(REPLAY, chunk);
+        for e in chunk {
             msgs.extend(auroraq_stage::to_messages(e).context("encoding a bundled event")?);
         }
-        Ok(msgs)
-    };
-    // Before the first article: as fast as the bus takes them.
-    for chunk in events[..first_article].chunks(256) {
-        if stop.is_cancelled() {
-            break;
+        // Nothing before the next event's time follows (events at one time stay in one batch's
+        // reach: the watermark is one below the next).
+        let w = events
+            .get(end)
+            .map(|e| available_at(e).saturating_sub(1))
+            .unwrap_or(auroraq_schemas::Watermark::END);
+        let n = bus.partitions();
+        for t in &topics {
+            msgs.extend(auroraq_stage::watermark::watermark_messages(t, n, w, REPLAY));
         }
-        let r = bus
-            .publish(encode(chunk)?)
-            .await
-            .context("publishing bundled events")?;
-        out.published += r.stored as u64;
+        let r = bus.publish(msgs).await.context("publishing bundled events")?;
+        out.published += chunk.len() as u64;
         out.duplicates += r.duplicates as u64;
         bar.inc(chunk.len() as u64);
+        start = end;
     }
-    // Then one event at a time, each once the stages have settled the one before.
-    for e in &events[first_article..] {
-        if stop.is_cancelled() {
-            break;
-        }
-        settle(bus, roles, stage_groups, &holding, stop).await?;
-        let r = bus
-            .publish(encode(std::slice::from_ref(e))?)
-            .await
-            .context("publishing bundled events")?;
-        out.published += r.stored as u64;
-        out.duplicates += r.duplicates as u64;
-        bar.inc(1);
-    }
-    settle(bus, roles, stage_groups, &holding, stop).await?;
     bar.finish_and_clear();
     Ok(out)
+}
+
+/// The (producer, output topic) pairs whose end the job waits for: every stage's outputs.
+fn expected_ends(job: &Config) -> Vec<(String, String)> {
+    use auroraq_bus::topics as t;
+    let mut ends = vec![
+        (job.fusion.name.clone(), t::FUSED_PROGRESS.to_owned()),
+        ("auroraq".to_owned(), t::ORDER_INTENTS.to_owned()),
+        (job.risk.name.clone(), t::RISK_DECISIONS.to_owned()),
+        (job.risk.name.clone(), t::ALERTS.to_owned()),
+        (job.execution.name.clone(), t::EXEC_ORDERS.to_owned()),
+        (job.execution.name.clone(), t::PORTFOLIO.to_owned()),
+    ];
+    if cfg!(feature = "sentiment") {
+        ends.push(("sentiment".to_owned(), t::SENTIMENT_SCORES.to_owned()));
+    }
+    ends
+}
+
+/// Waits until every (producer, topic) of `ends` has announced its end.
+async fn wait_ended(
+    seen: &Mutex<Seen>,
+    ends: &[(String, String)],
+    roles: &mut [Role],
+    stop: &auroraq_util::CancellationToken,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut last_change = Instant::now();
+    let mut last = 0;
+    loop {
+        let missing: Vec<&(String, String)> = {
+            let s = seen
+                .lock()
+                .map_err(|_| anyhow::anyhow!("watcher state poisoned"))?;
+            ends.iter().filter(|e| !s.ended.contains(*e)).collect()
+        };
+        if missing.is_empty() || stop.is_cancelled() {
+            return Ok(());
+        }
+        if missing.len() != last {
+            last = missing.len();
+            last_change = Instant::now();
+        }
+        if last_change.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "the stages did not all end within 600 s of the last one that did (after {:.0} s); still running: {missing:?}",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        check_alive(roles)?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The consumer groups of the run's stream. The broker may be slow to answer under load: a

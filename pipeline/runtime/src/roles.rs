@@ -249,9 +249,24 @@ pub async fn processor_role<P: auroraq_stage::Processor + 'static>(
     let name = processor.name().to_owned();
     let inputs = processor.inputs();
     let scfg = stage_config(cfg, &name, "");
+    let metrics = Arc::new(StageMetrics::default());
+    if scfg.clock == auroraq_stage::ClockKind::Event {
+        // On event time: the inputs merged in event-time order by their watermarks, and the
+        // stage's own watermarks announced on its outputs.
+        let subs = auroraq_stage::watermark::subscribe_inputs(&*bus, &scfg, &inputs).await?;
+        info!(stage = %name, ?inputs, "running on event time, inputs merged by watermarks");
+        let task = tokio::spawn(auroraq_stage::watermark::run_processor_merged(
+            bus.clone(),
+            scfg,
+            subs,
+            processor,
+            auroraq_stage::merge::MergeConfig::default(),
+            metrics,
+        ));
+        return until_stopped(bus, task, stop).await;
+    }
     let sub = auroraq_stage::subscribe_processor(&*bus, &scfg, &inputs).await?;
     info!(stage = %name, ?inputs, "running");
-    let metrics = Arc::new(StageMetrics::default());
     let task = tokio::spawn(auroraq_stage::run_processor(
         bus.clone(),
         scfg,

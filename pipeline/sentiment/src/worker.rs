@@ -11,7 +11,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use auroraq_bus::{topics, Bus, Delivery, OutMessage, Subscription};
-use auroraq_schemas::{decode, now_micros, AnyEvent, Article, EventKind, Meta, SentimentScore};
+use auroraq_schemas::{
+    decode, is_watermark, now_micros, AnyEvent, Article, EventKind, Meta, Micros, SentimentScore, Watermark,
+};
+use auroraq_stage::watermark::Forwarder;
 use auroraq_stage::{
     retry_after, send_dead_letter, send_dead_letter_after, subscribe_stage, to_message, Retries, StageConfig,
     StageError, StageMetrics, StageStats,
@@ -31,6 +34,11 @@ struct Job {
     article: Article,
     encoded: Encoded,
     text_truncated: bool,
+}
+
+/// When an article is available (its score is stamped no earlier).
+fn available(a: &Article) -> Micros {
+    a.meta.ts_event.max(a.meta.ts_ingest)
 }
 
 /// Builds the score event of an article.
@@ -89,6 +97,9 @@ pub async fn run_worker_on(
 ) -> Result<StageStats, StageError> {
     let classifier = Arc::new(classifier);
     let (tx, mut rx) = mpsc::channel::<Job>(batching.queue.max(1));
+    // Watermarks on the articles passed on to the scores (a score is stamped no earlier than its
+    // article is available).
+    let progress = Forwarder::new(bus.clone(), &cfg, vec![topics::SENTIMENT_SCORES.to_owned()]);
 
     // Intake: decode, prepare, tokenise; dead-letter what cannot be scored.
     let intake = {
@@ -96,6 +107,7 @@ pub async fn run_worker_on(
         let stage = cfg.name.clone();
         let metrics = metrics.clone();
         let classifier = classifier.clone();
+        let progress = progress.clone();
         tokio::spawn(async move {
             while let Some(next) = sub.next().await {
                 let d = match next {
@@ -105,6 +117,19 @@ pub async fn run_worker_on(
                         continue;
                     }
                 };
+                if is_watermark(d.payload()) {
+                    match Watermark::decode(d.payload()) {
+                        Ok(w) => {
+                            progress.watermark(d.partition, &w).await;
+                            d.ack().await?;
+                        }
+                        Err(e) => {
+                            send_dead_letter(&*bus, &stage, d, "decode_error", &e.to_string(), &metrics)
+                                .await?
+                        }
+                    }
+                    continue;
+                }
                 metrics.received.fetch_add(1, Ordering::Relaxed);
                 auroraq_stage::count_consumed(&stage, d.topic());
                 if d.attempt > 1 {
@@ -132,6 +157,7 @@ pub async fn run_worker_on(
                         continue;
                     }
                 };
+                progress.hold(available(&article)).await;
                 let job = Job {
                     delivery: d,
                     article,
@@ -157,6 +183,7 @@ pub async fn run_worker_on(
         )
         .buffered(classifier.sessions().max(1));
         while let Some((jobs, result)) = results.next().await {
+            let times: Vec<Micros> = jobs.iter().map(|j| available(&j.article)).collect();
             match result {
                 Ok(preds) => {
                     publish_scores(&*bus, &cfg, &classifier, &aliases, jobs, preds, &metrics).await?
@@ -176,6 +203,7 @@ pub async fn run_worker_on(
                     }
                 }
             }
+            progress.release(times).await;
         }
     }
     intake

@@ -103,9 +103,45 @@ pub struct MergeStats {
     pub duplicates: u64,
 }
 
+/// The rank of a feedback input's events ([`Merge::expect`]): after everything else at their time.
+pub const FEEDBACK_RANK: u8 = 2;
+
+/// Where the merge may release up to: every key whose `(time, rank)` is at or before it.
+pub type Frontier = (Micros, u8);
+
 struct InputState {
-    watermark: Option<Micros>,
+    feedback: bool,
+    /// The watermark of each producer heard on this input partition: the input's is the least.
+    producers: BTreeMap<String, Micros>,
     heard: Instant,
+    /// The times of this input's buffered items (time -> count).
+    buffered: BTreeMap<Micros, usize>,
+}
+
+impl InputState {
+    fn new(feedback: bool, now: Instant) -> Self {
+        InputState {
+            feedback,
+            producers: BTreeMap::new(),
+            heard: now,
+            buffered: BTreeMap::new(),
+        }
+    }
+
+    fn watermark(&self) -> Option<Micros> {
+        self.producers.values().min().copied()
+    }
+}
+
+/// The release frontier a watermark `w` of an input allows: everything at or before `w`; on a
+/// feedback input also everything at `w + 1` ranked before [`FEEDBACK_RANK`] (what the stage's
+/// own outputs at `w + 1` cause comes back ranked after it: see the module docs).
+fn allows(w: Micros, feedback: bool) -> Frontier {
+    if feedback && w < Micros::MAX {
+        (w + 1, FEEDBACK_RANK - 1)
+    } else {
+        (w, u8::MAX)
+    }
 }
 
 /// The event-time merge buffer (see the module's documentation).
@@ -113,12 +149,12 @@ pub struct Merge<T> {
     cfg: MergeConfig,
     inputs: BTreeMap<Input, InputState>,
     heap: BinaryHeap<Reverse<(OrderKey, u64)>>,
-    items: BTreeMap<u64, T>,
+    items: BTreeMap<u64, (Input, T)>,
     /// The keys buffered now.
     keys: std::collections::BTreeSet<OrderKey>,
     seq: u64,
     /// The frontier released so far: everything at or before it has left.
-    released: Option<Micros>,
+    released: Option<Frontier>,
     /// The latest time pushed or watermarked.
     latest: Option<Micros>,
     stats: MergeStats,
@@ -139,18 +175,20 @@ impl<T> Merge<T> {
         }
     }
 
-    /// Declares an input partition the frontier must wait for (before it has sent anything).
-    pub fn expect(&mut self, input: Input, now: Instant) {
-        self.inputs.entry(input).or_insert(InputState {
-            watermark: None,
-            heard: now,
-        });
+    /// Declares an input partition the frontier must wait for (before it has sent anything);
+    /// `feedback`: it carries what the stage's own outputs cause (its items are pushed with rank
+    /// [`FEEDBACK_RANK`]).
+    pub fn expect(&mut self, input: Input, feedback: bool, now: Instant) {
+        self.inputs
+            .entry(input)
+            .or_insert_with(|| InputState::new(feedback, now));
     }
 
-    /// Buffers an item, or hands it back when it is late or a redelivery (see [`Pushed`]).
-    pub fn push(&mut self, key: OrderKey, item: T) -> Pushed<T> {
+    /// Buffers an item of `input`, or hands it back when it is late or a redelivery (see
+    /// [`Pushed`]).
+    pub fn push(&mut self, key: OrderKey, input: &Input, item: T) -> Pushed<T> {
         self.latest = Some(self.latest.map_or(key.time, |l| l.max(key.time)));
-        if self.released.is_some_and(|r| key.time <= r) {
+        if self.released.is_some_and(|r| (key.time, key.rank) <= r) {
             self.stats.late += 1;
             return Pushed::Late(item);
         }
@@ -158,50 +196,90 @@ impl<T> Merge<T> {
             self.stats.duplicates += 1;
             return Pushed::Duplicate(item);
         }
+        let now = Instant::now();
+        let state = self
+            .inputs
+            .entry(input.clone())
+            .or_insert_with(|| InputState::new(false, now));
+        *state.buffered.entry(key.time).or_insert(0) += 1;
         self.seq += 1;
-        self.items.insert(self.seq, item);
+        self.items.insert(self.seq, (input.clone(), item));
         self.heap.push(Reverse((key, self.seq)));
         Pushed::Buffered
     }
 
-    /// Input `input` has come to `t`: nothing at or before `t` follows on it (a producer that has
-    /// just sent an event at `t` and may send another at the same time says `t - 1`). Watermarks
-    /// never go back (an older one is ignored).
-    pub fn watermark(&mut self, input: Input, t: Micros, now: Instant) {
-        let s = self.inputs.entry(input).or_insert(InputState {
-            watermark: None,
-            heard: now,
-        });
-        s.watermark = Some(s.watermark.map_or(t, |w| w.max(t)));
+    /// `producer` has come to `t` on `input`: nothing at or before `t` follows from it (a
+    /// producer that has just sent an event at `t` and may send another at the same time says
+    /// `t - 1`). A producer's watermarks never go back (an older one is ignored); the input's
+    /// watermark is the least over the producers heard on it.
+    pub fn watermark(&mut self, input: Input, producer: &str, t: Micros, now: Instant) {
+        let s = self
+            .inputs
+            .entry(input)
+            .or_insert_with(|| InputState::new(false, now));
+        match s.producers.get_mut(producer) {
+            Some(w) => *w = (*w).max(t),
+            None => {
+                s.producers.insert(producer.to_owned(), t);
+            }
+        }
         s.heard = now;
-        self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
+        if t < Micros::MAX {
+            self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
+        }
     }
 
-    /// The least watermark over the inputs, stale inputs replaced by the bounded lateness; none
-    /// while a live input has sent no watermark yet (or no input is known).
-    pub fn frontier(&self, now: Instant) -> Option<Micros> {
+    /// An input's watermark, stale inputs replaced by the bounded lateness; none while a live
+    /// input has sent none.
+    fn effective(&self, s: &InputState, now: Instant) -> Option<Micros> {
+        let stale = now.saturating_duration_since(s.heard) >= self.cfg.stale_after;
+        if !stale {
+            return s.watermark();
+        }
         let fallback = self.latest.map(|l| l.saturating_sub(self.cfg.lateness));
-        let mut min: Option<Micros> = None;
+        match (s.watermark(), fallback) {
+            (Some(w), Some(f)) => Some(w.max(f)),
+            (w, f) => w.or(f),
+        }
+    }
+
+    /// How far the merge may release: the least over the inputs of what each one's watermark
+    /// allows (stale inputs replaced by the bounded lateness); none while a live input has sent
+    /// no watermark yet (or no input is known).
+    pub fn frontier(&self, now: Instant) -> Option<Frontier> {
+        let mut min: Option<Frontier> = None;
         for s in self.inputs.values() {
-            let stale = now.saturating_duration_since(s.heard) >= self.cfg.stale_after;
-            let w = match (s.watermark, stale) {
-                (_, true) => match (s.watermark, fallback) {
-                    (Some(w), Some(f)) => w.max(f),
-                    (w, f) => w.or(f)?,
-                },
-                (Some(w), false) => w,
-                (None, false) => return None,
-            };
-            min = Some(min.map_or(w, |m| m.min(w)));
+            let f = allows(self.effective(s, now)?, s.feedback);
+            min = Some(min.map_or(f, |m| m.min(f)));
         }
         min
     }
 
-    /// The inputs that have sent no watermark for `stale_after`.
+    /// The time up to which nothing more will come from `input` *through this merge*: its
+    /// watermark, and before its earliest item still buffered. What a stage may promise about
+    /// outputs that only items of this input can cause (none: nothing is known yet).
+    pub fn bound(&self, input: &Input, now: Instant) -> Option<Micros> {
+        let s = self.inputs.get(input)?;
+        let w = self.effective(s, now)?;
+        Some(match s.buffered.keys().next() {
+            Some(&t) => w.min(t.saturating_sub(1)),
+            None => w,
+        })
+    }
+
+    /// The inputs known to the merge.
+    pub fn inputs(&self) -> impl Iterator<Item = &Input> {
+        self.inputs.keys()
+    }
+
+    /// The inputs that have sent no watermark for `stale_after` (and have not ended).
     pub fn stale_inputs(&self, now: Instant) -> Vec<Input> {
         self.inputs
             .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.heard) >= self.cfg.stale_after)
+            .filter(|(_, s)| {
+                now.saturating_duration_since(s.heard) >= self.cfg.stale_after
+                    && s.watermark() != Some(Micros::MAX)
+            })
             .map(|(i, _)| i.clone())
             .collect()
     }
@@ -230,7 +308,7 @@ impl<T> Merge<T> {
         let mut out = Vec::new();
         if let Some(f) = self.frontier(now) {
             while let Some(Reverse((key, _))) = self.heap.peek() {
-                if key.time > f {
+                if (key.time, key.rank) > f {
                     break;
                 }
                 out.extend(self.pop());
@@ -242,10 +320,10 @@ impl<T> Merge<T> {
             let Some(Reverse((key, _))) = self.heap.peek() else {
                 break;
             };
-            let t = key.time;
+            let k = (key.time, u8::MAX);
             out.extend(self.pop());
             self.stats.forced += 1;
-            self.released = Some(self.released.map_or(t, |r| r.max(t)));
+            self.released = Some(self.released.map_or(k, |r| r.max(k)));
         }
         out
     }
@@ -262,7 +340,16 @@ impl<T> Merge<T> {
     fn pop(&mut self) -> Option<T> {
         let Reverse((key, seq)) = self.heap.pop()?;
         self.keys.remove(&key);
-        self.items.remove(&seq)
+        let (input, item) = self.items.remove(&seq)?;
+        if let Some(s) = self.inputs.get_mut(&input) {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = s.buffered.entry(key.time) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        Some(item)
     }
 }
 
@@ -290,26 +377,29 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Merge::new(MergeConfig::default());
         let (scores, ticks) = (input("sentiment.scores", 0), input("market.>", 0));
-        m.expect(scores.clone(), t0);
-        m.expect(ticks.clone(), t0);
+        m.expect(scores.clone(), false, t0);
+        m.expect(ticks.clone(), false, t0);
         // Arrival order is not time order.
-        assert_eq!(m.push(key(30, 1, "s30"), "s30"), Pushed::Buffered);
-        assert_eq!(m.push(key(10, 0, "t10"), "t10"), Pushed::Buffered);
-        assert_eq!(m.push(key(20, 1, "s20"), "s20"), Pushed::Buffered);
-        assert_eq!(m.push(key(20, 0, "t20"), "t20"), Pushed::Buffered);
-        assert_eq!(m.push(key(20, 0, "t20"), "again"), Pushed::Duplicate("again"));
+        assert_eq!(m.push(key(30, 1, "s30"), &scores, "s30"), Pushed::Buffered);
+        assert_eq!(m.push(key(10, 0, "t10"), &ticks, "t10"), Pushed::Buffered);
+        assert_eq!(m.push(key(20, 1, "s20"), &scores, "s20"), Pushed::Buffered);
+        assert_eq!(m.push(key(20, 0, "t20"), &ticks, "t20"), Pushed::Buffered);
+        assert_eq!(
+            m.push(key(20, 0, "t20"), &ticks, "again"),
+            Pushed::Duplicate("again")
+        );
         // One input has said nothing yet: nothing can leave.
-        m.watermark(scores.clone(), 30, t0);
+        m.watermark(scores.clone(), "p", 30, t0);
         assert!(m.ready(t0).is_empty());
         assert_eq!(m.frontier(t0), None);
         // The other reaches 20: everything at or before 20, ties by rank.
-        m.watermark(ticks.clone(), 20, t0);
+        m.watermark(ticks.clone(), "p", 20, t0);
         assert_eq!(m.ready(t0), vec!["t10", "t20", "s20"]);
-        m.watermark(ticks, 40, t0);
+        m.watermark(ticks.clone(), "p", 40, t0);
         assert_eq!(m.ready(t0), vec!["s30"]);
         assert_eq!(m.stats().in_order, 4);
         // Late: at or before what has been released.
-        assert_eq!(m.push(key(25, 0, "late"), "late"), Pushed::Late("late"));
+        assert_eq!(m.push(key(25, 0, "late"), &ticks, "late"), Pushed::Late("late"));
         assert_eq!(m.stats().late, 1);
     }
 
@@ -318,11 +408,11 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Merge::new(MergeConfig::default());
         let a = input("a", 0);
-        m.watermark(a.clone(), 50, t0);
-        m.watermark(a.clone(), 10, t0);
-        assert_eq!(m.frontier(t0), Some(50));
-        m.push(key(40, 0, "b"), "b");
-        m.push(key(40, 0, "a"), "a");
+        m.watermark(a.clone(), "p", 50, t0);
+        m.watermark(a.clone(), "p", 10, t0);
+        assert_eq!(m.frontier(t0), Some((50, u8::MAX)));
+        m.push(key(40, 0, "b"), &a, "b");
+        m.push(key(40, 0, "a"), &a, "a");
         assert_eq!(m.ready(t0), vec!["a", "b"]);
     }
 
@@ -336,16 +426,16 @@ mod tests {
         };
         let mut m = Merge::new(cfg);
         let (busy, idle) = (input("busy", 0), input("idle", 3));
-        m.expect(idle.clone(), t0);
-        m.watermark(busy.clone(), 100, t0);
-        m.push(key(90, 0, "x"), "x");
-        m.push(key(97, 0, "y"), "y");
+        m.expect(idle.clone(), false, t0);
+        m.watermark(busy.clone(), "p", 100, t0);
+        m.push(key(90, 0, "x"), &busy, "x");
+        m.push(key(97, 0, "y"), &busy, "y");
         assert!(m.ready(t0).is_empty(), "the idle input holds the frontier");
         let later = t0 + Duration::from_secs(11);
-        m.watermark(busy, 100, later);
+        m.watermark(busy, "p", 100, later);
         assert_eq!(m.stale_inputs(later), vec![idle]);
         // The idle input counts as the latest time less the lateness: 95.
-        assert_eq!(m.frontier(later), Some(95));
+        assert_eq!(m.frontier(later), Some((95, u8::MAX)));
         assert_eq!(m.ready(later), vec!["x"]);
     }
 
@@ -357,15 +447,16 @@ mod tests {
             ..MergeConfig::default()
         };
         let mut m = Merge::new(cfg);
-        m.expect(input("never", 0), t0);
+        let never = input("never", 0);
+        m.expect(never.clone(), false, t0);
         for (t, id) in [(5, "e"), (1, "a"), (3, "c"), (2, "b")] {
-            m.push(key(t, 0, id), id);
+            m.push(key(t, 0, id), &never, id);
         }
         assert!(m.is_full());
         assert_eq!(m.ready(t0), vec!["a"]);
         assert_eq!(m.stats().forced, 1);
         // An item before what was forced out is late, not lost.
-        assert_eq!(m.push(key(1, 1, "z"), "z"), Pushed::Late("z"));
+        assert_eq!(m.push(key(1, 1, "z"), &never, "z"), Pushed::Late("z"));
         assert_eq!(m.drain(), vec!["b", "c", "e"]);
         assert!(m.is_empty());
     }
@@ -401,7 +492,7 @@ mod tests {
         for _ in 0..50 {
             let mut m = Merge::new(MergeConfig::default());
             for p in 0..3 {
-                m.expect(input("in", p), t0);
+                m.expect(input("in", p), false, t0);
             }
             let mut cursor = [0usize; 3];
             let mut out: Vec<String> = Vec::new();
@@ -411,20 +502,58 @@ mod tests {
                     continue;
                 };
                 let k = key(t, r, &id);
-                assert!(!matches!(m.push(k.clone(), id.clone()), Pushed::Late(_)));
+                let from = input("in", p as u32);
+                assert!(!matches!(m.push(k.clone(), &from, id.clone()), Pushed::Late(_)));
                 // A redelivery, sometimes, before the original has left.
                 if rnd(4) == 0 {
-                    assert!(matches!(m.push(k, id.clone()), Pushed::Duplicate(_)));
+                    assert!(matches!(m.push(k, &from, id.clone()), Pushed::Duplicate(_)));
                 }
                 cursor[p] += 1;
                 // The input's watermark: its next event is not earlier than this one, but may be
                 // at the same time, so nothing before `t` follows: `t - 1`.
-                m.watermark(input("in", p as u32), t - 1, t0);
+                m.watermark(from, "p", t - 1, t0);
                 out.extend(m.ready(t0));
             }
             out.extend(m.drain());
             assert_eq!(out, expected);
         }
+    }
+
+    #[test]
+    fn feedback_inputs_release_their_time_after_the_rest() {
+        let t0 = Instant::now();
+        let mut m = Merge::new(MergeConfig::default());
+        let (data, fb) = (input("data", 0), input("fb", 0));
+        m.expect(data.clone(), false, t0);
+        m.expect(fb.clone(), true, t0);
+        m.watermark(data.clone(), "p", 100, t0);
+        // Feedback at 9: what is at 10 and ranked before feedback may go; feedback at 10 waits.
+        m.watermark(fb.clone(), "q", 9, t0);
+        m.push(key(10, 0, "d10"), &data, "d10");
+        m.push(key(10, FEEDBACK_RANK, "f10"), &fb, "f10");
+        m.push(key(11, 0, "d11"), &data, "d11");
+        assert_eq!(m.frontier(t0), Some((10, FEEDBACK_RANK - 1)));
+        assert_eq!(m.ready(t0), vec!["d10"]);
+        // Nothing more from `data` up to 10: its next buffered item is at 11.
+        assert_eq!(m.bound(&data, t0), Some(10));
+        m.watermark(fb.clone(), "q", 10, t0);
+        assert_eq!(m.ready(t0), vec!["f10", "d11"]);
+        assert_eq!(m.bound(&data, t0), Some(100));
+    }
+
+    #[test]
+    fn an_input_waits_for_the_slowest_of_its_producers() {
+        let t0 = Instant::now();
+        let mut m = Merge::new(MergeConfig::default());
+        let a = input("a", 0);
+        m.watermark(a.clone(), "fast", 50, t0);
+        m.watermark(a.clone(), "slow", 20, t0);
+        m.push(key(30, 0, "x"), &a, "x");
+        assert!(m.ready(t0).is_empty());
+        assert_eq!(m.bound(&a, t0), Some(20));
+        m.watermark(a.clone(), "slow", 40, t0);
+        assert_eq!(m.ready(t0), vec!["x"]);
+        assert_eq!(m.bound(&a, t0), Some(40));
     }
 
     #[test]

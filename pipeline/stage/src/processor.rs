@@ -78,6 +78,17 @@ pub trait Processor: Send {
     fn feedback(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Those of [`Processor::inputs`] whose events can make it publish on `output` (one of
+    /// [`Processor::outputs`]): merged on event time, the stage's watermark on `output` follows
+    /// them alone. Every input unless it says otherwise.
+    fn triggers(&self, _output: &str) -> Vec<String> {
+        self.inputs()
+    }
+    /// Those of [`Processor::inputs`] handled as they arrive, outside the event-time merge:
+    /// controls such as an operator's reset, which no producer puts in event-time order.
+    fn unordered(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The metrics an output event stands for: order updates and fills by venue, risk decisions by
