@@ -886,8 +886,120 @@ fn main_job_as_processes_on_nats_with_postgres() {
     });
 }
 
-/// The same on Kafka (topics `<run root>.<family>`, a Kafka group per role and input): about 4
-/// minutes on tansu, the job pacing each of its 1,579 events until every group has committed.
+/// A stage killed with `kill -9` in the middle of the job on NATS (the execution role, right after
+/// it accepted its first order): the job starts it again in a consumer group of its own, it
+/// rebuilds its state by processing the run's stream from the start (what it publishes again has
+/// the same ids and is de-duplicated), and the trades are still the embedded job's.
+#[test]
+fn main_job_on_nats_survives_a_stage_killed_mid_run() {
+    let nats = IsolatedNats::new("jobkill");
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo_root().join("data/market/Coinbase_BTCUSD_1h.csv")).unwrap();
+    let bars = dir.path().join("bars.csv");
+    std::fs::write(&bars, text.lines().take(1502).collect::<Vec<_>>().join("\n")).unwrap();
+    let embedded = auroraq()
+        .args(["run", "--bars"])
+        .arg(&bars)
+        .arg("--out")
+        .arg(dir.path().join("embedded"))
+        .output()
+        .unwrap();
+    assert!(
+        embedded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&embedded.stderr)
+    );
+    assert!(last_json(&embedded)["backtest"]["trades"].as_u64().unwrap() >= 2);
+
+    let out_dir = dir.path().join("on-bus");
+    let mut job = nats
+        .auroraq()
+        .env("AURORAQ_BUS_PARTITIONS", "1")
+        // The roles' "order accepted" lines and the job's "role started" lines (with pids).
+        .env("RUST_LOG", "info")
+        .args(["run", "--bars"])
+        .arg(&bars)
+        .arg("--out")
+        .arg(&out_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(job.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The execution role's pid, from the job's "role started" line.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pid = loop {
+        let line = rx.recv_timeout(Duration::from_secs(120)).expect("the job's log");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["fields"]["message"] == "role started" && v["fields"]["role"] == "execution" {
+            break v["fields"]["pid"].as_i64().expect("a pid") as i32;
+        }
+        assert!(Instant::now() < deadline, "no execution role started");
+    };
+    // Its first accepted order, then kill -9.
+    let log = out_dir.join("logs/execution.log");
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"order accepted\"") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the execution role accepted no order: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        !text.contains("every input ended"),
+        "the kill came after the role had finished: not mid-run"
+    );
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut job.stdout.take().unwrap(), &mut stdout).unwrap();
+    let status = job.wait().unwrap();
+    let log_lines: Vec<String> = rx.try_iter().collect();
+    reader.join().unwrap();
+    let s: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    let _cleanup = auroraq_tests::DeleteStreamOnDrop {
+        stream: s["stream"].as_str().unwrap_or_default().to_owned(),
+    };
+    assert!(status.success(), "{}", log_lines.join("\n"));
+    let execution = s["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "execution")
+        .unwrap();
+    assert_eq!(execution["restarts"], 1, "{s}");
+    assert_eq!(execution["exit_code"], 0, "{execution}");
+    // The restarted role processed the whole run again, to its end.
+    let again = std::fs::read_to_string(out_dir.join("logs/execution.restart1.log")).unwrap();
+    assert!(
+        again.contains("\"order accepted\"") && again.contains("every input ended"),
+        "{again}"
+    );
+    let trades = |run: &Path| std::fs::read_to_string(run.join("report/trades.csv")).unwrap();
+    assert_eq!(trades(&out_dir), trades(&dir.path().join("embedded")));
+    assert_eq!(
+        s["backtest"]["emitted_by_kind"],
+        last_json(&embedded)["backtest"]["emitted_by_kind"],
+        "the same events, none twice"
+    );
+}
+
+/// The same on Kafka (topics `<run root>.<family>`, a Kafka group per role and input).
 #[test]
 fn main_job_as_processes_on_kafka_with_postgres() {
     let root = unique("job");

@@ -116,12 +116,30 @@ pub struct StagesConfig {
     /// has handled (as a backtest's simulated clock), scores are stamped at their article's receive
     /// time and fused signals at their window's close; `auroraq run` on NATS sets it.
     pub clock: auroraq_stage::ClockKind,
+    /// On event time: appended to the consumer group of each stage (`<group>-<suffix>`), so that
+    /// the stage reads its inputs from the start of the stream in a group of its own. `auroraq
+    /// run` sets it (`AURORAQ_STAGES_GROUP_SUFFIX`) when it restarts a stage that died: the stage
+    /// rebuilds its state by processing the run again; its outputs are the same events with the
+    /// same ids, which the bus and the merged readers de-duplicate. Empty: the stage's own group.
+    pub group_suffix: String,
 }
 
 impl Default for StagesConfig {
     fn default() -> Self {
         StagesConfig {
             clock: auroraq_stage::ClockKind::Wall,
+            group_suffix: String::new(),
+        }
+    }
+}
+
+impl StagesConfig {
+    /// The consumer group of an event-time stage whose own group is `group` (see `group_suffix`).
+    pub fn group(&self, group: &str) -> String {
+        if self.group_suffix.is_empty() || self.clock != auroraq_stage::ClockKind::Event {
+            group.to_owned()
+        } else {
+            format!("{group}-{}", self.group_suffix)
         }
     }
 }

@@ -43,13 +43,29 @@ pub struct ProcessReport {
     /// Its closing JSON line (stage counters), when it printed one.
     pub stats: Option<serde_json::Value>,
     pub log: PathBuf,
+    /// Times it died and was started again (rebuilding its state from the run's stream).
+    pub restarts: u32,
 }
 
 struct Role {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    /// Times the job started it again after it died.
+    restarts: u32,
 }
+
+/// How the job starts a role process.
+struct Launcher {
+    exe: PathBuf,
+    config: PathBuf,
+    logs: PathBuf,
+}
+
+/// Restarts of one role the job allows before it gives up.
+const MAX_RESTARTS: u32 = 3;
 
 /// Events the stages published, as the job's own transient consumer saw them.
 #[derive(Default)]
@@ -216,7 +232,11 @@ pub async fn run(
     };
 
     // The role processes: the stages, then (once the stages have joined) the sinks.
-    let exe = std::env::current_exe().context("cannot find the auroraq executable to start the roles")?;
+    let launcher = Launcher {
+        exe: std::env::current_exe().context("cannot find the auroraq executable to start the roles")?,
+        config: config_path.clone(),
+        logs: logs.clone(),
+    };
     let mut roles = Vec::new();
     let mut stage_groups = std::collections::BTreeSet::new();
     let mut joined = std::collections::BTreeSet::from([watcher_group.clone()]);
@@ -225,7 +245,7 @@ pub async fn run(
     for (i, part) in [plan, sinks_plan].into_iter().enumerate() {
         let before = roles.len();
         for (name, args, env) in part {
-            roles.push(spawn_role(&exe, &config_path, &logs, name, &args, &env)?);
+            roles.push(launcher.spawn(name, args, env, 0)?);
         }
         let n = roles.len() - before;
         match wait_joined(&*bus, &mut roles, &joined, n, &logs, &stop).await {
@@ -242,6 +262,8 @@ pub async fn run(
         }
     }
     info!(roles = roles.len(), stage_groups = ?stage_groups, "every role has joined; publishing");
+    // (group left, group joined) by the stages restarted in the run.
+    let mut regrouped: Vec<(String, String)> = Vec::new();
     let mut result = match started {
         Ok(()) => drive(&*bus, bundled, &stop, progress).await,
         Err(e) => Err(e),
@@ -250,13 +272,17 @@ pub async fn run(
         // Every stage has ended each of its outputs, then every group (the sinks' and the job's
         // own too) has settled what it was given.
         let ends = expected_ends(&job);
-        if let Err(e) = wait_ended(&seen, &ends, &mut roles, &stop).await {
+        if let Err(e) = wait_ended(&seen, &ends, &launcher, &job, &mut roles, &mut regrouped, &stop).await {
             result = Err(e);
         }
     }
     if result.is_ok() {
         let mut all = joined.clone();
         all.extend(stage_groups.iter().cloned());
+        for (old, new) in &regrouped {
+            all.remove(old);
+            all.insert(new.clone());
+        }
         if let Err(e) = settle(&*bus, &mut roles, &all, &job.fusion.group, &stop).await {
             result = Err(e);
         }
@@ -299,6 +325,7 @@ pub async fn run(
             exit_code,
             stats,
             log: r.log,
+            restarts: r.restarts,
         });
     }
     bus.close().await;
@@ -470,11 +497,73 @@ fn expected_ends(job: &Config) -> Vec<(String, String)> {
     ends
 }
 
-/// Waits until every (producer, topic) of `ends` has announced its end.
+/// The consumer group of a stage role (the job's role names), before any restart.
+fn stage_group(job: &Config, role: &str) -> Option<String> {
+    match role {
+        "sentiment" => Some("sentiment".to_owned()),
+        "fusion" => Some(job.fusion.group.clone()),
+        "agent" => Some("auroraq".to_owned()),
+        "risk" => Some(job.risk.name.clone()),
+        "execution" => Some(job.execution.name.clone()),
+        _ => None,
+    }
+}
+
+/// Starts again each role that died (at most [`MAX_RESTARTS`] times each). A stage comes back in
+/// a consumer group of its own (`[stages] group_suffix`), reading the run's stream from the start:
+/// it rebuilds its state by processing the run again, and what it publishes again is the same
+/// events with the same ids (de-duplicated by the bus and the merged readers). A sink comes back
+/// in its group, where its unsettled deliveries wait for it. `regrouped` gets (old, new) groups.
+fn supervise(
+    launcher: &Launcher,
+    job: &Config,
+    roles: &mut [Role],
+    regrouped: &mut Vec<(String, String)>,
+) -> Result<()> {
+    for r in roles.iter_mut() {
+        let Ok(Some(status)) = r.child.try_wait() else {
+            continue;
+        };
+        if r.restarts >= MAX_RESTARTS {
+            let tail = tail_of(&r.log, 5);
+            bail!(
+                "the {} role exited ({status}) {} times while the job ran; its log ({}) ends:\n{tail}",
+                r.name,
+                r.restarts + 1,
+                r.log.display()
+            );
+        }
+        let n = r.restarts + 1;
+        let mut env = r.env.clone();
+        if let Some(base) = stage_group(job, r.name) {
+            let suffix = format!("restart{n}");
+            let old = if r.restarts == 0 {
+                base.clone()
+            } else {
+                format!("{base}-restart{}", r.restarts)
+            };
+            regrouped.push((
+                auroraq_bus::topics::token(&old),
+                auroraq_bus::topics::token(&format!("{base}-{suffix}")),
+            ));
+            env.retain(|(k, _)| *k != "AURORAQ_STAGES_GROUP_SUFFIX");
+            env.push(("AURORAQ_STAGES_GROUP_SUFFIX", suffix));
+        }
+        warn!(role = r.name, %status, restart = n, log = %r.log.display(), "a role died; starting it again");
+        let fresh = launcher.spawn(r.name, r.args.clone(), env, n)?;
+        *r = fresh;
+    }
+    Ok(())
+}
+
+/// Waits until every (producer, topic) of `ends` has announced its end, restarting roles that die.
 async fn wait_ended(
     seen: &Mutex<Seen>,
     ends: &[(String, String)],
+    launcher: &Launcher,
+    job: &Config,
     roles: &mut [Role],
+    regrouped: &mut Vec<(String, String)>,
     stop: &auroraq_util::CancellationToken,
 ) -> Result<()> {
     let started = Instant::now();
@@ -500,7 +589,7 @@ async fn wait_ended(
                 started.elapsed().as_secs_f64()
             );
         }
-        check_alive(roles)?;
+        supervise(launcher, job, roles, regrouped)?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -593,41 +682,54 @@ fn tail_of(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn spawn_role(
-    exe: &Path,
-    config: &Path,
-    logs: &Path,
-    name: &'static str,
-    args: &[String],
-    env: &[(&'static str, String)],
-) -> Result<Role> {
-    let log = logs.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--config")
-        .arg(config)
-        .args(["--log-format", "json"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(file))
-        .kill_on_drop(true);
-    // The written configuration is the whole of it: no overrides from this environment.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AURORAQ_") {
-            cmd.env_remove(k);
+impl Launcher {
+    /// Starts the role `name` (its `restarts`-th restart: a log of its own).
+    fn spawn(
+        &self,
+        name: &'static str,
+        args: Vec<String>,
+        env: Vec<(&'static str, String)>,
+        restarts: u32,
+    ) -> Result<Role> {
+        let log = if restarts == 0 {
+            self.logs.join(format!("{name}.log"))
+        } else {
+            self.logs.join(format!("{name}.restart{restarts}.log"))
+        };
+        let file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--log-format", "json"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
+        // The written configuration is the whole of it: no overrides from this environment.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AURORAQ_") {
+                cmd.env_remove(k);
+            }
         }
+        // Traces (when `[tracing]` exports them): one service per role.
+        cmd.env("OTEL_SERVICE_NAME", format!("auroraq-{name}"));
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the {name} role ({})", self.exe.display()))?;
+        info!(role = name, pid = child.id(), log = %log.display(), restarts, "role started");
+        Ok(Role {
+            name,
+            child,
+            log,
+            args,
+            env,
+            restarts,
+        })
     }
-    // Traces (when `[tracing]` exports them): one service per role.
-    cmd.env("OTEL_SERVICE_NAME", format!("auroraq-{name}"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start the {name} role ({})", exe.display()))?;
-    info!(role = name, pid = child.id(), log = %log.display(), "role started");
-    Ok(Role { name, child, log })
 }
 
 /// Waits until `n` roles have joined: as many consumer groups besides `known`, and the number of

@@ -285,6 +285,7 @@ pub async fn fuse(
 ) -> Result<auroraq_fusion::FusionStats> {
     let mut fc = cfg.fusion.clone();
     fc.stamp_window_close |= cfg.stages.clock == auroraq_stage::ClockKind::Event;
+    fc.group = cfg.stages.group(&fc.group);
     let stats = auroraq_fusion::run(bus.clone(), fc, stop).await?;
     bus.close().await;
     Ok(stats)

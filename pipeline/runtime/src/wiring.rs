@@ -81,6 +81,10 @@ pub fn stage_config(cfg: &Config, name: &str, filter: &str) -> StageConfig {
     s.ack_wait = Duration::from_secs(cfg.bus.ack_wait_secs.max(1));
     s.max_attempts = cfg.bus.max_attempts;
     s.clock = cfg.stages.clock;
+    let group = cfg.stages.group(name);
+    if group != name {
+        s.group = Some(group);
+    }
     s
 }
 

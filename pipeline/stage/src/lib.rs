@@ -183,8 +183,12 @@ pub enum StageError {
 /// How a stage joins the bus.
 #[derive(Clone, Debug)]
 pub struct StageConfig {
-    /// Stage name: the consumer group and the dead-letter topic `dlq.<name>`.
+    /// Stage name: the consumer group (unless `group` says otherwise), the producer name of its
+    /// watermarks and the dead-letter topic `dlq.<name>`.
     pub name: String,
+    /// The consumer group when not the name: a stage restarted to rebuild its state reads its
+    /// inputs again from the start in a group of its own (see `[stages] group_suffix`).
+    pub group: Option<String>,
     /// Topic filter it consumes.
     pub filter: String,
     pub member: u32,
@@ -216,6 +220,7 @@ impl StageConfig {
     pub fn new(name: impl Into<String>, filter: impl Into<String>) -> Self {
         StageConfig {
             name: name.into(),
+            group: None,
             filter: filter.into(),
             member: 0,
             members: 1,
@@ -228,10 +233,13 @@ impl StageConfig {
     }
 
     fn subscribe_options(&self) -> SubscribeOptions {
-        SubscribeOptions::new(topics::token(&self.name), self.filter.clone())
-            .member(self.member, self.members)
-            .max_in_flight(self.max_in_flight)
-            .ack_wait(self.ack_wait)
+        SubscribeOptions::new(
+            topics::token(self.group.as_deref().unwrap_or(&self.name)),
+            self.filter.clone(),
+        )
+        .member(self.member, self.members)
+        .max_in_flight(self.max_in_flight)
+        .ack_wait(self.ack_wait)
     }
 }
 
