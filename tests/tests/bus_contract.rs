@@ -359,6 +359,122 @@ async fn dead_letters(bus: Arc<dyn Bus>) {
     assert_eq!(stats.processed, 1);
 }
 
+/// Watermarks (`auroraq_stage::watermark`) on this bus: one per partition, each delivered behind
+/// the data published before it on its partition, and a merged reader hands out events of two
+/// keys (two partitions) in event-time order, then the end.
+async fn watermarks_ride_their_partitions(bus: Arc<dyn Bus>) {
+    use auroraq_schemas::{is_watermark, Watermark};
+    use auroraq_stage::merge::MergeConfig;
+    use auroraq_stage::watermark::{publish_watermark, subscribe_inputs, EventTimeReader, Next};
+    let n = bus.partitions();
+    let cfg = StageConfig::new("wmc", "");
+    let subs = subscribe_inputs(&*bus, &cfg, &["contract.>".to_owned()])
+        .await
+        .unwrap();
+    let mut raw = bus
+        .subscribe(SubscribeOptions::new("wmraw", "contract.>"))
+        .await
+        .unwrap();
+    let trade = |symbol: &str, seq: u64| {
+        let mut t = samples::trade(seq);
+        t.symbol = symbol.into();
+        t.meta.event_id = format!("{symbol}-{seq}");
+        let ev = AnyEvent::TradeTick(t);
+        let mut m = auroraq_stage::to_message(&ev).unwrap();
+        m.topic = "contract.trades".into();
+        m.key = Some(symbol.into());
+        m
+    };
+    // Each key in time order (as a producer sends it); across keys, not.
+    bus.publish(vec![
+        trade("BTC", 10),
+        trade("BTC", 30),
+        trade("ETH", 20),
+        trade("ETH", 40),
+    ])
+    .await
+    .unwrap();
+    let t40 = auroraq_stage::available_at(&AnyEvent::TradeTick(samples::trade(40)));
+    publish_watermark(&*bus, &["contract.trades".to_owned()], t40, "wmc-producer")
+        .await
+        .unwrap();
+
+    // Raw: a watermark per partition, each behind that partition's data.
+    let mut data_after_mark = 0;
+    let mut marks: BTreeMap<u32, Watermark> = BTreeMap::new();
+    let mut data = 0;
+    while marks.len() < n as usize || data < 4 {
+        let d = recv(&mut raw, WAIT).await.expect("data and watermarks");
+        if is_watermark(d.payload()) {
+            let w = Watermark::decode(d.payload()).unwrap();
+            assert_eq!(
+                w.partition as u32, d.partition,
+                "a watermark rides its own partition"
+            );
+            assert!(
+                marks.insert(d.partition, w).is_none(),
+                "one watermark per partition"
+            );
+        } else {
+            data += 1;
+            if marks.contains_key(&d.partition) {
+                data_after_mark += 1;
+            }
+        }
+        d.ack().await.unwrap();
+    }
+    assert_eq!(data_after_mark, 0, "data came after its partition's watermark");
+    assert!(marks
+        .values()
+        .all(|w| w.watermark == t40 && w.producer == "wmc-producer"));
+
+    // Merged: in event-time order across the partitions, then the end.
+    let mut reader = EventTimeReader::new(
+        bus.clone(),
+        &cfg,
+        subs,
+        Vec::new(),
+        Vec::new(),
+        MergeConfig::default(),
+        Arc::new(StageMetrics::default()),
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match tokio::time::timeout(WAIT, reader.next())
+            .await
+            .expect("in time")
+            .unwrap()
+        {
+            Next::Event(h) => {
+                seen.push(h.event.meta().event_id.clone());
+                h.delivery.ack().await.unwrap();
+            }
+            Next::Idle => {}
+            Next::End => panic!("ended early"),
+        }
+    }
+    assert_eq!(seen, ["BTC-10", "ETH-20", "BTC-30", "ETH-40"]);
+    publish_watermark(
+        &*bus,
+        &["contract.trades".to_owned()],
+        Watermark::END,
+        "wmc-producer",
+    )
+    .await
+    .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, reader.next())
+            .await
+            .expect("the end in time")
+            .unwrap()
+        {
+            Next::End => break,
+            Next::Idle => {}
+            Next::Event(h) => panic!("an event after the end: {}", h.event.meta().event_id),
+        }
+    }
+}
+
 macro_rules! contract {
     ($bus:ident, $make:expr) => {
         mod $bus {
@@ -398,6 +514,12 @@ macro_rules! contract {
             async fn rejects_bad_topics_and_subscriptions() {
                 let (bus, _g) = $make;
                 super::rejects_bad_topics_and_subscriptions(bus).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn watermarks_ride_their_partitions() {
+                let (bus, _g) = $make;
+                super::watermarks_ride_their_partitions(bus).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use auroraq_bus::{Bus, SubscribeOptions};
 use auroraq_replay::{load, replay, Format, LoadOptions, Pace};
-use auroraq_schemas::{AnyEvent, EventKind, FeedState};
+use auroraq_schemas::{is_watermark, AnyEvent, EventKind, FeedState, Watermark};
 use tokio_util::sync::CancellationToken;
 
 fn repo(p: &str) -> PathBuf {
@@ -202,16 +202,40 @@ async fn replayed_events_arrive_on_their_topics() {
         .unwrap();
     assert_eq!(stats.book_updates, 176);
     let mut topics: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..n {
+    // The replay's watermarks: per partition, the latest, and whether one came before its data.
+    let mut marks: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut data = 0;
+    while data < n || marks.values().filter(|w| **w == Watermark::END).count() < 4 {
         let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await
             .expect("delivery in time")
             .expect("open")
             .expect("delivery");
-        let family: String = d.topic().split('.').take(2).collect::<Vec<_>>().join(".");
-        *topics.entry(family).or_insert(0) += 1;
+        if is_watermark(d.payload()) {
+            let w = Watermark::decode(d.payload()).unwrap();
+            assert_eq!(w.producer, "replay");
+            assert_eq!(
+                w.partition as u32, d.partition,
+                "a watermark rides its own partition"
+            );
+            let last = marks.entry(d.partition).or_insert(i64::MIN);
+            *last = (*last).max(w.watermark);
+        } else {
+            // Nothing already promised comes after the promise.
+            let ev = AnyEvent::decode(d.payload()).unwrap();
+            if let Some(w) = marks.get(&d.partition) {
+                assert!(
+                    auroraq_stage::available_at(&ev) > *w,
+                    "an event behind its partition's watermark"
+                );
+            }
+            let family: String = d.topic().split('.').take(2).collect::<Vec<_>>().join(".");
+            *topics.entry(family).or_insert(0) += 1;
+            data += 1;
+        }
         d.ack().await.unwrap();
     }
+    assert_eq!(data, n);
     assert_eq!(topics.get("market.book"), Some(&176), "{topics:?}");
     assert_eq!(topics.get("market.tickers"), Some(&84));
     assert_eq!(topics.get("market.trades"), Some(&2));

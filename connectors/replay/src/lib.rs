@@ -202,6 +202,7 @@ async fn publish<E: From<StageError>>(
     let mut t0: Option<Micros> = None;
     let mut batch: Vec<OutMessage> = Vec::with_capacity(256);
     let mut done = 0u64;
+    let mut progress = Progress::default();
     for item in items {
         if cancel.is_cancelled() {
             break;
@@ -212,6 +213,8 @@ async fn publish<E: From<StageError>>(
             let due = Duration::from_secs_f64(((item.ts - t0).max(0) as f64 / 1e6) / speed.max(1e-9));
             if started + due > tokio::time::Instant::now() {
                 flush(bus, &mut batch, &mut stats).await?;
+                // Nothing before this item's time follows.
+                progress.announce(bus, item.ts.saturating_sub(1)).await;
                 if until_cancelled(&cancel, tokio::time::sleep_until(started + due))
                     .await
                     .is_none()
@@ -231,9 +234,12 @@ async fn publish<E: From<StageError>>(
                 auroraq_stage::trace::record_receipts("replay", std::slice::from_ref(&ev));
             }
         }
+        progress.saw(&item.msg.topic, item.ts);
         batch.push(item.msg);
         if batch.len() >= 256 {
             flush(bus, &mut batch, &mut stats).await?;
+            // Items come in time order: nothing before the last one's time follows.
+            progress.announce(bus, progress.last.saturating_sub(1)).await;
         }
         done += 1;
         if done.is_multiple_of(10_000) {
@@ -241,7 +247,57 @@ async fn publish<E: From<StageError>>(
         }
     }
     flush(bus, &mut batch, &mut stats).await?;
+    if !cancel.is_cancelled() {
+        progress.announce(bus, auroraq_schemas::Watermark::END).await;
+    }
     Ok(stats)
+}
+
+/// The replay's watermarks (see `auroraq_stage::watermark`): after each batch, "nothing before the
+/// last item's time follows" (items go out in time order, `ts` being no later than their
+/// `available_at`), and the end at the end; on one topic of each family published (a merged
+/// reader follows a producer per input partition, whatever topic of the family carries it) and,
+/// for market data, on the trades, tickers and klines of the first instrument, so that a stage
+/// reading a family the recording lacks is not held back by it.
+#[derive(Default)]
+struct Progress {
+    /// The first topic seen of each family (its first two tokens), and the market families.
+    topics: std::collections::BTreeMap<String, String>,
+    last: Micros,
+    announced: Option<Micros>,
+}
+
+impl Progress {
+    fn saw(&mut self, topic: &str, ts: Micros) {
+        self.last = self.last.max(ts);
+        let mut parts = topic.splitn(3, '.');
+        let (a, b, rest) = (parts.next(), parts.next(), parts.next());
+        let family = format!("{}.{}", a.unwrap_or_default(), b.unwrap_or_default());
+        if self.topics.contains_key(&family) {
+            return;
+        }
+        if let (Some("market"), Some(instrument)) = (a, rest) {
+            for f in ["trades", "tickers", "klines"] {
+                self.topics
+                    .entry(format!("market.{f}"))
+                    .or_insert_with(|| format!("market.{f}.{instrument}"));
+            }
+        }
+        self.topics.entry(family).or_insert_with(|| topic.to_owned());
+    }
+
+    async fn announce(&mut self, bus: &dyn Bus, t: Micros) {
+        if self.topics.is_empty() || self.announced.is_some_and(|a| a >= t) {
+            return;
+        }
+        let topics: Vec<String> = self.topics.values().cloned().collect();
+        match auroraq_stage::watermark::publish_watermark(bus, &topics, t, "replay").await {
+            Ok(()) => self.announced = Some(t),
+            Err(e) => {
+                warn!(error = %e, "cannot publish the replay's watermark; the next batch's will cover it")
+            }
+        }
+    }
 }
 
 async fn flush(

@@ -394,6 +394,8 @@ pub async fn follow(
                     };
                     match AnyEvent::decode(d.payload()) {
                         Ok(ev) => live.apply(&ev),
+                        // A producer's progress, not an event.
+                        Err(_) if auroraq_schemas::is_watermark(d.payload()) => {}
                         Err(e) => {
                             metrics::counter!("auroraq_api_live_undecodable_total").increment(1);
                             debug!(topic = d.topic(), error = %e, "live view: undecodable event skipped");

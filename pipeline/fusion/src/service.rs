@@ -350,6 +350,12 @@ impl Driver {
 
     /// Takes one delivery into the next epoch (or dead-letters it).
     async fn intake(&mut self, src: Source, d: Delivery) -> Result<(), FusionError> {
+        if auroraq_schemas::is_watermark(d.payload()) {
+            // On the wall clock a producer's progress is not used (on event time the merged
+            // reader consumes it before it gets here).
+            d.ack().await?;
+            return Ok(());
+        }
         match src {
             Source::Scores => match SentimentScore::decode_message(d.payload()) {
                 Err(e) => self.dead_letter(d, "decode_error", &e.to_string()).await?,

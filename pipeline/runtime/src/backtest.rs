@@ -931,8 +931,12 @@ pub async fn from_bus(
     for mut r in readers {
         while let Some(stored) = r.next().await {
             let stored = stored?;
-            stats.stored += 1;
             bar.inc(1);
+            if auroraq_schemas::is_watermark(&stored.message.payload) {
+                // A producer's progress, not an event.
+                continue;
+            }
+            stats.stored += 1;
             match AnyEvent::decode(&stored.message.payload) {
                 Ok(ev) => {
                     if seen.insert(ev.meta().event_id.clone()) {
@@ -996,6 +1000,10 @@ pub async fn through_bus(cfg: &Config, events: Vec<AnyEvent>) -> Result<Vec<AnyE
             anyhow::bail!("the bus closed with {} events still to come back", expected.len())
         };
         let d = d?;
+        if auroraq_schemas::is_watermark(d.payload()) {
+            d.ack().await?;
+            continue;
+        }
         let ev = AnyEvent::decode(d.payload()).context("an event came back from the bus undecodable")?;
         d.ack().await?;
         if expected.remove(&ev.meta().event_id) {

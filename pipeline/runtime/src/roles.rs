@@ -108,6 +108,16 @@ pub async fn tap(
         let d = d?;
         let line = match AnyEvent::decode(d.payload()) {
             Ok(ev) => ev.to_json(),
+            Err(_) if auroraq_schemas::is_watermark(d.payload()) => {
+                match auroraq_schemas::Watermark::decode(d.payload()) {
+                    Ok(w) => {
+                        serde_json::json!({"kind": "Watermark", "topic": w.topic, "partition": w.partition, "watermark": w.watermark, "producer": w.producer, "ts_wall": w.ts_wall})
+                    }
+                    Err(e) => {
+                        serde_json::json!({"kind": "undecodable", "topic": d.topic(), "error": e.to_string(), "bytes": d.payload().len()})
+                    }
+                }
+            }
             Err(e) => {
                 serde_json::json!({"kind": "undecodable", "topic": d.topic(), "error": e.to_string(), "bytes": d.payload().len()})
             }
