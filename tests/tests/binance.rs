@@ -23,7 +23,16 @@ const WAIT: Duration = Duration::from_secs(30);
 /// of the call.
 struct Collector {
     seen: Arc<Mutex<Vec<(String, AnyEvent)>>>,
+    /// Every delivery in order: its partition and, for a watermark, its time, else the event's
+    /// `available_at`.
+    order: Arc<Mutex<Vec<(u32, Delivered)>>>,
     task: JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Delivered {
+    Watermark(i64),
+    Event(i64),
 }
 
 impl Drop for Collector {
@@ -38,15 +47,27 @@ async fn collect(bus: Arc<dyn Bus>) -> Collector {
         .await
         .expect("subscribe");
     let seen: Arc<Mutex<Vec<(String, AnyEvent)>>> = Arc::default();
-    let out = seen.clone();
+    let order: Arc<Mutex<Vec<(u32, Delivered)>>> = Arc::default();
+    let (out, log) = (seen.clone(), order.clone());
     let task = tokio::spawn(async move {
         while let Some(Ok(d)) = sub.next().await {
-            let ev = AnyEvent::decode(d.payload()).expect("the connector publishes decodable events");
-            out.lock().expect("lock").push((d.topic().to_owned(), ev));
+            if auroraq_schemas::is_watermark(d.payload()) {
+                let w = auroraq_schemas::Watermark::decode(d.payload()).expect("a decodable watermark");
+                log.lock()
+                    .expect("lock")
+                    .push((d.partition, Delivered::Watermark(w.watermark)));
+            } else {
+                let ev = AnyEvent::decode(d.payload()).expect("the connector publishes decodable events");
+                let at = auroraq_stage::available_at(&ev);
+                log.lock()
+                    .expect("lock")
+                    .push((d.partition, Delivered::Event(at)));
+                out.lock().expect("lock").push((d.topic().to_owned(), ev));
+            }
             let _ = d.ack().await;
         }
     });
-    Collector { seen, task }
+    Collector { seen, order, task }
 }
 
 impl Collector {
@@ -134,6 +155,8 @@ fn live_cfg(server: &BinanceServer, symbols: &[&str], streams: &str) -> LiveConf
     cfg.connect_timeout = Duration::from_secs(5);
     cfg.snapshot_retry = Duration::from_millis(100);
     cfg.batch_linger = Duration::from_millis(5);
+    // Watermarks are the subject of one test, which turns them on.
+    cfg.watermark_every = Duration::ZERO;
     cfg.roll_overlap = Duration::from_millis(300);
     cfg.rest.timeout = Duration::from_secs(5);
     cfg.rest.retry_backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
@@ -293,6 +316,66 @@ async fn reconnect_loses_and_duplicates_nothing_nats() {
 
 /// One depth update of the recorded NKNUSDT stream (served as BTCUSDT) never arrives: the
 /// connector reports the gap, takes a new snapshot, reports the resync, and the book goes on.
+/// The connector's watermarks: on every partition, following its clock less the lateness, and
+/// no event it publishes after one is available at or before it (through a reconnect too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_follow_the_clock_and_never_pass_an_event() {
+    let bus = dyn_bus(inproc_bus(4, 8192));
+    let tape = Tape::interleave(Tape::barter_trades(330), Tape::recorded());
+    let server = BinanceServer::start(ServerConfig {
+        tape,
+        plans: vec![ConnPlan {
+            drop_after: Some(120),
+            ..ConnPlan::default()
+        }],
+        resend_on_reconnect: 40,
+        ..ServerConfig::default()
+    })
+    .await;
+    let col = collect(bus.clone()).await;
+    let mut cfg = live_cfg(
+        &server,
+        &["btcusdt", "ethusdt", "solusdt", "nknusdt", "lrcbtc"],
+        "trade,aggTrade",
+    );
+    cfg.watermark_every = Duration::from_millis(20);
+    cfg.watermark_lateness = Duration::from_millis(200);
+    let started = auroraq_schemas::now_micros();
+    let run = start(cfg, bus.clone());
+    col.wait_for("every trade", |evs| trade_ids(evs).len() >= 332)
+        .await;
+    // Watermarks keep coming while the feed is quiet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = run.stop().await;
+    col.wait_for_all(stats.published).await;
+    let order = col.order.lock().expect("lock").clone();
+    let mut last: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut events_after_a_mark = 0;
+    for (p, d) in &order {
+        match *d {
+            Delivered::Watermark(w) => {
+                assert!(
+                    w >= started - 200_000,
+                    "a watermark from before the connector started"
+                );
+                let l = last.entry(*p).or_insert(w);
+                *l = (*l).max(w);
+            }
+            Delivered::Event(at) => {
+                if let Some(w) = last.get(p) {
+                    assert!(at > *w, "an event at {at} after partition {p}'s watermark {w}");
+                    events_after_a_mark += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(last.len(), 4, "every partition hears the watermark: {last:?}");
+    assert!(events_after_a_mark > 0, "the test saw events behind watermarks");
+    // A quiet feed advances with the clock: the last watermark is recent.
+    let newest = last.values().copied().min().unwrap();
+    assert!(newest > auroraq_schemas::now_micros() - 5_000_000, "{newest}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depth_gap_is_detected_and_healed_by_resync() {
     let mut tape = Tape::recorded();

@@ -538,6 +538,16 @@ pub struct LiveConfig {
     pub batch_max: usize,
     /// ...and held at most this long before publishing.
     pub batch_linger: Duration,
+    /// How often the connector announces its watermark (`auroraq_stage::watermark`) on the
+    /// families it publishes (trades, tickers, klines, book of its first symbol, every
+    /// partition); zero: never. It stamps `ts_ingest` on receipt, so nothing it publishes later
+    /// is available before its own clock now: the watermark is the clock at the last flush less
+    /// `watermark_lateness`, and a quiet feed or partition advances with the clock.
+    pub watermark_every: Duration,
+    /// Held back from the clock: covers depth diffs held while a book waits for its snapshot and
+    /// the frames of a connection roll's overlap, which are published after later ones (more
+    /// than this late, they go to the readers' late topics).
+    pub watermark_lateness: Duration,
     /// Dead letters go to `dlq.<dead_letter_stage>`.
     pub dead_letter_stage: String,
 }
@@ -563,6 +573,8 @@ impl LiveConfig {
             snapshot_retry: Duration::from_secs(1),
             batch_max: 500,
             batch_linger: Duration::from_millis(20),
+            watermark_every: Duration::from_secs(1),
+            watermark_lateness: Duration::from_secs(5),
             dead_letter_stage: "binance".into(),
         }
     }
@@ -720,6 +732,9 @@ pub struct BinanceSettings {
     /// `market.mark_prices.<exchange>.<symbol>`) and forceOrder (`<symbol>@forceOrder`:
     /// `Liquidation` events on `market.liquidations.<exchange>.<symbol>`).
     pub streams: Vec<StreamKind>,
+    /// The watermark's lateness behind the connector's clock, in milliseconds (see
+    /// [`LiveConfig::watermark_lateness`]); 0 announces no watermark. Default 5000.
+    pub watermark_lateness_ms: u64,
 }
 
 /// `[binance]` as written: keys left out take the venue's (or the spot defaults).
@@ -732,6 +747,7 @@ struct RawSettings {
     exchange: Option<String>,
     symbols: Option<Vec<String>>,
     streams: Option<Vec<StreamKind>>,
+    watermark_lateness_ms: Option<u64>,
 }
 
 impl From<RawSettings> for BinanceSettings {
@@ -757,6 +773,7 @@ impl From<RawSettings> for BinanceSettings {
             exchange: r.exchange.unwrap_or(d.exchange),
             symbols: r.symbols.unwrap_or(d.symbols),
             streams: r.streams.unwrap_or(d.streams),
+            watermark_lateness_ms: r.watermark_lateness_ms.unwrap_or(d.watermark_lateness_ms),
         }
     }
 }
@@ -782,6 +799,7 @@ impl BinanceSettings {
                 StreamKind::BookTicker,
                 StreamKind::Depth,
             ],
+            watermark_lateness_ms: 5000,
         }
     }
 }
@@ -798,10 +816,15 @@ impl BinanceSettings {
                 streams.push(k.clone());
             }
         }
-        let live = LiveConfig::new(symbols, streams)
+        let mut live = LiveConfig::new(symbols, streams)
             .with_venue(self.venue)
             .with_endpoints(self.ws_url.clone(), self.rest_url.clone())
             .with_exchange(self.exchange.clone());
+        if self.watermark_lateness_ms == 0 {
+            live.watermark_every = Duration::ZERO;
+        } else {
+            live.watermark_lateness = Duration::from_millis(self.watermark_lateness_ms);
+        }
         live.validate()?;
         Ok(live)
     }

@@ -180,6 +180,7 @@ impl LiveConnector {
             task_symbols: HashMap::new(),
             generation: 0,
             batch: Vec::new(),
+            marked: None,
             conn_seq: 0,
             run_id: now_micros(),
             url: url.clone(),
@@ -306,6 +307,8 @@ struct Session {
     /// Bumped when the books are reset, so snapshots asked for before are dropped.
     generation: u64,
     batch: Vec<AnyEvent>,
+    /// When the last watermark went out.
+    marked: Option<Instant>,
     conn_seq: u64,
     run_id: Micros,
     url: String,
@@ -573,6 +576,31 @@ impl Session {
         self.generation += 1;
     }
 
+    /// After a flush begun at `now`: the watermark, when one is due (see
+    /// [`LiveConfig::watermark_every`]).
+    async fn watermark(&mut self, now: Micros) {
+        let every = self.cfg.watermark_every;
+        if every.is_zero() || self.marked.is_some_and(|m| m.elapsed() < every) || !self.batch.is_empty() {
+            return;
+        }
+        let Some(symbol) = self.cfg.symbols.first() else {
+            return;
+        };
+        let (exchange, symbol) = (
+            auroraq_bus::topics::token(&self.cfg.exchange),
+            auroraq_bus::topics::token(symbol),
+        );
+        let topics: Vec<String> = ["trades", "tickers", "klines", "book"]
+            .iter()
+            .map(|f| format!("market.{f}.{exchange}.{symbol}"))
+            .collect();
+        let w = now.saturating_sub(self.cfg.watermark_lateness.as_micros() as Micros);
+        match auroraq_stage::watermark::publish_watermark(&*self.bus, &topics, w, &self.cfg.exchange).await {
+            Ok(()) => self.marked = Some(Instant::now()),
+            Err(e) => warn!(error = %e, "cannot publish the watermark; will try again"),
+        }
+    }
+
     /// Publishes the batch; retries a bus that refuses, and dead-letters events that cannot be
     /// encoded.
     async fn flush(&mut self) -> Result<(), ConnectorError> {
@@ -678,7 +706,9 @@ impl Session {
                 Some(st) = self.status_rx.recv() => self.push_status(st),
                 Some(res) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.on_snapshot(res),
                 _ = tick.tick() => {
+                    let now = now_micros();
                     self.flush().await?;
+                    self.watermark(now).await;
                     self.request_snapshots();
                 }
             }
