@@ -121,12 +121,25 @@ struct Got {
     dead_letters: Vec<DeadLetter>,
     statuses: Vec<FeedStatus>,
     topics: HashMap<String, usize>,
+    /// Watermarks: partition, and how many articles that partition had delivered before it.
+    marks: Vec<(u32, auroraq_schemas::Watermark, usize)>,
 }
 
 async fn drain(sub: &mut Box<dyn Subscription>, idle: Duration) -> Got {
     let mut got = Got::default();
+    let mut per_partition: HashMap<u32, usize> = HashMap::new();
     while let Ok(Some(d)) = tokio::time::timeout(idle, sub.next()).await {
         let d = d.unwrap();
+        if auroraq_schemas::is_watermark(d.payload()) {
+            let w = auroraq_schemas::Watermark::decode(d.payload()).unwrap();
+            let before = per_partition.get(&d.partition).copied().unwrap_or(0);
+            got.marks.push((d.partition, w, before));
+            d.ack().await.unwrap();
+            continue;
+        }
+        if d.topic().starts_with("news.articles.") {
+            *per_partition.entry(d.partition).or_default() += 1;
+        }
         *got.topics.entry(d.topic().to_owned()).or_default() += 1;
         match AnyEvent::decode(d.payload()).unwrap() {
             AnyEvent::Article(a) => got.articles.push(a),
@@ -720,6 +733,18 @@ async fn the_empty_stream_works() {
     let got = drain(&mut sub, Duration::from_millis(300)).await;
     assert!(got.articles.is_empty() && got.dead_letters.is_empty());
     assert_eq!(got.statuses.len(), 1);
+    // After the poll, the watermark on each partition: the clock less the lateness (5 s), so a
+    // quiet stream still advances its readers.
+    let now = auroraq_schemas::now_micros();
+    let parts: std::collections::BTreeSet<u32> = got.marks.iter().map(|(p, _, _)| *p).collect();
+    assert_eq!(parts.len(), 2, "{:?}", got.marks);
+    for (p, w, _) in &got.marks {
+        assert_eq!((w.producer.as_str(), w.partition as u32), ("feedly", *p));
+        assert!(
+            w.watermark <= now - 5_000_000 && w.watermark > now - 60_000_000,
+            "{w:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,11 @@ pub struct FeedlyConfig {
     pub user_agent: String,
     /// How items become articles.
     pub parse: ParseOptions,
+    /// The watermark (`auroraq_stage::watermark`) on `news.articles.feedly`: after each poll and
+    /// every second while it waits for the next, its clock less this. Articles are stamped
+    /// `ts_ingest` when their page is read, so none published later is available before the
+    /// clock now. `None`: no watermarks.
+    pub watermark_lateness: Option<Duration>,
 }
 
 impl FeedlyConfig {
@@ -109,6 +114,7 @@ impl FeedlyConfig {
             once: false,
             user_agent: concat!("auroraq-feedly/", env!("CARGO_PKG_VERSION")).to_owned(),
             parse: ParseOptions::default(),
+            watermark_lateness: Some(Duration::from_secs(5)),
         }
     }
 

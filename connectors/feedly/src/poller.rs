@@ -158,11 +158,13 @@ impl FeedlyConnector {
         let mut cursor = self.store.cursor(stream).await?;
         debug!(stream, ?cursor, "cursor loaded");
         while !cancel.is_cancelled() {
+            let began = now_micros();
             if !self.poll(bus, &cancel, &mut cursor).await? {
                 break;
             }
             self.bump(|s| s.polls += 1);
-            if self.cfg.once || !sleep_or_cancel(self.cfg.poll_interval, &cancel).await {
+            self.watermark(bus, began).await;
+            if self.cfg.once || !self.wait_marking(bus, &cancel).await {
                 break;
             }
         }
@@ -170,6 +172,33 @@ impl FeedlyConnector {
         let stats = self.stats();
         info!(stream, ?stats, "feedly connector stopped");
         Ok(stats)
+    }
+
+    /// The watermark at `now` (see [`FeedlyConfig::watermark_lateness`]).
+    async fn watermark(&self, bus: &dyn Bus, now: i64) {
+        let Some(lateness) = self.cfg.watermark_lateness else {
+            return;
+        };
+        let w = now.saturating_sub(lateness.as_micros() as i64);
+        let topics = [auroraq_bus::topics::articles("feedly")];
+        if let Err(e) = auroraq_stage::watermark::publish_watermark(bus, &topics, w, "feedly").await {
+            warn!(error = %e, "cannot publish the watermark; the next one will cover it");
+        }
+    }
+
+    /// Waits `poll_interval`, announcing the watermark every second. False when cancelled.
+    async fn wait_marking(&self, bus: &dyn Bus, cancel: &CancellationToken) -> bool {
+        let until = tokio::time::Instant::now() + self.cfg.poll_interval;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            if !sleep_or_cancel(left.min(Duration::from_secs(1)), cancel).await {
+                return false;
+            }
+            self.watermark(bus, now_micros()).await;
+        }
     }
 
     /// One poll: every page from the cursor on. Returns false when cancelled midway.
