@@ -587,11 +587,22 @@ async fn process_held<P: Processor>(
         ..
     } = h;
     let cx = auroraq_schemas::TraceContext::of(ev.meta());
+    let input = crate::trace::enabled().then(|| (ev.meta().event_id.clone(), std::time::SystemTime::now()));
     match handler.handle(ev).await {
         Ok(mut outs) => {
             // Each output continues its input's trace with a span of this stage's own.
-            for o in outs.iter_mut() {
-                crate::trace::stamp(&cfg.name, o.meta_mut(), &cx);
+            let spans: Vec<_> = outs
+                .iter_mut()
+                .map(|o| crate::trace::stamp(&cfg.name, o.meta_mut(), &cx))
+                .collect();
+            if let (Some((id, start)), false) = (&input, outs.is_empty()) {
+                crate::trace::record_outputs(
+                    &cfg.name,
+                    &spans,
+                    &outs,
+                    Some((id, d.topic(), Some(d.partition), cx)),
+                    *start,
+                );
             }
             match publish_retrying(bus, cfg, &outs).await {
                 Ok(()) => {}
