@@ -972,6 +972,7 @@ mod tests {
                 "exchange": "binance",
                 "symbols": ["btcusdt", "ethusdt"],
                 "streams": ["trade", "kline_1m", "bookTicker", "depth"],
+                "watermark_lateness_ms": 5000,
             })
         );
         let live = d.live_config().expect("the defaults work");
