@@ -139,6 +139,9 @@ pub struct FusionConfig {
     /// Stamp fused signals at their window's close (end + grace, event time) instead of the wall
     /// clock: for recorded data replayed through the live stage, as a backtest stamps them.
     pub stamp_window_close: bool,
+    /// Read the inputs merged in event-time order by their watermarks (always so with
+    /// `stamp_window_close`) and announce fusion's own on `sentiment.fused.progress`.
+    pub merge_inputs: bool,
 }
 
 impl Default for FusionConfig {
@@ -176,6 +179,7 @@ impl Default for FusionConfig {
             hold_ack_wait_secs: None,
             startup_delay_ms: 1000,
             stamp_window_close: false,
+            merge_inputs: false,
         }
     }
 }

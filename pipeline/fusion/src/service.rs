@@ -84,7 +84,7 @@ impl FusionStage {
         // On event time the inputs are merged: each may hold what the merge holds (see
         // `auroraq_stage::watermark::MERGED_IN_FLIGHT`).
         let merged = |n: usize| {
-            if cfg.stamp_window_close {
+            if cfg.stamp_window_close || cfg.merge_inputs {
                 n.max(auroraq_stage::watermark::MERGED_IN_FLIGHT)
             } else {
                 n
@@ -137,7 +137,7 @@ impl FusionStage {
         );
         let (tx, rx) = mpsc::channel::<Intake>(cfg.batch_max.clamp(64, 8192));
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        if cfg.stamp_window_close {
+        if cfg.stamp_window_close || cfg.merge_inputs {
             // On event time: the inputs merged in event-time order by their watermarks.
             tasks.push(tokio::spawn(merged_intake(
                 bus.clone(),

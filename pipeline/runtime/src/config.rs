@@ -122,6 +122,23 @@ pub struct StagesConfig {
     /// rebuilds its state by processing the run again; its outputs are the same events with the
     /// same ids, which the bus and the merged readers de-duplicate. Empty: the stage's own group.
     pub group_suffix: String,
+    /// When a stage with several inputs (fusion, agents, risk, execution) merges them by
+    /// watermarks (`auroraq_stage::watermark`) instead of taking them as they arrive: `event`
+    /// (the default) on event time only; `always` on the wall clock too, for live deployments
+    /// whose producers all announce watermarks (the Binance and Feedly connectors, the replay and
+    /// every stage do; an input that says nothing for 30 s falls back to a bounded lateness of
+    /// 5 s); `never`.
+    pub merge: MergeMode,
+}
+
+/// `[stages] merge`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MergeMode {
+    #[default]
+    Event,
+    Always,
+    Never,
 }
 
 impl Default for StagesConfig {
@@ -129,11 +146,21 @@ impl Default for StagesConfig {
         StagesConfig {
             clock: auroraq_stage::ClockKind::Wall,
             group_suffix: String::new(),
+            merge: MergeMode::Event,
         }
     }
 }
 
 impl StagesConfig {
+    /// Whether multi-input stages merge their inputs by watermarks (see `merge`).
+    pub fn merged(&self) -> bool {
+        match self.merge {
+            MergeMode::Always => true,
+            MergeMode::Never => false,
+            MergeMode::Event => self.clock == auroraq_stage::ClockKind::Event,
+        }
+    }
+
     /// The consumer group of an event-time stage whose own group is `group` (see `group_suffix`).
     pub fn group(&self, group: &str) -> String {
         if self.group_suffix.is_empty() || self.clock != auroraq_stage::ClockKind::Event {

@@ -260,9 +260,9 @@ pub async fn processor_role<P: auroraq_stage::Processor + 'static>(
     let inputs = processor.inputs();
     let scfg = stage_config(cfg, &name, "");
     let metrics = Arc::new(StageMetrics::default());
-    if scfg.clock == auroraq_stage::ClockKind::Event {
-        // On event time: the inputs merged in event-time order by their watermarks, and the
-        // stage's own watermarks announced on its outputs.
+    if cfg.stages.merged() {
+        // The inputs merged in event-time order by their watermarks, and the stage's own
+        // watermarks announced on its outputs (on event time, or with `stages.merge = "always"`).
         let subs = auroraq_stage::watermark::subscribe_inputs(&*bus, &scfg, &inputs).await?;
         info!(stage = %name, ?inputs, "running on event time, inputs merged by watermarks");
         let task = tokio::spawn(auroraq_stage::watermark::run_processor_merged(
@@ -296,6 +296,7 @@ pub async fn fuse(
     let mut fc = cfg.fusion.clone();
     fc.stamp_window_close |= cfg.stages.clock == auroraq_stage::ClockKind::Event;
     fc.group = cfg.stages.group(&fc.group);
+    fc.merge_inputs |= cfg.stages.merged();
     let stats = auroraq_fusion::run(bus.clone(), fc, stop).await?;
     bus.close().await;
     Ok(stats)

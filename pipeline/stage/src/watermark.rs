@@ -477,7 +477,13 @@ pub async fn run_processor_merged<P: Processor + 'static>(
         merge_cfg,
         metrics.clone(),
     );
-    let mut handler = ProcessorHandler::on_event_time(processor);
+    // On event time its clock reads the events; on the wall clock (a live deployment merging by
+    // watermarks) outputs are stamped now, later than any input, so the watermarks hold either way.
+    let mut handler = if cfg.clock == crate::ClockKind::Event {
+        ProcessorHandler::on_event_time(processor)
+    } else {
+        ProcessorHandler::live(processor)
+    };
     let mut announced: HashMap<String, Micros> = HashMap::new();
     loop {
         match reader.next().await? {

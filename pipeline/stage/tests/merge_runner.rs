@@ -10,10 +10,11 @@ use auroraq_bus::{Bus, InProcBus, InProcConfig, SubscribeOptions};
 use auroraq_schemas::{samples, AnyEvent, Micros, Watermark};
 use auroraq_stage::merge::MergeConfig;
 use auroraq_stage::watermark::{late_topic, publish_watermark, run_processor_merged, subscribe_inputs};
-use auroraq_stage::{publish_events, Clock, HandlerError, Processor, StageConfig, StageMetrics};
+use auroraq_stage::{publish_events, Clock, ClockKind, HandlerError, Processor, StageConfig, StageMetrics};
 
 struct Recorder {
     seen: Arc<Mutex<Vec<String>>>,
+    event_clock: bool,
 }
 
 impl Processor for Recorder {
@@ -28,8 +29,13 @@ impl Processor for Recorder {
     }
     fn process(&mut self, ev: &AnyEvent, clock: &dyn Clock) -> Result<Vec<AnyEvent>, HandlerError> {
         if let AnyEvent::TradeTick(t) = ev {
-            // The event clock reads the event being processed.
-            assert_eq!(clock.now(), auroraq_stage::available_at(ev));
+            if self.event_clock {
+                // The event clock reads the event being processed.
+                assert_eq!(clock.now(), auroraq_stage::available_at(ev));
+            } else {
+                // A live stage merging by watermarks: the wall clock, later than the event.
+                assert!(clock.now() > auroraq_stage::available_at(ev));
+            }
             self.seen
                 .lock()
                 .unwrap()
@@ -63,14 +69,29 @@ async fn wait_for(seen: &Mutex<Vec<String>>, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn two_inputs_merge_in_event_time_and_late_events_go_to_the_late_topic() {
+    merges(ClockKind::Event).await;
+}
+
+/// The same on the wall clock (`[stages] merge = "always"`): the order is the events', the
+/// outputs' stamps the clock's.
+#[tokio::test]
+async fn a_live_stage_merges_on_the_wall_clock_too() {
+    merges(ClockKind::Wall).await;
+}
+
+async fn merges(clock: ClockKind) {
     let bus = Arc::new(InProcBus::new(InProcConfig {
         partitions: 2,
         ..InProcConfig::default()
     }));
     let dynbus: Arc<dyn Bus> = bus.clone();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let p = Recorder { seen: seen.clone() };
-    let cfg = StageConfig::new("mergetest", "");
+    let p = Recorder {
+        seen: seen.clone(),
+        event_clock: clock == ClockKind::Event,
+    };
+    let mut cfg = StageConfig::new("mergetest", "");
+    cfg.clock = clock;
     let subs = subscribe_inputs(&*dynbus, &cfg, &p.inputs()).await.unwrap();
     let mut late = bus
         .subscribe(SubscribeOptions::new("watch-late", late_topic("mergetest")))
