@@ -62,6 +62,8 @@ struct Launcher {
     exe: PathBuf,
     config: PathBuf,
     logs: PathBuf,
+    /// The consumer group of each stage role (by role name), before any restart.
+    stage_groups: BTreeMap<&'static str, String>,
 }
 
 /// Restarts of one role the job allows before it gives up.
@@ -236,6 +238,13 @@ pub async fn run(
         exe: std::env::current_exe().context("cannot find the auroraq executable to start the roles")?,
         config: config_path.clone(),
         logs: logs.clone(),
+        stage_groups: BTreeMap::from([
+            ("sentiment", "sentiment".to_owned()),
+            ("fusion", job.fusion.group.clone()),
+            ("agent", "auroraq".to_owned()),
+            ("risk", job.risk.name.clone()),
+            ("execution", job.execution.name.clone()),
+        ]),
     };
     let mut roles = Vec::new();
     let mut stage_groups = std::collections::BTreeSet::new();
@@ -265,14 +274,25 @@ pub async fn run(
     // (group left, group joined) by the stages restarted in the run.
     let mut regrouped: Vec<(String, String)> = Vec::new();
     let mut result = match started {
-        Ok(()) => drive(&*bus, bundled, &stop, progress).await,
+        // The job is the replay connector here: as fast as the bus takes them, a watermark after
+        // each batch and the end at the end (see `auroraq_replay`).
+        Ok(()) => auroraq_replay::replay(&*bus, bundled, auroraq_replay::Pace::Max, stop.clone())
+            .await
+            .context("publishing the bundled events"),
         Err(e) => Err(e),
     };
     if result.is_ok() {
         // Every stage has ended each of its outputs, then every group (the sinks' and the job's
         // own too) has settled what it was given.
         let ends = expected_ends(&job);
-        if let Err(e) = wait_ended(&seen, &ends, &launcher, &job, &mut roles, &mut regrouped, &stop).await {
+        let bar = crate::wiring::progress_bar(
+            progress,
+            ends.len() as u64,
+            "job on the bus: stage outputs ended {pos}/{len} {elapsed}",
+        );
+        let waited = wait_ended(&seen, &ends, &launcher, &mut roles, &mut regrouped, &bar, &stop).await;
+        bar.finish_and_clear();
+        if let Err(e) = waited {
             result = Err(e);
         }
     }
@@ -397,89 +417,6 @@ pub async fn run(
     })
 }
 
-#[derive(Default)]
-struct Published {
-    published: u64,
-    duplicates: u64,
-}
-
-/// The producer name the job's own watermarks carry.
-const REPLAY: &str = "replay";
-
-/// Where the job announces its watermarks: one topic of each family a stage reads the data on
-/// (the merge follows each producer per input partition, whatever topic of the family carries
-/// it), for the instrument of each market topic published, and for the articles.
-fn progress_topics(events: &[AnyEvent]) -> Vec<String> {
-    let mut out = std::collections::BTreeSet::new();
-    for e in events {
-        let t = auroraq_stage::topic_for(e);
-        let mut parts = t.splitn(3, '.');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("market"), Some(_), Some(instrument)) => {
-                for family in ["trades", "tickers", "klines"] {
-                    out.insert(format!("market.{family}.{instrument}"));
-                }
-            }
-            (Some("news"), Some("articles"), Some(_))
-                if !out.iter().any(|t: &String| t.starts_with("news.")) =>
-            {
-                out.insert(t);
-            }
-            _ => {}
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// Publishes the events in time order as fast as the bus takes them, each batch followed by its
-/// watermark, and the end (see the module docs).
-async fn drive(
-    bus: &dyn Bus,
-    mut events: Vec<AnyEvent>,
-    stop: &auroraq_util::CancellationToken,
-    progress: bool,
-) -> Result<Published> {
-    in_time_order(&mut events);
-    let topics = progress_topics(&events);
-    let bar = crate::wiring::progress_bar(
-        progress,
-        events.len() as u64,
-        "job on the bus {wide_bar} {pos}/{len} events {per_sec} eta {eta}",
-    );
-    let mut out = Published::default();
-    let mut start = 0;
-    while start < events.len() {
-        if stop.is_cancelled() {
-            break;
-        }
-        let end = (start + 256).min(events.len());
-        let chunk = &events[start..end];
-        let mut msgs = Vec::with_capacity(chunk.len());
-        // The job is the replay connector here: its receipt starts each event's trace.
-        auroraq_stage::trace::record_receipts(REPLAY, chunk);
-        for e in chunk {
-            msgs.extend(auroraq_stage::to_messages(e).context("encoding a bundled event")?);
-        }
-        // Nothing before the next event's time follows (events at one time stay in one batch's
-        // reach: the watermark is one below the next).
-        let w = events
-            .get(end)
-            .map(|e| available_at(e).saturating_sub(1))
-            .unwrap_or(auroraq_schemas::Watermark::END);
-        let n = bus.partitions();
-        for t in &topics {
-            msgs.extend(auroraq_stage::watermark::watermark_messages(t, n, w, REPLAY));
-        }
-        let r = bus.publish(msgs).await.context("publishing bundled events")?;
-        out.published += chunk.len() as u64;
-        out.duplicates += r.duplicates as u64;
-        bar.inc(chunk.len() as u64);
-        start = end;
-    }
-    bar.finish_and_clear();
-    Ok(out)
-}
-
 /// The (producer, output topic) pairs whose end the job waits for: every stage's outputs.
 fn expected_ends(job: &Config) -> Vec<(String, String)> {
     use auroraq_bus::topics as t;
@@ -497,29 +434,12 @@ fn expected_ends(job: &Config) -> Vec<(String, String)> {
     ends
 }
 
-/// The consumer group of a stage role (the job's role names), before any restart.
-fn stage_group(job: &Config, role: &str) -> Option<String> {
-    match role {
-        "sentiment" => Some("sentiment".to_owned()),
-        "fusion" => Some(job.fusion.group.clone()),
-        "agent" => Some("auroraq".to_owned()),
-        "risk" => Some(job.risk.name.clone()),
-        "execution" => Some(job.execution.name.clone()),
-        _ => None,
-    }
-}
-
 /// Starts again each role that died (at most [`MAX_RESTARTS`] times each). A stage comes back in
 /// a consumer group of its own (`[stages] group_suffix`), reading the run's stream from the start:
 /// it rebuilds its state by processing the run again, and what it publishes again is the same
 /// events with the same ids (de-duplicated by the bus and the merged readers). A sink comes back
 /// in its group, where its unsettled deliveries wait for it. `regrouped` gets (old, new) groups.
-fn supervise(
-    launcher: &Launcher,
-    job: &Config,
-    roles: &mut [Role],
-    regrouped: &mut Vec<(String, String)>,
-) -> Result<()> {
+fn supervise(launcher: &Launcher, roles: &mut [Role], regrouped: &mut Vec<(String, String)>) -> Result<()> {
     for r in roles.iter_mut() {
         let Ok(Some(status)) = r.child.try_wait() else {
             continue;
@@ -535,7 +455,7 @@ fn supervise(
         }
         let n = r.restarts + 1;
         let mut env = r.env.clone();
-        if let Some(base) = stage_group(job, r.name) {
+        if let Some(base) = launcher.stage_groups.get(r.name).cloned() {
             let suffix = format!("restart{n}");
             let old = if r.restarts == 0 {
                 base.clone()
@@ -561,9 +481,9 @@ async fn wait_ended(
     seen: &Mutex<Seen>,
     ends: &[(String, String)],
     launcher: &Launcher,
-    job: &Config,
     roles: &mut [Role],
     regrouped: &mut Vec<(String, String)>,
+    bar: &indicatif::ProgressBar,
     stop: &auroraq_util::CancellationToken,
 ) -> Result<()> {
     let started = Instant::now();
@@ -582,6 +502,7 @@ async fn wait_ended(
         if missing.len() != last {
             last = missing.len();
             last_change = Instant::now();
+            bar.set_position((ends.len() - missing.len()) as u64);
         }
         if last_change.elapsed() > Duration::from_secs(600) {
             bail!(
@@ -589,7 +510,7 @@ async fn wait_ended(
                 started.elapsed().as_secs_f64()
             );
         }
-        supervise(launcher, job, roles, regrouped)?;
+        supervise(launcher, roles, regrouped)?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
