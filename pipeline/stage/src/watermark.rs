@@ -349,17 +349,7 @@ impl EventTimeReader {
                         .increment(1);
                     d.ack().await?;
                 }
-                Err(e) => {
-                    crate::send_dead_letter(
-                        bus,
-                        &self.stage,
-                        d,
-                        "decode_error",
-                        &e.to_string(),
-                        &self.metrics,
-                    )
-                    .await?
-                }
+                Err(e) => self.undecodable(d, &e.to_string()).await?,
             }
             return Ok(());
         }
@@ -367,17 +357,7 @@ impl EventTimeReader {
         crate::count_consumed(&self.stage, d.topic());
         let ev = match AnyEvent::decode(d.payload()) {
             Ok(ev) => ev,
-            Err(e) => {
-                return crate::send_dead_letter(
-                    bus,
-                    &self.stage,
-                    d,
-                    "decode_error",
-                    &e.to_string(),
-                    &self.metrics,
-                )
-                .await;
-            }
+            Err(e) => return self.undecodable(d, &e.to_string()).await,
         };
         if self.unordered.contains(&filter) {
             self.ready.push_back(Held {
@@ -434,20 +414,15 @@ impl EventTimeReader {
                     };
                     send_late(&*self.bus, &self.stage, h, &self.metrics).await?
                 }
-                Err(e) => {
-                    crate::send_dead_letter(
-                        &*self.bus,
-                        &self.stage,
-                        d,
-                        "decode_error",
-                        &e.to_string(),
-                        &self.metrics,
-                    )
-                    .await?
-                }
+                Err(e) => self.undecodable(d, &e.to_string()).await?,
             }
         }
         Ok(())
+    }
+
+    /// A delivery that is neither an event nor a watermark: a dead letter (`decode_error`).
+    async fn undecodable(&self, d: Delivery, why: &str) -> Result<(), StageError> {
+        crate::send_dead_letter(&*self.bus, &self.stage, d, "decode_error", why, &self.metrics).await
     }
 }
 
@@ -529,7 +504,8 @@ async fn announce(
     for (output, from) in triggers {
         let mut w: Option<Micros> = None;
         for f in from {
-            if reader.unordered.contains(f) || !reader.expected.contains_key(f) {
+            // Unordered inputs are not expected: they promise nothing.
+            if !reader.expected.contains_key(f) {
                 continue;
             }
             match reader.bound(f) {
