@@ -152,11 +152,7 @@ where
         t.sort_unstable();
     }
     for s in &mut out.signals {
-        let close = s.window_end + grace;
-        let closed_by = ticks
-            .get(&s.asset)
-            .and_then(|t| t.get(t.partition_point(|&x| x < close)));
-        s.meta.ts_processed = Some(closed_by.copied().unwrap_or(close));
+        s.meta.ts_processed = Some(closed_by(&ticks, s, grace).unwrap_or(s.window_end + grace));
     }
     out.signals.sort_by(|a, b| {
         (
@@ -178,4 +174,18 @@ where
         .sort_by(|a, b| (a.meta.ts_event, &a.meta.event_id).cmp(&(b.meta.ts_event, &b.meta.event_id)));
     out.stats = metrics.snapshot();
     Ok(out)
+}
+
+/// The first of its asset's market times (`ticks`, sorted per asset) at or after a signal's
+/// window close (`window_end + grace`): the market event that closed the window.
+pub(crate) fn closed_by(
+    ticks: &std::collections::HashMap<String, Vec<i64>>,
+    s: &auroraq_schemas::FusedSignal,
+    grace: i64,
+) -> Option<i64> {
+    let close = s.window_end + grace;
+    ticks
+        .get(&s.asset)
+        .and_then(|t| t.get(t.partition_point(|&x| x < close)))
+        .copied()
 }

@@ -115,8 +115,9 @@ pub struct FusionConfig {
     pub article_retention_secs: Option<u64>,
     /// Where late scores go, as dead letters with reason `late`.
     pub late_topic: String,
-    /// `fuse_batch` only: at the end of the input, close every window still open (as if the
-    /// market clock ran on). `false` leaves them open, as a live run would.
+    /// At the end of the input (`fuse_batch`; on the bus, merged inputs that have all ended),
+    /// close every window still open (as if the market clock ran on). `false` leaves them open,
+    /// as a live run would.
     pub close_at_end: bool,
     /// Most inputs fed to the dataflow as one epoch.
     pub batch_max: usize,
@@ -291,6 +292,11 @@ impl FusionConfig {
 
     /// The consumer group this process joins: `group`, or `group-<member>of<members>` when the
     /// assets are split between several processes (each then reads every message).
+    /// Whether the bus stage reads its inputs merged by watermarks (see `merge_inputs`).
+    pub fn merged(&self) -> bool {
+        self.stamp_window_close || self.merge_inputs
+    }
+
     pub fn group_name(&self) -> String {
         if self.members <= 1 {
             self.group.clone()

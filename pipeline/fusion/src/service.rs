@@ -84,7 +84,7 @@ impl FusionStage {
         // On event time the inputs are merged: each may hold what the merge holds (see
         // `auroraq_stage::watermark::MERGED_IN_FLIGHT`).
         let merged = |n: usize| {
-            if cfg.stamp_window_close || cfg.merge_inputs {
+            if cfg.merged() {
                 n.max(auroraq_stage::watermark::MERGED_IN_FLIGHT)
             } else {
                 n
@@ -137,8 +137,8 @@ impl FusionStage {
         );
         let (tx, rx) = mpsc::channel::<Intake>(cfg.batch_max.clamp(64, 8192));
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        if cfg.stamp_window_close || cfg.merge_inputs {
-            // On event time: the inputs merged in event-time order by their watermarks.
+        if cfg.merged() {
+            // The inputs merged in event-time order by their watermarks.
             tasks.push(tokio::spawn(merged_intake(
                 bus.clone(),
                 cfg.clone(),
@@ -321,12 +321,7 @@ impl Driver {
         let grace = self.cfg.grace_secs as i64 * MICROS;
         for ev in signals.iter_mut() {
             if let AnyEvent::FusedSignal(s) = ev {
-                let close = s.window_end + grace;
-                if let Some(&t) = self
-                    .epoch_ticks
-                    .get(&s.asset)
-                    .and_then(|ts| ts.get(ts.partition_point(|&x| x < close)))
-                {
+                if let Some(t) = crate::batch::closed_by(&self.epoch_ticks, s, grace) {
                     s.meta.ts_processed = Some(t);
                 }
             }
