@@ -886,6 +886,27 @@ fn main_job_as_processes_on_nats_with_postgres() {
     });
 }
 
+/// The newest 1,500 bundled bars written to `dir/bars.csv` (the news then falls on them as in the
+/// full job's last days), and the embedded job's summary on them (its report in `dir/embedded`).
+fn embedded_job_on_newest_bars(dir: &Path) -> (std::path::PathBuf, serde_json::Value) {
+    let text = std::fs::read_to_string(repo_root().join("data/market/Coinbase_BTCUSD_1h.csv")).unwrap();
+    let bars = dir.join("bars.csv");
+    std::fs::write(&bars, text.lines().take(1502).collect::<Vec<_>>().join("\n")).unwrap();
+    let embedded = auroraq()
+        .args(["run", "--bars"])
+        .arg(&bars)
+        .arg("--out")
+        .arg(dir.join("embedded"))
+        .output()
+        .unwrap();
+    assert!(
+        embedded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&embedded.stderr)
+    );
+    (bars, last_json(&embedded))
+}
+
 /// A stage killed with `kill -9` in the middle of the job on NATS (the execution role, right after
 /// it accepted its first order): the job starts it again in a consumer group of its own, it
 /// rebuilds its state by processing the run's stream from the start (what it publishes again has
@@ -894,22 +915,8 @@ fn main_job_as_processes_on_nats_with_postgres() {
 fn main_job_on_nats_survives_a_stage_killed_mid_run() {
     let nats = IsolatedNats::new("jobkill");
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(repo_root().join("data/market/Coinbase_BTCUSD_1h.csv")).unwrap();
-    let bars = dir.path().join("bars.csv");
-    std::fs::write(&bars, text.lines().take(1502).collect::<Vec<_>>().join("\n")).unwrap();
-    let embedded = auroraq()
-        .args(["run", "--bars"])
-        .arg(&bars)
-        .arg("--out")
-        .arg(dir.path().join("embedded"))
-        .output()
-        .unwrap();
-    assert!(
-        embedded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&embedded.stderr)
-    );
-    assert!(last_json(&embedded)["backtest"]["trades"].as_u64().unwrap() >= 2);
+    let (bars, embedded) = embedded_job_on_newest_bars(dir.path());
+    assert!(embedded["backtest"]["trades"].as_u64().unwrap() >= 2);
 
     let out_dir = dir.path().join("on-bus");
     let mut job = nats
@@ -993,8 +1000,7 @@ fn main_job_on_nats_survives_a_stage_killed_mid_run() {
     let trades = |run: &Path| std::fs::read_to_string(run.join("report/trades.csv")).unwrap();
     assert_eq!(trades(&out_dir), trades(&dir.path().join("embedded")));
     assert_eq!(
-        s["backtest"]["emitted_by_kind"],
-        last_json(&embedded)["backtest"]["emitted_by_kind"],
+        s["backtest"]["emitted_by_kind"], embedded["backtest"]["emitted_by_kind"],
         "the same events, none twice"
     );
 }
@@ -1029,24 +1035,7 @@ fn main_job_as_processes_with_postgres(
         c
     };
     let dir = tempfile::tempdir().unwrap();
-    // The newest 1,500 bundled bars (the news then falls on them as in the full job's last days).
-    let text = std::fs::read_to_string(repo_root().join("data/market/Coinbase_BTCUSD_1h.csv")).unwrap();
-    let bars = dir.path().join("bars.csv");
-    std::fs::write(&bars, text.lines().take(1502).collect::<Vec<_>>().join("\n")).unwrap();
-
-    let embedded = auroraq()
-        .args(["run", "--bars"])
-        .arg(&bars)
-        .arg("--out")
-        .arg(dir.path().join("embedded"))
-        .output()
-        .unwrap();
-    assert!(
-        embedded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&embedded.stderr)
-    );
-    let embedded = last_json(&embedded);
+    let (bars, embedded) = embedded_job_on_newest_bars(dir.path());
     assert!(
         embedded["backtest"]["trades"].as_u64().unwrap() >= 1,
         "{embedded}"
