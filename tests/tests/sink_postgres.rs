@@ -1228,6 +1228,10 @@ async fn benchmark_runs_and_reports_every_path() {
         assert!(p.median > 0.0 && p.rounds.len() == 1, "{p:?}");
     }
     assert_eq!(r.path("bare_copy").and_then(|p| p.vs_bare), Some(1.0));
+    // The role here is a superuser: every path started after a CHECKPOINT, and the start-up
+    // figure kept apart from the sink's clock was measured.
+    assert!(r.quiesced, "{r:?}");
+    assert!(r.remigrate_ms > 0.0 && r.remigrate_ms.is_finite(), "{r:?}");
     // The scratch database is gone.
     let (c, _t) = connect(&admin_url(), &TimescaleConfig::new(admin_url()))
         .await

@@ -12,10 +12,17 @@
 //!   CONFLICT DO NOTHING`;
 //! - `sink_writer_redelivered`: the previous path's rows written again (all duplicates: what a
 //!   redelivery storm costs);
-//! - `sink_bus`: the whole sink on an in-process bus holding the encoded events: receive, Avro
-//!   decode, batch, write, commit, ack;
+//! - `sink_bus`: the whole sink on an in-process bus holding the encoded events: connect, receive,
+//!   Avro decode, batch, write, commit, ack (with `migrate = false`: the database was migrated
+//!   before the first round; the migration check's cost is `remigrate_ms`);
 //! - `avro_decode`: decoding the same payloads alone with `AnyEvent::decode` (the typed path),
 //!   without a database (not a ratio).
+//!
+//! Every timed path starts from the same database state: autovacuum is off on the benchmark's
+//! partition and a `CHECKPOINT` runs before each path (when the role may run it), so that neither a
+//! vacuum started by one path's inserts nor the flush of its dirty pages falls into the next path's
+//! clock. On two cores shared with PostgreSQL, that background work took whole percent of the
+//! machine from whichever path it happened to meet, most often the later paths of a round.
 //!
 //! Beside them, in [`BenchReport::references`]: `avro_decode_generic`, the same payloads decoded
 //! by `AnyEvent::decode_generic` (apache-avro's `Value` tree, what `avro_decode` measured before
@@ -85,6 +92,13 @@ pub struct BenchReport {
     pub rows: usize,
     pub batch_rows: usize,
     pub rounds: usize,
+    /// Whether every timed path started after a `CHECKPOINT` (false when the role may not run one:
+    /// it needs superuser or `pg_checkpoint`), with autovacuum off on the benchmark's partition.
+    pub quiesced: bool,
+    /// Milliseconds of the migration check on the migrated database (connect, versions, partitions
+    /// ahead): what a sink with `migrate = true` adds to its start. `sink_bus` runs with `migrate =
+    /// false`, the database having been migrated before the first round.
+    pub remigrate_ms: f64,
     pub paths: Vec<BenchPath>,
     /// Figures measured for comparison, not paths of the sink, in events/s on one thread:
     /// `avro_decode_generic`, `avro_encode` (`AnyEvent::encode`, typed) and
@@ -271,6 +285,19 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
             .await
             .map_err(bench_err("partition"))?;
     }
+    // No vacuum of one path's rows may run during another path (the scratch table is never
+    // updated or deleted from, so nothing is lost by it).
+    if report.flavor == crate::Flavor::Postgres {
+        client
+            .batch_execute("ALTER TABLE trades_p2023_11 SET (autovacuum_enabled = false)")
+            .await
+            .map_err(bench_err("autovacuum off"))?;
+    }
+    let mut quiesced = true;
+    // What a sink with `migrate = true` pays at each start on a database already migrated.
+    let t = Instant::now();
+    crate::migrate_url(url, &tcfg).await?;
+    let remigrate_ms = t.elapsed().as_secs_f64() * 1000.0;
     let metrics = Arc::new(SinkMetrics::default());
     let mut adaptive = Writer::new(tcfg.clone(), metrics.clone())?;
     let mut staged_cfg = tcfg.clone();
@@ -299,20 +326,24 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
         let rate = |t: Instant| n as f64 / t.elapsed().as_secs_f64();
 
         let rows = next_rows(n);
+        quiesce(&client, &mut quiesced).await;
         let t = Instant::now();
         bare_copy(&mut client, &rows, cfg.batch_rows).await?;
         figures[0].push(rate(t));
 
         let events: Vec<AnyEvent> = next_rows(n).into_iter().map(AnyEvent::TradeTick).collect();
+        quiesce(&client, &mut quiesced).await;
         let t = Instant::now();
         writer_path(&mut adaptive, &events, cfg.batch_rows, false).await?;
         figures[1].push(rate(t));
 
         let staged_events: Vec<AnyEvent> = next_rows(n).into_iter().map(AnyEvent::TradeTick).collect();
+        quiesce(&client, &mut quiesced).await;
         let t = Instant::now();
         writer_path(&mut staged, &staged_events, cfg.batch_rows, false).await?;
         figures[2].push(rate(t));
 
+        quiesce(&client, &mut quiesced).await;
         let t = Instant::now();
         writer_path(&mut staged, &staged_events, cfg.batch_rows, true).await?;
         figures[3].push(rate(t));
@@ -326,6 +357,10 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
         let bus_events: Vec<AnyEvent> = next_rows(n).into_iter().map(AnyEvent::TradeTick).collect();
         let mut sink_cfg = tcfg.clone();
         sink_cfg.group = format!("bench-{round}");
+        // The scratch database was migrated above: the sink starts as one does on a migrated
+        // database with `migrate = false` (connect, one query for the schema's flavour). What the
+        // migration check adds to a start is `remigrate_ms` in the report.
+        sink_cfg.migrate = false;
         let subs = crate::subscribe(&*bus, &sink_cfg).await?;
         let mut payloads = Vec::with_capacity(n);
         for chunk in bus_events.chunks(4096) {
@@ -339,6 +374,7 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
         }
         bus.close().await;
         let sink_metrics = Arc::new(SinkMetrics::default());
+        quiesce(&client, &mut quiesced).await;
         let t = Instant::now();
         let stats = crate::run_subscriptions(
             bus.clone(),
@@ -431,11 +467,25 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
         rows: cfg.rows,
         batch_rows: cfg.batch_rows,
         rounds: cfg.rounds,
+        quiesced,
+        remigrate_ms,
         paths,
         references,
         decode_typed_vs_generic,
         encode_typed_vs_generic,
     })
+}
+
+/// Flushes what earlier paths left dirty, so that the next path's clock does not pay for it. Once
+/// the role is refused a `CHECKPOINT`, says so and stops trying.
+async fn quiesce(client: &tokio_postgres::Client, quiesced: &mut bool) {
+    if !*quiesced {
+        return;
+    }
+    if let Err(e) = client.batch_execute("CHECKPOINT").await {
+        tracing::warn!(error = %db_message(&e), "no CHECKPOINT between paths (needs superuser or pg_checkpoint): paths may meet each other's background writes");
+        *quiesced = false;
+    }
 }
 
 #[cfg(test)]
