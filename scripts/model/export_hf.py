@@ -421,13 +421,18 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 
 
 def quantize_static_qdq(src, int8_path, feeds, per_channel=True, reduce_range=True, method="percentile", percentile=99.99,
-                        op_types=("MatMul", "Gather"), exclude=(), cache_path=None, attention=False):
+                        op_types=("MatMul", "Gather"), exclude=(), cache_path=None, attention=False, weight_type="int8"):
     """Static int8 quantisation in QDQ format: QInt8 weights (per-channel when per_channel; 7-bit with
     reduce_range) and QUInt8 activations whose scales and zero points are constants calibrated on `feeds`.
     ONNX Runtime's CPU provider fuses the QDQ groups into integer kernels (MatMulIntegerToFloat / QLinearMatMul);
     since no scale depends on the run's data, a text's logits do not depend on its batch-mates. Unless
     `attention`, only MatMuls with a constant B (the weight matrices) are quantised: the attention products
-    (Q K^T, softmax V: activation by activation) stay float, as in dynamic quantisation."""
+    (Q K^T, softmax V: activation by activation) stay float, as in dynamic quantisation.
+
+    weight_type "uint8" stores the weights as QUInt8 with an asymmetric zero point per channel instead: with
+    uint8 activations, ONNX Runtime's x86 CPU kernels then multiply u8 x u8 in 16-bit lanes, which cannot
+    saturate, so the full 8 bits are usable without VNNI (reduce_range off); QInt8 weights go through the u8 x s8
+    pair instructions, which can saturate their 16-bit sums unless the weights keep 7 bits (reduce_range)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -456,7 +461,7 @@ def quantize_static_qdq(src, int8_path, feeds, per_channel=True, reduce_range=Tr
     extra = {
         "CalibTensorRangeSymmetric": False,  # asymmetric uint8 ranges (the percentile calibrator's own default is symmetric)
         "ActivationSymmetric": False,
-        "WeightSymmetric": True,
+        "WeightSymmetric": weight_type == "int8",
         # MatMul outputs stay float: DQ(x) + DQ(W) + MatMul fuse into MatMulIntegerToFloat (the bias add and
         # what follows see the exact integer product, not a re-quantised one)
         "OpTypesToExcludeOutputQuantization": ["MatMul"],
@@ -486,7 +491,7 @@ def quantize_static_qdq(src, int8_path, feeds, per_channel=True, reduce_range=Tr
         per_channel=per_channel,
         reduce_range=reduce_range,
         activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        weight_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[weight_type],
         nodes_to_exclude=exclude,
         calibrate_method=cal,
         extra_options=extra,
@@ -785,8 +790,19 @@ def add_quantization_options(ap, default_mode=None):
         action="store_false",
         help="full 8-bit weights (can saturate, and so differ, on x86 CPUs without VNNI)",
     )
+    ap.add_argument(
+        "--weight-type",
+        choices=["int8", "uint8"],
+        default="int8",
+        help="static: int8 (QInt8, symmetric; 7-bit with reduce-range) or uint8 (QUInt8, asymmetric per channel: "
+        "u8 x u8 kernels, full 8 bits without saturation on x86 CPUs without VNNI; use with --no-reduce-range)",
+    )
     ap.add_argument("--no-preprocess", dest="preprocess", action="store_false", help="skip quant_pre_process")
-    ap.add_argument("--calib-csv", default=DEFAULT_CALIB_CSV, help="static: label,sentence CSV to calibrate on (default: data/fpb/train.csv)")
+    ap.add_argument(
+        "--calib-csv",
+        default=DEFAULT_CALIB_CSV,
+        help="static: label,sentence CSV(s) to calibrate on, comma-separated; their rows are pooled before the sample is drawn (default: data/fpb/train.csv)",
+    )
     ap.add_argument("--calib-samples", type=int, default=1024, help="static: texts sampled from --calib-csv (one per run, no padding)")
     ap.add_argument("--calib-seed", type=int, default=1234, help="static: seed of that sample")
     ap.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="percentile", help="static: activation range calibration")
@@ -976,7 +992,7 @@ def run(args, golden_texts=None):
             "format": ("QDQ" if args.static_graph == "qdq" else "QuantizeLinear + com.microsoft.MatMulIntegerToFloat (from QDQ)")
             if args.quantize == "static"
             else "QOperator (DynamicQuantizeLinear + MatMulInteger)",
-            "weight_type": "QInt8",
+            "weight_type": "QUInt8" if args.quantize == "static" and getattr(args, "weight_type", "int8") == "uint8" else "QInt8",
             "activation_type": "QUInt8",
             "per_channel": args.per_channel,
             "reduce_range": args.reduce_range,
@@ -984,18 +1000,24 @@ def run(args, golden_texts=None):
         }
         static = None
         if args.quantize == "static":
-            calib_texts, _ = read_labelled_csv(args.calib_csv, {k.lower(): v for k, v in model.config.label2id.items()})
+            calib_csvs = [c for c in args.calib_csv.split(",") if c]
+            calib_texts = []
+            for c in calib_csvs:
+                calib_texts += read_labelled_csv(c, {k.lower(): v for k, v in model.config.label2id.items()})[0]
             feeds, picked = calibration_feeds(tokenizer, calib_texts, args.max_length, inputs, args.calib_samples, args.calib_seed)
             op_types = [t for t in args.static_op_types.split(",") if t]
             fp32_sha = sha256(fp32)
             tag = args.calib_method + (f"{args.calib_percentile:g}" if args.calib_method == "percentile" else "")
+            if len(calib_csvs) > 1:  # the sample depends on the pooled texts: key the cache by them
+                tag += "." + hashlib.sha256("\n".join(calib_texts).encode("utf-8")).hexdigest()[:12]
             cache = os.path.join(args.work_dir, f"calibration.{fp32_sha[:16]}.{tag}.n{len(feeds)}.s{args.calib_seed}.json")
             patterns = [p for p in args.static_exclude.split(",") if p]
             static = {"feeds": feeds, "method": args.calib_method, "percentile": args.calib_percentile, "op_types": op_types,
-                      "exclude": patterns, "cache_path": cache, "attention": args.static_attention, "graph": args.static_graph}
+                      "exclude": patterns, "cache_path": cache, "attention": args.static_attention, "graph": args.static_graph,
+                      "weight_type": getattr(args, "weight_type", "int8")}
             quant_info.update(
                 {
-                    "calibration_csv": os.path.relpath(args.calib_csv, os.getcwd()) if os.path.isabs(args.calib_csv) else args.calib_csv,
+                    "calibration_csv": ",".join(os.path.relpath(c, os.getcwd()) if os.path.isabs(c) else c for c in calib_csvs),
                     "calibration_samples": len(feeds),
                     "calibration_seed": args.calib_seed,
                     "calibration_batch": 1,
