@@ -18,8 +18,9 @@
 //! - `avro_decode`: decoding the same payloads alone with `AnyEvent::decode` (the typed path),
 //!   without a database (not a ratio).
 //!
-//! Every timed path starts from the same database state: autovacuum is off on the benchmark's
-//! partition and a `CHECKPOINT` runs before each path (when the role may run it), so that neither a
+//! Every timed path starts from the same database state: autovacuum is off on the partitions of
+//! `trades` (native partitioning; a TimescaleDB hypertable keeps its own settings) and a
+//! `CHECKPOINT` runs before each path (when the role may run it), so that neither a
 //! vacuum started by one path's inserts nor the flush of its dirty pages falls into the next path's
 //! clock. On two cores shared with PostgreSQL, that background work took whole percent of the
 //! machine from whichever path it happened to meet, most often the later paths of a round.
@@ -93,7 +94,8 @@ pub struct BenchReport {
     pub batch_rows: usize,
     pub rounds: usize,
     /// Whether every timed path started after a `CHECKPOINT` (false when the role may not run one:
-    /// it needs superuser or `pg_checkpoint`), with autovacuum off on the benchmark's partition.
+    /// it needs superuser or `pg_checkpoint`); on native partitioning, autovacuum is also off on
+    /// the partitions of `trades`.
     pub quiesced: bool,
     /// Milliseconds of the migration check on the migrated database (connect, versions, partitions
     /// ahead): what a sink with `migrate = true` adds to its start. `sink_bus` runs with `migrate =
@@ -286,10 +288,16 @@ async fn run_bench(cfg: &BenchConfig, url: &str, db: &str) -> Result<BenchReport
             .map_err(bench_err("partition"))?;
     }
     // No vacuum of one path's rows may run during another path (the scratch table is never
-    // updated or deleted from, so nothing is lost by it).
+    // updated or deleted from, so nothing is lost by it): autovacuum off on every partition of
+    // `trades`, whatever the migrations name them.
     if report.flavor == crate::Flavor::Postgres {
         client
-            .batch_execute("ALTER TABLE trades_p2023_11 SET (autovacuum_enabled = false)")
+            .batch_execute(
+                "DO $$ DECLARE p regclass; BEGIN \
+                 FOR p IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'trades'::regclass LOOP \
+                 EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = false)', p); \
+                 END LOOP; END $$",
+            )
             .await
             .map_err(bench_err("autovacuum off"))?;
     }
