@@ -290,13 +290,13 @@ impl FusionConfig {
             .unwrap_or(self.max_window_secs() + self.grace_secs + self.article_retention() + 600)
     }
 
-    /// The consumer group this process joins: `group`, or `group-<member>of<members>` when the
-    /// assets are split between several processes (each then reads every message).
     /// Whether the bus stage reads its inputs merged by watermarks (see `merge_inputs`).
     pub fn merged(&self) -> bool {
         self.stamp_window_close || self.merge_inputs
     }
 
+    /// The consumer group this process joins: `group`, or `group-<member>of<members>` when the
+    /// assets are split between several processes (each then reads every message).
     pub fn group_name(&self) -> String {
         if self.members <= 1 {
             self.group.clone()
