@@ -987,12 +987,13 @@ def run(args, golden_texts=None):
     quant_info = None
     if args.quantize:
         int8 = os.path.join(args.work_dir, "model.int8.onnx")
+        weight_type = getattr(args, "weight_type", "int8")  # train_fpb.py's namespace has none
         quant_info = {
             "mode": args.quantize,
             "format": ("QDQ" if args.static_graph == "qdq" else "QuantizeLinear + com.microsoft.MatMulIntegerToFloat (from QDQ)")
             if args.quantize == "static"
             else "QOperator (DynamicQuantizeLinear + MatMulInteger)",
-            "weight_type": "QUInt8" if args.quantize == "static" and getattr(args, "weight_type", "int8") == "uint8" else "QInt8",
+            "weight_type": "QUInt8" if args.quantize == "static" and weight_type == "uint8" else "QInt8",
             "activation_type": "QUInt8",
             "per_channel": args.per_channel,
             "reduce_range": args.reduce_range,
@@ -1008,13 +1009,12 @@ def run(args, golden_texts=None):
             op_types = [t for t in args.static_op_types.split(",") if t]
             fp32_sha = sha256(fp32)
             tag = args.calib_method + (f"{args.calib_percentile:g}" if args.calib_method == "percentile" else "")
-            if len(calib_csvs) > 1:  # the sample depends on the pooled texts: key the cache by them
-                tag += "." + hashlib.sha256("\n".join(calib_texts).encode("utf-8")).hexdigest()[:12]
+            tag += "." + hashlib.sha256("\n".join(calib_texts).encode("utf-8")).hexdigest()[:12]  # the texts sampled from
             cache = os.path.join(args.work_dir, f"calibration.{fp32_sha[:16]}.{tag}.n{len(feeds)}.s{args.calib_seed}.json")
             patterns = [p for p in args.static_exclude.split(",") if p]
             static = {"feeds": feeds, "method": args.calib_method, "percentile": args.calib_percentile, "op_types": op_types,
                       "exclude": patterns, "cache_path": cache, "attention": args.static_attention, "graph": args.static_graph,
-                      "weight_type": getattr(args, "weight_type", "int8")}
+                      "weight_type": weight_type}
             quant_info.update(
                 {
                     "calibration_csv": ",".join(os.path.relpath(c, os.getcwd()) if os.path.isabs(c) else c for c in calib_csvs),
