@@ -34,6 +34,9 @@
 //!   message. Commits go out at most every `commit_interval`, on [`Bus::flush`] and when the member
 //!   stops. The commit's metadata carries the highest offset the member had delivered (`d=<n>`),
 //!   so a member that takes the partition over counts the attempts of what it gets again (≥ 2).
+//! - **Hand-off**: a member takes every record librdkafka has ready (up to 512, within its
+//!   `max_in_flight`) in one turn and hands them to the subscription as one batch; settlements
+//!   waiting for it are all taken at once too. A thread wakes once per batch, not per record.
 //! - **Redelivery**: a nacked delivery, one not acked within `ack_wait`, and one dropped unsettled
 //!   is delivered again by the member (Kafka has no per-message nack; the member keeps the
 //!   message until it is acked). When a member goes away (dies, stops, or the split changes on a
@@ -64,6 +67,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
@@ -186,7 +190,11 @@ impl KafkaConfig {
             // What librdkafka prefetches per partition: the member holds at most max_in_flight
             // deliveries, this bounds what waits behind them.
             .set("queued.max.messages.kbytes", "16384")
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", "100")
+            // How long librdkafka waits before fetching again once that prefetch is full: at
+            // the default 1 s a member slower than its broker stalled a second per 16 MB
+            // (`bench bus --kafka` with 400,000 events: idle gaps of 0.7 - 1 s between bursts).
+            .set("fetch.queue.backoff.ms", "10");
         for (k, v) in &self.client {
             c.set(k, v);
         }
@@ -358,14 +366,17 @@ impl IdWindow {
                 break;
             }
             if let Some((t, k)) = self.order.pop_front() {
-                if self.ids.get(&k).is_some_and(|(seen, _)| *seen == t) {
-                    self.ids.remove(&k);
+                if let std::collections::hash_map::Entry::Occupied(e) = self.ids.entry(k) {
+                    if e.get().0 == t {
+                        e.remove();
+                    }
                 }
             }
         }
     }
 
     /// The offset (or other tag) the id was seen with, if within the window.
+    #[cfg(test)]
     fn seen(&mut self, id: &str, at_us: i64) -> Option<i64> {
         let k = self.key(id);
         self.seen_key(k, at_us)
@@ -376,6 +387,7 @@ impl IdWindow {
         self.ids.get(&k).map(|(_, tag)| *tag)
     }
 
+    #[cfg(test)]
     fn insert(&mut self, id: &str, at_us: i64, tag: i64) {
         let k = self.key(id);
         self.insert_key(k, at_us, tag);
@@ -385,6 +397,21 @@ impl IdWindow {
         self.ids.insert(k, (at_us, tag));
         self.order.push_back((at_us, k));
         self.expire(at_us);
+    }
+
+    /// The tag the id was seen with within the window, or, if it was not, None after noting it
+    /// with `tag` (one hash and one expiry for both).
+    fn seen_or_insert(&mut self, id: &str, at_us: i64, tag: i64) -> Option<i64> {
+        let k = self.key(id);
+        self.expire(at_us);
+        match self.ids.entry(k) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(e.get().1),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((at_us, tag));
+                self.order.push_back((at_us, k));
+                None
+            }
+        }
     }
 }
 
@@ -411,7 +438,7 @@ struct MemberHandle {
     group_id: String,
     /// Closed once the member's subscription is gone (weak: the member's end of it must close
     /// the subscription when the member stops).
-    tx: mpsc::WeakSender<Result<Delivery, BusError>>,
+    tx: mpsc::WeakSender<Batch>,
     cmd: mpsc::UnboundedSender<Cmd>,
     done: watch::Receiver<bool>,
     transient: bool,
@@ -890,6 +917,7 @@ impl Bus for KafkaBus {
             .consumer_config(&gid)
             .create()
             .map_err(|e| err(format!("consumer: {e}")))?;
+        // Never full: every delivery holds one of max_in_flight permits, and a batch at least one.
         let (tx, rx) = mpsc::channel(opts.max_in_flight.clamp(1, 4096));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = watch::channel(false);
@@ -905,8 +933,9 @@ impl Bus for KafkaBus {
             joined_us: now_us(),
             mine: mine.iter().map(|p| *p as i32).collect(),
             opts: opts.clone(),
-            parts: HashMap::new(),
-            inflight: HashMap::new(),
+            parts: HashMap::default(),
+            last_topic: None,
+            last_match: None,
             redeliver: VecDeque::new(),
             permits: Arc::new(Semaphore::new(opts.max_in_flight)),
             tx: Some(tx.clone()),
@@ -933,7 +962,10 @@ impl Bus for KafkaBus {
             member.run().await;
             let _ = done_tx.send(true);
         });
-        Ok(Box::new(KafkaSubscription { rx }))
+        Ok(Box::new(KafkaSubscription {
+            rx,
+            ready: VecDeque::new(),
+        }))
     }
 
     async fn backlogs(&self) -> Result<BTreeMap<String, Backlog>, BusError> {
@@ -1164,6 +1196,42 @@ fn delivered_through(metadata: &str) -> Option<i64> {
         .and_then(|d| d.parse().ok())
 }
 
+/// How long each step of assigning partitions took: logged at debug, or as a warning when the
+/// whole took over [`Took::SLOW`] (a slow broker, or a librdkafka wait).
+struct Took {
+    start: Instant,
+    last: Instant,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+impl Took {
+    const SLOW: Duration = Duration::from_millis(500);
+
+    fn new() -> Self {
+        let now = Instant::now();
+        Took {
+            start: now,
+            last: now,
+            steps: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.steps.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn report(&self, group: &str, partitions: usize) {
+        let total = self.start.elapsed();
+        if total >= Self::SLOW {
+            warn!(group, partitions, ?total, steps = ?self.steps, "assigning partitions was slow");
+        } else {
+            debug!(group, partitions, ?total, steps = ?self.steps, "assigned partitions");
+        }
+    }
+}
+
 enum Cmd {
     Ack(Tp, i64),
     Nack(Tp, i64, Option<Duration>),
@@ -1174,8 +1242,9 @@ enum Cmd {
 struct Part {
     /// Every offset below is settled (acked or skipped): the offset to commit.
     next: i64,
-    /// Offsets received at or above `next`, and whether each is settled.
-    received: BTreeMap<i64, bool>,
+    /// Offsets received at or above `next`, ascending: whether each is settled, and its delivery
+    /// while it is unacked.
+    received: VecDeque<Slot>,
     /// Highest offset delivered or skipped (by this member or, from the commit metadata or the
     /// marks group, a predecessor).
     delivered: i64,
@@ -1185,19 +1254,86 @@ struct Part {
     /// `delivered` as last committed to the marks group.
     marked: i64,
     ids: IdWindow,
+    /// Deliveries not yet acked (slots with `inflight`).
+    unacked: usize,
+}
+
+/// A received offset of a [`Part`].
+struct Slot {
+    offset: i64,
+    settled: bool,
+    inflight: Option<Inflight>,
 }
 
 impl Part {
-    fn settle(&mut self, offset: i64) {
-        if let Some(s) = self.received.get_mut(&offset) {
-            *s = true;
+    fn new(next: i64, before: i64, ids: IdWindow) -> Self {
+        Part {
+            next,
+            received: VecDeque::new(),
+            delivered: before.max(next - 1),
+            before,
+            // Not committed yet: the first commit records where the group starts.
+            committed: (-1, -1),
+            marked: before,
+            ids,
+            unacked: 0,
         }
-        while let Some((&o, &settled)) = self.received.iter().next() {
-            if !settled {
+    }
+
+    /// Notes a received offset, unsettled; false when it was received before. A partition's
+    /// records come in offset order, so `received` stays sorted.
+    fn receive(&mut self, offset: i64) -> bool {
+        let last = self.received.back().map_or(self.next - 1, |s| s.offset);
+        if offset <= last {
+            return false;
+        }
+        self.received.push_back(Slot {
+            offset,
+            settled: false,
+            inflight: None,
+        });
+        true
+    }
+
+    /// The slot of a received, unsettled offset. Offsets are mostly contiguous: tried at its
+    /// place first, then searched.
+    fn slot(&mut self, offset: i64) -> Option<&mut Slot> {
+        let front = self.received.front()?.offset;
+        let guess = usize::try_from(offset - front).ok()?;
+        let i = match self.received.get(guess) {
+            Some(s) if s.offset == offset => guess,
+            _ => self.received.binary_search_by_key(&offset, |s| s.offset).ok()?,
+        };
+        self.received.get_mut(i)
+    }
+
+    /// Notes a delivery of the offset just received.
+    fn deliver(&mut self, offset: i64, f: Inflight) {
+        if let Some(s) = self.received.back_mut().filter(|s| s.offset == offset) {
+            if s.inflight.replace(f).is_none() {
+                self.unacked += 1;
+            }
+        }
+    }
+
+    fn inflight(&mut self, offset: i64) -> Option<&mut Inflight> {
+        self.slot(offset)?.inflight.as_mut()
+    }
+
+    /// Settles an offset (acked, or skipped), and moves `next` past the settled prefix.
+    fn settle(&mut self, offset: i64) {
+        if let Some(s) = self.slot(offset) {
+            s.settled = true;
+            if s.inflight.take().is_some() {
+                self.unacked -= 1;
+            }
+        }
+        while let Some(s) = self.received.front() {
+            if !s.settled {
                 break;
             }
-            self.received.remove(&o);
-            self.next = o + 1;
+            self.next = s.offset + 1;
+            self.received.pop_front();
         }
     }
 }
@@ -1221,12 +1357,15 @@ struct Member {
     joined_us: i64,
     mine: BTreeSet<i32>,
     opts: SubscribeOptions,
-    parts: HashMap<Tp, Part>,
-    inflight: HashMap<Tp, HashMap<i64, Inflight>>,
+    parts: HashMap<Tp, Part, foldhash::fast::RandomState>,
+    /// The topic of the last record read, shared by the records after it that have the same.
+    last_topic: Option<Arc<str>>,
+    /// The last AuroraQ topic checked against the filter, and whether it matched.
+    last_match: Option<(String, bool)>,
     /// Deliveries to send again, with the time they are due.
     redeliver: VecDeque<(Instant, Tp, i64)>,
     permits: Arc<Semaphore>,
-    tx: Option<mpsc::Sender<Result<Delivery, BusError>>>,
+    tx: Option<mpsc::Sender<Batch>>,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     cmd_rx: mpsc::UnboundedReceiver<Cmd>,
     shutdown: watch::Receiver<bool>,
@@ -1248,6 +1387,14 @@ impl Drop for Member {
 /// publish time.
 type Received = (Tp, i64, Option<OutMessage>, i64);
 
+/// Deliveries handed to the subscription at once: every record the member found ready in one
+/// turn (at most [`MAX_BATCH`]). One hand-off per batch instead of one per record: when the
+/// subscriber is faster than the member, each hand-off costs a thread wake-up.
+type Batch = Result<Vec<Delivery>, BusError>;
+
+/// Most deliveries in one [`Batch`].
+const MAX_BATCH: usize = 512;
+
 enum Step {
     Cmd(Option<Cmd>),
     Message(Result<Received, KafkaError>, OwnedSemaphorePermit),
@@ -1259,7 +1406,10 @@ enum Step {
 impl Member {
     /// Assigns the partitions of Kafka topics not yet read, at the group's committed offsets.
     async fn discover(&mut self) -> Result<(), String> {
+        let mut took = Took::new();
+        let first = self.parts.is_empty();
         let topics = self.bus.topics_for(&self.opts.filter).await?;
+        took.step("metadata");
         let mut new = Vec::new();
         for (t, n) in topics {
             if n as u32 != self.bus.inner.cfg.partitions {
@@ -1287,6 +1437,7 @@ impl Member {
             self.bus.committed(&self.marks_id, &keys)
         );
         let (committed, marked) = (committed?, marked?);
+        took.step("committed offsets");
         let mut committed_at = HashMap::new();
         for (k, (o, meta)) in committed {
             if let Some(o) = o {
@@ -1304,6 +1455,7 @@ impl Member {
         } else {
             HashMap::new()
         };
+        took.step("partition offsets");
         let mut assign = TopicPartitionList::new();
         let handover = self
             .bus
@@ -1325,34 +1477,51 @@ impl Member {
             assign
                 .add_partition_offset(&t, p, Offset::Offset(start))
                 .map_err(|e| e.to_string())?;
-            self.parts.insert(
-                (t, p),
-                Part {
-                    next: start,
-                    received: BTreeMap::new(),
-                    delivered: before.max(start - 1),
-                    before,
-                    // Not committed yet: the first commit records where the group starts.
-                    committed: (-1, -1),
-                    marked: before,
-                    ids: IdWindow::new(
-                        self.bus.inner.cfg.duplicate_window,
-                        self.bus.inner.cfg.dedup_capacity,
-                    ),
-                },
+            let ids = IdWindow::new(
+                self.bus.inner.cfg.duplicate_window,
+                self.bus.inner.cfg.dedup_capacity,
             );
+            self.parts.insert((t, p), Part::new(start, before, ids));
         }
+        // The consumer learns the topics' leaders before it takes their partitions: a partition
+        // whose topic the consumer has no metadata for waits for librdkafka's topic scan, once a
+        // second, before its first fetch (`bench bus --kafka`'s first delivery came 1.03 s after
+        // the assign in most starts, 20 - 60 ms with the metadata known).
+        let consumer = self.consumer.clone();
+        let timeout = self.bus.inner.cfg.request_timeout;
+        let names: BTreeSet<String> = keys.iter().map(|(t, _)| t.clone()).collect();
+        blocking(move || {
+            names
+                .iter()
+                .try_for_each(|t| consumer.fetch_metadata(Some(t), timeout).map(drop))
+        })
+        .await?
+        .map_err(|e| format!("reading the metadata of the topics to assign: {e}"))?;
+        took.step("consumer metadata");
         self.consumer
             .incremental_assign(&assign)
             .map_err(|e| format!("assigning partitions: {e}"))?;
-        debug!(group = %self.group_id, partitions = assign.count(), "assigned");
-        self.commit(CommitMode::Sync).await;
+        // A member's first commit goes through the group's reader (see `commit_via`).
+        self.commit_via(CommitMode::Sync, first).await;
+        took.step("first commit");
+        took.report(&self.group_id, assign.count());
         Ok(())
     }
 
     /// Commits what changed since the last commit: the settled prefix to the group, what was
     /// delivered to its marks group.
     async fn commit(&mut self, mode: CommitMode) {
+        self.commit_via(mode, false).await
+    }
+
+    /// [`Member::commit`], through the bus's reader of the group when `reader` (a `Sync` commit).
+    /// The reader found the group's coordinator when it read the committed offsets, while a new
+    /// member's consumer is still looking for it when the member commits its start: librdkafka
+    /// retries a commit deferred for want of a coordinator only on its next one-second timer
+    /// (the start waited 1.0 s for it in about one start of three). Only the first commit goes
+    /// that way: a later one could overtake an asynchronous commit of the member's consumer
+    /// still in flight and be overwritten by its older offsets.
+    async fn commit_via(&mut self, mode: CommitMode, reader: bool) {
         self.last_commit = Instant::now();
         self.mark(mode).await;
         let mut tpl = TopicPartitionList::new();
@@ -1376,12 +1545,20 @@ impl Member {
         if changed.is_empty() {
             return;
         }
-        let consumer = self.consumer.clone();
         let result = match mode {
-            CommitMode::Sync => blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-                .await
-                .unwrap_or_else(|e| Err(KafkaError::Subscription(e))),
-            CommitMode::Async => consumer.commit(&tpl, CommitMode::Async),
+            CommitMode::Sync if reader => match self.bus.group_client(&self.group_id) {
+                Ok(r) => blocking(move || r.commit(&tpl, CommitMode::Sync))
+                    .await
+                    .unwrap_or_else(|e| Err(KafkaError::Subscription(e))),
+                Err(e) => Err(KafkaError::Subscription(e)),
+            },
+            CommitMode::Sync => {
+                let consumer = self.consumer.clone();
+                blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                    .await
+                    .unwrap_or_else(|e| Err(KafkaError::Subscription(e)))
+            }
+            CommitMode::Async => self.consumer.commit(&tpl, CommitMode::Async),
         };
         match result {
             Ok(()) => {
@@ -1456,33 +1633,50 @@ impl Member {
         let mut tick = tokio::time::interval(commit_every.min(IDLE_COMMIT_GAP));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_expiry = Instant::now();
+        // One stream for the member's life: a stream per record would register and remove a
+        // waker (two locks) each time.
+        let consumer = self.consumer.share();
+        let mut records = consumer.stream();
+        let permits = self.permits.clone();
         let gone = loop {
+            // Settlements first, all that are waiting: an ack sent before the subscription
+            // went must count, and acks arrive in bursts (a subscriber settles a batch).
+            let mut settled = false;
+            while let Ok(c) = self.cmd_rx.try_recv() {
+                self.command(c).await;
+                settled = true;
+            }
+            if settled && self.commit_due() {
+                self.commit(CommitMode::Async).await;
+            }
             self.redeliver_due().await;
             let step = {
                 let Some(tx) = self.tx.clone() else { break false };
-                let permits = self.permits.clone();
-                let consumer = self.consumer.clone();
                 tokio::select! {
                     biased;
-                    // Settlements first: an ack sent before the subscription went must count.
                     c = self.cmd_rx.recv() => Step::Cmd(c),
                     _ = self.shutdown.changed() => Step::Stop,
                     _ = tx.closed() => Step::Gone,
                     _ = tick.tick() => Step::Tick,
                     (m, permit) = async {
-                        let permit = permits.acquire_owned().await;
-                        let m = consumer.recv().await.map(|m| Self::read(&m));
+                        let permit = permits.clone().acquire_owned().await;
+                        let m = records.next().await.map(|m| m.map(|m| read(&mut self.last_topic, &m)));
                         (m, permit)
-                    }, if self.redeliver.is_empty() => match permit {
-                        Ok(p) => Step::Message(m, p),
-                        Err(_) => Step::Stop,
+                    }, if self.redeliver.is_empty() => match (m, permit) {
+                        (Some(m), Ok(p)) => Step::Message(m, p),
+                        _ => Step::Stop,
                     },
                 }
             };
             match step {
                 Step::Stop => break false,
                 Step::Gone => break true,
-                Step::Cmd(Some(c)) => self.command(c).await,
+                Step::Cmd(Some(c)) => {
+                    self.command(c).await;
+                    if self.commit_due() {
+                        self.commit(CommitMode::Async).await;
+                    }
+                }
                 Step::Cmd(None) => {}
                 Step::Tick => {
                     if last_expiry.elapsed() >= Duration::from_millis(100) {
@@ -1499,19 +1693,46 @@ impl Member {
                         }
                     }
                 }
-                Step::Message(Ok(m), permit) => self.deliver(m, permit).await,
+                Step::Message(Ok(m), permit) => {
+                    // Then every record already fetched, while permits last, as one batch.
+                    let now = Instant::now();
+                    let mut batch = Vec::new();
+                    batch.extend(self.receive(m, permit, now));
+                    let mut error = None;
+                    while batch.len() < MAX_BATCH {
+                        let Ok(permit) = permits.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        match records.next().now_or_never() {
+                            Some(Some(Ok(m))) => {
+                                let m = read(&mut self.last_topic, &m);
+                                batch.extend(self.receive(m, permit, now));
+                            }
+                            Some(Some(Err(e))) => {
+                                error = Some(e);
+                                break;
+                            }
+                            Some(None) | None => break,
+                        }
+                    }
+                    self.send(batch).await;
+                    if let Some(e) = error {
+                        warn!(group = %self.group_id, error = %e, "Kafka consumer error");
+                    }
+                }
                 Step::Message(Err(e), _) => {
                     warn!(group = %self.group_id, error = %e, "Kafka consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         };
+        drop(records);
         // Stopping: no more deliveries. On close, what was delivered may still be settled for
         // a while (the stage drains); when the subscription is gone nothing more can be.
         self.tx = None;
         if !gone {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while self.inflight.values().any(|m| !m.is_empty()) {
+            while self.parts.values().any(|p| p.unacked > 0) {
                 match tokio::time::timeout_at(deadline, self.cmd_rx.recv()).await {
                     Ok(Some(Cmd::Nack(..))) => {}
                     Ok(Some(c)) => self.command(c).await,
@@ -1555,20 +1776,18 @@ impl Member {
         debug!(group = %self.group_id, "member stopped");
     }
 
-    fn read(m: &BorrowedMessage<'_>) -> Received {
-        let tp: Tp = (Arc::from(m.topic()), m.partition());
-        let (message, ts) = decode(m);
-        (tp, m.offset(), message, ts)
-    }
-
-    async fn deliver(&mut self, (tp, offset, message, ts): Received, permit: OwnedSemaphorePermit) {
-        let Some(part) = self.parts.get_mut(&tp) else {
-            return;
-        };
-        if offset < part.next || part.received.contains_key(&offset) {
-            return;
+    /// Takes a received record: its delivery, or None when it is skipped (outside the layout or
+    /// the filter, a duplicate id, or already received). `now`: when the batch was read.
+    fn receive(
+        &mut self,
+        (tp, offset, message, ts): Received,
+        permit: OwnedSemaphorePermit,
+        now: Instant,
+    ) -> Option<Delivery> {
+        let part = self.parts.get_mut(&tp)?;
+        if !part.receive(offset) {
+            return None;
         }
-        part.received.insert(offset, false);
         // Received: delivered below, or settled at once (skipped). A skipped offset behind an
         // unacked one stays uncommitted; counting it as delivered keeps it out of the pending
         // backlog (a member that holds messages, as fusion does, would otherwise never show
@@ -1577,49 +1796,53 @@ impl Member {
         let Some(message) = message else {
             warn!(topic = %tp.0, partition = tp.1, offset, "a record outside AuroraQ's layout; skipped");
             part.settle(offset);
-            return;
+            return None;
         };
-        let skip = !topics::matches(&self.opts.filter, &message.topic)
-            || (self.opts.from_now && ts < self.joined_us);
-        if skip {
+        let matches = match &self.last_match {
+            Some((topic, m)) if *topic == message.topic => *m,
+            _ => {
+                let m = topics::matches(&self.opts.filter, &message.topic);
+                self.last_match = Some((message.topic.clone(), m));
+                m
+            }
+        };
+        if !matches || (self.opts.from_now && ts < self.joined_us) {
             part.settle(offset);
-            return;
+            return None;
         }
         if !message.id.is_empty() {
-            match part.ids.seen(&message.id, ts) {
+            match part.ids.seen_or_insert(&message.id, ts, offset) {
                 Some(o) if o != offset => {
                     debug!(group = %self.group_id, id = %message.id, offset, first = o, "duplicate id dropped");
                     self.duplicates += 1;
                     part.settle(offset);
-                    return;
+                    return None;
                 }
-                Some(_) => {}
-                None => part.ids.insert(&message.id, ts, offset),
+                _ => {}
             }
         }
         let attempt = if offset <= part.before { 2 } else { 1 };
         let msg = Arc::new(message);
-        self.inflight.entry(tp.clone()).or_default().insert(
+        part.deliver(
             offset,
             Inflight {
                 msg: msg.clone(),
                 attempt,
-                due: Instant::now() + self.opts.ack_wait,
+                due: now + self.opts.ack_wait,
                 queued: false,
             },
         );
-        self.send(tp, offset, msg, attempt, permit).await;
+        Some(self.delivery(tp, offset, msg, attempt, permit))
     }
 
-    async fn send(
-        &mut self,
+    fn delivery(
+        &self,
         tp: Tp,
         offset: i64,
         msg: Arc<OutMessage>,
         attempt: u32,
         permit: OwnedSemaphorePermit,
-    ) {
-        let Some(tx) = &self.tx else { return };
+    ) -> Delivery {
         let partition = tp.1 as u32;
         let acker = KafkaAcker {
             cmd: self.cmd_tx.clone(),
@@ -1627,26 +1850,29 @@ impl Member {
             offset,
             _permit: permit,
         };
-        let d = Delivery::shared(msg, partition, attempt, Box::new(acker));
-        // Never full: each delivery in the channel holds one of max_in_flight permits.
-        let _ = tx.send(Ok(d)).await;
+        Delivery::shared(msg, partition, attempt, Box::new(acker))
+    }
+
+    /// Hands a batch to the subscription (nothing when it is empty or the subscription gone).
+    async fn send(&mut self, batch: Vec<Delivery>) {
+        let Some(tx) = &self.tx else { return };
+        if batch.is_empty() {
+            return;
+        }
+        // Never full: each batch in the channel holds at least one of max_in_flight permits.
+        let _ = tx.send(Ok(batch)).await;
     }
 
     async fn command(&mut self, c: Cmd) {
         match c {
+            // The caller commits when due.
             Cmd::Ack(tp, offset) => {
-                if let Some(m) = self.inflight.get_mut(&tp) {
-                    m.remove(&offset);
-                }
                 if let Some(part) = self.parts.get_mut(&tp) {
                     part.settle(offset);
                 }
-                if self.commit_due() {
-                    self.commit(CommitMode::Async).await;
-                }
             }
             Cmd::Nack(tp, offset, delay) => {
-                if let Some(f) = self.inflight.get_mut(&tp).and_then(|m| m.get_mut(&offset)) {
+                if let Some(f) = self.parts.get_mut(&tp).and_then(|p| p.inflight(offset)) {
                     if !f.queued {
                         f.queued = true;
                         let due = Instant::now() + delay.unwrap_or_default();
@@ -1682,11 +1908,11 @@ impl Member {
     /// Deliveries not acked within ack_wait are due again.
     fn expire(&mut self) {
         let now = Instant::now();
-        for (tp, m) in &mut self.inflight {
-            for (offset, f) in m.iter_mut() {
-                if f.due <= now && !f.queued {
+        for (tp, part) in &mut self.parts {
+            for s in part.received.iter_mut() {
+                if let Some(f) = s.inflight.as_mut().filter(|f| f.due <= now && !f.queued) {
                     f.queued = true;
-                    self.redeliver.push_back((now, tp.clone(), *offset));
+                    self.redeliver.push_back((now, tp.clone(), s.offset));
                 }
             }
         }
@@ -1696,12 +1922,13 @@ impl Member {
     async fn redeliver_due(&mut self) {
         let now = Instant::now();
         let mut later = VecDeque::new();
+        let mut batch = Vec::new();
         while let Some((due, tp, offset)) = self.redeliver.pop_front() {
             if due > now {
                 later.push_back((due, tp, offset));
                 continue;
             }
-            let Some(f) = self.inflight.get_mut(&tp).and_then(|m| m.get_mut(&offset)) else {
+            let Some(f) = self.parts.get_mut(&tp).and_then(|p| p.inflight(offset)) else {
                 continue;
             };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -1713,12 +1940,28 @@ impl Member {
             f.due = now + self.opts.ack_wait;
             f.queued = false;
             let (msg, attempt) = (f.msg.clone(), f.attempt);
-            self.send(tp, offset, msg, attempt, permit).await;
+            batch.push(self.delivery(tp, offset, msg, attempt, permit));
         }
+        self.send(batch).await;
         // What is not due yet (or waits for a permit) goes out on a later turn of the loop,
         // which a tick, an ack or a message starts.
         self.redeliver = later;
     }
+}
+
+/// A record as the member takes it. `last_topic`: the Kafka topic of the record before, shared
+/// when this one has the same (no allocation per record).
+fn read(last_topic: &mut Option<Arc<str>>, m: &BorrowedMessage<'_>) -> Received {
+    let topic = match last_topic {
+        Some(t) if **t == *m.topic() => t.clone(),
+        _ => {
+            let t: Arc<str> = Arc::from(m.topic());
+            *last_topic = Some(t.clone());
+            t
+        }
+    };
+    let (message, ts) = decode(m);
+    ((topic, m.partition()), m.offset(), message, ts)
 }
 
 /// The AuroraQ message of a record (None outside the layout) and its publish time (µs).
@@ -1751,13 +1994,23 @@ fn decode(m: &impl Message) -> (Option<OutMessage>, i64) {
 }
 
 struct KafkaSubscription {
-    rx: mpsc::Receiver<Result<Delivery, BusError>>,
+    rx: mpsc::Receiver<Batch>,
+    /// The rest of the last batch received.
+    ready: VecDeque<Delivery>,
 }
 
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
-        self.rx.recv().await
+        loop {
+            if let Some(d) = self.ready.pop_front() {
+                return Some(Ok(d));
+            }
+            match self.rx.recv().await? {
+                Ok(batch) => self.ready.extend(batch),
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }
 
@@ -1926,24 +2179,34 @@ mod tests {
 
     #[test]
     fn commits_only_a_contiguous_prefix() {
-        let mut p = Part {
-            next: 10,
-            received: BTreeMap::new(),
-            delivered: 9,
-            before: -1,
-            committed: (-1, -1),
-            marked: -1,
-            ids: IdWindow::new(Duration::from_secs(1), 10),
+        let mut p = Part::new(10, -1, IdWindow::new(Duration::from_secs(1), 10));
+        assert_eq!(p.delivered, 9);
+        let inflight = |o: i64| Inflight {
+            msg: Arc::new(OutMessage::new("a.b", None, o.to_string(), Bytes::new())),
+            attempt: 1,
+            due: Instant::now(),
+            queued: false,
         };
         for o in [10, 11, 13, 14] {
-            p.received.insert(o, false);
+            assert!(p.receive(o));
+            p.deliver(o, inflight(o));
         }
+        assert_eq!(p.unacked, 4);
+        assert!(!p.receive(13), "received twice");
+        assert!(!p.receive(9), "behind the committed prefix");
+        // 13 sits at index 2, not at 13 - 10: found past the gap.
+        assert_eq!(p.inflight(13).map(|f| f.msg.id.clone()), Some("13".to_owned()));
+        assert!(p.inflight(12).is_none(), "12 was never received");
         p.settle(11);
         p.settle(14);
         assert_eq!(p.next, 10, "10 is unacked");
+        assert_eq!(p.unacked, 2);
+        assert!(p.inflight(11).is_none(), "an acked delivery is forgotten");
         p.settle(10);
         assert_eq!(p.next, 12, "13 is unacked (12, a gap, is fetched as 13)");
         p.settle(13);
         assert_eq!(p.next, 15);
+        assert_eq!(p.unacked, 0);
+        assert!(p.received.is_empty());
     }
 }

@@ -17,7 +17,8 @@
 //!   same consumer settings ([`KafkaConfig::consumer_config`]) reading the partition from its
 //!   start and committing once at the end. Both clocks start before the consumer takes its
 //!   partition (the bus assigns partitions itself, without Kafka's group protocol, as `assign`
-//!   does), so both include the first fetch.
+//!   does), so both include the first fetch. Both read on a spawned task of the runtime, as a
+//!   stage's loop does.
 //!
 //! Topics have one partition (as the NATS bench's stream has one), created for the round and
 //! deleted after it.
@@ -197,18 +198,23 @@ mod with_kafka {
         tpl.add_partition_offset(topic, 0, Offset::Offset(0))?;
         let t1 = Instant::now();
         consumer.assign(&tpl)?;
-        let (mut got, mut bytes, mut last) = (0usize, 0usize, -1i64);
-        let mut first = None;
-        // The warm-up message first, then the n timed ones.
-        while got < n + 1 {
-            let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-                .await
-                .context("bare consumer: nothing for 30 s")??;
-            first.get_or_insert_with(|| t1.elapsed());
-            bytes += m.payload().map_or(0, <[u8]>::len);
-            last = m.offset();
-            got += 1;
-        }
+        // On a task of the runtime, as a stage's loop runs (and the bus's loop below).
+        let reader = tokio::spawn(async move {
+            let (mut got, mut bytes, mut last) = (0usize, 0usize, -1i64);
+            let mut first = None;
+            // The warm-up message first, then the n timed ones.
+            while got < n + 1 {
+                let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+                    .await
+                    .context("bare consumer: nothing for 30 s")??;
+                first.get_or_insert_with(|| t1.elapsed());
+                bytes += m.payload().map_or(0, <[u8]>::len);
+                last = m.offset();
+                got += 1;
+            }
+            anyhow::Ok((consumer, got, bytes, last, first))
+        });
+        let (consumer, got, bytes, last, first) = reader.await.context("the bare consumer's task")??;
         tracing::info!(first_message_after = ?first, total = ?t1.elapsed(), "bare consumer: start and total");
         let mut commit = TopicPartitionList::new();
         commit.add_partition_offset(topic, 0, Offset::Offset(last + 1))?;
@@ -286,20 +292,25 @@ mod with_kafka {
             .subscribe(SubscribeOptions::new("bench", topic).max_in_flight(4096))
             .await?;
         let subscribed = t1.elapsed();
-        let mut first = None;
-        let mut got = 0;
-        while got < n {
-            match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
-                Ok(Some(Ok(d))) => {
-                    first.get_or_insert_with(|| t1.elapsed());
-                    d.ack().await?;
-                    got += 1;
+        // On a task of the runtime, as a stage's loop runs (and the bare loop above).
+        let reader = tokio::spawn(async move {
+            let mut first = None;
+            let mut got = 0;
+            while got < n {
+                match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+                    Ok(Some(Ok(d))) => {
+                        first.get_or_insert_with(|| t1.elapsed());
+                        d.ack().await?;
+                        got += 1;
+                    }
+                    Ok(Some(Err(e))) => return Err(e.into()),
+                    Ok(None) => break,
+                    Err(_) => anyhow::bail!("Kafka bus: nothing delivered for 30 s ({got} of {n})"),
                 }
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(None) => break,
-                Err(_) => anyhow::bail!("Kafka bus: nothing delivered for 30 s ({got} of {n})"),
             }
-        }
+            Ok((sub, got, first))
+        });
+        let (sub, got, first) = reader.await.context("the bus consumer's task")??;
         bus.flush().await?;
         let consume = Figure::new("auroraq Kafka bus consume only", got, t1.elapsed());
         tracing::info!(?subscribed, first_delivery_after = ?first, total = ?t1.elapsed(), "bus consumer: start and total");
