@@ -1490,13 +1490,19 @@ impl Member {
         let consumer = self.consumer.clone();
         let timeout = self.bus.inner.cfg.request_timeout;
         let names: BTreeSet<String> = keys.iter().map(|(t, _)| t.clone()).collect();
-        blocking(move || {
+        // Only a head start: on failure the partitions are assigned all the same (the partitions
+        // are already noted as this member's, so an error here must not leave them unassigned).
+        let known = blocking(move || {
             names
                 .iter()
                 .try_for_each(|t| consumer.fetch_metadata(Some(t), timeout).map(drop))
         })
-        .await?
-        .map_err(|e| format!("reading the metadata of the topics to assign: {e}"))?;
+        .await;
+        match known {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(group = %self.group_id, error = %e, "no metadata before the assignment"),
+            Err(e) => debug!(group = %self.group_id, error = %e, "no metadata before the assignment"),
+        }
         took.step("consumer metadata");
         self.consumer
             .incremental_assign(&assign)
