@@ -16,11 +16,13 @@
 //!   uses (not Kafka's murmur2), so per-key order holds and members split partitions as on NATS.
 //! - **Producer**: idempotent (`enable.idempotence`, `acks=all`), so librdkafka's own retries
 //!   never store a message twice or out of order. Kafka has no de-duplication by message id, so
-//!   this bus keeps one in two places, each over a bounded window (`duplicate_window`, at most
-//!   `dedup_capacity` ids): the publisher drops an id it published itself within the window
-//!   (counted in [`PublishReport::duplicates`]), and each group member drops a message whose id it
-//!   already saw at an earlier offset of the same partition within the window (a re-publish by
-//!   another process; it is acked without being delivered). What neither saw (a re-publish after
+//!   this bus keeps one in two places, each over a bounded window (an id is remembered until at
+//!   least `duplicate_window` or `dedup_capacity` newer ids have passed, whichever comes first;
+//!   at most twice `dedup_capacity` ids are kept, in two generations, the older dropped whole):
+//!   the publisher drops an id it published itself within the window (counted in
+//!   [`PublishReport::duplicates`]), and each group member drops a message whose id it already
+//!   saw at an earlier offset of the same partition within the window (a re-publish by another
+//!   process; it is acked without being delivered). What neither saw (a re-publish after
 //!   the window, or across a member's restart) is delivered twice: the stages are idempotent by
 //!   event id.
 //! - **Consumer groups**: the AuroraQ group `g` reading filter `f` is the Kafka group
@@ -331,25 +333,34 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| format!("a blocking Kafka call failed: {e}"))
 }
 
-/// Ids seen within a window, oldest evicted first.
+/// Ids seen within a window, kept in two generations: ids go into the current one, which
+/// becomes the previous one (and the previous one is forgotten) once it holds `capacity` ids or
+/// began `window` ago (by the times given; both go when the current one began two windows
+/// ago). So an id is remembered until at least `capacity` newer ids or `window` have passed,
+/// whichever comes first, and at most `2 * capacity` ids are kept. No id is evicted one by one
+/// (which cost a hash-table probe per new id, into a table too large for the cache).
 struct IdWindow {
-    window: Duration,
+    window_us: i64,
     capacity: usize,
     /// Ids are kept as 128-bit keyed hashes (two independent random seeds): no allocation per
     /// message, and a false duplicate needs a 128-bit collision.
     seeds: (foldhash::quality::RandomState, foldhash::quality::RandomState),
-    ids: HashMap<u128, (i64, i64), foldhash::fast::RandomState>,
-    order: VecDeque<(i64, u128)>,
+    /// Key → tag (an offset, or 0), this generation and the one before.
+    current: HashMap<u128, i64, foldhash::fast::RandomState>,
+    previous: HashMap<u128, i64, foldhash::fast::RandomState>,
+    /// When the current generation began.
+    since_us: i64,
 }
 
 impl IdWindow {
     fn new(window: Duration, capacity: usize) -> Self {
         IdWindow {
-            window,
+            window_us: i64::try_from(window.as_micros()).unwrap_or(i64::MAX),
             capacity: capacity.max(1),
             seeds: Default::default(),
-            ids: HashMap::default(),
-            order: VecDeque::new(),
+            current: HashMap::default(),
+            previous: HashMap::default(),
+            since_us: i64::MIN,
         }
     }
 
@@ -359,20 +370,25 @@ impl IdWindow {
         ((self.seeds.0.hash_one(id) as u128) << 64) | self.seeds.1.hash_one(id) as u128
     }
 
+    /// Starts a new generation when the current one is full or `window` old at `now_us`; when
+    /// the previous one is also `window` old, both are forgotten.
     fn expire(&mut self, now_us: i64) {
-        let horizon = now_us - self.window.as_micros() as i64;
-        while let Some((t, _)) = self.order.front() {
-            if *t >= horizon && self.order.len() <= self.capacity {
-                break;
-            }
-            if let Some((t, k)) = self.order.pop_front() {
-                if let std::collections::hash_map::Entry::Occupied(e) = self.ids.entry(k) {
-                    if e.get().0 == t {
-                        e.remove();
-                    }
-                }
-            }
+        let age = now_us.saturating_sub(self.since_us);
+        if self.current.len() < self.capacity && age < self.window_us {
+            return;
         }
+        if age >= self.window_us.saturating_mul(2) {
+            self.previous.clear();
+            self.current.clear();
+        } else {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+        self.since_us = now_us;
+    }
+
+    fn get(&self, k: u128) -> Option<i64> {
+        self.current.get(&k).or_else(|| self.previous.get(&k)).copied()
     }
 
     /// The offset (or other tag) the id was seen with, if within the window.
@@ -384,7 +400,7 @@ impl IdWindow {
 
     fn seen_key(&mut self, k: u128, at_us: i64) -> Option<i64> {
         self.expire(at_us);
-        self.ids.get(&k).map(|(_, tag)| *tag)
+        self.get(k)
     }
 
     #[cfg(test)]
@@ -394,9 +410,8 @@ impl IdWindow {
     }
 
     fn insert_key(&mut self, k: u128, at_us: i64, tag: i64) {
-        self.ids.insert(k, (at_us, tag));
-        self.order.push_back((at_us, k));
         self.expire(at_us);
+        self.current.insert(k, tag);
     }
 
     /// The tag the id was seen with within the window, or, if it was not, None after noting it
@@ -404,11 +419,13 @@ impl IdWindow {
     fn seen_or_insert(&mut self, id: &str, at_us: i64, tag: i64) -> Option<i64> {
         let k = self.key(id);
         self.expire(at_us);
-        match self.ids.entry(k) {
-            std::collections::hash_map::Entry::Occupied(e) => Some(e.get().1),
+        if let Some(t) = self.previous.get(&k) {
+            return Some(*t);
+        }
+        match self.current.entry(k) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert((at_us, tag));
-                self.order.push_back((at_us, k));
+                e.insert(tag);
                 None
             }
         }
@@ -934,7 +951,6 @@ impl Bus for KafkaBus {
             mine: mine.iter().map(|p| *p as i32).collect(),
             opts: opts.clone(),
             parts: HashMap::default(),
-            last_topic: None,
             last_match: None,
             redeliver: VecDeque::new(),
             permits: Arc::new(Semaphore::new(opts.max_in_flight)),
@@ -1356,8 +1372,6 @@ struct Member {
     mine: BTreeSet<i32>,
     opts: SubscribeOptions,
     parts: HashMap<Tp, Part, foldhash::fast::RandomState>,
-    /// The topic of the last record read, shared by the records after it that have the same.
-    last_topic: Option<Arc<str>>,
     /// The last AuroraQ topic checked against the filter, and whether it matched.
     last_match: Option<(String, bool)>,
     /// Deliveries to send again, with the time they are due.
@@ -1393,12 +1407,63 @@ type Batch = Result<Vec<Delivery>, BusError>;
 /// Most deliveries in one [`Batch`].
 const MAX_BATCH: usize = 512;
 
+/// Records the reader took in one turn, decoded.
+type ReadBatch = Vec<Received>;
+
 enum Step {
     Cmd(Option<Cmd>),
-    Message(Result<Received, KafkaError>, OwnedSemaphorePermit),
+    Read(Option<ReadBatch>),
+    Permit(Result<OwnedSemaphorePermit, tokio::sync::AcquireError>),
     Tick,
     Stop,
     Gone,
+}
+
+/// Read batches the reader may be ahead of the member.
+const READ_AHEAD: usize = 2;
+
+/// A member's reader: takes records off the member's consumer, decodes them (librdkafka's
+/// header parsing, the copies into an [`OutMessage`]) and hands them to the member by batch
+/// (every record ready in one turn, at most [`MAX_BATCH`]). On its own task, so that this work
+/// and the member's bookkeeping (de-duplication, offsets, deliveries, acks) run on two cores.
+/// It is at most [`READ_AHEAD`] batches ahead; the member takes a max_in_flight permit for each
+/// record as it delivers it. Stops when the member drops its end.
+async fn read_records(group: String, consumer: OffRuntime<StreamConsumer>, tx: mpsc::Sender<ReadBatch>) {
+    // One stream for the reader's life: a stream per record would register and remove a waker
+    // (two locks) each time.
+    let mut records = consumer.stream();
+    // The Kafka topic of the record before, shared by the records after it that have the same.
+    let mut last_topic: Option<Arc<str>> = None;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = tx.closed() => break,
+            first = records.next() => first,
+        };
+        let mut batch = Vec::new();
+        match first {
+            Some(Ok(m)) => batch.push(read(&mut last_topic, &m)),
+            Some(Err(e)) => {
+                warn!(group = %group, error = %e, "Kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            None => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match records.next().now_or_never() {
+                Some(Some(Ok(m))) => batch.push(read(&mut last_topic, &m)),
+                Some(Some(Err(e))) => {
+                    warn!(group = %group, error = %e, "Kafka consumer error");
+                    break;
+                }
+                Some(None) | None => break,
+            }
+        }
+        if tx.send(batch).await.is_err() {
+            break;
+        }
+    }
 }
 
 impl Member {
@@ -1637,11 +1702,15 @@ impl Member {
         let mut tick = tokio::time::interval(commit_every.min(IDLE_COMMIT_GAP));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_expiry = Instant::now();
-        // One stream for the member's life: a stream per record would register and remove a
-        // waker (two locks) each time.
-        let consumer = self.consumer.share();
-        let mut records = consumer.stream();
-        let permits = self.permits.clone();
+        let (read_tx, mut read_rx) = mpsc::channel(READ_AHEAD);
+        let reader = tokio::spawn(read_records(
+            self.group_id.clone(),
+            self.consumer.share(),
+            read_tx,
+        ));
+        // Records read and not yet taken: each waits for a max_in_flight permit, and all wait
+        // while deliveries are due again (those go first).
+        let mut held: VecDeque<Received> = VecDeque::new();
         let gone = loop {
             // Settlements first, all that are waiting: an ack sent before the subscription
             // went must count, and acks arrive in bursts (a subscriber settles a batch).
@@ -1662,14 +1731,10 @@ impl Member {
                     _ = self.shutdown.changed() => Step::Stop,
                     _ = tx.closed() => Step::Gone,
                     _ = tick.tick() => Step::Tick,
-                    (m, permit) = async {
-                        let permit = permits.clone().acquire_owned().await;
-                        let m = records.next().await.map(|m| m.map(|m| read(&mut self.last_topic, &m)));
-                        (m, permit)
-                    }, if self.redeliver.is_empty() => match (m, permit) {
-                        (Some(m), Ok(p)) => Step::Message(m, p),
-                        _ => Step::Stop,
-                    },
+                    b = read_rx.recv(), if self.redeliver.is_empty() && held.is_empty() => Step::Read(b),
+                    p = self.permits.clone().acquire_owned(), if self.redeliver.is_empty() && !held.is_empty() => {
+                        Step::Permit(p)
+                    }
                 }
             };
             match step {
@@ -1697,40 +1762,24 @@ impl Member {
                         }
                     }
                 }
-                Step::Message(Ok(m), permit) => {
-                    // Then every record already fetched, while permits last, as one batch.
-                    let now = Instant::now();
-                    let mut batch = Vec::new();
-                    batch.extend(self.receive(m, permit, now));
-                    let mut error = None;
-                    while batch.len() < MAX_BATCH {
-                        let Ok(permit) = permits.clone().try_acquire_owned() else {
-                            break;
-                        };
-                        match records.next().now_or_never() {
-                            Some(Some(Ok(m))) => {
-                                let m = read(&mut self.last_topic, &m);
-                                batch.extend(self.receive(m, permit, now));
-                            }
-                            Some(Some(Err(e))) => {
-                                error = Some(e);
-                                break;
-                            }
-                            Some(None) | None => break,
-                        }
-                    }
-                    self.send(batch).await;
-                    if let Some(e) = error {
-                        warn!(group = %self.group_id, error = %e, "Kafka consumer error");
-                    }
+                Step::Read(Some(read)) => {
+                    held.extend(read);
+                    self.take(&mut held, None).await;
                 }
-                Step::Message(Err(e), _) => {
-                    warn!(group = %self.group_id, error = %e, "Kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                Step::Permit(Ok(permit)) => self.take(&mut held, Some(permit)).await,
+                // The reader stopped (its consumer's stream ended), or the semaphore closed.
+                Step::Read(None) | Step::Permit(Err(_)) => break false,
             }
         };
-        drop(records);
+        // No more records: what the reader holds or had read is dropped unsettled (its next
+        // owner reads it again), and its share of the consumer goes before the unassign.
+        drop(read_rx);
+        if tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .is_err()
+        {
+            warn!(group = %self.group_id, "the member's reader did not stop within 5 s");
+        }
         // Stopping: no more deliveries. On close, what was delivered may still be settled for
         // a while (the stage drains); when the subscription is gone nothing more can be.
         self.tx = None;
@@ -1778,6 +1827,25 @@ impl Member {
             }
         }
         debug!(group = %self.group_id, "member stopped");
+    }
+
+    /// Takes held records in order while max_in_flight permits last (`first`: one already
+    /// acquired), and hands their deliveries over as one batch.
+    async fn take(&mut self, held: &mut VecDeque<Received>, mut first: Option<OwnedSemaphorePermit>) {
+        let now = Instant::now();
+        let mut batch = Vec::with_capacity(held.len());
+        while !held.is_empty() {
+            let Some(permit) = first
+                .take()
+                .or_else(|| self.permits.clone().try_acquire_owned().ok())
+            else {
+                break;
+            };
+            if let Some(m) = held.pop_front() {
+                batch.extend(self.receive(m, permit, now));
+            }
+        }
+        self.send(batch).await;
     }
 
     /// Takes a received record: its delivery, or None when it is skipped (outside the layout or
@@ -2170,15 +2238,38 @@ mod tests {
 
     #[test]
     fn id_window_forgets_old_and_excess_ids() {
+        // Remembered until at least the window (1 s) or 3 newer ids have passed; at most
+        // 2 x 3 ids kept.
         let mut w = IdWindow::new(Duration::from_secs(1), 3);
         w.insert("a", 0, 1);
         assert_eq!(w.seen("a", 500_000), Some(1));
-        assert_eq!(w.seen("a", 1_500_001), None, "outside the window");
-        for (i, id) in ["b", "c", "d", "e"].iter().enumerate() {
-            w.insert(id, 2_000_000 + i as i64, i as i64);
+        assert_eq!(
+            w.seen("a", 1_500_000),
+            Some(1),
+            "1.5 windows later: the previous generation"
+        );
+        assert_eq!(
+            w.seen("a", 3_500_001),
+            None,
+            "two windows after its generation ended"
+        );
+        for (i, id) in ["b", "c", "d"].iter().enumerate() {
+            w.insert(id, 4_000_000 + i as i64, i as i64);
         }
-        assert_eq!(w.seen("b", 2_000_010), None, "over capacity");
-        assert_eq!(w.seen("e", 2_000_010), Some(3));
+        assert_eq!(w.seen("b", 4_000_003), Some(0), "2 newer ids");
+        w.insert("e", 4_000_004, 3);
+        w.insert("f", 4_000_005, 4);
+        assert_eq!(w.seen("b", 4_000_006), Some(0), "4 newer ids, 5 kept");
+        w.insert("g", 4_000_006, 5);
+        assert_eq!(w.seen("b", 4_000_007), None, "over twice the capacity");
+        assert_eq!(w.seen("e", 4_000_007), Some(3));
+        assert_eq!(
+            w.seen_or_insert("e", 4_000_008, 9),
+            Some(3),
+            "an id of the previous generation"
+        );
+        assert_eq!(w.seen_or_insert("i", 4_000_008, 7), None);
+        assert_eq!(w.seen_or_insert("i", 4_000_009, 8), Some(7));
     }
 
     #[test]
