@@ -77,7 +77,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -338,17 +338,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// began `window` ago (by the times given; both go when the current one began two windows
 /// ago). So an id is remembered until at least `capacity` newer ids or `window` have passed,
 /// whichever comes first, and at most `2 * capacity` ids are kept. No id is evicted one by one
-/// (which cost a hash-table probe per new id, into a table too large for the cache).
+/// (which cost a hash-table probe per new id, into a table too large for the cache): one table
+/// holds both generations, each id with the number of its generation, and a new generation
+/// drops the forgotten ones in one sequential pass.
 struct IdWindow {
     window_us: i64,
     capacity: usize,
     /// Ids are kept as 128-bit keyed hashes (two independent random seeds): no allocation per
     /// message, and a false duplicate needs a 128-bit collision.
     seeds: (foldhash::quality::RandomState, foldhash::quality::RandomState),
-    /// Key → tag (an offset, or 0), this generation and the one before.
-    current: HashMap<u128, i64, foldhash::fast::RandomState>,
-    previous: HashMap<u128, i64, foldhash::fast::RandomState>,
-    /// When the current generation began.
+    /// Key → tag (an offset, or 0) and generation.
+    ids: HashMap<u128, (i64, u64), foldhash::fast::RandomState>,
+    /// The current generation, how many ids it noted, and when it began.
+    generation: u64,
+    noted: usize,
     since_us: i64,
 }
 
@@ -358,8 +361,9 @@ impl IdWindow {
             window_us: i64::try_from(window.as_micros()).unwrap_or(i64::MAX),
             capacity: capacity.max(1),
             seeds: Default::default(),
-            current: HashMap::default(),
-            previous: HashMap::default(),
+            ids: HashMap::default(),
+            generation: 2,
+            noted: 0,
             since_us: i64::MIN,
         }
     }
@@ -370,25 +374,27 @@ impl IdWindow {
         ((self.seeds.0.hash_one(id) as u128) << 64) | self.seeds.1.hash_one(id) as u128
     }
 
-    /// Starts a new generation when the current one is full or `window` old at `now_us`; when
-    /// the previous one is also `window` old, both are forgotten.
-    fn expire(&mut self, now_us: i64) {
-        let age = now_us.saturating_sub(self.since_us);
-        if self.current.len() < self.capacity && age < self.window_us {
-            return;
-        }
-        if age >= self.window_us.saturating_mul(2) {
-            self.previous.clear();
-            self.current.clear();
-        } else {
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.clear();
-        }
-        self.since_us = now_us;
+    /// Whether an id of generation `g` is remembered: the current one or the one before.
+    fn live(&self, g: u64) -> bool {
+        g + 1 >= self.generation
     }
 
-    fn get(&self, k: u128) -> Option<i64> {
-        self.current.get(&k).or_else(|| self.previous.get(&k)).copied()
+    /// Starts a new generation when the current one is full or `window` old at `now_us` (two
+    /// when it is two windows old: everything is forgotten).
+    fn expire(&mut self, now_us: i64) {
+        let age = now_us.saturating_sub(self.since_us);
+        if self.noted < self.capacity && age < self.window_us {
+            return;
+        }
+        self.generation += if age >= self.window_us.saturating_mul(2) {
+            2
+        } else {
+            1
+        };
+        self.noted = 0;
+        self.since_us = now_us;
+        let keep = self.generation - 1;
+        self.ids.retain(|_, (_, g)| *g >= keep);
     }
 
     /// The offset (or other tag) the id was seen with, if within the window.
@@ -400,7 +406,10 @@ impl IdWindow {
 
     fn seen_key(&mut self, k: u128, at_us: i64) -> Option<i64> {
         self.expire(at_us);
-        self.get(k)
+        self.ids
+            .get(&k)
+            .filter(|(_, g)| self.live(*g))
+            .map(|(tag, _)| *tag)
     }
 
     #[cfg(test)]
@@ -411,21 +420,26 @@ impl IdWindow {
 
     fn insert_key(&mut self, k: u128, at_us: i64, tag: i64) {
         self.expire(at_us);
-        self.current.insert(k, tag);
+        self.ids.insert(k, (tag, self.generation));
+        self.noted += 1;
     }
 
     /// The tag the id was seen with within the window, or, if it was not, None after noting it
-    /// with `tag` (one hash and one expiry for both).
+    /// with `tag` (one hash, one probe and one expiry for both).
     fn seen_or_insert(&mut self, id: &str, at_us: i64, tag: i64) -> Option<i64> {
         let k = self.key(id);
         self.expire(at_us);
-        if let Some(t) = self.previous.get(&k) {
-            return Some(*t);
-        }
-        match self.current.entry(k) {
-            std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+        let generation = self.generation;
+        match self.ids.entry(k) {
+            std::collections::hash_map::Entry::Occupied(e) if e.get().1 + 1 >= generation => Some(e.get().0),
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.insert((tag, generation));
+                self.noted += 1;
+                None
+            }
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(tag);
+                e.insert((tag, generation));
+                self.noted += 1;
                 None
             }
         }
@@ -934,7 +948,7 @@ impl Bus for KafkaBus {
             .consumer_config(&gid)
             .create()
             .map_err(|e| err(format!("consumer: {e}")))?;
-        // Never full: every delivery holds one of max_in_flight permits, and a batch at least one.
+        // Never full: a batch holds at least one delivery, and at most max_in_flight are out.
         let (tx, rx) = mpsc::channel(opts.max_in_flight.clamp(1, 4096));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = watch::channel(false);
@@ -953,9 +967,10 @@ impl Bus for KafkaBus {
             parts: HashMap::default(),
             last_match: None,
             redeliver: VecDeque::new(),
-            permits: Arc::new(Semaphore::new(opts.max_in_flight)),
+            part_tps: Vec::new(),
+            out: 0,
             tx: Some(tx.clone()),
-            cmd_tx: cmd_tx.clone(),
+            cmd_tx: Arc::new(cmd_tx.clone()),
             cmd_rx,
             shutdown: self.inner.shutdown.subscribe(),
             last_commit: Instant::now(),
@@ -1248,9 +1263,10 @@ impl Took {
     }
 }
 
+/// A settlement (naming the partition by its id in the member) or a commit asked for.
 enum Cmd {
-    Ack(Tp, i64),
-    Nack(Tp, i64, Option<Duration>),
+    Ack(u32, i64),
+    Nack(u32, i64, Option<Duration>),
     Commit(oneshot::Sender<()>),
 }
 
@@ -1270,6 +1286,8 @@ struct Part {
     /// `delivered` as last committed to the marks group.
     marked: i64,
     ids: IdWindow,
+    /// Its index in the member's `part_tps`.
+    id: u32,
 }
 
 /// A received offset of a [`Part`].
@@ -1290,6 +1308,7 @@ impl Part {
             committed: (-1, -1),
             marked: before,
             ids,
+            id: 0,
         }
     }
 
@@ -1376,9 +1395,14 @@ struct Member {
     last_match: Option<(String, bool)>,
     /// Deliveries to send again, with the time they are due.
     redeliver: VecDeque<(Instant, Tp, i64)>,
-    permits: Arc<Semaphore>,
+    /// Each partition's id (its index here), which deliveries and settlements name it by.
+    part_tps: Vec<Tp>,
+    /// Deliveries handed out and not yet settled (acked, nacked or dropped): at most
+    /// max_in_flight.
+    out: usize,
     tx: Option<mpsc::Sender<Batch>>,
-    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    /// Shared by the member's deliveries (one reference count per delivery, not two).
+    cmd_tx: Arc<mpsc::UnboundedSender<Cmd>>,
     cmd_rx: mpsc::UnboundedReceiver<Cmd>,
     shutdown: watch::Receiver<bool>,
     last_commit: Instant,
@@ -1413,7 +1437,6 @@ type ReadBatch = Vec<Received>;
 enum Step {
     Cmd(Option<Cmd>),
     Read(Option<ReadBatch>),
-    Permit(Result<OwnedSemaphorePermit, tokio::sync::AcquireError>),
     Tick,
     Stop,
     Gone,
@@ -1426,8 +1449,7 @@ const READ_AHEAD: usize = 2;
 /// header parsing, the copies into an [`OutMessage`]) and hands them to the member by batch
 /// (every record ready in one turn, at most [`MAX_BATCH`]). On its own task, so that this work
 /// and the member's bookkeeping (de-duplication, offsets, deliveries, acks) run on two cores.
-/// It is at most [`READ_AHEAD`] batches ahead; the member takes a max_in_flight permit for each
-/// record as it delivers it. Stops when the member drops its end.
+/// It is at most [`READ_AHEAD`] batches ahead; the member delivers them within max_in_flight. Stops when the member drops its end.
 async fn read_records(group: String, consumer: OffRuntime<StreamConsumer>, tx: mpsc::Sender<ReadBatch>) {
     // One stream for the reader's life: a stream per record would register and remove a waker
     // (two locks) each time.
@@ -1544,7 +1566,10 @@ impl Member {
                 self.bus.inner.cfg.duplicate_window,
                 self.bus.inner.cfg.dedup_capacity,
             );
-            self.parts.insert((t, p), Part::new(start, before, ids));
+            let mut part = Part::new(start, before, ids);
+            part.id = u32::try_from(self.part_tps.len()).unwrap_or(u32::MAX);
+            self.part_tps.push((t.clone(), p));
+            self.parts.insert((t, p), part);
         }
         // The consumer learns the topics' leaders before it takes their partitions: a partition
         // whose topic the consumer has no metadata for waits for librdkafka's topic scan, once a
@@ -1708,8 +1733,8 @@ impl Member {
             self.consumer.share(),
             read_tx,
         ));
-        // Records read and not yet taken: each waits for a max_in_flight permit, and all wait
-        // while deliveries are due again (those go first).
+        // Records read and not yet taken: they wait while max_in_flight deliveries are out or
+        // deliveries are due again (those go first).
         let mut held: VecDeque<Received> = VecDeque::new();
         let gone = loop {
             // Settlements first, all that are waiting: an ack sent before the subscription
@@ -1723,6 +1748,9 @@ impl Member {
                 self.commit(CommitMode::Async).await;
             }
             self.redeliver_due().await;
+            if self.redeliver.is_empty() && !held.is_empty() {
+                self.take(&mut held).await;
+            }
             let step = {
                 let Some(tx) = self.tx.clone() else { break false };
                 tokio::select! {
@@ -1732,9 +1760,6 @@ impl Member {
                     _ = tx.closed() => Step::Gone,
                     _ = tick.tick() => Step::Tick,
                     b = read_rx.recv(), if self.redeliver.is_empty() && held.is_empty() => Step::Read(b),
-                    p = self.permits.clone().acquire_owned(), if self.redeliver.is_empty() && !held.is_empty() => {
-                        Step::Permit(p)
-                    }
                 }
             };
             match step {
@@ -1764,11 +1789,10 @@ impl Member {
                 }
                 Step::Read(Some(read)) => {
                     held.extend(read);
-                    self.take(&mut held, None).await;
+                    self.take(&mut held).await;
                 }
-                Step::Permit(Ok(permit)) => self.take(&mut held, Some(permit)).await,
-                // The reader stopped (its consumer's stream ended), or the semaphore closed.
-                Step::Read(None) | Step::Permit(Err(_)) => break false,
+                // The reader stopped: its consumer's stream ended.
+                Step::Read(None) => break false,
             }
         };
         // No more records: what the reader holds or had read is dropped unsettled (its next
@@ -1829,33 +1853,21 @@ impl Member {
         debug!(group = %self.group_id, "member stopped");
     }
 
-    /// Takes held records in order while max_in_flight permits last (`first`: one already
-    /// acquired), and hands their deliveries over as one batch.
-    async fn take(&mut self, held: &mut VecDeque<Received>, mut first: Option<OwnedSemaphorePermit>) {
+    /// Takes held records in order while fewer than max_in_flight deliveries are out, and
+    /// hands their deliveries over as one batch.
+    async fn take(&mut self, held: &mut VecDeque<Received>) {
         let now = Instant::now();
-        let mut batch = Vec::with_capacity(held.len());
-        while !held.is_empty() {
-            let Some(permit) = first
-                .take()
-                .or_else(|| self.permits.clone().try_acquire_owned().ok())
-            else {
-                break;
-            };
-            if let Some(m) = held.pop_front() {
-                batch.extend(self.receive(m, permit, now));
-            }
+        let mut batch = Vec::with_capacity(held.len().min(self.opts.max_in_flight));
+        while self.out < self.opts.max_in_flight {
+            let Some(m) = held.pop_front() else { break };
+            batch.extend(self.receive(m, now));
         }
         self.send(batch).await;
     }
 
     /// Takes a received record: its delivery, or None when it is skipped (outside the layout or
     /// the filter, a duplicate id, or already received). `now`: when the batch was read.
-    fn receive(
-        &mut self,
-        (tp, offset, message, ts): Received,
-        permit: OwnedSemaphorePermit,
-        now: Instant,
-    ) -> Option<Delivery> {
+    fn receive(&mut self, (tp, offset, message, ts): Received, now: Instant) -> Option<Delivery> {
         let part = self.parts.get_mut(&tp)?;
         if !part.receive(offset) {
             return None;
@@ -1904,25 +1916,33 @@ impl Member {
                 queued: false,
             },
         );
-        Some(self.delivery(tp, offset, msg, attempt, permit))
+        let (id, partition) = (part.id, tp.1);
+        Some(self.delivery(id, partition, offset, msg, attempt))
     }
 
+    /// A delivery of partition `part` (its id) / `partition` (its number): one more out.
     fn delivery(
-        &self,
-        tp: Tp,
+        &mut self,
+        part: u32,
+        partition: i32,
         offset: i64,
         msg: Arc<OutMessage>,
         attempt: u32,
-        permit: OwnedSemaphorePermit,
     ) -> Delivery {
-        let partition = tp.1 as u32;
+        self.out += 1;
         let acker = KafkaAcker {
             cmd: self.cmd_tx.clone(),
-            tp,
+            part,
             offset,
-            _permit: permit,
+            settled: AtomicBool::new(false),
         };
-        Delivery::shared(msg, partition, attempt, Box::new(acker))
+        Delivery::shared(msg, partition as u32, attempt, Box::new(acker))
+    }
+
+    /// The partition a settlement names.
+    fn part_of(&mut self, id: u32) -> Option<(&Tp, &mut Part)> {
+        let tp = self.part_tps.get(id as usize)?;
+        Some((tp, self.parts.get_mut(tp)?))
     }
 
     /// Hands a batch to the subscription (nothing when it is empty or the subscription gone).
@@ -1931,20 +1951,26 @@ impl Member {
         if batch.is_empty() {
             return;
         }
-        // Never full: each batch in the channel holds at least one of max_in_flight permits.
+        // Never full: each batch in the channel holds at least one of max_in_flight deliveries.
         let _ = tx.send(Ok(batch)).await;
     }
 
     async fn command(&mut self, c: Cmd) {
         match c {
             // The caller commits when due.
-            Cmd::Ack(tp, offset) => {
-                if let Some(part) = self.parts.get_mut(&tp) {
+            Cmd::Ack(id, offset) => {
+                self.out = self.out.saturating_sub(1);
+                if let Some((_, part)) = self.part_of(id) {
                     part.settle(offset);
                 }
             }
-            Cmd::Nack(tp, offset, delay) => {
-                if let Some(f) = self.parts.get_mut(&tp).and_then(|p| p.inflight(offset)) {
+            Cmd::Nack(id, offset, delay) => {
+                self.out = self.out.saturating_sub(1);
+                let Some((tp, part)) = self.part_of(id) else {
+                    return;
+                };
+                let tp = tp.clone();
+                if let Some(f) = part.inflight(offset) {
                     if !f.queued {
                         f.queued = true;
                         let due = Instant::now() + delay.unwrap_or_default();
@@ -1990,7 +2016,7 @@ impl Member {
         }
     }
 
-    /// Sends again what is due, while permits last.
+    /// Sends again what is due, while fewer than max_in_flight deliveries are out.
     async fn redeliver_due(&mut self) {
         let now = Instant::now();
         let mut later = VecDeque::new();
@@ -2000,22 +2026,25 @@ impl Member {
                 later.push_back((due, tp, offset));
                 continue;
             }
-            let Some(f) = self.parts.get_mut(&tp).and_then(|p| p.inflight(offset)) else {
-                continue;
-            };
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            if self.out >= self.opts.max_in_flight {
                 later.push_back((due, tp, offset));
                 later.extend(self.redeliver.drain(..));
                 break;
+            }
+            let ack_wait = self.opts.ack_wait;
+            let Some(part) = self.parts.get_mut(&tp) else {
+                continue;
             };
+            let id = part.id;
+            let Some(f) = part.inflight(offset) else { continue };
             f.attempt += 1;
-            f.due = now + self.opts.ack_wait;
+            f.due = now + ack_wait;
             f.queued = false;
             let (msg, attempt) = (f.msg.clone(), f.attempt);
-            batch.push(self.delivery(tp, offset, msg, attempt, permit));
+            batch.push(self.delivery(id, tp.1, offset, msg, attempt));
         }
         self.send(batch).await;
-        // What is not due yet (or waits for a permit) goes out on a later turn of the loop,
+        // What is not due yet (or waits for room) goes out on a later turn of the loop,
         // which a tick, an ack or a message starts.
         self.redeliver = later;
     }
@@ -2086,25 +2115,43 @@ impl Subscription for KafkaSubscription {
     }
 }
 
+/// Settles one delivery by a message to its member: each acker sends exactly one (an ack, a
+/// nack, or, dropped unsettled, a nack), which is how the member counts what is out.
 struct KafkaAcker {
-    cmd: mpsc::UnboundedSender<Cmd>,
-    tp: Tp,
+    cmd: Arc<mpsc::UnboundedSender<Cmd>>,
+    /// The partition's id in its member.
+    part: u32,
     offset: i64,
-    /// Released when the delivery is settled: frees a slot of the member's max_in_flight.
-    _permit: OwnedSemaphorePermit,
+    settled: AtomicBool,
+}
+
+impl KafkaAcker {
+    fn settle(&self, c: Cmd) {
+        if !self.settled.swap(true, Ordering::Relaxed) {
+            // When the member is gone the message stays uncommitted and its next owner
+            // delivers it again.
+            let _ = self.cmd.send(c);
+        }
+    }
+}
+
+impl Drop for KafkaAcker {
+    /// Dropped unsettled (outside a runtime, where a delivery cannot spawn its nack): delivered
+    /// again at once.
+    fn drop(&mut self) {
+        self.settle(Cmd::Nack(self.part, self.offset, None));
+    }
 }
 
 #[async_trait]
 impl Acker for KafkaAcker {
-    /// Settling is a message to the member's task: never waits. (When the member is gone the
-    /// message stays uncommitted and its next owner delivers it again.)
+    /// Settling is a message to the member's task: never waits.
     fn settle_now(&self, ack: bool) -> bool {
-        let c = if ack {
-            Cmd::Ack(self.tp.clone(), self.offset)
+        self.settle(if ack {
+            Cmd::Ack(self.part, self.offset)
         } else {
-            Cmd::Nack(self.tp.clone(), self.offset, None)
-        };
-        let _ = self.cmd.send(c);
+            Cmd::Nack(self.part, self.offset, None)
+        });
         true
     }
 
@@ -2114,7 +2161,7 @@ impl Acker for KafkaAcker {
     }
 
     async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError> {
-        let _ = self.cmd.send(Cmd::Nack(self.tp.clone(), self.offset, delay));
+        self.settle(Cmd::Nack(self.part, self.offset, delay));
         Ok(())
     }
 }
