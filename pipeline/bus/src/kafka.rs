@@ -1421,7 +1421,9 @@ impl Drop for Member {
 
 /// A received record: its partition, offset, AuroraQ message (None outside the layout) and
 /// publish time.
-type Received = (Tp, i64, Option<OutMessage>, i64);
+/// (The message is put in its `Arc` by the reader: that allocation, into memory another core
+/// freed last, is then off the member's task.)
+type Received = (Tp, i64, Option<Arc<OutMessage>>, i64);
 
 /// Deliveries handed to the subscription at once: every record the member found ready in one
 /// turn (at most [`MAX_BATCH`]). One hand-off per batch instead of one per record: when the
@@ -1906,7 +1908,7 @@ impl Member {
             }
         }
         let attempt = if offset <= part.before { 2 } else { 1 };
-        let msg = Arc::new(message);
+        let msg = message;
         part.deliver(
             offset,
             Inflight {
@@ -2062,6 +2064,7 @@ fn read(last_topic: &mut Option<Arc<str>>, m: &BorrowedMessage<'_>) -> Received 
         }
     };
     let (message, ts) = decode(m);
+    let message = message.map(Arc::new);
     ((topic, m.partition()), m.offset(), message, ts)
 }
 
