@@ -36,9 +36,11 @@
 //!   message. Commits go out at most every `commit_interval`, on [`Bus::flush`] and when the member
 //!   stops. The commit's metadata carries the highest offset the member had delivered (`d=<n>`),
 //!   so a member that takes the partition over counts the attempts of what it gets again (≥ 2).
-//! - **Hand-off**: a member takes every record librdkafka has ready (up to 512, within its
-//!   `max_in_flight`) in one turn and hands them to the subscription as one batch; settlements
-//!   waiting for it are all taken at once too. A thread wakes once per batch, not per record.
+//! - **Hand-off**: each member has a reader task that takes every record librdkafka has ready
+//!   (up to 512) in one turn, decodes them and passes them to the member as one batch; the member
+//!   (de-duplication, offsets, deliveries, settlements) hands the deliveries, within its
+//!   `max_in_flight`, to the subscription as one batch, and takes all settlements waiting for it
+//!   at once. A thread wakes once per batch, not per record.
 //! - **Redelivery**: a nacked delivery, one not acked within `ack_wait`, and one dropped unsettled
 //!   is delivered again by the member (Kafka has no per-message nack; the member keeps the
 //!   message until it is acked). When a member goes away (dies, stops, or the split changes on a
@@ -374,9 +376,10 @@ impl IdWindow {
         ((self.seeds.0.hash_one(id) as u128) << 64) | self.seeds.1.hash_one(id) as u128
     }
 
-    /// Whether an id of generation `g` is remembered: the current one or the one before.
-    fn live(&self, g: u64) -> bool {
-        g + 1 >= self.generation
+    /// Whether an id of generation `g` is remembered while `current` is the current one: it is
+    /// that one or the one before. (Generations start at 2, so generation 0 is never live.)
+    fn live(g: u64, current: u64) -> bool {
+        g + 1 >= current
     }
 
     /// Starts a new generation when the current one is full or `window` old at `now_us` (two
@@ -408,7 +411,7 @@ impl IdWindow {
         self.expire(at_us);
         self.ids
             .get(&k)
-            .filter(|(_, g)| self.live(*g))
+            .filter(|(_, g)| Self::live(*g, self.generation))
             .map(|(tag, _)| *tag)
     }
 
@@ -430,19 +433,14 @@ impl IdWindow {
         let k = self.key(id);
         self.expire(at_us);
         let generation = self.generation;
-        match self.ids.entry(k) {
-            std::collections::hash_map::Entry::Occupied(e) if e.get().1 + 1 >= generation => Some(e.get().0),
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                e.insert((tag, generation));
-                self.noted += 1;
-                None
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert((tag, generation));
-                self.noted += 1;
-                None
-            }
+        // A new id gets generation 0 (never live) and is noted below, as a forgotten one is.
+        let seen = self.ids.entry(k).or_insert((tag, 0));
+        if Self::live(seen.1, generation) {
+            return Some(seen.0);
         }
+        *seen = (tag, generation);
+        self.noted += 1;
+        None
     }
 }
 
@@ -1298,8 +1296,9 @@ struct Slot {
 }
 
 impl Part {
-    fn new(next: i64, before: i64, ids: IdWindow) -> Self {
+    fn new(id: u32, next: i64, before: i64, ids: IdWindow) -> Self {
         Part {
+            id,
             next,
             received: VecDeque::new(),
             delivered: before.max(next - 1),
@@ -1308,7 +1307,6 @@ impl Part {
             committed: (-1, -1),
             marked: before,
             ids,
-            id: 0,
         }
     }
 
@@ -1420,13 +1418,11 @@ impl Drop for Member {
 }
 
 /// A received record: its partition, offset, AuroraQ message (None outside the layout) and
-/// publish time.
-/// (The message is put in its `Arc` by the reader: that allocation, into memory another core
-/// freed last, is then off the member's task.)
+/// publish time. The reader puts the message in its `Arc`, so that allocation (into memory
+/// another core freed last) is off the member's task.
 type Received = (Tp, i64, Option<Arc<OutMessage>>, i64);
 
-/// Deliveries handed to the subscription at once: every record the member found ready in one
-/// turn (at most [`MAX_BATCH`]). One hand-off per batch instead of one per record: when the
+/// Deliveries handed to the subscription at once: what the member took in one turn. One hand-off per batch instead of one per record: when the
 /// subscriber is faster than the member, each hand-off costs a thread wake-up.
 type Batch = Result<Vec<Delivery>, BusError>;
 
@@ -1451,7 +1447,8 @@ const READ_AHEAD: usize = 2;
 /// header parsing, the copies into an [`OutMessage`]) and hands them to the member by batch
 /// (every record ready in one turn, at most [`MAX_BATCH`]). On its own task, so that this work
 /// and the member's bookkeeping (de-duplication, offsets, deliveries, acks) run on two cores.
-/// It is at most [`READ_AHEAD`] batches ahead; the member delivers them within max_in_flight. Stops when the member drops its end.
+/// It is at most [`READ_AHEAD`] batches ahead; the member delivers them within max_in_flight.
+/// Stops when the member drops its end.
 async fn read_records(group: String, consumer: OffRuntime<StreamConsumer>, tx: mpsc::Sender<ReadBatch>) {
     // One stream for the reader's life: a stream per record would register and remove a waker
     // (two locks) each time.
@@ -1568,8 +1565,8 @@ impl Member {
                 self.bus.inner.cfg.duplicate_window,
                 self.bus.inner.cfg.dedup_capacity,
             );
-            let mut part = Part::new(start, before, ids);
-            part.id = u32::try_from(self.part_tps.len()).unwrap_or(u32::MAX);
+            let id = u32::try_from(self.part_tps.len()).unwrap_or(u32::MAX);
+            let part = Part::new(id, start, before, ids);
             self.part_tps.push((t.clone(), p));
             self.parts.insert((t, p), part);
         }
@@ -1908,18 +1905,17 @@ impl Member {
             }
         }
         let attempt = if offset <= part.before { 2 } else { 1 };
-        let msg = message;
         part.deliver(
             offset,
             Inflight {
-                msg: msg.clone(),
+                msg: message.clone(),
                 attempt,
                 due: now + self.opts.ack_wait,
                 queued: false,
             },
         );
         let (id, partition) = (part.id, tp.1);
-        Some(self.delivery(id, partition, offset, msg, attempt))
+        Some(self.delivery(id, partition, offset, message, attempt))
     }
 
     /// A delivery of partition `part` (its id) / `partition` (its number): one more out.
@@ -2324,7 +2320,7 @@ mod tests {
 
     #[test]
     fn commits_only_a_contiguous_prefix() {
-        let mut p = Part::new(10, -1, IdWindow::new(Duration::from_secs(1), 10));
+        let mut p = Part::new(0, 10, -1, IdWindow::new(Duration::from_secs(1), 10));
         assert_eq!(p.delivered, 9);
         let inflight = |o: i64| Inflight {
             msg: Arc::new(OutMessage::new("a.b", None, o.to_string(), Bytes::new())),
