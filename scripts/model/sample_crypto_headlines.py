@@ -20,8 +20,15 @@ Sampling:
 Output: data/eval/crypto_headlines_sample.csv with columns id,published_utc,source,categories,headline
 where id is the 0-based data-row index in the source file (header not counted).
 
+A later round (more headlines to label for training) passes the files already sampled with --exclude: their
+rows, and every row whose headline equals one of theirs after lower-casing, unifying quotes and dropping
+punctuation (split_crypto_headlines.dup_key), are left out before the strata are formed; --seed gives the
+round its own draw.
+
 Python 3 standard library only. Usage (from the repository root):
     python3 scripts/model/sample_crypto_headlines.py [--source PATH] [--out PATH] [--n 1000]
+    python3 scripts/model/sample_crypto_headlines.py --n 600 --seed 20261207 \
+        --exclude data/eval/crypto_headlines_sample.csv --out data/eval/crypto_headlines_sample_r2.csv
 """
 import argparse
 import collections
@@ -78,7 +85,18 @@ def main():
     ap.add_argument("--source", default=DEFAULT_SOURCE)
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--exclude", nargs="*", default=[], help="CSVs with id,headline columns already sampled (a later round)")
     args = ap.parse_args()
+
+    from split_crypto_headlines import clean, dup_key
+
+    excluded_ids, excluded_keys = set(), set()
+    for path in args.exclude:
+        with open(path, encoding="utf-8", newline="") as f:
+            for r in csv.DictReader(f):
+                excluded_ids.add(int(r["id"]))
+                excluded_keys.add(dup_key(clean(r.get("headline") or r.get("sentence") or "")))
 
     with gzip.open(args.source, "rt", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -90,6 +108,8 @@ def main():
         h = r["headline"].strip()
         month = r["published_utc"][:7]
         if not h or month not in MONTHS:
+            continue
+        if i in excluded_ids or dup_key(clean(h)) in excluded_keys:
             continue
         key = norm(h)
         if key in seen:
@@ -122,7 +142,7 @@ def main():
     )
     alloc = {k: floor[k] + coin_extra.get(k, 0) + other_extra.get(k, 0) for k in keys}
 
-    rng = random.Random(SEED)
+    rng = random.Random(args.seed)
     chosen = []
     for k in keys:  # sorted: deterministic order of draws
         chosen.extend(rng.sample(strata[k], alloc[k]))

@@ -4,9 +4,13 @@
 Inputs (from the repository root):
   data/eval/crypto_headlines_sample.csv   id,published_utc,source,categories,headline
   data/eval/crypto_headlines_labels.csv   id,label   (positive|negative|neutral|ambiguous)
+  data/eval/crypto_headlines_sample_r2.csv, crypto_headlines_labels_r2.csv (optional) a second round, drawn
+      later by sample_crypto_headlines.py --exclude (no row near-duplicates a first-round row) and labelled
+      with the same guide: all of it goes to train, so the validation split stays the first round's
 
 Outputs:
-  data/eval/crypto_headlines_train.csv       label,sentence,source,published_utc,id
+  data/eval/crypto_headlines_train.csv       label,sentence,source,published_utc,id (both rounds)
+  data/eval/crypto_headlines_train_r1.csv    the same columns, the first round's train rows only
   data/eval/crypto_headlines_validation.csv  label,sentence,source,published_utc,id
   data/eval/crypto_headlines_ambiguous.csv   label,sentence,source,published_utc,id (left out of both)
 
@@ -55,15 +59,11 @@ def write(path, rows):
             w.writerow([r[c] for c in COLUMNS])
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", default="data/eval")
-    args = ap.parse_args()
-    d = args.dir
-
-    with open(os.path.join(d, "crypto_headlines_sample.csv"), encoding="utf-8", newline="") as f:
+def joined(d, suffix):
+    """The rows of crypto_headlines_sample{suffix}.csv joined with crypto_headlines_labels{suffix}.csv."""
+    with open(os.path.join(d, f"crypto_headlines_sample{suffix}.csv"), encoding="utf-8", newline="") as f:
         sample = {r["id"]: r for r in csv.DictReader(f)}
-    with open(os.path.join(d, "crypto_headlines_labels.csv"), encoding="utf-8", newline="") as f:
+    with open(os.path.join(d, f"crypto_headlines_labels{suffix}.csv"), encoding="utf-8", newline="") as f:
         labels = list(csv.DictReader(f))
 
     seen = set()
@@ -83,9 +83,22 @@ def main():
     missing = set(sample) - seen
     if missing:
         raise SystemExit(f"{len(missing)} sample rows have no label, e.g. {sorted(missing, key=int)[:5]}")
+    return rows
 
-    ambiguous = [r for r in rows if r["label"] == "ambiguous"]
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default="data/eval")
+    args = ap.parse_args()
+    d = args.dir
+
+    rows = joined(d, "")
+    later = joined(d, "_r2") if os.path.exists(os.path.join(d, "crypto_headlines_sample_r2.csv")) else []
+    if {r["id"] for r in rows} & {r["id"] for r in later}:
+        raise SystemExit("a second-round row is in the first round")
+    ambiguous = [r for r in rows + later if r["label"] == "ambiguous"]
     kept = [r for r in rows if r["label"] != "ambiguous"]
+    kept_later = [r for r in later if r["label"] != "ambiguous"]
 
     # near-duplicate groups; a group's label is checked to be consistent
     groups = collections.defaultdict(list)
@@ -94,6 +107,10 @@ def main():
     for g in groups.values():
         if len({r["label"] for r in g}) > 1:
             raise SystemExit("near-duplicate headlines with different labels: " + ", ".join(r["id"] for r in g))
+    first_keys = {dup_key(r["sentence"]) for r in rows}
+    leaks = [r["id"] for r in later if dup_key(r["sentence"]) in first_keys]
+    if leaks:
+        raise SystemExit(f"second-round rows near-duplicate first-round rows: {leaks[:5]}")
 
     rng = random.Random(SEED)
     train, validation = [], []
@@ -110,6 +127,9 @@ def main():
                 got += len(g)
             else:
                 train.extend(g)
+    # the first round's train rows alone: what the accurate tier (models/auroraq-mpnet-fpb) was trained on
+    write(os.path.join(d, "crypto_headlines_train_r1.csv"), train)
+    train = train + kept_later
 
     write(os.path.join(d, "crypto_headlines_train.csv"), train)
     write(os.path.join(d, "crypto_headlines_validation.csv"), validation)
@@ -120,8 +140,9 @@ def main():
         return ", ".join(f"{k} {c.get(k, 0)}" for k in LABELS) + f" (total {len(rs)})"
 
     dups = sum(len(g) for g in groups.values() if len(g) > 1)
-    print(f"labelled {len(rows)}; ambiguous {len(ambiguous)} left out; {dups} rows in near-duplicate groups")
-    print("train:      " + counts(train))
+    print(f"labelled {len(rows)} + {len(later)} (second round); ambiguous {len(ambiguous)} left out; "
+          f"{dups} first-round rows in near-duplicate groups")
+    print("train:      " + counts(train) + f"; second round {len(kept_later)}")
     print("validation: " + counts(validation))
 
 
