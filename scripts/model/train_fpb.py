@@ -465,6 +465,8 @@ def export(args, val_rows):
         static_exclude=args.static_exclude,
         static_attention=args.static_attention,
         static_graph=args.static_graph,
+        weight_type=getattr(args, "weight_type", "int8"),
+        smooth_alpha=getattr(args, "smooth_alpha", None),
         eval_csv=os.path.join(args.data_dir, "validation.csv"),
         golden_texts=None,
         report=os.path.join(args.hf_dir, "export_report.json"),

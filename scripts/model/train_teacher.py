@@ -311,8 +311,8 @@ def export(args):
         name="auroraq-mpnet-fpb", max_length=args.export_max_length, opset=args.opset, quantize="static",
         per_channel=True, reduce_range=args.reduce_range, weight_type=args.weight_type, preprocess=True,
         calib_csv=",".join(args.calib_csv or [args.train_csv]), calib_samples=args.calib_samples,
-        calib_seed=1234, calib_method="percentile", calib_percentile=99.99, static_op_types="MatMul,Gather",
-        static_exclude=args.static_exclude, static_attention=False, static_graph="integer", eval_csv=None if args.no_eval else args.val_csv[0], golden_texts=None,
+        calib_seed=1234, calib_method=args.calib_method, calib_percentile=args.calib_percentile, static_op_types="MatMul,Gather",
+        static_exclude=args.static_exclude, static_attention=False, static_graph="integer", smooth_alpha=args.smooth_alpha if args.smooth_alpha >= 0 else None, eval_csv=None if args.no_eval else args.val_csv[0], golden_texts=None,
         report=os.path.join(args.hf_dir, "export_report.json"), threads=args.threads,
     )
     return export_hf.run(ns)
@@ -336,10 +336,17 @@ def main():
     ap.add_argument("--export-max-length", type=int, default=128, help="auroraq_max_length of the exported model")
     ap.add_argument("--calib-samples", type=int, default=512)
     ap.add_argument("--calib-csv", nargs="*", default=None, help="label,sentence CSVs to draw the calibration sample from (default: --train-csv)")
-    ap.add_argument("--weight-type", choices=["int8", "uint8"], default="int8", help="int8 export weights: see export_hf.py --weight-type")
-    ap.add_argument("--no-reduce-range", dest="reduce_range", action="store_false", help="full 8-bit weights (see export_hf.py)")
+    ap.add_argument("--calib-method", choices=["minmax", "entropy", "percentile", "distribution"], default="percentile")
+    ap.add_argument("--calib-percentile", type=float, default=99.99)
+    ap.add_argument("--weight-type", choices=["int8", "uint8"], default="uint8",
+                    help="int8 export weights (see export_hf.py --weight-type); default uint8: 8-bit per-channel weights with u8 x u8 kernels")
+    ap.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=False,
+                    help="7-bit weights (export_hf.py's default for int8 weights; not needed with uint8 weights)")
     ap.add_argument("--static-exclude", default="relative_attention_bias",
                     help="regular expressions (comma-separated) of nodes kept float in the int8 export")
+    ap.add_argument("--smooth-alpha", type=float, default=1.0,
+                    help="SmoothQuant the weight MatMuls' inputs before quantising (see export_hf.py --smooth-alpha; default 1.0: every input channel "
+                    "scaled to the same range, the spread moved into the weights); a negative value turns it off")
     ap.add_argument("--no-eval", action="store_true", help="export without evaluating fp32 and int8 on the validation CSV (eval_tiers.py does the int8 model)")
     common_options(ap)
     args = ap.parse_args()
