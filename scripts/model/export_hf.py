@@ -401,12 +401,18 @@ def preprocess_for_quantization(fp32_path, work_dir):
     return src
 
 
+def calibration_pick(n, samples, seed):
+    """Indices (sorted) of the calibration sample drawn from n texts: the draw calibration_feeds makes, also
+    used to keep calibration texts out of held-out sets (quant_fidelity.py)."""
+    import random
+
+    return sorted(random.Random(seed).sample(range(n), min(samples, n)))
+
+
 def calibration_feeds(tokenizer, texts, max_length, input_names, samples, seed):
     """Calibration inputs: a seeded sample of `samples` texts, one text per run (batch 1, no padding, so that
     the activation ranges are those of real tokens only, never of [PAD] positions)."""
-    import random
-
-    pick = sorted(random.Random(seed).sample(range(len(texts)), min(samples, len(texts))))
+    pick = calibration_pick(len(texts), samples, seed)
     feeds = []
     for i in pick:
         enc = tokenizer([texts[i]], truncation=True, max_length=max_length, padding=False, return_tensors="np")
@@ -527,7 +533,8 @@ def smooth_activations(src, dst, feeds, alpha, exclude=(), threads=2):
     if not groups:
         return 0
     # per-channel max |X| over the calibration runs: expose each X as an output of a copy of the graph
-    probe = onnx.load(src)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
     for name in groups:
         if name not in known:
@@ -542,7 +549,7 @@ def smooth_activations(src, dst, feeds, alpha, exclude=(), threads=2):
         for name, x in zip(names, sess.run(names, feed)):
             m = np.abs(x).reshape(-1, x.shape[-1]).max(axis=0)
             xmax[name] = m if xmax[name] is None else np.maximum(xmax[name], m)
-    scaled = {}
+    scaled = set()
     for k, (name, nodes) in enumerate(groups.items()):
         ws = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
         wmax = np.max(np.stack([np.abs(w).max(axis=1) for w in ws]), axis=0)
@@ -554,9 +561,9 @@ def smooth_activations(src, dst, feeds, alpha, exclude=(), threads=2):
         g.node.append(helper.make_node("Mul", [name, inv], [out], name=f"SmoothQuant_Mul_{k}"))
         for n, w in zip(nodes, ws):
             wname = n.input[1]
-            if wname in scaled:  # a weight shared by two inputs: leave it (never in these graphs)
+            if wname in scaled:  # a weight shared by two inputs cannot take two scalings (never in these graphs)
                 raise SystemExit(f"weight {wname} is read by MatMuls of two inputs")
-            scaled[wname] = True
+            scaled.add(wname)
             new = numpy_helper.from_array((w * s[:, None]).astype(np.float32), wname)
             inits[wname].CopyFrom(new)
             n.input[0] = out

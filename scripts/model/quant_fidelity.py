@@ -14,7 +14,6 @@ outputs, and the largest |logit difference|, all at batch 1.
         --int8 shipped=models/auroraq-mpnet-fpb/model.onnx --int8 smooth0.5=/tmp/smooth/model.onnx
 """
 import argparse
-import csv
 import json
 import os
 import random
@@ -27,26 +26,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from export_hf import batched_logits, ort_session  # noqa: E402
+from export_hf import batched_logits, calibration_pick, ort_session, softmax  # noqa: E402
+from train_teacher import read_labelled  # noqa: E402
 
 
 def log(msg):
     print(f"[fidelity {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def sentences(path):
-    with open(path, encoding="utf-8", newline="") as f:
-        return [r["sentence"] for r in csv.DictReader(f)]
-
-
 def held_out_texts(args):
     """FPB train sentences outside the calibration sample, and unlabelled pool headlines; seeded."""
-    calib = []
-    for c in args.calib_csv:
-        calib += sentences(c)
-    picked = set(random.Random(args.calib_seed).sample(range(len(calib)), min(args.calib_samples, len(calib))))
-    calib_texts = {calib[i] for i in picked}
-    fpb = [t for t in sentences(args.fpb_train) if t not in calib_texts]
+    calib = [r[1] for c in args.calib_csv for r in read_labelled(c)]
+    calib_texts = {calib[i] for i in calibration_pick(len(calib), args.calib_samples, args.calib_seed)}
+    fpb = [r[1] for r in read_labelled(args.fpb_train) if r[1] not in calib_texts]
     rng = random.Random(args.seed)
     out = [("fpb_train", t) for t in rng.sample(fpb, min(args.fpb, len(fpb)))]
     if args.crypto:
@@ -57,11 +49,6 @@ def held_out_texts(args):
         pool = [t for _, t in pool if t not in calib_texts]
         out += [("crypto_pool", t) for t in rng.sample(pool, min(args.crypto, len(pool)))]
     return out
-
-
-def softmax(x):
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def main():
