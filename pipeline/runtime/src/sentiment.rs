@@ -31,6 +31,7 @@ pub fn load(cfg: &Config, model: Option<&Path>, device: Option<crate::config::De
         device,
         max_length: None,
         sessions: cfg.sentiment.sessions.max(1) as usize,
+        spin: cfg.sentiment.spin,
     };
     let c =
         Classifier::load(&dir, &opts).with_context(|| format!("loading the model in {}", dir.display()))?;
@@ -337,24 +338,15 @@ pub async fn bench(
             std::fs::write(&plan_file, serde_json::to_string(&plan)?)
                 .with_context(|| format!("writing {}", plan_file.display()))?;
             let mut cmd = std::process::Command::new(py);
-            cmd.arg("--plan").arg(&plan_file);
-            cmd.arg("scripts/bench/sentiment_baselines.py")
-                .arg("--model-dir")
-                .arg(&model_dir)
-                .arg("--sentences")
-                .arg(data)
-                .args([
-                    "--n",
-                    &n.to_string(),
-                    "--batch",
-                    &best.0.to_string(),
-                    "--threads",
-                    "2",
-                ])
-                .args(["--max-length", &c.max_length.to_string()]);
-            if let Some(h) = hf_dir {
-                cmd.arg("--hf-dir").arg(h);
-            }
+            cmd.args(baseline_args(&BaselineArgs {
+                plan: &plan_file,
+                model_dir: &model_dir,
+                data,
+                n,
+                batch: best.0,
+                max_length: c.max_length,
+                hf_dir,
+            }));
             eprintln!("[bench] running the Python baselines with {py}");
             let out = cmd.output().with_context(|| format!("running {py}"))?;
             anyhow::ensure!(
@@ -431,6 +423,38 @@ pub async fn bench(
         python: py,
         ratios,
     })
+}
+
+/// What `sentiment bench` hands the Python baselines.
+struct BaselineArgs<'a> {
+    plan: &'a Path,
+    model_dir: &'a Path,
+    data: &'a Path,
+    n: usize,
+    batch: usize,
+    max_length: usize,
+    hf_dir: Option<&'a Path>,
+}
+
+/// The interpreter's arguments for `scripts/bench/sentiment_baselines.py`: the script first (an
+/// option before it would be the interpreter's), then its options; two threads as Rust's paths.
+fn baseline_args(a: &BaselineArgs) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec!["scripts/bench/sentiment_baselines.py".into()];
+    let mut opt = |k: &str, val: std::ffi::OsString| {
+        v.push(k.into());
+        v.push(val);
+    };
+    opt("--plan", a.plan.into());
+    opt("--model-dir", a.model_dir.into());
+    opt("--sentences", a.data.into());
+    opt("--n", a.n.to_string().into());
+    opt("--batch", a.batch.to_string().into());
+    opt("--threads", "2".into());
+    opt("--max-length", a.max_length.to_string().into());
+    if let Some(h) = a.hf_dir {
+        opt("--hf-dir", h.into());
+    }
+    v
 }
 
 /// Text in, label out over `plan`: each batch tokenised, run and labelled; with several sessions,
@@ -552,6 +576,43 @@ impl SentimentBench {
             eprintln!(
                 "{:<40} {:>9.1} seq/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
                 f.path, f.sequences_per_s, f.p50_ms, f.p99_ms
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_baseline_script_comes_before_its_options() {
+        let args = baseline_args(&BaselineArgs {
+            plan: Path::new("/tmp/plan.json"),
+            model_dir: Path::new("models/m"),
+            data: Path::new("data/fpb/validation.csv"),
+            n: 512,
+            batch: 16,
+            max_length: 128,
+            hf_dir: Some(Path::new(".auroraq/hf")),
+        });
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(args[0], "scripts/bench/sentiment_baselines.py", "{args:?}");
+        // Every option the script knows, each with its value after it.
+        let value = |k: &str| args.iter().position(|a| *a == k).map(|i| args[i + 1]);
+        assert_eq!(value("--plan"), Some("/tmp/plan.json"));
+        assert_eq!(value("--model-dir"), Some("models/m"));
+        assert_eq!(value("--batch"), Some("16"));
+        assert_eq!(value("--max-length"), Some("128"));
+        assert_eq!(value("--hf-dir"), Some(".auroraq/hf"));
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench/sentiment_baselines.py"),
+        )
+        .unwrap();
+        for k in args.iter().filter(|a| a.starts_with("--")) {
+            assert!(
+                script.contains(&format!("\"{k}\"")),
+                "the script has no option {k}"
             );
         }
     }
