@@ -598,7 +598,7 @@ mod tests {
         });
         let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(args[0], "scripts/bench/sentiment_baselines.py", "{args:?}");
-        // Every option the script knows, each with its value after it.
+        // Each option with its value after it, and each one an option the script defines.
         let value = |k: &str| args.iter().position(|a| *a == k).map(|i| args[i + 1]);
         assert_eq!(value("--plan"), Some("/tmp/plan.json"));
         assert_eq!(value("--model-dir"), Some("models/m"));

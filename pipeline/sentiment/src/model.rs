@@ -32,7 +32,7 @@ pub struct ModelOptions {
     /// cores busier with small batches than one session with two threads.
     pub sessions: usize,
     /// Idle intra-op threads spin instead of sleeping: lower latency per model run (a batch of
-    /// one: ~2.5 ms here instead of ~3.5 ms on two threads) on cores that nothing else needs, but
+    /// one: 2.2 ms here instead of 3.1 ms on two threads) on cores that nothing else needs, but
     /// spinning threads take CPU from the tokenizer, the bus and the other stages of the same
     /// process. Off by default; nothing changes with one intra-op thread.
     pub spin: bool,

@@ -147,6 +147,31 @@ fn batched_results_equal_unbatched() {
     }
 }
 
+/// `ModelOptions::spin` changes how idle intra-op threads wait, nothing else: the same logits.
+#[test]
+fn spinning_threads_give_the_same_logits() {
+    let sleeping = load(&default_model());
+    let spinning = Classifier::load(
+        &default_model(),
+        &ModelOptions {
+            threads: 2,
+            spin: true,
+            ..ModelOptions::default()
+        },
+    )
+    .expect("a session with spinning intra-op threads");
+    let ex = auroraq_sentiment::eval::read_examples(&repo().join("data/fpb/validation.csv")).unwrap();
+    let enc: Vec<_> = ex
+        .iter()
+        .take(64)
+        .map(|e| sleeping.encode(&e.sentence).unwrap())
+        .collect();
+    for batch in enc.chunks(16) {
+        let refs: Vec<_> = batch.iter().collect();
+        assert_eq!(spinning.logits(&refs).unwrap(), sleeping.logits(&refs).unwrap());
+    }
+}
+
 #[test]
 fn labels_follow_config_json() {
     let c = load(&default_model());
