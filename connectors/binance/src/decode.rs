@@ -484,45 +484,83 @@ fn parse_dec(s: &str) -> Option<Dec> {
     )))
 }
 
+/// SHA-256's initial state (FIPS 180-4, 5.3.3).
+const SHA256_H0: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+/// The first four words of the SHA-256 of `head` then `tail` concatenated, when that fits two
+/// blocks with its padding (119 bytes or fewer; `None` otherwise). The message is written
+/// straight into the padded blocks on the stack and compressed once: no hasher's buffer to copy
+/// through, no finalisation. The same digest as [`Sha256::digest`] (tested at every length
+/// around the block boundaries).
+fn short_sha256(head: &[&[u8]], tail: &[&str]) -> Option<[u32; 4]> {
+    type Block = sha2::digest::generic_array::GenericArray<u8, sha2::digest::consts::U64>;
+    let len = head.iter().map(|p| p.len()).sum::<usize>() + tail.iter().map(|p| p.len()).sum::<usize>();
+    if len > 119 {
+        return None;
+    }
+    let mut blocks = [Block::default(), Block::default()];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        for (k, block) in blocks.iter_mut().enumerate() {
+            let (from, to) = (n.max(64 * k), (n + bytes.len()).min(64 * (k + 1)));
+            if from < to {
+                block[from - 64 * k..to - 64 * k].copy_from_slice(&bytes[from - n..to - n]);
+            }
+        }
+        n += bytes.len();
+    };
+    for p in head {
+        put(p);
+    }
+    for p in tail {
+        put(p.as_bytes());
+    }
+    put(&[0x80]);
+    let used = if len + 9 <= 64 { 1 } else { 2 };
+    let last = &mut blocks[used - 1];
+    last[56..].copy_from_slice(&((len as u64) * 8).to_be_bytes());
+    let mut state = SHA256_H0;
+    sha2::compress256(&mut state, &blocks[..used]);
+    Some([state[0], state[1], state[2], state[3]])
+}
+
 /// [`Meta::raw`] for the native id made of `native` concatenated, without building it: the
 /// SHA-256 input ([`auroraq_schemas::event_id`]'s length-prefixed kind, source and native id)
-/// is written into one buffer on the stack and hashed once. The same id and trace context as
+/// is written into SHA-256's padded blocks on the stack and compressed once ([`short_sha256`]). The same id and trace context as
 /// `Meta::raw(kind, source, &native.concat(), ..)`, byte for byte (tested).
 fn raw_meta(kind: EventKind, source: &str, native: &[&str], ts_event: Micros, ts_ingest: Micros) -> Meta {
     let kind = kind.as_str();
     let native_len: usize = native.iter().map(|p| p.len()).sum();
-    let mut buf = [0u8; 128];
-    let total = 24 + kind.len() + source.len() + native_len;
-    let digest = if total <= buf.len() {
-        let mut n = 0;
-        let mut put = |bytes: &[u8]| {
-            buf[n..n + bytes.len()].copy_from_slice(bytes);
-            n += bytes.len();
-        };
-        put(&(kind.len() as u64).to_le_bytes());
-        put(kind.as_bytes());
-        put(&(source.len() as u64).to_le_bytes());
-        put(source.as_bytes());
-        put(&(native_len as u64).to_le_bytes());
-        for p in native {
-            put(p.as_bytes());
+    let parts = [
+        &(kind.len() as u64).to_le_bytes()[..],
+        kind.as_bytes(),
+        &(source.len() as u64).to_le_bytes()[..],
+        source.as_bytes(),
+        &(native_len as u64).to_le_bytes()[..],
+    ];
+    let words = match short_sha256(&parts, native) {
+        Some(w) => w,
+        None => {
+            let mut h = Sha256::new();
+            for p in parts {
+                h.update(p);
+            }
+            for p in native {
+                h.update(p.as_bytes());
+            }
+            let d = h.finalize();
+            std::array::from_fn(|i| u32::from_be_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]))
         }
-        Sha256::digest(&buf[..n])
-    } else {
-        let mut h = Sha256::new();
-        h.update((kind.len() as u64).to_le_bytes());
-        h.update(kind.as_bytes());
-        h.update((source.len() as u64).to_le_bytes());
-        h.update(source.as_bytes());
-        h.update((native_len as u64).to_le_bytes());
-        for p in native {
-            h.update(p.as_bytes());
-        }
-        h.finalize()
     };
+    let mut digest = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        digest[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
+    }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
-    for (i, b) in digest[..16].iter().enumerate() {
+    for (i, b) in digest.iter().enumerate() {
         hex[2 * i] = HEX[usize::from(b >> 4)];
         hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
@@ -578,7 +616,7 @@ impl Decoder {
     pub fn frame(&self, text: &str, ts_ingest: Micros) -> Result<MarketEvent, DecodeError> {
         match fast_frame(text) {
             Some((_, Fast::Trade(t))) => {
-                return Ok(MarketEvent::Trade(trade_tick(
+                return trade_tick(
                     &self.exchange,
                     if t.aggregated { ":a" } else { ":t" },
                     t.symbol,
@@ -589,7 +627,7 @@ impl Decoder {
                     t.buyer_is_maker,
                     t.aggregated,
                     ts_ingest,
-                )?))
+                )
             }
             Some((stream, Fast::Depth(d))) => return self.payload(stream, Payload::Depth(d), ts_ingest),
             None => {}
@@ -601,30 +639,34 @@ impl Decoder {
     fn payload(&self, stream: &str, p: Payload<'_>, ts_ingest: Micros) -> Result<MarketEvent, DecodeError> {
         let ex = self.exchange.as_str();
         Ok(match p {
-            Payload::Trade(t) => MarketEvent::Trade(trade_tick(
-                ex,
-                ":t",
-                t.symbol,
-                IntDigits::new(t.id).as_str(),
-                t.price,
-                t.qty,
-                t.time,
-                t.buyer_is_maker,
-                false,
-                ts_ingest,
-            )?),
-            Payload::AggTrade(t) => MarketEvent::Trade(trade_tick(
-                ex,
-                ":a",
-                t.symbol,
-                IntDigits::new(t.id).as_str(),
-                t.price,
-                t.qty,
-                t.time,
-                t.buyer_is_maker,
-                true,
-                ts_ingest,
-            )?),
+            Payload::Trade(t) => {
+                return trade_tick(
+                    ex,
+                    ":t",
+                    t.symbol,
+                    IntDigits::new(t.id).as_str(),
+                    t.price,
+                    t.qty,
+                    t.time,
+                    t.buyer_is_maker,
+                    false,
+                    ts_ingest,
+                )
+            }
+            Payload::AggTrade(t) => {
+                return trade_tick(
+                    ex,
+                    ":a",
+                    t.symbol,
+                    IntDigits::new(t.id).as_str(),
+                    t.price,
+                    t.qty,
+                    t.time,
+                    t.buyer_is_maker,
+                    true,
+                    ts_ingest,
+                )
+            }
             Payload::Kline(f) => {
                 let k = f.k;
                 let ts = ms("E", f.event_time)?;
@@ -1023,7 +1065,8 @@ fn depth_body<'a>(sc: &mut Scan<'a>) -> Option<RawDepth<'a>> {
     })
 }
 
-/// A trade or aggregated trade (`tag` `:t` or `:a` keeps their ids apart) as a `TradeTick`.
+/// A trade or aggregated trade (`tag` `:t` or `:a` keeps their ids apart) as a
+/// [`MarketEvent::Trade`].
 #[allow(clippy::too_many_arguments)]
 fn trade_tick(
     ex: &str,
@@ -1036,18 +1079,22 @@ fn trade_tick(
     buyer_is_maker: bool,
     aggregated: bool,
     ts_ingest: Micros,
-) -> Result<TradeTick, DecodeError> {
+) -> Result<MarketEvent, DecodeError> {
+    // What can fail first, in the order the errors have always come; then the event is built
+    // in the returned value (a `?` after building it would move it once more).
     let ts = ms("T", time)?;
-    Ok(TradeTick {
+    let price = dec("p", price)?;
+    let quantity = dec("q", qty)?;
+    Ok(MarketEvent::Trade(TradeTick {
         meta: raw_meta(EventKind::TradeTick, ex, &[symbol, tag, id], ts, ts_ingest),
         exchange: ex.to_owned(),
         symbol: symbol.to_owned(),
         trade_id: id.to_owned(),
-        price: dec("p", price)?,
-        quantity: dec("q", qty)?,
+        price,
+        quantity,
         aggressor: aggressor(buyer_is_maker),
         aggregated,
-    })
+    }))
 }
 
 fn aggressor(buyer_is_maker: bool) -> Side {
@@ -1407,6 +1454,35 @@ mod tests {
         ] {
             let want = Meta::raw(kind, source, &native.concat(), 3, 4);
             assert_eq!(raw_meta(kind, source, &native, 3, 4), want, "{kind:?} {native:?}");
+        }
+    }
+
+    #[test]
+    fn the_short_sha256_is_sha256_at_every_length_around_the_blocks() {
+        let bytes: Vec<u8> = (0..130u32).map(|i| (i * 37 + 11) as u8).collect();
+        let text = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".repeat(3);
+        for len in 0..=130 {
+            // Split between the byte parts and the text parts at several places.
+            for head_len in [0, len / 3, len.min(17), len] {
+                let tail_len = len - head_len;
+                if tail_len > text.len() {
+                    continue;
+                }
+                let (h1, h2) = bytes[..head_len].split_at(head_len / 2);
+                let (t1, t2) = text[..tail_len].split_at(tail_len / 3);
+                let got = short_sha256(&[h1, h2], &[t1, t2]);
+                if len > 119 {
+                    assert_eq!(got, None, "{len} bytes do not fit two blocks");
+                    continue;
+                }
+                let mut all = bytes[..head_len].to_vec();
+                all.extend_from_slice(&text.as_bytes()[..tail_len]);
+                let d = Sha256::digest(&all);
+                let want: [u32; 4] = std::array::from_fn(|i| {
+                    u32::from_be_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]])
+                });
+                assert_eq!(got, Some(want), "{len} bytes, {head_len} of them bytes");
+            }
         }
     }
 
