@@ -489,12 +489,12 @@ const SHA256_H0: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
 
-/// The first four words of the SHA-256 of `head` then `tail` concatenated, when that fits two
+/// The first 16 bytes of the SHA-256 of `head` then `tail` concatenated, when that fits two
 /// blocks with its padding (119 bytes or fewer; `None` otherwise). The message is written
 /// straight into the padded blocks on the stack and compressed once: no hasher's buffer to copy
 /// through, no finalisation. The same digest as [`Sha256::digest`] (tested at every length
 /// around the block boundaries).
-fn short_sha256(head: &[&[u8]], tail: &[&str]) -> Option<[u32; 4]> {
+fn short_sha256(head: &[&[u8]], tail: &[&str]) -> Option<[u8; 16]> {
     type Block = sha2::digest::generic_array::GenericArray<u8, sha2::digest::consts::U64>;
     let len = head.iter().map(|p| p.len()).sum::<usize>() + tail.iter().map(|p| p.len()).sum::<usize>();
     if len > 119 {
@@ -523,13 +523,18 @@ fn short_sha256(head: &[&[u8]], tail: &[&str]) -> Option<[u32; 4]> {
     last[56..].copy_from_slice(&((len as u64) * 8).to_be_bytes());
     let mut state = SHA256_H0;
     sha2::compress256(&mut state, &blocks[..used]);
-    Some([state[0], state[1], state[2], state[3]])
+    let mut digest = [0u8; 16];
+    for (out, word) in digest.chunks_exact_mut(4).zip(state) {
+        out.copy_from_slice(&word.to_be_bytes());
+    }
+    Some(digest)
 }
 
 /// [`Meta::raw`] for the native id made of `native` concatenated, without building it: the
 /// SHA-256 input ([`auroraq_schemas::event_id`]'s length-prefixed kind, source and native id)
-/// is written into SHA-256's padded blocks on the stack and compressed once ([`short_sha256`]). The same id and trace context as
-/// `Meta::raw(kind, source, &native.concat(), ..)`, byte for byte (tested).
+/// is written into SHA-256's padded blocks on the stack and compressed once ([`short_sha256`]).
+/// The same id and trace context as `Meta::raw(kind, source, &native.concat(), ..)`, byte for
+/// byte (tested).
 fn raw_meta(kind: EventKind, source: &str, native: &[&str], ts_event: Micros, ts_ingest: Micros) -> Meta {
     let kind = kind.as_str();
     let native_len: usize = native.iter().map(|p| p.len()).sum();
@@ -540,8 +545,8 @@ fn raw_meta(kind: EventKind, source: &str, native: &[&str], ts_event: Micros, ts
         source.as_bytes(),
         &(native_len as u64).to_le_bytes()[..],
     ];
-    let words = match short_sha256(&parts, native) {
-        Some(w) => w,
+    let digest = match short_sha256(&parts, native) {
+        Some(d) => d,
         None => {
             let mut h = Sha256::new();
             for p in parts {
@@ -550,14 +555,11 @@ fn raw_meta(kind: EventKind, source: &str, native: &[&str], ts_event: Micros, ts
             for p in native {
                 h.update(p.as_bytes());
             }
-            let d = h.finalize();
-            std::array::from_fn(|i| u32::from_be_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]))
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&h.finalize()[..16]);
+            d
         }
     };
-    let mut digest = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        digest[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
-    }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
     for (i, b) in digest.iter().enumerate() {
@@ -1477,10 +1479,8 @@ mod tests {
                 }
                 let mut all = bytes[..head_len].to_vec();
                 all.extend_from_slice(&text.as_bytes()[..tail_len]);
-                let d = Sha256::digest(&all);
-                let want: [u32; 4] = std::array::from_fn(|i| {
-                    u32::from_be_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]])
-                });
+                let mut want = [0u8; 16];
+                want.copy_from_slice(&Sha256::digest(&all)[..16]);
                 assert_eq!(got, Some(want), "{len} bytes, {head_len} of them bytes");
             }
         }
