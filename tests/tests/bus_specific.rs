@@ -359,6 +359,100 @@ async fn kafka_backlogs_are_the_lag_of_each_group() {
     .await;
 }
 
+/// Records written by the Kafka bus before its one `aq` header (topic, id and publish time in
+/// the three headers `aq-topic`, `aq-id`, `aq-ts`) are still read: delivered with their topic
+/// and id, and their ids are the same ids to the de-duplication as those of the new format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_reads_records_of_the_three_header_format() {
+    use auroraq_bus::kafka::{ID_HEADER, TIME_HEADER, TOPIC_HEADER};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let (bus, _guard) = kafka_bus(1).await;
+    // Subscribing creates the family's Kafka topic.
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new("legacy", "contract.>"))
+        .await
+        .unwrap();
+    let producer: FutureProducer = bus.config().producer_config().create().unwrap();
+    let ktopic = format!("{}.contract", bus.config().root);
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        .to_string();
+    for i in 0..3 {
+        let id = format!("old{i}");
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: TOPIC_HEADER,
+                value: Some("contract.legacy"),
+            })
+            .insert(Header {
+                key: ID_HEADER,
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: TIME_HEADER,
+                value: Some(now_us.as_str()),
+            });
+        let payload = vec![i as u8; 16];
+        let record = FutureRecord::to(&ktopic)
+            .key("k0")
+            .payload(&payload)
+            .partition(0)
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    // Through the bus (the `aq` header): a new id, and old1 again (a re-publish the member drops).
+    bus.publish(vec![
+        OutMessage::new(
+            "contract.new",
+            Some("k0".into()),
+            "new0",
+            Bytes::from_static(b"n"),
+        ),
+        OutMessage::new(
+            "contract.legacy",
+            Some("k0".into()),
+            "old1",
+            Bytes::from_static(b"x"),
+        ),
+    ])
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(d)) => {
+                let d = d.unwrap();
+                got.push((d.topic().to_owned(), d.id().to_owned(), d.payload().to_vec()));
+                d.ack().await.unwrap();
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("contract.legacy".to_owned(), "old0".to_owned(), vec![0u8; 16]),
+            ("contract.legacy".to_owned(), "old1".to_owned(), vec![1u8; 16]),
+            ("contract.legacy".to_owned(), "old2".to_owned(), vec![2u8; 16]),
+            ("contract.new".to_owned(), "new0".to_owned(), b"n".to_vec()),
+        ],
+        "the three old records and the new one"
+    );
+    // The re-published old1 comes right after new0 in the one partition: it would be here by now.
+    if let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(3), sub.next()).await {
+        let d = d.unwrap();
+        panic!("the re-published {} was delivered again", d.id());
+    }
+}
+
 /// Another process (here: a second bus with clients of its own) resumes a group where the first
 /// left it: everything not acked comes again, nothing acked does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

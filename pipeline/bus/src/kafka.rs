@@ -6,8 +6,9 @@
 //! - **Topics**: every AuroraQ topic of one family (its first token: `market`, `news`,
 //!   `sentiment`, `dlq`, ...) lives in one Kafka topic `<root>.<family>`, created on first use
 //!   (by a publish or a subscription) with the bus's partition count and retention. The AuroraQ
-//!   topic travels in the header `aq-topic`, so a filter such as `market.trades.>` is applied by
-//!   the consumer; the messages of a family that a filter does not take are skipped (and
+//!   topic travels in the record's one header `aq` ([`META_HEADER`]: `<publish time µs> <topic>
+//!   <message id>`; records of earlier versions carry `aq-topic`, `aq-id` and `aq-ts`, still
+//!   read), so a filter such as `market.trades.>` is applied by the consumer; the messages of a family that a filter does not take are skipped (and
 //!   committed past) without being delivered. One Kafka topic per family keeps the contract's
 //!   per-key order across the topics of a filter (as NATS's one stream does), which one Kafka
 //!   topic per AuroraQ topic could not.
@@ -37,7 +38,8 @@
 //!   stops. The commit's metadata carries the highest offset the member had delivered (`d=<n>`),
 //!   so a member that takes the partition over counts the attempts of what it gets again (≥ 2).
 //! - **Hand-off**: each member has a reader task that takes every record librdkafka has ready
-//!   (up to 512) in one turn, decodes them and passes them to the member as one batch; the member
+//!   (up to 512) in one turn, decodes them, checks them against the filter, hashes their ids for
+//!   the id windows and passes them to the member as one batch; the member
 //!   (de-duplication, offsets, deliveries, settlements) hands the deliveries, within its
 //!   `max_in_flight`, to the subscription as one batch, and takes all settlements waiting for it
 //!   at once. A thread wakes once per batch, not per record.
@@ -47,7 +49,7 @@
 //!   restart), the next owner of the partition resumes at the committed offset: everything not
 //!   acked is delivered again.
 //! - **History** ([`Bus::history`]) finds its start per partition with `offsetsForTimes` and
-//!   merges the partitions by publish time (the header `aq-ts`, microseconds); **backlogs**
+//!   merges the partitions by publish time (from the `aq` header, microseconds); **backlogs**
 //!   ([`Bus::backlogs`]) are the consumer lag per partition: log end offset minus committed
 //!   offset, split into delivered-unacked and pending by the highest offset the member received
 //!   (delivered, or skipped behind an unacked one). That mark goes in the commit's metadata and,
@@ -82,6 +84,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::id_window::{IdSeeds, IdWindow};
 use crate::{
     partition_of, topics, Acker, Backlog, Bus, BusError, Delivery, History, HistoryOptions, OutMessage,
     PartitionBacklog, PublishReport, Stored, SubscribeOptions, Subscription,
@@ -90,11 +93,15 @@ use crate::{
 /// Least time between two commits of an idle member (see `Member::commit_due`), and its tick.
 const IDLE_COMMIT_GAP: Duration = Duration::from_millis(10);
 
-/// The header that carries the AuroraQ topic.
+/// The one header this bus writes: `<publish time, Unix µs> <AuroraQ topic> <message id>`,
+/// separated by single spaces (topics have none; the id is the rest, and may be empty). One
+/// header instead of three: librdkafka allocates and links every header of a record it reads.
+pub const META_HEADER: &str = "aq";
+/// The header that carried the AuroraQ topic before [`META_HEADER`] (still read).
 pub const TOPIC_HEADER: &str = "aq-topic";
-/// The header that carries the message id (the event id).
+/// The header that carried the message id (the event id) before [`META_HEADER`] (still read).
 pub const ID_HEADER: &str = "aq-id";
-/// The header that carries the publish time, Unix microseconds.
+/// The header that carried the publish time, Unix µs, before [`META_HEADER`] (still read).
 pub const TIME_HEADER: &str = "aq-ts";
 
 /// Settings of the Kafka bus.
@@ -114,7 +121,10 @@ pub struct KafkaConfig {
     pub retention: Duration,
     /// Window in which a re-published id is dropped (see the module's notes).
     pub duplicate_window: Duration,
-    /// Most ids the de-duplication remembers per publisher and per member partition.
+    /// Ids per generation of the de-duplication windows, of the publisher and of each member
+    /// partition (at most twice this many are remembered). Memory grows with the ids seen, up to
+    /// about 126 bytes per id of this at full use (two generations, each a table at most half
+    /// full, 24 bytes a slot): 12.6 MB per member partition at the default 100,000.
     pub dedup_capacity: usize,
     /// Most time between an ack and the commit that covers it.
     pub commit_interval: Duration,
@@ -333,115 +343,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| format!("a blocking Kafka call failed: {e}"))
-}
-
-/// Ids seen within a window, kept in two generations: ids go into the current one, which
-/// becomes the previous one (and the previous one is forgotten) once it holds `capacity` ids or
-/// began `window` ago (by the times given; both go when the current one began two windows
-/// ago). So an id is remembered until at least `capacity` newer ids or `window` have passed,
-/// whichever comes first, and at most `2 * capacity` ids are kept. No id is evicted one by one
-/// (which cost a hash-table probe per new id, into a table too large for the cache): one table
-/// holds both generations, each id with the number of its generation, and a new generation
-/// drops the forgotten ones in one sequential pass.
-struct IdWindow {
-    window_us: i64,
-    capacity: usize,
-    /// Ids are kept as 128-bit keyed hashes (two independent random seeds): no allocation per
-    /// message, and a false duplicate needs a 128-bit collision.
-    seeds: (foldhash::quality::RandomState, foldhash::quality::RandomState),
-    /// Key → tag (an offset, or 0) and generation.
-    ids: HashMap<u128, (i64, u64), foldhash::fast::RandomState>,
-    /// The current generation, how many ids it noted, and when it began.
-    generation: u64,
-    noted: usize,
-    since_us: i64,
-}
-
-impl IdWindow {
-    fn new(window: Duration, capacity: usize) -> Self {
-        IdWindow {
-            window_us: i64::try_from(window.as_micros()).unwrap_or(i64::MAX),
-            capacity: capacity.max(1),
-            seeds: Default::default(),
-            ids: HashMap::default(),
-            generation: 2,
-            noted: 0,
-            since_us: i64::MIN,
-        }
-    }
-
-    /// The id's key in this window.
-    fn key(&self, id: &str) -> u128 {
-        use std::hash::BuildHasher;
-        ((self.seeds.0.hash_one(id) as u128) << 64) | self.seeds.1.hash_one(id) as u128
-    }
-
-    /// Whether an id of generation `g` is remembered while `current` is the current one: it is
-    /// that one or the one before. (Generations start at 2, so generation 0 is never live.)
-    fn live(g: u64, current: u64) -> bool {
-        g + 1 >= current
-    }
-
-    /// Starts a new generation when the current one is full or `window` old at `now_us` (two
-    /// when it is two windows old: everything is forgotten).
-    fn expire(&mut self, now_us: i64) {
-        let age = now_us.saturating_sub(self.since_us);
-        if self.noted < self.capacity && age < self.window_us {
-            return;
-        }
-        self.generation += if age >= self.window_us.saturating_mul(2) {
-            2
-        } else {
-            1
-        };
-        self.noted = 0;
-        self.since_us = now_us;
-        let keep = self.generation - 1;
-        self.ids.retain(|_, (_, g)| *g >= keep);
-    }
-
-    /// The offset (or other tag) the id was seen with, if within the window.
-    #[cfg(test)]
-    fn seen(&mut self, id: &str, at_us: i64) -> Option<i64> {
-        let k = self.key(id);
-        self.seen_key(k, at_us)
-    }
-
-    fn seen_key(&mut self, k: u128, at_us: i64) -> Option<i64> {
-        self.expire(at_us);
-        self.ids
-            .get(&k)
-            .filter(|(_, g)| Self::live(*g, self.generation))
-            .map(|(tag, _)| *tag)
-    }
-
-    #[cfg(test)]
-    fn insert(&mut self, id: &str, at_us: i64, tag: i64) {
-        let k = self.key(id);
-        self.insert_key(k, at_us, tag);
-    }
-
-    fn insert_key(&mut self, k: u128, at_us: i64, tag: i64) {
-        self.expire(at_us);
-        self.ids.insert(k, (tag, self.generation));
-        self.noted += 1;
-    }
-
-    /// The tag the id was seen with within the window, or, if it was not, None after noting it
-    /// with `tag` (one hash, one probe and one expiry for both).
-    fn seen_or_insert(&mut self, id: &str, at_us: i64, tag: i64) -> Option<i64> {
-        let k = self.key(id);
-        self.expire(at_us);
-        let generation = self.generation;
-        // A new id gets generation 0 (never live) and is noted below, as a forgotten one is.
-        let seen = self.ids.entry(k).or_insert((tag, 0));
-        if Self::live(seen.1, generation) {
-            return Some(seen.0);
-        }
-        *seen = (tag, generation);
-        self.noted += 1;
-        None
-    }
 }
 
 type Tp = (Arc<str>, i32);
@@ -828,6 +729,8 @@ impl Bus for KafkaBus {
         let mut in_batch: HashSet<u128, foldhash::fast::RandomState> = HashSet::default();
         // The Kafka topic of the last AuroraQ topic (a batch is mostly one topic).
         let mut last_topic: Option<(String, String)> = None;
+        // The record's META_HEADER value, built in one buffer for the whole batch.
+        let mut meta = String::new();
         let now = now_us();
         for m in batch {
             let mut key = None;
@@ -858,20 +761,16 @@ impl Bus for KafkaBus {
             let ktopic = last_topic.as_ref().map_or("", |(_, k)| k.as_str());
             let partition = partition_of(m.key.as_deref(), cfg.partitions) as i32;
             let stamp = self.stamp();
-            let stamp_s = auroraq_util::IntDigits::new(stamp);
-            let headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header {
-                    key: TOPIC_HEADER,
-                    value: Some(m.topic.as_str()),
-                })
-                .insert(Header {
-                    key: ID_HEADER,
-                    value: Some(m.id.as_str()),
-                })
-                .insert(Header {
-                    key: TIME_HEADER,
-                    value: Some(stamp_s.as_str()),
-                });
+            meta.clear();
+            meta.push_str(auroraq_util::IntDigits::new(stamp).as_str());
+            meta.push(' ');
+            meta.push_str(&m.topic);
+            meta.push(' ');
+            meta.push_str(&m.id);
+            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: META_HEADER,
+                value: Some(meta.as_str()),
+            });
             let mut record = FutureRecord::<str, [u8]>::to(ktopic)
                 .payload(&m.payload[..])
                 .partition(partition)
@@ -962,8 +861,10 @@ impl Bus for KafkaBus {
             joined_us: now_us(),
             mine: mine.iter().map(|p| *p as i32).collect(),
             opts: opts.clone(),
-            parts: HashMap::default(),
-            last_match: None,
+            parts: Vec::new(),
+            part_ids: HashMap::default(),
+            last_part: None,
+            seeds: IdSeeds::default(),
             redeliver: VecDeque::new(),
             part_tps: Vec::new(),
             out: 0,
@@ -1388,9 +1289,14 @@ struct Member {
     joined_us: i64,
     mine: BTreeSet<i32>,
     opts: SubscribeOptions,
-    parts: HashMap<Tp, Part, foldhash::fast::RandomState>,
-    /// The last AuroraQ topic checked against the filter, and whether it matched.
-    last_match: Option<(String, bool)>,
+    /// The partitions it reads, by id (a [`Part`]'s `id` is its index here and in `part_tps`).
+    parts: Vec<Part>,
+    /// Each partition's id by its name.
+    part_ids: HashMap<Tp, u32, foldhash::fast::RandomState>,
+    /// The partition of the record received last: records come in runs of one partition.
+    last_part: Option<(Tp, u32)>,
+    /// The keys of every partition's id window (the reader hashes the ids with them).
+    seeds: IdSeeds,
     /// Deliveries to send again, with the time they are due.
     redeliver: VecDeque<(Instant, Tp, i64)>,
     /// Each partition's id (its index here), which deliveries and settlements name it by.
@@ -1417,10 +1323,46 @@ impl Drop for Member {
     }
 }
 
-/// A received record: its partition, offset, AuroraQ message (None outside the layout) and
-/// publish time. The reader puts the message in its `Arc`, so that allocation (into memory
-/// another core freed last) is off the member's task.
-type Received = (Tp, i64, Option<Arc<OutMessage>>, i64);
+/// A received record, as the reader hands it to the member. The reader does all the work that
+/// reads the message (the filter, the id's hash) and takes both references the member needs
+/// (the delivery's and the one kept until the ack), so the member never touches the message's
+/// memory, which the reader's core wrote.
+struct Received {
+    tp: Tp,
+    offset: i64,
+    /// The AuroraQ message, twice; None outside the layout.
+    message: Option<(Arc<OutMessage>, Arc<OutMessage>)>,
+    /// Whether the subscription takes it: its topic matches the filter and, for a subscription
+    /// from now on, it was published after the member joined.
+    wanted: bool,
+    /// Publish time, Unix µs.
+    ts: i64,
+    /// The id's key in the member's id windows ([`Member::seeds`]); 0 without an id.
+    key: u128,
+}
+
+/// What the reader needs to know of its member's subscription.
+struct ReadFilter {
+    filter: String,
+    /// Only messages published at or after this (Unix µs) are wanted.
+    since_us: Option<i64>,
+    /// The last AuroraQ topic checked against the filter, and whether it matched.
+    last: Option<(String, bool)>,
+}
+
+impl ReadFilter {
+    fn wants(&mut self, message: &OutMessage, ts: i64) -> bool {
+        let matches = match &self.last {
+            Some((topic, m)) if *topic == message.topic => *m,
+            _ => {
+                let m = topics::matches(&self.filter, &message.topic);
+                self.last = Some((message.topic.clone(), m));
+                m
+            }
+        };
+        matches && self.since_us.is_none_or(|since| ts >= since)
+    }
+}
 
 /// Deliveries handed to the subscription at once: what the member took in one turn. One hand-off per batch instead of one per record: when the
 /// subscriber is faster than the member, each hand-off costs a thread wake-up.
@@ -1449,7 +1391,13 @@ const READ_AHEAD: usize = 2;
 /// and the member's bookkeeping (de-duplication, offsets, deliveries, acks) run on two cores.
 /// It is at most [`READ_AHEAD`] batches ahead; the member delivers them within max_in_flight.
 /// Stops when the member drops its end.
-async fn read_records(group: String, consumer: OffRuntime<StreamConsumer>, tx: mpsc::Sender<ReadBatch>) {
+async fn read_records(
+    group: String,
+    consumer: OffRuntime<StreamConsumer>,
+    seeds: IdSeeds,
+    mut filter: ReadFilter,
+    tx: mpsc::Sender<ReadBatch>,
+) {
     // One stream for the reader's life: a stream per record would register and remove a waker
     // (two locks) each time.
     let mut records = consumer.stream();
@@ -1463,7 +1411,7 @@ async fn read_records(group: String, consumer: OffRuntime<StreamConsumer>, tx: m
         };
         let mut batch = Vec::new();
         match first {
-            Some(Ok(m)) => batch.push(read(&mut last_topic, &m)),
+            Some(Ok(m)) => batch.push(read(&mut last_topic, &seeds, &mut filter, &m)),
             Some(Err(e)) => {
                 warn!(group = %group, error = %e, "Kafka consumer error");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1473,7 +1421,7 @@ async fn read_records(group: String, consumer: OffRuntime<StreamConsumer>, tx: m
         }
         while batch.len() < MAX_BATCH {
             match records.next().now_or_never() {
-                Some(Some(Ok(m))) => batch.push(read(&mut last_topic, &m)),
+                Some(Some(Ok(m))) => batch.push(read(&mut last_topic, &seeds, &mut filter, &m)),
                 Some(Some(Err(e))) => {
                     warn!(group = %group, error = %e, "Kafka consumer error");
                     break;
@@ -1501,7 +1449,7 @@ impl Member {
             }
             let t: Arc<str> = Arc::from(t.as_str());
             for p in self.mine.iter().copied().filter(|p| *p < n) {
-                if !self.parts.contains_key(&(t.clone(), p)) {
+                if !self.part_ids.contains_key(&(t.clone(), p)) {
                     new.push((t.clone(), p));
                 }
             }
@@ -1561,14 +1509,15 @@ impl Member {
             assign
                 .add_partition_offset(&t, p, Offset::Offset(start))
                 .map_err(|e| e.to_string())?;
-            let ids = IdWindow::new(
+            let ids = IdWindow::with_seeds(
                 self.bus.inner.cfg.duplicate_window,
                 self.bus.inner.cfg.dedup_capacity,
+                self.seeds.clone(),
             );
-            let id = u32::try_from(self.part_tps.len()).unwrap_or(u32::MAX);
-            let part = Part::new(id, start, before, ids);
+            let id = u32::try_from(self.parts.len()).unwrap_or(u32::MAX);
+            self.parts.push(Part::new(id, start, before, ids));
             self.part_tps.push((t.clone(), p));
-            self.parts.insert((t, p), part);
+            self.part_ids.insert((t, p), id);
         }
         // The consumer learns the topics' leaders before it takes their partitions: a partition
         // whose topic the consumer has no metadata for waits for librdkafka's topic scan, once a
@@ -1619,7 +1568,7 @@ impl Member {
         self.mark(mode).await;
         let mut tpl = TopicPartitionList::new();
         let mut changed = Vec::new();
-        for ((t, p), part) in &self.parts {
+        for ((t, p), part) in self.part_tps.iter().zip(&self.parts) {
             if part.committed == (part.next, part.delivered) {
                 continue;
             }
@@ -1633,7 +1582,7 @@ impl Member {
             if let Some(mut e) = tpl.find_partition(t, *p) {
                 e.set_metadata(meta);
             }
-            changed.push(((t.clone(), *p), (part.next, part.delivered)));
+            changed.push((part.id, (part.next, part.delivered)));
         }
         if changed.is_empty() {
             return;
@@ -1655,8 +1604,8 @@ impl Member {
         };
         match result {
             Ok(()) => {
-                for (k, v) in changed {
-                    if let Some(part) = self.parts.get_mut(&k) {
+                for (id, v) in changed {
+                    if let Some(part) = self.parts.get_mut(id as usize) {
                         part.committed = v;
                     }
                 }
@@ -1673,7 +1622,7 @@ impl Member {
             if matches!(mode, CommitMode::Sync) || h.is_finished() {
                 if !h.await.unwrap_or(false) {
                     // Failed: every mark goes again.
-                    for part in self.parts.values_mut() {
+                    for part in self.parts.iter_mut() {
                         part.marked = i64::MIN;
                     }
                 }
@@ -1683,7 +1632,7 @@ impl Member {
             }
         }
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), part) in &mut self.parts {
+        for ((t, p), part) in self.part_tps.iter().zip(&mut self.parts) {
             if part.marked == part.delivered || part.delivered < 0 {
                 continue;
             }
@@ -1709,7 +1658,7 @@ impl Member {
         });
         if matches!(mode, CommitMode::Sync) {
             if !h.await.unwrap_or(false) {
-                for part in self.parts.values_mut() {
+                for part in self.parts.iter_mut() {
                     part.marked = i64::MIN;
                 }
             }
@@ -1730,6 +1679,12 @@ impl Member {
         let reader = tokio::spawn(read_records(
             self.group_id.clone(),
             self.consumer.share(),
+            self.seeds.clone(),
+            ReadFilter {
+                filter: self.opts.filter.clone(),
+                since_us: self.opts.from_now.then_some(self.joined_us),
+                last: None,
+            },
             read_tx,
         ));
         // Records read and not yet taken: they wait while max_in_flight deliveries are out or
@@ -1808,7 +1763,7 @@ impl Member {
         self.tx = None;
         if !gone {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while self.parts.values().any(|p| p.unacked() > 0) {
+            while self.parts.iter().any(|p| p.unacked() > 0) {
                 match tokio::time::timeout_at(deadline, self.cmd_rx.recv()).await {
                     Ok(Some(Cmd::Nack(..))) => {}
                     Ok(Some(c)) => self.command(c).await,
@@ -1824,7 +1779,7 @@ impl Member {
         }
         self.commit(CommitMode::Sync).await;
         if let Ok(mut h) = self.bus.inner.handover.lock() {
-            for ((t, p), part) in &self.parts {
+            for ((t, p), part) in self.part_tps.iter().zip(&self.parts) {
                 h.insert((self.group_id.clone(), t.clone(), *p), part.delivered);
             }
         }
@@ -1856,7 +1811,15 @@ impl Member {
     /// hands their deliveries over as one batch.
     async fn take(&mut self, held: &mut VecDeque<Received>) {
         let now = Instant::now();
-        let mut batch = Vec::with_capacity(held.len().min(self.opts.max_in_flight));
+        let n = held.len().min(self.opts.max_in_flight.saturating_sub(self.out));
+        // The id windows' slots these records look up, read ahead all at once: their cache
+        // misses overlap instead of stalling one record each.
+        for r in held.iter().take(n).filter(|r| r.key != 0) {
+            if let Some(id) = self.part_id(&r.tp) {
+                self.parts[id as usize].ids.touch(r.key);
+            }
+        }
+        let mut batch = Vec::with_capacity(n);
         while self.out < self.opts.max_in_flight {
             let Some(m) = held.pop_front() else { break };
             batch.extend(self.receive(m, now));
@@ -1866,8 +1829,17 @@ impl Member {
 
     /// Takes a received record: its delivery, or None when it is skipped (outside the layout or
     /// the filter, a duplicate id, or already received). `now`: when the batch was read.
-    fn receive(&mut self, (tp, offset, message, ts): Received, now: Instant) -> Option<Delivery> {
-        let part = self.parts.get_mut(&tp)?;
+    fn receive(&mut self, r: Received, now: Instant) -> Option<Delivery> {
+        let Received {
+            tp,
+            offset,
+            message,
+            wanted,
+            ts,
+            key,
+        } = r;
+        let id = self.part_id(&tp)?;
+        let part = &mut self.parts[id as usize];
         if !part.receive(offset) {
             return None;
         }
@@ -1876,25 +1848,17 @@ impl Member {
         // backlog (a member that holds messages, as fusion does, would otherwise never show
         // a settled group).
         part.delivered = part.delivered.max(offset);
-        let Some(message) = message else {
+        let Some((message, kept)) = message else {
             warn!(topic = %tp.0, partition = tp.1, offset, "a record outside AuroraQ's layout; skipped");
             part.settle(offset);
             return None;
         };
-        let matches = match &self.last_match {
-            Some((topic, m)) if *topic == message.topic => *m,
-            _ => {
-                let m = topics::matches(&self.opts.filter, &message.topic);
-                self.last_match = Some((message.topic.clone(), m));
-                m
-            }
-        };
-        if !matches || (self.opts.from_now && ts < self.joined_us) {
+        if !wanted {
             part.settle(offset);
             return None;
         }
-        if !message.id.is_empty() {
-            match part.ids.seen_or_insert(&message.id, ts, offset) {
+        if key != 0 {
+            match part.ids.seen_or_insert_key(key, ts, offset) {
                 Some(o) if o != offset => {
                     debug!(group = %self.group_id, id = %message.id, offset, first = o, "duplicate id dropped");
                     self.duplicates += 1;
@@ -1908,7 +1872,7 @@ impl Member {
         part.deliver(
             offset,
             Inflight {
-                msg: message.clone(),
+                msg: kept,
                 attempt,
                 due: now + self.opts.ack_wait,
                 queued: false,
@@ -1940,7 +1904,20 @@ impl Member {
     /// The partition a settlement names.
     fn part_of(&mut self, id: u32) -> Option<(&Tp, &mut Part)> {
         let tp = self.part_tps.get(id as usize)?;
-        Some((tp, self.parts.get_mut(tp)?))
+        Some((tp, self.parts.get_mut(id as usize)?))
+    }
+
+    /// The id of a partition by its name: the last one's when it is the same (the reader shares
+    /// a topic's name between consecutive records, so that is a pointer comparison).
+    fn part_id(&mut self, tp: &Tp) -> Option<u32> {
+        if let Some((last, id)) = &self.last_part {
+            if last.1 == tp.1 && Arc::ptr_eq(&last.0, &tp.0) {
+                return Some(*id);
+            }
+        }
+        let id = *self.part_ids.get(tp)?;
+        self.last_part = Some((tp.clone(), id));
+        Some(id)
     }
 
     /// Hands a batch to the subscription (nothing when it is empty or the subscription gone).
@@ -2004,7 +1981,7 @@ impl Member {
     /// Deliveries not acked within ack_wait are due again.
     fn expire(&mut self) {
         let now = Instant::now();
-        for (tp, part) in &mut self.parts {
+        for (tp, part) in self.part_tps.iter().zip(&mut self.parts) {
             for s in part.received.iter_mut() {
                 if let Some(f) = s.inflight.as_mut().filter(|f| f.due <= now && !f.queued) {
                     f.queued = true;
@@ -2030,7 +2007,11 @@ impl Member {
                 break;
             }
             let ack_wait = self.opts.ack_wait;
-            let Some(part) = self.parts.get_mut(&tp) else {
+            let Some(part) = self
+                .part_ids
+                .get(&tp)
+                .and_then(|id| self.parts.get_mut(*id as usize))
+            else {
                 continue;
             };
             let id = part.id;
@@ -2050,7 +2031,12 @@ impl Member {
 
 /// A record as the member takes it. `last_topic`: the Kafka topic of the record before, shared
 /// when this one has the same (no allocation per record).
-fn read(last_topic: &mut Option<Arc<str>>, m: &BorrowedMessage<'_>) -> Received {
+fn read(
+    last_topic: &mut Option<Arc<str>>,
+    seeds: &IdSeeds,
+    filter: &mut ReadFilter,
+    m: &BorrowedMessage<'_>,
+) -> Received {
     let topic = match last_topic {
         Some(t) if **t == *m.topic() => t.clone(),
         _ => {
@@ -2060,37 +2046,78 @@ fn read(last_topic: &mut Option<Arc<str>>, m: &BorrowedMessage<'_>) -> Received 
         }
     };
     let (message, ts) = decode(m);
-    let message = message.map(Arc::new);
-    ((topic, m.partition()), m.offset(), message, ts)
+    let (key, wanted) = match &message {
+        Some(message) if filter.wants(message, ts) => {
+            let key = if message.id.is_empty() {
+                0
+            } else {
+                seeds.key(&message.id)
+            };
+            (key, true)
+        }
+        _ => (0, false),
+    };
+    let message = message.map(|message| {
+        let message = Arc::new(message);
+        (message.clone(), message)
+    });
+    Received {
+        tp: (topic, m.partition()),
+        offset: m.offset(),
+        message,
+        wanted,
+        ts,
+        key,
+    }
 }
 
 /// The AuroraQ message of a record (None outside the layout) and its publish time (µs).
 fn decode(m: &impl Message) -> (Option<OutMessage>, i64) {
-    let mut topic = None;
-    let mut id = String::new();
-    let mut ts = None;
-    if let Some(h) = m.headers() {
-        for h in h.iter() {
-            let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
-            match h.key {
-                TOPIC_HEADER => topic = v.map(str::to_owned),
-                ID_HEADER => id = v.unwrap_or_default().to_owned(),
-                TIME_HEADER => ts = v.and_then(|v| v.parse::<i64>().ok()),
-                _ => {}
-            }
-        }
-    }
+    let (topic, id, ts) = match m.headers() {
+        Some(h) => meta_of(h),
+        None => (None, "", None),
+    };
     let ts = ts.unwrap_or_else(|| m.timestamp().to_millis().unwrap_or(0).saturating_mul(1000));
     let message = topic.map(|topic| OutMessage {
-        topic,
+        topic: topic.to_owned(),
         key: m
             .key()
             .and_then(|k| std::str::from_utf8(k).ok())
             .map(str::to_owned),
-        id,
+        id: id.to_owned(),
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
     });
     (message, ts)
+}
+
+/// A record's AuroraQ topic, message id and publish time (µs) from its headers: the one
+/// [`META_HEADER`], or, as records written before it carry them, [`TOPIC_HEADER`],
+/// [`ID_HEADER`] and [`TIME_HEADER`].
+fn meta_of<H: Headers>(h: &H) -> (Option<&str>, &str, Option<i64>) {
+    let (mut topic, mut id, mut ts) = (None, "", None);
+    for h in h.iter() {
+        let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) else {
+            continue;
+        };
+        match h.key {
+            META_HEADER => return parse_meta(v).map_or((None, "", None), |(t, i, s)| (Some(t), i, Some(s))),
+            TOPIC_HEADER => topic = Some(v),
+            ID_HEADER => id = v,
+            TIME_HEADER => ts = v.parse::<i64>().ok(),
+            _ => {}
+        }
+    }
+    (topic, id, ts)
+}
+
+/// `<µs> <topic> <id>` (see [`META_HEADER`]); None when it is not of that form.
+fn parse_meta(v: &str) -> Option<(&str, &str, i64)> {
+    let (ts, rest) = v.split_once(' ')?;
+    let (topic, id) = rest.split_once(' ')?;
+    if topic.is_empty() {
+        return None;
+    }
+    Some((topic, id, ts.parse().ok()?))
 }
 
 struct KafkaSubscription {
@@ -2283,39 +2310,44 @@ mod tests {
     }
 
     #[test]
-    fn id_window_forgets_old_and_excess_ids() {
-        // Remembered until at least the window (1 s) or 3 newer ids have passed; at most
-        // 2 x 3 ids kept.
-        let mut w = IdWindow::new(Duration::from_secs(1), 3);
-        w.insert("a", 0, 1);
-        assert_eq!(w.seen("a", 500_000), Some(1));
+    fn reads_the_meta_header_and_the_three_before_it() {
         assert_eq!(
-            w.seen("a", 1_500_000),
-            Some(1),
-            "1.5 windows later: the previous generation"
+            parse_meta("1700000000000001 market.trades.x id with spaces"),
+            Some(("market.trades.x", "id with spaces", 1_700_000_000_000_001))
         );
-        assert_eq!(
-            w.seen("a", 3_500_001),
-            None,
-            "two windows after its generation ended"
-        );
-        for (i, id) in ["b", "c", "d"].iter().enumerate() {
-            w.insert(id, 4_000_000 + i as i64, i as i64);
-        }
-        assert_eq!(w.seen("b", 4_000_003), Some(0), "2 newer ids");
-        w.insert("e", 4_000_004, 3);
-        w.insert("f", 4_000_005, 4);
-        assert_eq!(w.seen("b", 4_000_006), Some(0), "4 newer ids, 5 kept");
-        w.insert("g", 4_000_006, 5);
-        assert_eq!(w.seen("b", 4_000_007), None, "over twice the capacity");
-        assert_eq!(w.seen("e", 4_000_007), Some(3));
-        assert_eq!(
-            w.seen_or_insert("e", 4_000_008, 9),
-            Some(3),
-            "an id of the previous generation"
-        );
-        assert_eq!(w.seen_or_insert("i", 4_000_008, 7), None);
-        assert_eq!(w.seen_or_insert("i", 4_000_009, 8), Some(7));
+        assert_eq!(parse_meta("5 a.b "), Some(("a.b", "", 5)), "an empty id");
+        assert_eq!(parse_meta("5 a.b"), None, "no id separator");
+        assert_eq!(parse_meta("x a.b id"), None, "a time that is no number");
+        assert_eq!(parse_meta("5  id"), None, "an empty topic");
+        let one = OwnedHeaders::new().insert(Header {
+            key: META_HEADER,
+            value: Some("42 news.x e1"),
+        });
+        assert_eq!(meta_of(&one), (Some("news.x"), "e1", Some(42)));
+        let three = OwnedHeaders::new()
+            .insert(Header {
+                key: TOPIC_HEADER,
+                value: Some("news.y"),
+            })
+            .insert(Header {
+                key: ID_HEADER,
+                value: Some("e2"),
+            })
+            .insert(Header {
+                key: TIME_HEADER,
+                value: Some("43"),
+            });
+        assert_eq!(meta_of(&three), (Some("news.y"), "e2", Some(43)));
+        let broken = OwnedHeaders::new().insert(Header {
+            key: META_HEADER,
+            value: Some("not meta"),
+        });
+        assert_eq!(meta_of(&broken), (None, "", None), "outside the layout");
+        let binary = OwnedHeaders::new().insert(Header {
+            key: META_HEADER,
+            value: Some(&[0xff_u8, 0x20, 0x61][..]),
+        });
+        assert_eq!(meta_of(&binary), (None, "", None), "not UTF-8");
     }
 
     #[test]

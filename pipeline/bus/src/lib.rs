@@ -28,6 +28,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[cfg(feature = "kafka")]
+mod id_window;
 pub mod inproc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
