@@ -36,12 +36,11 @@ impl IdSeeds {
     }
 }
 
-/// One generation: an open-addressing table (linear probing, power-of-two sized, at most half
-/// full). Keys and tags are kept apart: a look-up of a new id reads only the keys.
+/// One generation: an open-addressing table of keys (linear probing, power-of-two sized, at most
+/// half full, four keys to a cache line).
 #[derive(Default)]
 struct Table {
     keys: Vec<u128>,
-    tags: Vec<i64>,
     len: usize,
 }
 
@@ -63,37 +62,26 @@ impl Table {
         }
     }
 
-    fn find(&self, k: u128) -> Option<i64> {
-        if self.keys.is_empty() {
-            return None;
-        }
-        match self.slot(k) {
-            (i, true) => Some(self.tags[i]),
-            _ => None,
-        }
+    fn contains(&self, k: u128) -> bool {
+        !self.keys.is_empty() && self.slot(k).1
     }
 
-    /// Notes the key with `tag` (replacing the tag it had).
-    fn insert(&mut self, k: u128, tag: i64) {
+    fn insert(&mut self, k: u128) {
         if (self.len + 1) * 2 > self.keys.len() {
             self.grow();
         }
-        let (i, found) = self.slot(k);
-        if !found {
+        if let (i, false) = self.slot(k) {
             self.keys[i] = k;
             self.len += 1;
         }
-        self.tags[i] = tag;
     }
 
     fn grow(&mut self) {
         let size = (self.keys.len() * 2).max(FIRST_SLOTS);
         let keys = std::mem::replace(&mut self.keys, vec![EMPTY; size]);
-        let tags = std::mem::replace(&mut self.tags, vec![0; size]);
-        for (k, tag) in keys.into_iter().zip(tags).filter(|(k, _)| *k != EMPTY) {
+        for k in keys.into_iter().filter(|k| *k != EMPTY) {
             let (i, _) = self.slot(k);
             self.keys[i] = k;
-            self.tags[i] = tag;
         }
     }
 
@@ -105,7 +93,8 @@ impl Table {
         }
     }
 
-    /// Reads the key's home slot, so that a look-up soon after finds it in the cache.
+    /// Reads the key's home slot, so that a look-up or an insert soon after finds it in the
+    /// cache.
     fn touch(&self, k: u128) {
         if !self.keys.is_empty() {
             std::hint::black_box(self.keys[self.home(k)]);
@@ -163,31 +152,30 @@ impl IdWindow {
         self.since_us = now_us;
     }
 
-    fn find(&self, k: u128) -> Option<i64> {
-        self.current.find(k).or_else(|| self.previous.find(k))
+    fn contains(&self, k: u128) -> bool {
+        self.current.contains(k) || self.previous.contains(k)
     }
 
-    /// The tag the key was noted with, if within the window at `at_us`.
-    pub(crate) fn seen_key(&mut self, k: u128, at_us: i64) -> Option<i64> {
+    /// Whether the key was noted within the window at `at_us`.
+    pub(crate) fn seen_key(&mut self, k: u128, at_us: i64) -> bool {
         self.expire(at_us);
-        self.find(k)
+        self.contains(k)
     }
 
-    /// Notes the key with `tag` in the current generation.
-    pub(crate) fn insert_key(&mut self, k: u128, at_us: i64, tag: i64) {
+    /// Notes the key in the current generation.
+    pub(crate) fn insert_key(&mut self, k: u128, at_us: i64) {
         self.expire(at_us);
-        self.current.insert(k, tag);
+        self.current.insert(k);
     }
 
-    /// The tag the key was noted with within the window, or, if it was not, None after noting
-    /// it with `tag`.
-    pub(crate) fn seen_or_insert_key(&mut self, k: u128, at_us: i64, tag: i64) -> Option<i64> {
+    /// Whether the key was noted within the window; if it was not, it is noted now.
+    pub(crate) fn seen_or_insert_key(&mut self, k: u128, at_us: i64) -> bool {
         self.expire(at_us);
-        if let Some(t) = self.find(k) {
-            return Some(t);
+        if self.contains(k) {
+            return true;
         }
-        self.current.insert(k, tag);
-        None
+        self.current.insert(k);
+        false
     }
 
     /// Brings the slots a look-up of `k` reads into the cache (see the module's notes).
@@ -197,21 +185,21 @@ impl IdWindow {
     }
 
     #[cfg(test)]
-    pub(crate) fn seen(&mut self, id: &str, at_us: i64) -> Option<i64> {
+    pub(crate) fn seen(&mut self, id: &str, at_us: i64) -> bool {
         let k = self.key(id);
         self.seen_key(k, at_us)
     }
 
     #[cfg(test)]
-    pub(crate) fn insert(&mut self, id: &str, at_us: i64, tag: i64) {
+    pub(crate) fn insert(&mut self, id: &str, at_us: i64) {
         let k = self.key(id);
-        self.insert_key(k, at_us, tag);
+        self.insert_key(k, at_us);
     }
 
     #[cfg(test)]
-    pub(crate) fn seen_or_insert(&mut self, id: &str, at_us: i64, tag: i64) -> Option<i64> {
+    pub(crate) fn seen_or_insert(&mut self, id: &str, at_us: i64) -> bool {
         let k = self.key(id);
-        self.seen_or_insert_key(k, at_us, tag)
+        self.seen_or_insert_key(k, at_us)
     }
 }
 
@@ -224,34 +212,42 @@ mod tests {
         // Remembered until at least the window (1 s) or 3 newer ids have passed; at most
         // 2 x 3 ids kept.
         let mut w = IdWindow::new(Duration::from_secs(1), 3);
-        w.insert("a", 0, 1);
-        assert_eq!(w.seen("a", 500_000), Some(1));
-        assert_eq!(
+        w.insert("a", 0);
+        assert!(w.seen("a", 500_000));
+        assert!(
             w.seen("a", 1_500_000),
-            Some(1),
             "1.5 windows later: the previous generation"
         );
-        assert_eq!(
-            w.seen("a", 3_500_001),
-            None,
-            "two windows after its generation ended"
-        );
+        assert!(!w.seen("a", 3_500_001), "two windows after its generation ended");
         for (i, id) in ["b", "c", "d"].iter().enumerate() {
-            w.insert(id, 4_000_000 + i as i64, i as i64);
+            w.insert(id, 4_000_000 + i as i64);
         }
-        assert_eq!(w.seen("b", 4_000_003), Some(0), "2 newer ids");
-        w.insert("e", 4_000_004, 3);
-        w.insert("f", 4_000_005, 4);
-        assert_eq!(w.seen("b", 4_000_006), Some(0), "4 newer ids, 5 kept");
-        w.insert("g", 4_000_006, 5);
-        assert_eq!(w.seen("b", 4_000_007), None, "over twice the capacity");
-        assert_eq!(w.seen("e", 4_000_007), Some(3));
-        assert_eq!(
-            w.seen_or_insert("e", 4_000_008, 9),
-            Some(3),
+        assert!(w.seen("b", 4_000_003), "2 newer ids");
+        w.insert("e", 4_000_004);
+        w.insert("f", 4_000_005);
+        assert!(w.seen("b", 4_000_006), "4 newer ids, 5 kept");
+        w.insert("g", 4_000_006);
+        assert!(!w.seen("b", 4_000_007), "over twice the capacity");
+        assert!(w.seen("e", 4_000_007));
+        assert!(
+            w.seen_or_insert("e", 4_000_008),
             "an id of the previous generation"
         );
-        assert_eq!(w.seen_or_insert("i", 4_000_008, 7), None);
-        assert_eq!(w.seen_or_insert("i", 4_000_009, 8), Some(7));
+        assert!(!w.seen_or_insert("i", 4_000_008));
+        assert!(w.seen_or_insert("i", 4_000_009));
+    }
+
+    #[test]
+    fn tables_grow_and_keep_every_key() {
+        let mut w = IdWindow::new(Duration::from_secs(3600), 1_000_000);
+        let ids: Vec<String> = (0..5_000).map(|i| format!("id-{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert!(!w.seen_or_insert(id, i as i64), "{id} is new");
+        }
+        assert!(w.current.keys.len() >= 2 * ids.len(), "at most half full");
+        for (i, id) in ids.iter().enumerate() {
+            assert!(w.seen_or_insert(id, 10_000 + i as i64), "{id} was noted");
+        }
+        assert!(!w.seen("id-5000", 20_000));
     }
 }
