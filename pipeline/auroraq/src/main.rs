@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 /// Events are many small allocations (ids, symbols, payload copies, delivery records): mimalloc
-/// serves them faster than the system allocator (`BENCHMARKS.md`, "Allocator").
+/// serves them faster than the system allocator (`BENCHMARKS.md`, "Allocator"). Built with its
+/// `override`, it also serves the C libraries' `malloc` (librdkafka allocates per record).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
