@@ -2106,14 +2106,26 @@ fn meta_of<H: Headers>(h: &H) -> (Option<&str>, &str, Option<i64>) {
     (topic, id, ts)
 }
 
-/// `<µs> <topic> <id>` (see [`META_HEADER`]); None when it is not of that form.
+/// `<µs> <topic> <id>` (see [`META_HEADER`]: the time in decimal digits); None when it is not of
+/// that form. One pass over the bytes: this runs once per record read.
 fn parse_meta(v: &str) -> Option<(&str, &str, i64)> {
-    let (ts, rest) = v.split_once(' ')?;
-    let (topic, id) = rest.split_once(' ')?;
-    if topic.is_empty() {
+    let b = v.as_bytes();
+    let mut ts: i64 = 0;
+    let mut i = 0;
+    while let Some(d) = b.get(i).filter(|c| c.is_ascii_digit()) {
+        ts = ts.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+        i += 1;
+    }
+    if i == 0 || b.get(i) != Some(&b' ') {
         return None;
     }
-    Some((topic, id, ts.parse().ok()?))
+    let start = i + 1;
+    let len = b[start..].iter().position(|c| *c == b' ')?;
+    if len == 0 {
+        return None;
+    }
+    // Both cuts are at ASCII spaces, so they are character boundaries.
+    Some((v.get(start..start + len)?, v.get(start + len + 1..)?, ts))
 }
 
 struct KafkaSubscription {
@@ -2315,6 +2327,14 @@ mod tests {
         assert_eq!(parse_meta("5 a.b"), None, "no id separator");
         assert_eq!(parse_meta("x a.b id"), None, "a time that is no number");
         assert_eq!(parse_meta("5  id"), None, "an empty topic");
+        assert_eq!(parse_meta(" a.b id"), None, "no time");
+        assert_eq!(parse_meta("-5 a.b id"), None, "a negative time");
+        assert_eq!(parse_meta("99999999999999999999 a.b id"), None, "a time past i64");
+        assert_eq!(
+            parse_meta("7 sentiment.é.x id é"),
+            Some(("sentiment.é.x", "id é", 7)),
+            "cut at the spaces only"
+        );
         let one = OwnedHeaders::new().insert(Header {
             key: META_HEADER,
             value: Some("42 news.x e1"),
