@@ -8,10 +8,10 @@
 //!   (by a publish or a subscription) with the bus's partition count and retention. The AuroraQ
 //!   topic travels in the record's one header `aq` ([`META_HEADER`]: `<publish time µs> <topic>
 //!   <message id>`; records of earlier versions carry `aq-topic`, `aq-id` and `aq-ts`, still
-//!   read), so a filter such as `market.trades.>` is applied by the consumer; the messages of a family that a filter does not take are skipped (and
-//!   committed past) without being delivered. One Kafka topic per family keeps the contract's
-//!   per-key order across the topics of a filter (as NATS's one stream does), which one Kafka
-//!   topic per AuroraQ topic could not.
+//!   read), so a filter such as `market.trades.>` is applied by the consumer; the messages of a
+//!   family that a filter does not take are skipped (and committed past) without being
+//!   delivered. One Kafka topic per family keeps the contract's per-key order across the topics
+//!   of a filter (as NATS's one stream does), which one Kafka topic per AuroraQ topic could not.
 //! - **Keys and partitions**: the record key is the message's partition key (asset or symbol),
 //!   and the record's partition is [`partition_of`] of it, the same FNV hash every AuroraQ bus
 //!   uses (not Kafka's murmur2), so per-key order holds and members split partitions as on NATS.
@@ -1364,8 +1364,9 @@ impl ReadFilter {
     }
 }
 
-/// Deliveries handed to the subscription at once: what the member took in one turn. One hand-off per batch instead of one per record: when the
-/// subscriber is faster than the member, each hand-off costs a thread wake-up.
+/// Deliveries handed to the subscription at once: what the member took in one turn. One hand-off
+/// per batch instead of one per record: when the subscriber is faster than the member, each
+/// hand-off costs a thread wake-up.
 type Batch = Result<Vec<Delivery>, BusError>;
 
 /// Most deliveries in one [`Batch`].
