@@ -85,6 +85,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::id_window::{IdSeeds, IdWindow};
+use crate::packed::{Packed, Packer};
 use crate::{
     partition_of, topics, Acker, Backlog, Bus, BusError, Delivery, History, HistoryOptions, OutMessage,
     PartitionBacklog, PublishReport, Stored, SubscribeOptions, Subscription,
@@ -869,7 +870,8 @@ impl Bus for KafkaBus {
             part_tps: Vec::new(),
             out: 0,
             tx: Some(tx.clone()),
-            cmd_tx: Arc::new(cmd_tx.clone()),
+            settlements: Arc::default(),
+            settled: Vec::new(),
             cmd_rx,
             shutdown: self.inner.shutdown.subscribe(),
             last_commit: Instant::now(),
@@ -1162,11 +1164,58 @@ impl Took {
     }
 }
 
-/// A settlement (naming the partition by its id in the member) or a commit asked for.
+/// What a member is asked to do besides settling: commit now (`flush`), then answer.
 enum Cmd {
-    Ack(u32, i64),
-    Nack(u32, i64, Option<Duration>),
     Commit(oneshot::Sender<()>),
+}
+
+/// A delivery's settlement, naming the partition by its id in the member.
+#[derive(Clone, Copy, Debug)]
+enum Settle {
+    Ack(u32, i64),
+    /// Deliver again, after the delay.
+    Nack(u32, i64, Option<Duration>),
+}
+
+/// The settlements of a member's deliveries, which the member takes all at once. A settlement
+/// costs one uncontended lock, and wakes the member only when it is the first one waiting: a
+/// channel send per ack cost several atomic operations on lines the member's core also writes.
+#[derive(Default)]
+struct Settlements {
+    waiting: Mutex<Vec<Settle>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Settlements {
+    fn push(&self, s: Settle) {
+        let first = {
+            let mut w = self
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            w.push(s);
+            w.len() == 1
+        };
+        if first {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Swaps what is waiting with `into` (empty, its capacity kept for the next turn).
+    fn take(&self, into: &mut Vec<Settle>) {
+        let mut w = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::swap(&mut *w, into);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
 }
 
 /// One partition a member reads.
@@ -1271,7 +1320,7 @@ impl Part {
 }
 
 struct Inflight {
-    msg: Arc<OutMessage>,
+    msg: Packed,
     attempt: u32,
     due: Instant,
     /// Waiting in `redeliver`.
@@ -1305,8 +1354,9 @@ struct Member {
     /// max_in_flight.
     out: usize,
     tx: Option<mpsc::Sender<Batch>>,
-    /// Shared by the member's deliveries (one reference count per delivery, not two).
-    cmd_tx: Arc<mpsc::UnboundedSender<Cmd>>,
+    /// Its deliveries' settlements, and the vector they are taken into.
+    settlements: Arc<Settlements>,
+    settled: Vec<Settle>,
     cmd_rx: mpsc::UnboundedReceiver<Cmd>,
     shutdown: watch::Receiver<bool>,
     last_commit: Instant,
@@ -1331,7 +1381,7 @@ struct Received {
     tp: Tp,
     offset: i64,
     /// The AuroraQ message, twice; None outside the layout.
-    message: Option<(Arc<OutMessage>, Arc<OutMessage>)>,
+    message: Option<(Packed, Packed)>,
     /// Whether the subscription takes it: its topic matches the filter and, for a subscription
     /// from now on, it was published after the member joined.
     wanted: bool,
@@ -1351,12 +1401,12 @@ struct ReadFilter {
 }
 
 impl ReadFilter {
-    fn wants(&mut self, message: &OutMessage, ts: i64) -> bool {
+    fn wants(&mut self, topic: &str, ts: i64) -> bool {
         let matches = match &self.last {
-            Some((topic, m)) if *topic == message.topic => *m,
+            Some((last, m)) if last == topic => *m,
             _ => {
-                let m = topics::matches(&self.filter, &message.topic);
-                self.last = Some((message.topic.clone(), m));
+                let m = topics::matches(&self.filter, topic);
+                self.last = Some((topic.to_owned(), m));
                 m
             }
         };
@@ -1377,6 +1427,7 @@ type ReadBatch = Vec<Received>;
 
 enum Step {
     Cmd(Option<Cmd>),
+    Settled,
     Read(Option<ReadBatch>),
     Tick,
     Stop,
@@ -1406,6 +1457,7 @@ async fn read_records(
     let mut records = consumer.stream();
     // The Kafka topic of the record before, shared by the records after it that have the same.
     let mut last_topic: Option<Arc<str>> = None;
+    let mut packer = Packer::default();
     loop {
         let first = tokio::select! {
             biased;
@@ -1414,7 +1466,7 @@ async fn read_records(
         };
         let mut batch = Vec::new();
         match first {
-            Some(Ok(m)) => batch.push(read(&mut last_topic, &seeds, &mut filter, &m)),
+            Some(Ok(m)) => batch.push(read(&mut last_topic, &mut packer, &seeds, &mut filter, &m)),
             Some(Err(e)) => {
                 warn!(group = %group, error = %e, "Kafka consumer error");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1424,7 +1476,7 @@ async fn read_records(
         }
         while batch.len() < MAX_BATCH {
             match records.next().now_or_never() {
-                Some(Some(Ok(m))) => batch.push(read(&mut last_topic, &seeds, &mut filter, &m)),
+                Some(Some(Ok(m))) => batch.push(read(&mut last_topic, &mut packer, &seeds, &mut filter, &m)),
                 Some(Some(Err(e))) => {
                     warn!(group = %group, error = %e, "Kafka consumer error");
                     break;
@@ -1696,12 +1748,7 @@ impl Member {
         let gone = loop {
             // Settlements first, all that are waiting: an ack sent before the subscription
             // went must count, and acks arrive in bursts (a subscriber settles a batch).
-            let mut settled = false;
-            while let Ok(c) = self.cmd_rx.try_recv() {
-                self.command(c).await;
-                settled = true;
-            }
-            if settled && self.commit_due() {
+            if self.settle_waiting(true) > 0 && self.commit_due() {
                 self.commit(CommitMode::Async).await;
             }
             self.redeliver_due().await;
@@ -1712,6 +1759,7 @@ impl Member {
                 let Some(tx) = self.tx.clone() else { break false };
                 tokio::select! {
                     biased;
+                    _ = self.settlements.ready.notified() => Step::Settled,
                     c = self.cmd_rx.recv() => Step::Cmd(c),
                     _ = self.shutdown.changed() => Step::Stop,
                     _ = tx.closed() => Step::Gone,
@@ -1728,7 +1776,8 @@ impl Member {
                         self.commit(CommitMode::Async).await;
                     }
                 }
-                Step::Cmd(None) => {}
+                // Taken at the top of the loop.
+                Step::Settled | Step::Cmd(None) => {}
                 Step::Tick => {
                     if last_expiry.elapsed() >= Duration::from_millis(100) {
                         last_expiry = Instant::now();
@@ -1767,19 +1816,18 @@ impl Member {
         if !gone {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while self.parts.iter().any(|p| p.unacked() > 0) {
-                match tokio::time::timeout_at(deadline, self.cmd_rx.recv()).await {
-                    Ok(Some(Cmd::Nack(..))) => {}
-                    Ok(Some(c)) => self.command(c).await,
-                    Ok(None) | Err(_) => break,
+                let settlements = self.settlements.clone();
+                if tokio::time::timeout_at(deadline, settlements.ready.notified())
+                    .await
+                    .is_err()
+                {
+                    break;
                 }
+                self.settle_waiting(false);
             }
         }
-        // Settlements already sent count, whichever way the member stops.
-        while let Ok(c) = self.cmd_rx.try_recv() {
-            if !matches!(c, Cmd::Nack(..)) {
-                self.command(c).await;
-            }
-        }
+        // Settlements already made count, whichever way the member stops.
+        self.settle_waiting(false);
         self.commit(CommitMode::Sync).await;
         if let Ok(mut h) = self.bus.inner.handover.lock() {
             for ((t, p), part) in self.part_tps.iter().zip(&self.parts) {
@@ -1862,7 +1910,7 @@ impl Member {
         }
         // `part.receive` let this offset through once: an id seen before came at an earlier one.
         if key != 0 && part.ids.seen_or_insert_key(key, ts) {
-            debug!(group = %self.group_id, id = %message.id, offset, "duplicate id dropped");
+            debug!(group = %self.group_id, id = %message.id(), offset, "duplicate id dropped");
             self.duplicates += 1;
             part.settle(offset);
             return None;
@@ -1882,22 +1930,15 @@ impl Member {
     }
 
     /// A delivery of partition `part` (its id) / `partition` (its number): one more out.
-    fn delivery(
-        &mut self,
-        part: u32,
-        partition: i32,
-        offset: i64,
-        msg: Arc<OutMessage>,
-        attempt: u32,
-    ) -> Delivery {
+    fn delivery(&mut self, part: u32, partition: i32, offset: i64, msg: Packed, attempt: u32) -> Delivery {
         self.out += 1;
         let acker = KafkaAcker {
-            cmd: self.cmd_tx.clone(),
+            settlements: self.settlements.clone(),
             part,
             offset,
             settled: AtomicBool::new(false),
         };
-        Delivery::shared(msg, partition as u32, attempt, Box::new(acker))
+        Delivery::packed(msg, partition as u32, attempt, Box::new(acker))
     }
 
     /// The partition a settlement names.
@@ -1929,16 +1970,31 @@ impl Member {
         let _ = tx.send(Ok(batch)).await;
     }
 
-    async fn command(&mut self, c: Cmd) {
-        match c {
-            // The caller commits when due.
-            Cmd::Ack(id, offset) => {
+    /// Takes the settlements waiting (nacks only when `nacks`: a stopping member delivers
+    /// nothing again), and returns how many there were. The caller commits when due.
+    fn settle_waiting(&mut self, nacks: bool) -> usize {
+        let mut settled = std::mem::take(&mut self.settled);
+        self.settlements.take(&mut settled);
+        let n = settled.len();
+        for s in settled.drain(..) {
+            match s {
+                Settle::Nack(..) if !nacks => {}
+                s => self.settle(s),
+            }
+        }
+        self.settled = settled;
+        n
+    }
+
+    fn settle(&mut self, s: Settle) {
+        match s {
+            Settle::Ack(id, offset) => {
                 self.out = self.out.saturating_sub(1);
                 if let Some((_, part)) = self.part_of(id) {
                     part.settle(offset);
                 }
             }
-            Cmd::Nack(id, offset, delay) => {
+            Settle::Nack(id, offset, delay) => {
                 self.out = self.out.saturating_sub(1);
                 let Some((tp, part)) = self.part_of(id) else {
                     return;
@@ -1952,7 +2008,14 @@ impl Member {
                     }
                 }
             }
+        }
+    }
+
+    async fn command(&mut self, c: Cmd) {
+        match c {
+            // What was settled before the commit was asked for counts.
             Cmd::Commit(done) => {
+                self.settle_waiting(true);
                 self.commit(CommitMode::Sync).await;
                 let _ = done.send(());
             }
@@ -1969,7 +2032,7 @@ impl Member {
         if since >= self.bus.inner.cfg.commit_interval {
             return true;
         }
-        let idle = self.cmd_rx.is_empty()
+        let idle = self.settlements.is_empty()
             && self
                 .tx
                 .as_ref()
@@ -2032,6 +2095,7 @@ impl Member {
 /// when this one has the same (no allocation per record).
 fn read(
     last_topic: &mut Option<Arc<str>>,
+    packer: &mut Packer,
     seeds: &IdSeeds,
     filter: &mut ReadFilter,
     m: &BorrowedMessage<'_>,
@@ -2044,22 +2108,17 @@ fn read(
             t
         }
     };
-    let (message, ts) = decode(m);
-    let (key, wanted) = match &message {
-        Some(message) if filter.wants(message, ts) => {
-            let key = if message.id.is_empty() {
-                0
-            } else {
-                seeds.key(&message.id)
-            };
-            (key, true)
+    let (meta, ts) = meta(m);
+    let (mut message, mut wanted, mut key) = (None, false, 0);
+    if let Some((topic, id)) = meta {
+        wanted = filter.wants(topic, ts);
+        if wanted && !id.is_empty() {
+            key = seeds.key(id);
         }
-        _ => (0, false),
-    };
-    let message = message.map(|message| {
-        let message = Arc::new(message);
-        (message.clone(), message)
-    });
+        let record_key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+        let packed = packer.pack(topic, id, record_key, m.payload().unwrap_or_default());
+        message = Some((packed.clone(), packed));
+    }
     Received {
         tp: (topic, m.partition()),
         offset: m.offset(),
@@ -2070,14 +2129,21 @@ fn read(
     }
 }
 
-/// The AuroraQ message of a record (None outside the layout) and its publish time (µs).
-fn decode(m: &impl Message) -> (Option<OutMessage>, i64) {
+/// A record's AuroraQ topic and message id (None outside the layout), and its publish time
+/// (µs).
+fn meta<M: Message>(m: &M) -> (Option<(&str, &str)>, i64) {
     let (topic, id, ts) = match m.headers() {
         Some(h) => meta_of(h),
         None => (None, "", None),
     };
     let ts = ts.unwrap_or_else(|| m.timestamp().to_millis().unwrap_or(0).saturating_mul(1000));
-    let message = topic.map(|topic| OutMessage {
+    (topic.map(|t| (t, id)), ts)
+}
+
+/// The AuroraQ message of a record (None outside the layout) and its publish time (µs).
+fn decode(m: &impl Message) -> (Option<OutMessage>, i64) {
+    let (meta, ts) = meta(m);
+    let message = meta.map(|(topic, id)| OutMessage {
         topic: topic.to_owned(),
         key: m
             .key()
@@ -2152,10 +2218,10 @@ impl Subscription for KafkaSubscription {
     }
 }
 
-/// Settles one delivery by a message to its member: each acker sends exactly one (an ack, a
-/// nack, or, dropped unsettled, a nack), which is how the member counts what is out.
+/// Settles one delivery with its member: each acker settles exactly once (an ack, a nack, or,
+/// dropped unsettled, a nack), which is how the member counts what is out.
 struct KafkaAcker {
-    cmd: Arc<mpsc::UnboundedSender<Cmd>>,
+    settlements: Arc<Settlements>,
     /// The partition's id in its member.
     part: u32,
     offset: i64,
@@ -2163,11 +2229,11 @@ struct KafkaAcker {
 }
 
 impl KafkaAcker {
-    fn settle(&self, c: Cmd) {
+    fn settle(&self, s: Settle) {
         if !self.settled.swap(true, Ordering::Relaxed) {
-            // When the member is gone the message stays uncommitted and its next owner
-            // delivers it again.
-            let _ = self.cmd.send(c);
+            // When the member is gone nobody takes it: the message stays uncommitted and its
+            // next owner delivers it again.
+            self.settlements.push(s);
         }
     }
 }
@@ -2176,7 +2242,7 @@ impl Drop for KafkaAcker {
     /// Dropped unsettled (outside a runtime, where a delivery cannot spawn its nack): delivered
     /// again at once.
     fn drop(&mut self) {
-        self.settle(Cmd::Nack(self.part, self.offset, None));
+        self.settle(Settle::Nack(self.part, self.offset, None));
     }
 }
 
@@ -2185,9 +2251,9 @@ impl Acker for KafkaAcker {
     /// Settling is a message to the member's task: never waits.
     fn settle_now(&self, ack: bool) -> bool {
         self.settle(if ack {
-            Cmd::Ack(self.part, self.offset)
+            Settle::Ack(self.part, self.offset)
         } else {
-            Cmd::Nack(self.part, self.offset, None)
+            Settle::Nack(self.part, self.offset, None)
         });
         true
     }
@@ -2198,7 +2264,7 @@ impl Acker for KafkaAcker {
     }
 
     async fn nack(self: Box<Self>, delay: Option<Duration>) -> Result<(), BusError> {
-        self.settle(Cmd::Nack(self.part, self.offset, delay));
+        self.settle(Settle::Nack(self.part, self.offset, delay));
         Ok(())
     }
 }
@@ -2373,8 +2439,9 @@ mod tests {
     fn commits_only_a_contiguous_prefix() {
         let mut p = Part::new(0, 10, -1, IdWindow::new(Duration::from_secs(1), 10));
         assert_eq!(p.delivered, 9);
-        let inflight = |o: i64| Inflight {
-            msg: Arc::new(OutMessage::new("a.b", None, o.to_string(), Bytes::new())),
+        let mut packer = Packer::default();
+        let mut inflight = |o: i64| Inflight {
+            msg: packer.pack("a.b", &o.to_string(), None, b""),
             attempt: 1,
             due: Instant::now(),
             queued: false,
@@ -2387,7 +2454,10 @@ mod tests {
         assert!(!p.receive(13), "received twice");
         assert!(!p.receive(9), "behind the committed prefix");
         // 13 sits at index 2, not at 13 - 10: found past the gap.
-        assert_eq!(p.inflight(13).map(|f| f.msg.id.clone()), Some("13".to_owned()));
+        assert_eq!(
+            p.inflight(13).map(|f| f.msg.id().to_owned()),
+            Some("13".to_owned())
+        );
         assert!(p.inflight(12).is_none(), "12 was never received");
         p.settle(11);
         p.settle(14);

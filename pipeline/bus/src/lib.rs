@@ -36,6 +36,8 @@ pub mod kafka;
 mod kind;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "kafka")]
+mod packed;
 pub mod topics;
 
 pub use inproc::{InProcBus, InProcConfig};
@@ -308,17 +310,20 @@ pub trait Acker: Send + Sync {
 /// One message delivered to a group member. Ack it after processing; a delivery dropped without
 /// ack or nack is delivered again (to this member or another).
 pub struct Delivery {
-    msg: Shared,
+    msg: Held,
     pub partition: u32,
     /// 1 on first delivery, 2 on the first redelivery, and so on.
     pub attempt: u32,
     acker: Option<Box<dyn Acker>>,
 }
 
-/// The message of a delivery: owned (decoded off the wire) or shared with the bus's queue.
-enum Shared {
+/// The message of a delivery: owned (decoded off the wire), shared with the bus's queue, or
+/// packed into a buffer shared with the records read with it.
+enum Held {
     Owned(OutMessage),
     Shared(std::sync::Arc<OutMessage>),
+    #[cfg(feature = "kafka")]
+    Packed(packed::Packed),
 }
 
 impl fmt::Debug for Delivery {
@@ -337,7 +342,7 @@ impl fmt::Debug for Delivery {
 impl Delivery {
     pub fn new(msg: OutMessage, partition: u32, attempt: u32, acker: Box<dyn Acker>) -> Self {
         Delivery {
-            msg: Shared::Owned(msg),
+            msg: Held::Owned(msg),
             partition,
             attempt,
             acker: Some(acker),
@@ -352,38 +357,62 @@ impl Delivery {
         acker: Box<dyn Acker>,
     ) -> Self {
         Delivery {
-            msg: Shared::Shared(msg),
+            msg: Held::Shared(msg),
             partition,
             attempt,
             acker: Some(acker),
         }
     }
 
-    fn message(&self) -> &OutMessage {
-        match &self.msg {
-            Shared::Owned(m) => m,
-            Shared::Shared(m) => m,
+    /// A delivery of a packed message (no copy).
+    #[cfg(feature = "kafka")]
+    pub(crate) fn packed(msg: packed::Packed, partition: u32, attempt: u32, acker: Box<dyn Acker>) -> Self {
+        Delivery {
+            msg: Held::Packed(msg),
+            partition,
+            attempt,
+            acker: Some(acker),
         }
     }
 
     /// The concrete topic it was published to.
     pub fn topic(&self) -> &str {
-        &self.message().topic
+        match &self.msg {
+            Held::Owned(m) => &m.topic,
+            Held::Shared(m) => &m.topic,
+            #[cfg(feature = "kafka")]
+            Held::Packed(m) => m.topic(),
+        }
     }
 
     /// Its partition key.
     pub fn key(&self) -> Option<&str> {
-        self.message().key.as_deref()
+        match &self.msg {
+            Held::Owned(m) => m.key.as_deref(),
+            Held::Shared(m) => m.key.as_deref(),
+            #[cfg(feature = "kafka")]
+            Held::Packed(m) => m.key(),
+        }
     }
 
     /// Its de-duplication id (the event id); empty when the publisher gave none.
     pub fn id(&self) -> &str {
-        &self.message().id
+        match &self.msg {
+            Held::Owned(m) => &m.id,
+            Held::Shared(m) => &m.id,
+            #[cfg(feature = "kafka")]
+            Held::Packed(m) => m.id(),
+        }
     }
 
     /// The encoded event.
     pub fn payload(&self) -> &Bytes {
-        &self.message().payload
+        match &self.msg {
+            Held::Owned(m) => &m.payload,
+            Held::Shared(m) => &m.payload,
+            #[cfg(feature = "kafka")]
+            Held::Packed(m) => m.payload(),
+        }
     }
 
     /// Processing succeeded: never deliver it again.
