@@ -39,10 +39,11 @@
 //!   so a member that takes the partition over counts the attempts of what it gets again (≥ 2).
 //! - **Hand-off**: each member has a reader task that takes every record librdkafka has ready
 //!   (up to 512) in one turn, decodes them, checks them against the filter, hashes their ids for
-//!   the id windows and passes them to the member as one batch; the member
-//!   (de-duplication, offsets, deliveries, settlements) hands the deliveries, within its
-//!   `max_in_flight`, to the subscription as one batch, and takes all settlements waiting for it
-//!   at once. A thread wakes once per batch, not per record.
+//!   the id windows, copies each into a chunk shared with the records after it
+//!   (`packed.rs`: one allocation per chunk, not five per record) and passes them to the
+//!   member as one batch; the member (de-duplication, offsets, deliveries, settlements) hands the
+//!   deliveries, within its `max_in_flight`, to the subscription as one batch. Acks go onto a
+//!   locked vector that the member swaps out whole. A thread wakes once per batch, not per record.
 //! - **Redelivery**: a nacked delivery, one not acked within `ack_wait`, and one dropped unsettled
 //!   is delivered again by the member (Kafka has no per-message nack; the member keeps the
 //!   message until it is acked). When a member goes away (dies, stops, or the split changes on a
