@@ -20,6 +20,17 @@ pub struct Figure {
     pub seconds: f64,
     pub events_per_s: f64,
     pub rounds: Vec<f64>,
+    /// CPU time this process spent per event over the timed span (all its threads, the client
+    /// libraries' included; not a broker's), in µs, where it was measured. Unlike events/s it
+    /// does not depend on what else the cores were doing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_event: Option<f64>,
+}
+
+/// The CPU time this process has used so far (every thread), or None where the clock is missing.
+pub(crate) fn process_cpu() -> Option<Duration> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).ok()?;
+    Some(Duration::from(t))
 }
 
 impl Figure {
@@ -32,15 +43,31 @@ impl Figure {
             seconds,
             events_per_s: eps,
             rounds: vec![eps],
+            cpu_us_per_event: None,
         }
     }
 
+    /// With the process's CPU time per event since `start` (a [`process_cpu`] reading).
+    pub(crate) fn with_cpu_since(mut self, start: Option<Duration>) -> Self {
+        if let (Some(start), Some(now)) = (start, process_cpu()) {
+            let used = now.saturating_sub(start).as_secs_f64();
+            self.cpu_us_per_event = Some(used * 1e6 / self.events.max(1) as f64);
+        }
+        self
+    }
+
     /// The median of several rounds of the same path.
+    /// Its CPU time per event is the median of the rounds' too (where every round has one).
     pub(crate) fn median(mut rounds: Vec<Figure>) -> Figure {
         rounds.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
         let all: Vec<f64> = rounds.iter().map(|f| f.events_per_s).collect();
+        let mut cpu: Option<Vec<f64>> = rounds.iter().map(|f| f.cpu_us_per_event).collect();
         let mut m = rounds.swap_remove(rounds.len() / 2);
         m.rounds = all;
+        m.cpu_us_per_event = cpu.as_mut().and_then(|c| {
+            c.sort_by(f64::total_cmp);
+            c.get(c.len() / 2).copied()
+        });
         m
     }
 }
@@ -496,4 +523,61 @@ pub fn fusion(
         ..auroraq_fusion::BenchOptions::default()
     };
     Ok(tokio::task::block_in_place(|| auroraq_fusion::bench(&opts))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(eps: f64, cpu: Option<f64>) -> Figure {
+        let mut f = Figure::new("p", 1000, Duration::from_secs_f64(1000.0 / eps));
+        f.cpu_us_per_event = cpu;
+        f
+    }
+
+    #[test]
+    fn the_median_takes_the_median_cpu_of_the_rounds() {
+        // The median round by events/s is the 200/s one; the median CPU is 2.0, from another round.
+        let m = Figure::median(vec![
+            round(300.0, Some(1.0)),
+            round(100.0, Some(3.0)),
+            round(200.0, Some(2.5)),
+            round(250.0, Some(2.0)),
+            round(150.0, Some(0.5)),
+        ]);
+        assert!((m.events_per_s - 200.0).abs() < 1e-6, "{}", m.events_per_s);
+        assert_eq!(m.rounds.len(), 5);
+        assert_eq!(m.cpu_us_per_event, Some(2.0));
+        // A round without a CPU reading leaves the median without one.
+        let m = Figure::median(vec![
+            round(1.0, Some(1.0)),
+            round(2.0, None),
+            round(3.0, Some(1.0)),
+        ]);
+        assert_eq!(m.cpu_us_per_event, None);
+    }
+
+    #[test]
+    fn cpu_per_event_counts_the_time_spent_since_the_start() {
+        let start = process_cpu().expect("CLOCK_PROCESS_CPUTIME_ID is there on Linux");
+        // Burn CPU until the process has used 30 ms more (other test threads may add to it).
+        let t = Instant::now();
+        let mut x = 0u64;
+        while process_cpu().is_some_and(|now| now < start + Duration::from_millis(30)) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the process clock does not advance"
+            );
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        let wall = t.elapsed();
+        let f = Figure::new("p", 1000, wall).with_cpu_since(Some(start));
+        let us = f.cpu_us_per_event.expect("measured");
+        // At least the 30 ms over 1,000 events; at most what every core could have used since.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let most = (wall + Duration::from_millis(5)).as_secs_f64() * 1e6 * cores / 1000.0;
+        assert!(us >= 30.0 && us <= most, "{us} µs per event, at most {most}");
+    }
 }

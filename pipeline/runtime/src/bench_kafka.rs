@@ -35,6 +35,13 @@ pub struct KafkaVsBare {
     pub publish: f64,
     /// Consume only: a group member acking each delivery beside a bare consumer loop.
     pub consume: f64,
+    /// Consume only, by CPU: the bare loop's CPU time per event over the bus's (1.0: the bus
+    /// costs what the bare loop does). Steadier than `consume` on cores shared with the broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consume_cpu: Option<f64>,
+    /// Publish only, by CPU, the same way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_cpu: Option<f64>,
 }
 
 /// What the Kafka part of the bench measured.
@@ -89,7 +96,7 @@ mod with_kafka {
     use rdkafka::{Offset, TopicPartitionList};
 
     use super::{KafkaBench, KafkaVsBare};
-    use crate::bench::{payloads, Figure};
+    use crate::bench::{payloads, process_cpu, Figure};
 
     use crate::bench::{messages, KEYS};
     /// Deliveries the bare producer keeps outstanding (as the bare NATS loop keeps acks).
@@ -144,7 +151,7 @@ mod with_kafka {
             Ok(f) => delivered(f).await?,
             Err((e, _)) => return Err(anyhow::anyhow!("bare warm-up: {e}")),
         }
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), process_cpu());
         let mut window = VecDeque::with_capacity(WINDOW);
         for (i, (id, b)) in p.iter().enumerate() {
             if window.len() >= WINDOW {
@@ -185,7 +192,8 @@ mod with_kafka {
             &format!("rdkafka publish only (bare, window {WINDOW})"),
             n,
             t0.elapsed(),
-        );
+        )
+        .with_cpu_since(c0);
         drop_blocking(producer).await;
 
         let consumer: StreamConsumer = cfg
@@ -196,7 +204,7 @@ mod with_kafka {
         // An explicit offset, as the bus assigns (a new topic starts at 0): `Offset::Beginning`
         // would add a ListOffsets round trip, about half a second here.
         tpl.add_partition_offset(topic, 0, Offset::Offset(0))?;
-        let t1 = Instant::now();
+        let (t1, c1) = (Instant::now(), process_cpu());
         consumer.assign(&tpl)?;
         // On a task of the runtime, as a stage's loop runs (and the bus's loop below).
         let reader = tokio::spawn(async move {
@@ -219,7 +227,7 @@ mod with_kafka {
         let mut commit = TopicPartitionList::new();
         commit.add_partition_offset(topic, 0, Offset::Offset(last + 1))?;
         consumer.commit(&commit, CommitMode::Async)?;
-        let consume = Figure::new("rdkafka consume only (bare)", got - 1, t1.elapsed());
+        let consume = Figure::new("rdkafka consume only (bare)", got - 1, t1.elapsed()).with_cpu_since(c1);
         anyhow::ensure!(bytes > 0, "bare consumer read no payload");
         consumer.unassign()?;
         drop_blocking(consumer).await;
@@ -268,7 +276,7 @@ mod with_kafka {
         )])
         .await?;
         // Publish only: no consumer runs yet (as in the bare loop).
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), process_cpu());
         let mut it = msgs.into_iter();
         let mut stored = 0;
         loop {
@@ -282,12 +290,13 @@ mod with_kafka {
             &format!("auroraq Kafka bus publish only (batch {batch})"),
             n,
             t0.elapsed(),
-        );
+        )
+        .with_cpu_since(c0);
         anyhow::ensure!(stored == n, "Kafka bus: stored {stored} of {n}");
         // Consume only: a new group reads the topic from its start. The bus assigns its
         // partitions itself (no group protocol, no rebalance), so the clock starts before the
         // subscription, as the bare consumer's starts before its `assign`.
-        let t1 = Instant::now();
+        let (t1, c1) = (Instant::now(), process_cpu());
         let mut sub = bus
             .subscribe(SubscribeOptions::new("bench", topic).max_in_flight(4096))
             .await?;
@@ -312,7 +321,7 @@ mod with_kafka {
         });
         let (sub, got, first) = reader.await.context("the bus consumer's task")??;
         bus.flush().await?;
-        let consume = Figure::new("auroraq Kafka bus consume only", got, t1.elapsed());
+        let consume = Figure::new("auroraq Kafka bus consume only", got, t1.elapsed()).with_cpu_since(c1);
         tracing::info!(?subscribed, first_delivery_after = ?first, total = ?t1.elapsed(), "bus consumer: start and total");
         anyhow::ensure!(got == n, "Kafka bus: consumed {got} of {n}");
         drop(sub);
@@ -350,9 +359,12 @@ mod with_kafka {
             Figure::median(bc),
             Figure::median(oc),
         );
+        let by_cpu = |bare: &Figure, bus: &Figure| Some(bare.cpu_us_per_event? / bus.cpu_us_per_event?);
         let kafka_vs_bare = KafkaVsBare {
             publish: op.events_per_s / bp.events_per_s,
             consume: oc.events_per_s / bc.events_per_s,
+            consume_cpu: by_cpu(&bc, &oc),
+            publish_cpu: by_cpu(&bp, &op),
         };
         Ok(KafkaBench {
             figures: vec![bp, op, bc, oc],
