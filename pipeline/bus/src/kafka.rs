@@ -1746,6 +1746,7 @@ impl Member {
         // Records read and not yet taken: they wait while max_in_flight deliveries are out or
         // deliveries are due again (those go first).
         let mut held: VecDeque<Received> = VecDeque::new();
+        let mut cmds_open = true;
         let gone = loop {
             // Settlements first, all that are waiting: an ack sent before the subscription
             // went must count, and acks arrive in bursts (a subscriber settles a batch).
@@ -1761,7 +1762,7 @@ impl Member {
                 tokio::select! {
                     biased;
                     _ = self.settlements.ready.notified() => Step::Settled,
-                    c = self.cmd_rx.recv() => Step::Cmd(c),
+                    c = self.cmd_rx.recv(), if cmds_open => Step::Cmd(c),
                     _ = self.shutdown.changed() => Step::Stop,
                     _ = tx.closed() => Step::Gone,
                     _ = tick.tick() => Step::Tick,
@@ -1778,7 +1779,9 @@ impl Member {
                     }
                 }
                 // Taken at the top of the loop.
-                Step::Settled | Step::Cmd(None) => {}
+                Step::Settled => {}
+                // Every handle's sender is gone (not while the bus holds the member's handle).
+                Step::Cmd(None) => cmds_open = false,
                 Step::Tick => {
                     if last_expiry.elapsed() >= Duration::from_millis(100) {
                         last_expiry = Instant::now();
@@ -1816,15 +1819,25 @@ impl Member {
         self.tx = None;
         if !gone {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while self.parts.iter().any(|p| p.unacked() > 0) {
-                let settlements = self.settlements.clone();
-                if tokio::time::timeout_at(deadline, settlements.ready.notified())
-                    .await
-                    .is_err()
-                {
+            let settlements = self.settlements.clone();
+            loop {
+                self.settle_waiting(false);
+                if !self.parts.iter().any(|p| p.unacked() > 0) {
                     break;
                 }
-                self.settle_waiting(false);
+                // A settlement, or a commit asked for by `flush` meanwhile.
+                let next = tokio::time::timeout_at(deadline, async {
+                    tokio::select! {
+                        _ = settlements.ready.notified() => Step::Settled,
+                        c = self.cmd_rx.recv(), if cmds_open => Step::Cmd(c),
+                    }
+                });
+                match next.await {
+                    Ok(Step::Cmd(Some(c))) => self.command(c).await,
+                    Ok(Step::Cmd(None)) => cmds_open = false,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
             }
         }
         // Settlements already made count, whichever way the member stops.
