@@ -28,6 +28,7 @@ pub struct Figure {
 }
 
 /// The CPU time this process has used so far (every thread), or None where the clock is missing.
+#[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
 pub(crate) fn process_cpu() -> Option<Duration> {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).ok()?;
     Some(Duration::from(t))
@@ -48,6 +49,7 @@ impl Figure {
     }
 
     /// With the process's CPU time per event since `start` (a [`process_cpu`] reading).
+    #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
     pub(crate) fn with_cpu_since(mut self, start: Option<Duration>) -> Self {
         if let (Some(start), Some(now)) = (start, process_cpu()) {
             let used = now.saturating_sub(start).as_secs_f64();
@@ -308,7 +310,7 @@ async fn bare_nats_split(url: &str, p: &[(String, Bytes)], window: usize, round:
     let subject = format!("benchsplit{}x{round}.x", std::process::id());
     let consumer = bare_stream(&js, &name, &subject).await?;
     let n = p.len();
-    let t0 = Instant::now();
+    let (t0, c0) = (Instant::now(), process_cpu());
     let mut acks = std::collections::VecDeque::with_capacity(window);
     for (id, b) in p {
         if acks.len() >= window.max(1) {
@@ -329,10 +331,12 @@ async fn bare_nats_split(url: &str, p: &[(String, Bytes)], window: usize, round:
         &format!("async-nats publish only (bare, window {window})"),
         n,
         t0.elapsed(),
-    );
-    let t1 = Instant::now();
+    )
+    .with_cpu_since(c0);
+    let (t1, c1) = (Instant::now(), process_cpu());
     let got = bare_consume(consumer, n).await?;
-    let consume = Figure::new("async-nats consume only, explicit acks (bare)", got, t1.elapsed());
+    let consume =
+        Figure::new("async-nats consume only, explicit acks (bare)", got, t1.elapsed()).with_cpu_since(c1);
     anyhow::ensure!(got == n, "bare JetStream: consumed {got} of {n}");
     let _ = js.delete_stream(&name).await;
     Ok(Split { publish, consume })
@@ -353,7 +357,7 @@ async fn bus_nats_split(url: &str, p: &[(String, Bytes)], batch: usize, round: u
         .await?;
     let msgs = messages(topic, p);
     let n = msgs.len();
-    let t0 = Instant::now();
+    let (t0, c0) = (Instant::now(), process_cpu());
     let mut it = msgs.into_iter();
     loop {
         let chunk: Vec<OutMessage> = it.by_ref().take(batch).collect();
@@ -366,11 +370,12 @@ async fn bus_nats_split(url: &str, p: &[(String, Bytes)], batch: usize, round: u
         &format!("auroraq NATS bus publish only (batch {batch})"),
         n,
         t0.elapsed(),
-    );
-    let t1 = Instant::now();
+    )
+    .with_cpu_since(c0);
+    let (t1, c1) = (Instant::now(), process_cpu());
     let got = bus_consume(&mut *sub, n).await?;
     bus.flush().await?;
-    let consume = Figure::new("auroraq NATS bus consume only", got, t1.elapsed());
+    let consume = Figure::new("auroraq NATS bus consume only", got, t1.elapsed()).with_cpu_since(c1);
     drop(sub);
     bus.close().await;
     let _ = bus.delete_stream().await;
