@@ -1188,12 +1188,17 @@ struct Settlements {
 }
 
 impl Settlements {
+    /// The waiting settlements (a panic elsewhere cannot leave them half-written: each change is
+    /// one push or one swap).
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Settle>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn push(&self, s: Settle) {
         let first = {
-            let mut w = self
-                .waiting
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut w = self.waiting();
             w.push(s);
             w.len() == 1
         };
@@ -1204,18 +1209,11 @@ impl Settlements {
 
     /// Swaps what is waiting with `into` (empty, its capacity kept for the next turn).
     fn take(&self, into: &mut Vec<Settle>) {
-        let mut w = self
-            .waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::swap(&mut *w, into);
+        std::mem::swap(&mut *self.waiting(), into);
     }
 
     fn is_empty(&self) -> bool {
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_empty()
+        self.waiting().is_empty()
     }
 }
 
