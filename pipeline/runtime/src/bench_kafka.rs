@@ -88,6 +88,7 @@ mod with_kafka {
     use anyhow::{Context, Result};
     use auroraq_bus::{Bus, KafkaBus, KafkaConfig, OutMessage, SubscribeOptions};
     use bytes::Bytes;
+    use futures::StreamExt;
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -210,15 +211,21 @@ mod with_kafka {
         let reader = tokio::spawn(async move {
             let (mut got, mut bytes, mut last) = (0usize, 0usize, -1i64);
             let mut first = None;
-            // The warm-up message first, then the n timed ones.
-            while got < n + 1 {
-                let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-                    .await
-                    .context("bare consumer: nothing for 30 s")??;
-                first.get_or_insert_with(|| t1.elapsed());
-                bytes += m.payload().map_or(0, <[u8]>::len);
-                last = m.offset();
-                got += 1;
+            {
+                // One stream for the loop's life, as the bus's reader keeps one: `recv` makes a
+                // stream per message (a waker registered and removed each time).
+                let mut messages = consumer.stream();
+                // The warm-up message first, then the n timed ones.
+                while got < n + 1 {
+                    let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                        .await
+                        .context("bare consumer: nothing for 30 s")?
+                        .context("bare consumer: the stream ended")??;
+                    first.get_or_insert_with(|| t1.elapsed());
+                    bytes += m.payload().map_or(0, <[u8]>::len);
+                    last = m.offset();
+                    got += 1;
+                }
             }
             anyhow::Ok((consumer, got, bytes, last, first))
         });
