@@ -1449,6 +1449,7 @@ async fn read_records(
     consumer: OffRuntime<StreamConsumer>,
     seeds: IdSeeds,
     mut filter: ReadFilter,
+    one_topic: bool,
     tx: mpsc::Sender<ReadBatch>,
 ) {
     // One stream for the reader's life: a stream per record would register and remove a waker
@@ -1465,7 +1466,14 @@ async fn read_records(
         };
         let mut batch = Vec::new();
         match first {
-            Some(Ok(m)) => batch.push(read(&mut last_topic, &mut packer, &seeds, &mut filter, &m)),
+            Some(Ok(m)) => batch.push(read(
+                &mut last_topic,
+                one_topic,
+                &mut packer,
+                &seeds,
+                &mut filter,
+                &m,
+            )),
             Some(Err(e)) => {
                 warn!(group = %group, error = %e, "Kafka consumer error");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1475,7 +1483,14 @@ async fn read_records(
         }
         while batch.len() < MAX_BATCH {
             match records.next().now_or_never() {
-                Some(Some(Ok(m))) => batch.push(read(&mut last_topic, &mut packer, &seeds, &mut filter, &m)),
+                Some(Some(Ok(m))) => batch.push(read(
+                    &mut last_topic,
+                    one_topic,
+                    &mut packer,
+                    &seeds,
+                    &mut filter,
+                    &m,
+                )),
                 Some(Some(Err(e))) => {
                     warn!(group = %group, error = %e, "Kafka consumer error");
                     break;
@@ -1739,6 +1754,7 @@ impl Member {
                 since_us: self.opts.from_now.then_some(self.joined_us),
                 last: None,
             },
+            !wildcard,
             read_tx,
         ));
         // Records read and not yet taken: they wait while max_in_flight deliveries are out or
@@ -1796,7 +1812,13 @@ impl Member {
                     }
                 }
                 Step::Read(Some(read)) => {
-                    held.extend(read);
+                    // Only read when nothing is held: the batch's buffer becomes the queue's,
+                    // with no copy of its records.
+                    if held.is_empty() {
+                        held = VecDeque::from(read);
+                    } else {
+                        held.extend(read);
+                    }
                     self.take(&mut held).await;
                 }
                 // The reader stopped: its consumer's stream ended.
@@ -2104,16 +2126,19 @@ impl Member {
 }
 
 /// A record as the member takes it. `last_topic`: the Kafka topic of the record before, shared
-/// when this one has the same (no allocation per record).
+/// when this one has the same (no allocation per record). `one_topic`: the member reads one
+/// Kafka topic (its filter names a family), so every record's is the first one's; its name is
+/// not read again (librdkafka's name is a C string: a length and a UTF-8 check per record).
 fn read(
     last_topic: &mut Option<Arc<str>>,
+    one_topic: bool,
     packer: &mut Packer,
     seeds: &IdSeeds,
     filter: &mut ReadFilter,
     m: &BorrowedMessage<'_>,
 ) -> Received {
     let topic = match last_topic {
-        Some(t) if **t == *m.topic() => t.clone(),
+        Some(t) if one_topic || **t == *m.topic() => t.clone(),
         _ => {
             let t: Arc<str> = Arc::from(m.topic());
             *last_topic = Some(t.clone());
@@ -2223,7 +2248,8 @@ impl Subscription for KafkaSubscription {
                 return Some(Ok(d));
             }
             match self.rx.recv().await? {
-                Ok(batch) => self.ready.extend(batch),
+                // The batch's buffer becomes the queue's (no copy): it is only read when empty.
+                Ok(batch) => self.ready = VecDeque::from(batch),
                 Err(e) => return Some(Err(e)),
             }
         }
