@@ -1437,9 +1437,9 @@ enum Step {
 const READ_AHEAD: usize = 2;
 
 /// A member's reader: takes records off the member's consumer, decodes them (librdkafka's
-/// header parsing, the copies into an [`OutMessage`]), checks them against the subscription's
-/// filter, hashes their ids for the id windows (see [`Received`]) and hands them to the member
-/// by batch
+/// header parsing, the copy into a shared chunk: [`Packer`]), checks them against the
+/// subscription's filter, hashes their ids for the id windows (see [`Received`]) and hands them
+/// to the member by batch
 /// (every record ready in one turn, at most [`MAX_BATCH`]). On its own task, so that this work
 /// and the member's bookkeeping (de-duplication, offsets, deliveries, acks) run on two cores.
 /// It is at most [`READ_AHEAD`] batches ahead; the member delivers them within max_in_flight.
