@@ -1447,17 +1447,12 @@ const READ_AHEAD: usize = 2;
 async fn read_records(
     group: String,
     consumer: OffRuntime<StreamConsumer>,
-    seeds: IdSeeds,
-    mut filter: ReadFilter,
-    one_topic: bool,
+    mut reading: Reading,
     tx: mpsc::Sender<ReadBatch>,
 ) {
     // One stream for the reader's life: a stream per record would register and remove a waker
     // (two locks) each time.
     let mut records = consumer.stream();
-    // The Kafka topic of the record before, shared by the records after it that have the same.
-    let mut last_topic: Option<Arc<str>> = None;
-    let mut packer = Packer::default();
     loop {
         let first = tokio::select! {
             biased;
@@ -1466,14 +1461,7 @@ async fn read_records(
         };
         let mut batch = Vec::new();
         match first {
-            Some(Ok(m)) => batch.push(read(
-                &mut last_topic,
-                one_topic,
-                &mut packer,
-                &seeds,
-                &mut filter,
-                &m,
-            )),
+            Some(Ok(m)) => batch.push(reading.read(&m)),
             Some(Err(e)) => {
                 warn!(group = %group, error = %e, "Kafka consumer error");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1483,14 +1471,7 @@ async fn read_records(
         }
         while batch.len() < MAX_BATCH {
             match records.next().now_or_never() {
-                Some(Some(Ok(m))) => batch.push(read(
-                    &mut last_topic,
-                    one_topic,
-                    &mut packer,
-                    &seeds,
-                    &mut filter,
-                    &m,
-                )),
+                Some(Some(Ok(m))) => batch.push(reading.read(&m)),
                 Some(Some(Err(e))) => {
                     warn!(group = %group, error = %e, "Kafka consumer error");
                     break;
@@ -1745,16 +1726,21 @@ impl Member {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_expiry = Instant::now();
         let (read_tx, mut read_rx) = mpsc::channel(READ_AHEAD);
-        let reader = tokio::spawn(read_records(
-            self.group_id.clone(),
-            self.consumer.share(),
-            self.seeds.clone(),
-            ReadFilter {
+        let reading = Reading {
+            seeds: self.seeds.clone(),
+            filter: ReadFilter {
                 filter: self.opts.filter.clone(),
                 since_us: self.opts.from_now.then_some(self.joined_us),
                 last: None,
             },
-            !wildcard,
+            one_topic: !wildcard,
+            last_topic: None,
+            packer: Packer::default(),
+        };
+        let reader = tokio::spawn(read_records(
+            self.group_id.clone(),
+            self.consumer.share(),
+            reading,
             read_tx,
         ));
         // Records read and not yet taken: they wait while max_in_flight deliveries are out or
@@ -2125,44 +2111,52 @@ impl Member {
     }
 }
 
-/// A record as the member takes it. `last_topic`: the Kafka topic of the record before, shared
-/// when this one has the same (no allocation per record). `one_topic`: the member reads one
-/// Kafka topic (its filter names a family), so every record's is the first one's; its name is
-/// not read again (librdkafka's name is a C string: a length and a UTF-8 check per record).
-fn read(
-    last_topic: &mut Option<Arc<str>>,
+/// What a member's reader keeps from one record to the next.
+struct Reading {
+    seeds: IdSeeds,
+    filter: ReadFilter,
+    /// The member reads one Kafka topic (its filter names a family), so every record's is the
+    /// first one's: its name is not read again (librdkafka's name is a C string: a length and a
+    /// UTF-8 check per record).
     one_topic: bool,
-    packer: &mut Packer,
-    seeds: &IdSeeds,
-    filter: &mut ReadFilter,
-    m: &BorrowedMessage<'_>,
-) -> Received {
-    let topic = match last_topic {
-        Some(t) if one_topic || **t == *m.topic() => t.clone(),
-        _ => {
-            let t: Arc<str> = Arc::from(m.topic());
-            *last_topic = Some(t.clone());
-            t
+    /// The Kafka topic of the record before, shared by the records after it that have the same
+    /// (no allocation per record).
+    last_topic: Option<Arc<str>>,
+    packer: Packer,
+}
+
+impl Reading {
+    /// A record as the member takes it.
+    fn read(&mut self, m: &BorrowedMessage<'_>) -> Received {
+        let topic = match &self.last_topic {
+            Some(t) if self.one_topic || **t == *m.topic() => t.clone(),
+            _ => {
+                let t: Arc<str> = Arc::from(m.topic());
+                self.last_topic = Some(t.clone());
+                t
+            }
+        };
+        let (meta, ts) = meta(m);
+        let (mut message, mut wanted, mut key) = (None, false, 0);
+        if let Some((topic, id)) = meta {
+            wanted = self.filter.wants(topic, ts);
+            if wanted && !id.is_empty() {
+                key = self.seeds.key(id);
+            }
+            let record_key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+            let packed = self
+                .packer
+                .pack(topic, id, record_key, m.payload().unwrap_or_default());
+            message = Some((packed.clone(), packed));
         }
-    };
-    let (meta, ts) = meta(m);
-    let (mut message, mut wanted, mut key) = (None, false, 0);
-    if let Some((topic, id)) = meta {
-        wanted = filter.wants(topic, ts);
-        if wanted && !id.is_empty() {
-            key = seeds.key(id);
+        Received {
+            tp: (topic, m.partition()),
+            offset: m.offset(),
+            message,
+            wanted,
+            ts,
+            key,
         }
-        let record_key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-        let packed = packer.pack(topic, id, record_key, m.payload().unwrap_or_default());
-        message = Some((packed.clone(), packed));
-    }
-    Received {
-        tp: (topic, m.partition()),
-        offset: m.offset(),
-        message,
-        wanted,
-        ts,
-        key,
     }
 }
 
