@@ -610,33 +610,54 @@ impl KafkaBus {
     }
 
     /// Offsets by timestamp (`Offset::End` / `Beginning` for the log end and start) of many
-    /// partitions in one request.
+    /// partitions in one request. A partition has none when no message is at or after the time.
+    /// A partition whose look-up failed is asked again (up to [`OFFSET_TRIES`] times); if it
+    /// still fails, so does the call: a failed look-up is never taken for an empty partition
+    /// (a history read would have skipped the partition's messages).
     async fn offsets(
         &self,
         tps: &[(String, i32)],
         at: Offset,
     ) -> Result<HashMap<(String, i32), i64>, String> {
-        if tps.is_empty() {
-            return Ok(HashMap::new());
+        let mut found = HashMap::new();
+        let mut ask: Vec<(String, i32)> = tps.to_vec();
+        for attempt in 1..=OFFSET_TRIES {
+            if ask.is_empty() {
+                break;
+            }
+            if attempt > 1 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &ask {
+                tpl.add_partition_offset(t, *p, at)
+                    .map_err(|e| format!("offsets of {t}/{p}: {e}"))?;
+            }
+            let meta = self.inner.meta.clone();
+            let timeout = self.inner.cfg.request_timeout;
+            let out = blocking(move || meta.offsets_for_times(tpl, timeout))
+                .await?
+                .map_err(|e| format!("listing offsets: {e}"))?;
+            let mut failed = Vec::new();
+            for e in out.elements() {
+                let tp = (e.topic().to_owned(), e.partition());
+                match (e.error(), e.offset()) {
+                    (Err(err), _) => failed.push((tp, err)),
+                    (Ok(()), Offset::Offset(o)) => {
+                        found.insert(tp, o);
+                    }
+                    (Ok(()), _) => {}
+                }
+            }
+            if let Some(((t, p), err)) = failed.first().filter(|_| attempt == OFFSET_TRIES) {
+                return Err(format!(
+                    "listing offsets: {t}/{p}: {err} ({} partitions failed {OFFSET_TRIES} times)",
+                    failed.len()
+                ));
+            }
+            ask = failed.into_iter().map(|(tp, _)| tp).collect();
         }
-        let mut tpl = TopicPartitionList::new();
-        for (t, p) in tps {
-            tpl.add_partition_offset(t, *p, at)
-                .map_err(|e| format!("offsets of {t}/{p}: {e}"))?;
-        }
-        let meta = self.inner.meta.clone();
-        let timeout = self.inner.cfg.request_timeout;
-        let out = blocking(move || meta.offsets_for_times(tpl, timeout))
-            .await?
-            .map_err(|e| format!("listing offsets: {e}"))?;
-        Ok(out
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
-                _ => None,
-            })
-            .collect())
+        Ok(found)
     }
 
     /// The idle client of a Kafka group (created on first use), to read and commit its offsets.
@@ -1432,6 +1453,9 @@ enum Step {
     Stop,
     Gone,
 }
+
+/// Times [`KafkaBus::offsets`] asks for a partition whose look-up failed before it gives up.
+const OFFSET_TRIES: u32 = 3;
 
 /// Read batches the reader may be ahead of the member.
 const READ_AHEAD: usize = 2;
