@@ -359,12 +359,13 @@ async fn kafka_backlogs_are_the_lag_of_each_group() {
     .await;
 }
 
-/// Records written by the Kafka bus before its one `aq` header (topic, id and publish time in
-/// the three headers `aq-topic`, `aq-id`, `aq-ts`) are still read: delivered with their topic
-/// and id, and their ids are the same ids to the de-duplication as those of the new format.
+/// Records written by earlier builds of the Kafka bus, with topic, id and publish time in
+/// headers (the three `aq-topic`, `aq-id`, `aq-ts`, then the one `aq`) instead of the value's
+/// frame, are still read: delivered with their topic and id, and their ids are the same ids to
+/// the de-duplication as those of the framed records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_reads_records_of_the_three_header_format() {
-    use auroraq_bus::kafka::{ID_HEADER, TIME_HEADER, TOPIC_HEADER};
+async fn kafka_reads_records_of_the_header_formats() {
+    use auroraq_bus::kafka::{ID_HEADER, META_HEADER, TIME_HEADER, TOPIC_HEADER};
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -408,7 +409,22 @@ async fn kafka_reads_records_of_the_three_header_format() {
             .map_err(|(e, _)| e)
             .unwrap();
     }
-    // Through the bus (the `aq` header): a new id, and old1 again (a re-publish the member drops).
+    // The one-header form, whose payload starts with an Avro single-object marker as events do.
+    let meta = format!("{now_us} contract.legacy old3");
+    let record = FutureRecord::to(&ktopic)
+        .key("k0")
+        .payload(&b"\xC3\x01one"[..])
+        .partition(0)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: META_HEADER,
+            value: Some(meta.as_str()),
+        }));
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    // Through the bus (the frame): a new id, and old1 again (a re-publish the member drops).
     bus.publish(vec![
         OutMessage::new(
             "contract.new",
@@ -426,7 +442,7 @@ async fn kafka_reads_records_of_the_three_header_format() {
     .await
     .unwrap();
     let mut got = Vec::new();
-    while got.len() < 4 {
+    while got.len() < 5 {
         match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
             Ok(Some(d)) => {
                 let d = d.unwrap();
@@ -442,15 +458,87 @@ async fn kafka_reads_records_of_the_three_header_format() {
             ("contract.legacy".to_owned(), "old0".to_owned(), vec![0u8; 16]),
             ("contract.legacy".to_owned(), "old1".to_owned(), vec![1u8; 16]),
             ("contract.legacy".to_owned(), "old2".to_owned(), vec![2u8; 16]),
+            (
+                "contract.legacy".to_owned(),
+                "old3".to_owned(),
+                b"\xC3\x01one".to_vec()
+            ),
             ("contract.new".to_owned(), "new0".to_owned(), b"n".to_vec()),
         ],
-        "the three old records and the new one"
+        "the four old records and the new one"
     );
     // The re-published old1 comes right after new0 in the one partition: it would be here by now.
     if let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(3), sub.next()).await {
         let d = d.unwrap();
         panic!("the re-published {} was delivered again", d.id());
     }
+}
+
+/// What the bus writes, as a consumer outside AuroraQ reads it off the broker: the record's key
+/// is the partition key, its value the documented frame (magic, publish time, topic, id) and
+/// then the payload unchanged, and it carries no headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_carry_the_documented_frame() {
+    use auroraq_bus::kafka_record;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let (bus, _guard) = kafka_bus(1).await;
+    let before_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let payload = Bytes::from_static(b"\xC3\x01\x00 the event");
+    bus.publish(vec![OutMessage::new(
+        "contract.layout.x",
+        Some("BTCUSDT".into()),
+        "evt-1",
+        payload.clone(),
+    )])
+    .await
+    .unwrap();
+    let consumer: StreamConsumer = bus
+        .config()
+        .consumer_config(&format!("{}.foreign", bus.config().root))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let ktopic = format!("{}.contract", bus.config().root);
+    tpl.add_partition_offset(&ktopic, 0, Offset::Offset(0)).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .expect("a record within 20 s")
+        .unwrap();
+    assert_eq!(m.key(), Some(&b"BTCUSDT"[..]));
+    assert!(m.headers().is_none(), "no headers");
+    let value = m.payload().unwrap();
+    assert_eq!(&value[..4], &kafka_record::MAGIC);
+    let f = kafka_record::read(value).expect("a frame");
+    assert_eq!(
+        (f.topic, f.id, f.payload),
+        ("contract.layout.x", "evt-1", &payload[..])
+    );
+    assert_eq!(
+        &value[16 + f.topic.len() + f.id.len()..],
+        &payload[..],
+        "the payload after 16 + topic + id bytes"
+    );
+    let after_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    assert!(
+        (before_us..=after_us).contains(&f.published_us),
+        "publish time {} within [{before_us}, {after_us}]",
+        f.published_us
+    );
+    // The record's own timestamp is the publish time in milliseconds.
+    assert_eq!(m.timestamp().to_millis(), Some(f.published_us / 1000));
+    drop(m);
+    consumer.unassign().unwrap();
+    tokio::task::spawn_blocking(move || drop(consumer)).await.unwrap();
 }
 
 /// Another process (here: a second bus with clients of its own) resumes a group where the first

@@ -6,8 +6,9 @@
 //! - **Topics**: every AuroraQ topic of one family (its first token: `market`, `news`,
 //!   `sentiment`, `dlq`, ...) lives in one Kafka topic `<root>.<family>`, created on first use
 //!   (by a publish or a subscription) with the bus's partition count and retention. The AuroraQ
-//!   topic travels in the record's one header `aq` ([`META_HEADER`]: `<publish time µs> <topic>
-//!   <message id>`; records of earlier versions carry `aq-topic`, `aq-id` and `aq-ts`, still
+//!   topic travels in a short frame at the start of the record's value, with the message id and
+//!   the publish time, before the payload ([`kafka_record`]; records of earlier versions carry
+//!   them in headers: the one `aq` ([`META_HEADER`]), or `aq-topic`, `aq-id` and `aq-ts`, still
 //!   read), so a filter such as `market.trades.>` is applied by the consumer; the messages of a
 //!   family that a filter does not take are skipped (and committed past) without being
 //!   delivered. One Kafka topic per family keeps the contract's per-key order across the topics
@@ -50,7 +51,7 @@
 //!   restart), the next owner of the partition resumes at the committed offset: everything not
 //!   acked is delivered again.
 //! - **History** ([`Bus::history`]) finds its start per partition with `offsetsForTimes` and
-//!   merges the partitions by publish time (from the `aq` header, microseconds); **backlogs**
+//!   merges the partitions by publish time (from the record's frame, microseconds); **backlogs**
 //!   ([`Bus::backlogs`]) are the consumer lag per partition: log end offset minus committed
 //!   offset, split into delivered-unacked and pending by the highest offset the member received
 //!   (delivered, or skipped behind an unacked one). That mark goes in the commit's metadata and,
@@ -79,13 +80,14 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::id_window::{IdSeeds, IdWindow};
+use crate::kafka_record;
 use crate::packed::{Packed, Packer};
 use crate::{
     partition_of, topics, Acker, Backlog, Bus, BusError, Delivery, History, HistoryOptions, OutMessage,
@@ -95,9 +97,9 @@ use crate::{
 /// Least time between two commits of an idle member (see `Member::commit_due`), and its tick.
 const IDLE_COMMIT_GAP: Duration = Duration::from_millis(10);
 
-/// The one header this bus writes: `<publish time, Unix µs> <AuroraQ topic> <message id>`,
-/// separated by single spaces (topics have none; the id is the rest, and may be empty). One
-/// header instead of three: librdkafka allocates and links every header of a record it reads.
+/// The one header this bus wrote before the frame of [`kafka_record`] (still read): `<publish
+/// time, Unix µs> <AuroraQ topic> <message id>`, separated by single spaces (topics have none;
+/// the id is the rest, and may be empty).
 pub const META_HEADER: &str = "aq";
 /// The header that carried the AuroraQ topic before [`META_HEADER`] (still read).
 pub const TOPIC_HEADER: &str = "aq-topic";
@@ -752,8 +754,8 @@ impl Bus for KafkaBus {
         let mut in_batch: HashSet<u128, foldhash::fast::RandomState> = HashSet::default();
         // The Kafka topic of the last AuroraQ topic (a batch is mostly one topic).
         let mut last_topic: Option<(String, String)> = None;
-        // The record's META_HEADER value, built in one buffer for the whole batch.
-        let mut meta = String::new();
+        // The record's value (frame and payload), built in one buffer for the whole batch.
+        let mut value = Vec::new();
         let now = now_us();
         for m in batch {
             let mut key = None;
@@ -784,21 +786,16 @@ impl Bus for KafkaBus {
             let ktopic = last_topic.as_ref().map_or("", |(_, k)| k.as_str());
             let partition = partition_of(m.key.as_deref(), cfg.partitions) as i32;
             let stamp = self.stamp();
-            meta.clear();
-            meta.push_str(auroraq_util::IntDigits::new(stamp).as_str());
-            meta.push(' ');
-            meta.push_str(&m.topic);
-            meta.push(' ');
-            meta.push_str(&m.id);
-            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-                key: META_HEADER,
-                value: Some(meta.as_str()),
-            });
+            kafka_record::write(&mut value, &m.topic, &m.id, stamp, &m.payload).map_err(|e| {
+                BusError::Publish {
+                    topic: m.topic.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
             let mut record = FutureRecord::<str, [u8]>::to(ktopic)
-                .payload(&m.payload[..])
+                .payload(&value[..])
                 .partition(partition)
-                .timestamp(stamp / 1000)
-                .headers(headers);
+                .timestamp(stamp / 1000);
             if let Some(k) = &m.key {
                 record = record.key(k.as_str());
             }
@@ -1460,8 +1457,8 @@ const OFFSET_TRIES: u32 = 3;
 /// Read batches the reader may be ahead of the member.
 const READ_AHEAD: usize = 2;
 
-/// A member's reader: takes records off the member's consumer, decodes them (librdkafka's
-/// header parsing, the copy into a shared chunk: [`Packer`]), checks them against the
+/// A member's reader: takes records off the member's consumer, decodes them (the value's frame,
+/// the copy into a shared chunk: [`Packer`]), checks them against the
 /// subscription's filter, hashes their ids for the id windows (see [`Received`]) and hands them
 /// to the member by batch
 /// (every record ready in one turn, at most [`MAX_BATCH`]). On its own task, so that this work
@@ -2162,15 +2159,13 @@ impl Reading {
         };
         let (meta, ts) = meta(m);
         let (mut message, mut wanted, mut key) = (None, false, 0);
-        if let Some((topic, id)) = meta {
-            wanted = self.filter.wants(topic, ts);
-            if wanted && !id.is_empty() {
-                key = self.seeds.key(id);
+        if let Some(r) = meta {
+            wanted = self.filter.wants(r.topic, ts);
+            if wanted && !r.id.is_empty() {
+                key = self.seeds.key(r.id);
             }
             let record_key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-            let packed = self
-                .packer
-                .pack(topic, id, record_key, m.payload().unwrap_or_default());
+            let packed = self.packer.pack(r.topic, r.id, record_key, r.payload);
             message = Some((packed.clone(), packed));
         }
         Received {
@@ -2184,28 +2179,50 @@ impl Reading {
     }
 }
 
-/// A record's AuroraQ topic and message id (None outside the layout), and its publish time
-/// (µs).
-fn meta<M: Message>(m: &M) -> (Option<(&str, &str)>, i64) {
+/// What a record holds in AuroraQ's layout: its topic, message id and payload.
+struct RecordMeta<'a> {
+    topic: &'a str,
+    id: &'a str,
+    payload: &'a [u8],
+}
+
+/// A record's AuroraQ topic, message id and payload (None outside the layout), and its publish
+/// time (µs). A framed value ([`kafka_record`]) first; else the headers of the layouts before
+/// it, whose value is the payload.
+fn meta<M: Message>(m: &M) -> (Option<RecordMeta<'_>>, i64) {
+    let value = m.payload().unwrap_or_default();
+    if let Some(f) = kafka_record::read(value) {
+        let meta = RecordMeta {
+            topic: f.topic,
+            id: f.id,
+            payload: f.payload,
+        };
+        return (Some(meta), f.published_us);
+    }
     let (topic, id, ts) = match m.headers() {
         Some(h) => meta_of(h),
         None => (None, "", None),
     };
     let ts = ts.unwrap_or_else(|| m.timestamp().to_millis().unwrap_or(0).saturating_mul(1000));
-    (topic.map(|t| (t, id)), ts)
+    let meta = topic.map(|topic| RecordMeta {
+        topic,
+        id,
+        payload: value,
+    });
+    (meta, ts)
 }
 
 /// The AuroraQ message of a record (None outside the layout) and its publish time (µs).
 fn decode(m: &impl Message) -> (Option<OutMessage>, i64) {
     let (meta, ts) = meta(m);
-    let message = meta.map(|(topic, id)| OutMessage {
-        topic: topic.to_owned(),
+    let message = meta.map(|r| OutMessage {
+        topic: r.topic.to_owned(),
         key: m
             .key()
             .and_then(|k| std::str::from_utf8(k).ok())
             .map(str::to_owned),
-        id: id.to_owned(),
-        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        id: r.id.to_owned(),
+        payload: Bytes::copy_from_slice(r.payload),
     });
     (message, ts)
 }
@@ -2418,6 +2435,7 @@ impl History for KafkaHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::{Header, OwnedHeaders};
 
     #[test]
     fn names() {

@@ -33,6 +33,8 @@ mod id_window;
 pub mod inproc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+pub mod kafka_record;
 mod kind;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -406,12 +408,23 @@ impl Delivery {
     }
 
     /// The encoded event.
-    pub fn payload(&self) -> &Bytes {
+    pub fn payload(&self) -> &[u8] {
         match &self.msg {
             Held::Owned(m) => &m.payload,
             Held::Shared(m) => &m.payload,
             #[cfg(feature = "kafka")]
             Held::Packed(m) => m.payload(),
+        }
+    }
+
+    /// The encoded event as a handle of its own that shares the delivery's buffer (a reference
+    /// count, no copy), for a consumer that keeps payloads after acking their deliveries.
+    pub fn payload_bytes(&self) -> Bytes {
+        match &self.msg {
+            Held::Owned(m) => m.payload.clone(),
+            Held::Shared(m) => m.payload.clone(),
+            #[cfg(feature = "kafka")]
+            Held::Packed(m) => m.payload_bytes(),
         }
     }
 

@@ -67,7 +67,7 @@ async fn decode_all(deliveries: &[Delivery]) -> DecodeResults {
     if deliveries.len() < PARALLEL_DECODE_MIN || cores < 2 {
         return deliveries.iter().map(|d| decode_one(d.payload())).collect();
     }
-    let payloads: Vec<bytes::Bytes> = deliveries.iter().map(|d| d.payload().clone()).collect();
+    let payloads: Vec<bytes::Bytes> = deliveries.iter().map(|d| d.payload_bytes()).collect();
     let chunk = payloads.len().div_ceil(cores);
     let mut tasks = Vec::with_capacity(cores);
     for c in payloads.chunks(chunk) {
