@@ -489,6 +489,20 @@ async fn kafka_records_carry_the_documented_frame() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as i64;
+    // An id longer than the frame holds: the batch is refused before any of it is sent.
+    let err = bus
+        .publish(vec![
+            OutMessage::new(
+                "contract.layout.x",
+                Some("BTCUSDT".into()),
+                "refused-with-its-batch",
+                Bytes::from_static(b"x"),
+            ),
+            OutMessage::new("contract.layout.x", None, "i".repeat(70_000), Bytes::new()),
+        ])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 65,535"), "{err}");
     let payload = Bytes::from_static(b"\xC3\x01\x00 the event");
     bus.publish(vec![OutMessage::new(
         "contract.layout.x",
@@ -516,6 +530,7 @@ async fn kafka_records_carry_the_documented_frame() {
     let value = m.payload().unwrap();
     assert_eq!(&value[..4], &kafka_record::MAGIC);
     let f = kafka_record::read(value).expect("a frame");
+    // The first record of the partition: nothing of the refused batch was sent.
     assert_eq!(
         (f.topic, f.id, f.payload),
         ("contract.layout.x", "evt-1", &payload[..])

@@ -747,6 +747,10 @@ impl Bus for KafkaBus {
         }
         for m in &batch {
             topics::validate_topic(&m.topic).map_err(BusError::InvalidTopic)?;
+            kafka_record::check(&m.topic, &m.id).map_err(|e| BusError::Publish {
+                topic: m.topic.clone(),
+                reason: e.to_string(),
+            })?;
         }
         let cfg = &self.inner.cfg;
         let mut report = PublishReport::default();

@@ -47,6 +47,19 @@ pub enum FrameError {
     IdTooLong(usize),
 }
 
+/// The topic's and the id's lengths as the frame holds them; an error when either is too long.
+fn lengths(topic: &str, id: &str) -> Result<(u16, u16), FrameError> {
+    let t = u16::try_from(topic.len()).map_err(|_| FrameError::TopicTooLong(topic.len()))?;
+    let i = u16::try_from(id.len()).map_err(|_| FrameError::IdTooLong(id.len()))?;
+    Ok((t, i))
+}
+
+/// Whether a message with this topic and id can be framed (a publisher checks a whole batch
+/// before it sends any of it).
+pub fn check(topic: &str, id: &str) -> Result<(), FrameError> {
+    lengths(topic, id).map(drop)
+}
+
 /// Writes the frame and the payload into `out` (cleared first).
 pub fn write(
     out: &mut Vec<u8>,
@@ -55,8 +68,7 @@ pub fn write(
     published_us: i64,
     payload: &[u8],
 ) -> Result<(), FrameError> {
-    let t = u16::try_from(topic.len()).map_err(|_| FrameError::TopicTooLong(topic.len()))?;
-    let i = u16::try_from(id.len()).map_err(|_| FrameError::IdTooLong(id.len()))?;
+    let (t, i) = lengths(topic, id)?;
     out.clear();
     out.reserve(FIXED + topic.len() + id.len() + payload.len());
     out.extend_from_slice(&MAGIC);
@@ -162,6 +174,8 @@ mod tests {
             write(&mut out, "a", &long, 1, b""),
             Err(FrameError::IdTooLong(70_000))
         );
+        assert_eq!(check("a", &long), Err(FrameError::IdTooLong(70_000)));
+        assert_eq!(check("a.b", "id"), Ok(()));
         let max = "y".repeat(65_535);
         write(&mut out, "a", &max, 1, b"z").unwrap();
         let f = read(&out).unwrap();
